@@ -1,0 +1,329 @@
+"""Fast parsers for interaction files (pandas' C reader; pandas is imported lazily).
+
+Every reader returns ``(users, items)``: two parallel numpy arrays of original ids, one
+entry per line (duplicates are collapsed later by ``Interactions.from_pairs``). Any
+problem (missing, empty, wrong column count, unparsable values) raises a one-line
+:class:`~miars_core.errors.MiarsError` that names the file and the expected format.
+
+Id types: the fixed formats whose ids are integers (MovieLens, Last.fm) give ``int64``;
+Amazon ids (reviewer ids, ASINs that may start with ``0``) stay strings. Generic files and
+RecBole ``.inter`` files give ``int64`` for a column whose every id is a canonical decimal
+integer (no sign other than ``-``, no leading zeros, at most 18 digits) and strings
+otherwise, so ``007`` and ``7`` never collide.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import re
+from pathlib import Path
+
+import numpy as np
+
+from miars_core.errors import MiarsError
+
+#: A RecBole atomic-file header field such as ``user_id:token``.
+_RECBOLE_FIELD = re.compile(r"^[^:\s]+:(token|token_seq|float|float_seq)$")
+#: Column names that mark a header row: ``user``, ``userId``, ``item_id``, ``movieID``, ``asin``, ``u``...
+_HEADER_NAME = re.compile(
+    r"(user|item|movie|artist|product|asin|reviewer|track|song|book|business|u|i|uid|iid)([ _.\-]?(id|ids|name))?s?|id"
+)
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _fail(path: Path, expected: str, problem: str) -> MiarsError:
+    return MiarsError(f"malformed file {path}: expected {expected}; {problem}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == _GZIP_MAGIC
+
+
+def _check_exists(path: Path, expected: str) -> None:
+    if not path.exists():
+        raise MiarsError(f"file {path} does not exist; expected {expected}")
+    if not path.is_file():
+        raise MiarsError(f"{path} is not a file; expected {expected}")
+
+
+def _read(path: Path, expected: str, **kwargs):
+    """``pandas.read_csv`` with every cell a string; errors become MiarsError naming ``path``."""
+    import pandas as pd
+
+    _check_exists(path, expected)
+    kwargs.setdefault("header", None)
+    try:
+        df = pd.read_csv(
+            path,
+            dtype=str,
+            na_filter=False,
+            compression="gzip" if _is_gzip(path) else None,
+            encoding="utf-8-sig",
+            encoding_errors="surrogateescape",
+            skip_blank_lines=True,
+            **kwargs,
+        )
+    except pd.errors.EmptyDataError:
+        raise _fail(path, expected, "the file is empty") from None
+    except (pd.errors.ParserError, ValueError, UnicodeError, EOFError, OSError) as exc:
+        raise _fail(path, expected, _one_line(exc)) from None
+    if len(df) == 0:
+        raise _fail(path, expected, "the file has no data rows")
+    return df
+
+
+def _check_columns(df, path: Path, expected: str, ncols: int, required: list[int] | None = None) -> None:
+    """Exactly ``ncols`` columns, and no empty field in the ``required`` ones (default: all)."""
+    if df.shape[1] != ncols:
+        raise _fail(path, expected, f"found {df.shape[1]} columns")
+    # Lines with too few fields are padded with empty strings (na_filter is off).
+    cols = [df.iloc[:, c] for c in (range(ncols) if required is None else required)]
+    empty = np.zeros(len(df), dtype=bool)
+    for col in cols:
+        empty |= (col == "").to_numpy(dtype=bool, na_value=True)
+    if empty.any():
+        row = int(np.flatnonzero(empty)[0])
+        raise _fail(path, expected, f"data row {row + 1} has fewer than {len(cols)} fields or an empty field")
+
+
+def _first_bad(series, pattern: str) -> int | None:
+    ok = series.str.fullmatch(pattern).to_numpy(dtype=bool, na_value=False)
+    if ok.all():
+        return None
+    return int(np.flatnonzero(~ok)[0])
+
+
+def _int_ids(series, path: Path, expected: str, what: str) -> np.ndarray:
+    """A string column of integer ids as int64; any non-integer raises MiarsError."""
+    try:
+        return series.to_numpy(dtype=np.int64)
+    except (ValueError, TypeError, OverflowError):
+        bad = _first_bad(series.str.strip(), r"[-+]?[0-9]+")
+        where = f"data row {bad + 1} has {what} {series.iloc[bad]!r}" if bad is not None else f"a {what} is out of range"
+        raise _fail(path, expected, f"{where}, not an integer") from None
+
+
+def _str_ids(series) -> np.ndarray:
+    return series.to_numpy(dtype=object)
+
+
+def _auto_ids(series, path: Path, expected: str, what: str) -> np.ndarray:
+    """Stripped ids: int64 when every one is a canonical decimal integer, else the strings (object)."""
+    ids = np.char.strip(np.asarray(series.to_numpy(dtype=object, na_value=""), dtype=str))
+    empty = np.char.str_len(ids) == 0
+    if empty.any():
+        raise _fail(path, expected, f"data row {int(np.flatnonzero(empty)[0]) + 1} has an empty or missing {what}")
+    if _canonical_ints(ids):
+        try:
+            return ids.astype(np.int64)
+        except (ValueError, OverflowError):  # pragma: no cover - exotic digits
+            pass
+    return ids.astype(object)
+
+
+def _canonical_ints(ids: np.ndarray) -> bool:
+    """Whether every string is ``0`` or ``[-]D...`` with no leading zero and at most 18 digits (vectorized)."""
+    n = np.char.str_len(ids)
+    ok = np.char.isdecimal(ids) & (n <= 18) & ~((n > 1) & np.char.startswith(ids, "0"))
+    if ok.all():
+        return True
+    rest = ids[~ok]
+    if not np.char.startswith(rest, "-").all():
+        return False
+    body = np.char.lstrip(rest, "-")
+    nb = np.char.str_len(body)
+    return bool((np.char.isdecimal(body) & (nb == np.char.str_len(rest) - 1) & (nb >= 1) & (nb <= 18) & ~np.char.startswith(body, "0")).all())
+
+
+def _check_numeric(series, path: Path, expected: str, what: str) -> None:
+    import pandas as pd
+
+    values = pd.to_numeric(series, errors="coerce")
+    bad = np.flatnonzero(values.isna().to_numpy())
+    if len(bad):
+        raise _fail(path, expected, f"data row {int(bad[0]) + 1} has {what} {series.iloc[int(bad[0])]!r}, not a number")
+
+
+# --------------------------------------------------------------------------- fixed formats
+
+U_DATA = "tab-separated 'user_id<TAB>item_id<TAB>rating<TAB>timestamp' lines without a header (MovieLens u.data)"
+RATINGS_DAT = "'UserID::MovieID::Rating::Timestamp' lines without a header (MovieLens-1M ratings.dat)"
+USER_ARTISTS = "a tab-separated file with header 'userID<TAB>artistID<TAB>weight' (hetrec2011 user_artists.dat)"
+AMAZON_CSV = "comma-separated 'user,item,rating,timestamp' lines without a header (Amazon ratings-only CSV)"
+PAIRS_TSV = "tab-separated 'user_id<TAB>item_id' lines without a header"
+
+
+def read_u_data(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """MovieLens-100K ``u.data`` (plain or gzip): int user and item ids."""
+    path = Path(path)
+    df = _read(path, U_DATA, sep="\t", quoting=csv.QUOTE_NONE)
+    _check_columns(df, path, U_DATA, 4)
+    _check_numeric(df[2], path, U_DATA, "rating")
+    return _int_ids(df[0], path, U_DATA, "user id"), _int_ids(df[1], path, U_DATA, "item id")
+
+
+def read_ratings_dat(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """MovieLens-1M ``ratings.dat`` (plain or gzip): int user and movie ids.
+
+    ``::`` is read as the single-character separator ``:`` so pandas' C parser applies;
+    the empty fields between the two colons are checked to be empty.
+    """
+    path = Path(path)
+    df = _read(path, RATINGS_DAT, sep=":", quoting=csv.QUOTE_NONE)
+    if df.shape[1] == 1:
+        raise _fail(path, RATINGS_DAT, "no '::' separator found")
+    _check_columns(df, path, RATINGS_DAT, 7, required=[0, 2, 4, 6])
+    gaps = (df[1] != "") | (df[3] != "") | (df[5] != "")
+    if gaps.any():
+        row = int(np.flatnonzero(gaps.to_numpy())[0])
+        raise _fail(path, RATINGS_DAT, f"data row {row + 1} is not separated by '::'")
+    _check_numeric(df[4], path, RATINGS_DAT, "rating")
+    return _int_ids(df[0], path, RATINGS_DAT, "user id"), _int_ids(df[2], path, RATINGS_DAT, "movie id")
+
+
+def read_user_artists(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """hetrec2011 Last.fm ``user_artists.dat`` (plain or gzip): int user and artist ids."""
+    path = Path(path)
+    df = _read(path, USER_ARTISTS, sep="\t", header=0, quoting=csv.QUOTE_NONE)
+    names = [str(c).strip().lower() for c in df.columns]
+    if names != ["userid", "artistid", "weight"]:
+        raise _fail(path, USER_ARTISTS, f"the header is {'<TAB>'.join(map(str, df.columns))!r}")
+    _check_columns(df, path, USER_ARTISTS, 3)
+    return _int_ids(df.iloc[:, 0], path, USER_ARTISTS, "user id"), _int_ids(df.iloc[:, 1], path, USER_ARTISTS, "artist id")
+
+
+def read_amazon_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Amazon 2014 ratings-only CSV (plain or gzip): string reviewer ids and ASINs."""
+    path = Path(path)
+    df = _read(path, AMAZON_CSV, sep=",")
+    _check_columns(df, path, AMAZON_CSV, 4)
+    _check_numeric(df[2], path, AMAZON_CSV, "rating")
+    return _str_ids(df[0]), _str_ids(df[1])
+
+
+def read_pairs_tsv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A headerless ``user<TAB>item`` file of integer ids (such as ``ml-1m-pairs.tsv.gz``)."""
+    path = Path(path)
+    df = _read(path, PAIRS_TSV, sep="\t", quoting=csv.QUOTE_NONE)
+    _check_columns(df, path, PAIRS_TSV, 2)
+    return _int_ids(df[0], path, PAIRS_TSV, "user id"), _int_ids(df[1], path, PAIRS_TSV, "item id")
+
+
+# --------------------------------------------------------------------------- RecBole atomic files
+
+INTER = "a RecBole atomic .inter file: tab-separated, header of typed fields such as 'user_id:token<TAB>item_id:token'"
+
+
+def read_inter(path: Path, user_field: str = "user_id", item_field: str = "item_id") -> tuple[np.ndarray, np.ndarray]:
+    """A RecBole ``.inter`` file: the ``user_field`` and ``item_field`` columns, taken by name."""
+    path = Path(path)
+    df = _read(path, INTER, sep="\t", header=0, quoting=csv.QUOTE_NONE)
+    by_name = {str(c).split(":", 1)[0]: c for c in df.columns}
+    missing = [f for f in (user_field, item_field) if f not in by_name]
+    if missing:
+        raise _fail(path, INTER, f"no {' or '.join(repr(m) for m in missing)} column among {', '.join(map(str, df.columns))}")
+    users, items = df[by_name[user_field]], df[by_name[item_field]]
+    return _auto_ids(users, path, INTER, user_field), _auto_ids(items, path, INTER, item_field)
+
+
+# --------------------------------------------------------------------------- any delimited file
+
+DELIMITED = "a delimited file whose first two columns are user and item (separated by tab, comma, '::', ';' or whitespace)"
+#: Separators tried in this order; whitespace (``\\s+``) last.
+SEPARATORS = ("\t", "::", ",", ";")
+
+
+def _sample_lines(path: Path, n: int = 50) -> list[str]:
+    opener = gzip.open if _is_gzip(path) else open
+    lines: list[str] = []
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+            for line in f:
+                line = line.rstrip("\r\n")
+                if line.strip():
+                    lines.append(line)
+                    if len(lines) >= n:
+                        break
+    except (OSError, EOFError) as exc:
+        raise _fail(path, DELIMITED, _one_line(exc)) from None
+    return lines
+
+
+def _split(line: str, sep: str) -> list[str]:
+    return line.split() if sep == r"\s+" else line.split(sep)
+
+
+def sniff_separator(lines: list[str]) -> str | None:
+    """The first separator that splits every sampled line into the same number (>= 2) of fields."""
+    for sep in SEPARATORS + (r"\s+",):
+        counts = {len(_split(line, sep)) for line in lines}
+        if len(counts) == 1 and counts.pop() >= 2:
+            return sep
+    # A header may be split differently (e.g. 'user item' over tab data); try without line 1.
+    if len(lines) > 2:
+        for sep in SEPARATORS + (r"\s+",):
+            counts = {len(_split(line, sep)) for line in lines[1:]}
+            if len(counts) == 1 and counts.pop() >= 2 and len(_split(lines[0], sep)) >= 2:
+                return sep
+    return None
+
+
+def _looks_like_name(field: str) -> bool:
+    return bool(_HEADER_NAME.fullmatch(field.strip().strip('"').lower()))
+
+
+def sniff_header(lines: list[str], sep: str) -> bool:
+    """Whether line 1 is a header: both its first fields look like column names (``userId``,
+    ``item``, ``u``...), or both are digit-free words while one of those columns is all
+    integers in the later sampled lines. Ids such as ``A1B2`` or ``B00X`` never make a header."""
+    first = [f.strip().strip('"') for f in _split(lines[0], sep)[:2]]
+    if all(_looks_like_name(f) for f in first):
+        return True
+    rest = [_split(line, sep)[:2] for line in lines[1:]]
+    word = re.compile(r"[A-Za-z_][A-Za-z _.\-]*").fullmatch
+    if not rest or not all(word(f) for f in first):
+        return False
+    is_int = re.compile(r"-?[0-9]+").fullmatch
+    return any(all(len(r) > col and is_int(r[col].strip().strip('"')) for r in rest) for col in range(2))
+
+
+def read_delimited(path: Path, sep: str | None = None, header: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Any delimited interaction file (plain or gzip) or a RecBole ``.inter`` file.
+
+    A file whose header has RecBole typed fields (``user_id:token``...) is read as an
+    atomic file, taking its ``user_id`` and ``item_id`` columns by name. Otherwise the
+    first two columns are user and item; ``sep`` and ``header`` are sniffed unless given
+    (see :func:`sniff_separator`, :func:`sniff_header`).
+    """
+    path = Path(path)
+    _check_exists(path, DELIMITED)
+    lines = _sample_lines(path)
+    if not lines:
+        raise _fail(path, DELIMITED, "the file is empty")
+    if sep in (None, "\t") and header is not False and all(_RECBOLE_FIELD.match(f) for f in lines[0].split("\t") if f):
+        return read_inter(path)
+    if sep is None:
+        sep = sniff_separator(lines)
+        if sep is None:
+            raise _fail(path, DELIMITED, f"could not detect the separator from the first line {lines[0][:80]!r}")
+    if header is None:
+        header = sniff_header(lines, sep)
+    kwargs: dict = {"header": 0 if header else None}
+    if sep == "::" and all(parts[1::2] == [""] * len(parts[1::2]) for parts in (line.split(":") for line in lines)):
+        # Fast path: '::' files without other colons are read with the C parser on ':'.
+        df = _read(path, DELIMITED, sep=":", **kwargs)
+        df = df.iloc[:, ::2]
+    elif sep == "::":
+        df = _read(path, DELIMITED, sep="::", engine="python", **kwargs)
+    else:
+        df = _read(path, DELIMITED, sep=sep, **kwargs)
+    if df.shape[1] < 2:
+        raise _fail(path, DELIMITED, f"found {df.shape[1]} column with separator {sep!r}")
+    return _auto_ids(df.iloc[:, 0], path, DELIMITED, "user"), _auto_ids(df.iloc[:, 1], path, DELIMITED, "item")
