@@ -1,0 +1,55 @@
+"""Batched top-k over users x all items, excluding what each user already knows."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import MiarsError
+
+ScoreRows = Callable[[np.ndarray], np.ndarray]
+
+
+def check_k(k: int, known: sp.csr_matrix, who: str = "users") -> None:
+    """Fail clearly when some user cannot be given ``k`` items they do not know."""
+    n_items = known.shape[1]
+    if k < 1:
+        raise MiarsError(f"--top-k must be >= 1, got {k}")
+    most = int(np.diff(known.indptr).max()) if known.shape[0] else 0
+    if k > n_items - most:
+        raise MiarsError(
+            f"--top-k {k} is impossible: some of the {who} already know {most} of the {n_items} items; "
+            f"use --top-k <= {n_items - most}"
+        )
+
+
+def top_k_excluding(scores: np.ndarray | ScoreRows, known: sp.csr_matrix, k: int, batch_size: int = 1024) -> np.ndarray:
+    """Top-``k`` item columns per row, best first, never an item the row already knows.
+
+    ``scores`` is a dense (users x items) array or a function returning the score rows of the
+    given user indices; rows are processed in batches (one GEMM-sized block at a time).
+    The same scores always give the same lists.
+    """
+    import torch
+
+    check_k(k, known)
+    known = sp.csr_matrix(known)
+    n_users, n_items = known.shape
+    out = np.empty((n_users, k), dtype=np.int64)
+    for start in range(0, n_users, batch_size):
+        rows = np.arange(start, min(start + batch_size, n_users))
+        block = scores[rows] if isinstance(scores, np.ndarray) else scores(rows)
+        s = block if torch.is_tensor(block) else torch.from_numpy(np.array(block, dtype=np.float32))
+        s = s.to(torch.float32).clone()
+        if s.shape != (len(rows), n_items):
+            raise ValueError(f"score block has shape {tuple(s.shape)}, expected {(len(rows), n_items)}")
+        s[torch.isnan(s)] = -torch.inf
+        sub = known[rows]
+        r = np.repeat(np.arange(len(rows)), np.diff(sub.indptr))
+        s[torch.as_tensor(r), torch.as_tensor(sub.indices.astype(np.int64))] = torch.nan  # known: below -inf
+        # Known items rank last, items the model cannot score just above them.
+        s = torch.nan_to_num(s, nan=-np.finfo(np.float32).max, neginf=-np.finfo(np.float32).max / 2)
+        out[rows] = torch.topk(s, k, dim=1, sorted=True).indices.numpy()
+    return out

@@ -1,0 +1,161 @@
+"""Train one RecBole model on a sparse member matrix, in a temporary folder, and score it in batches."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from miars_core.errors import MiarsError
+
+from . import compat
+
+_FIXED = {
+    # Everything in memory, nothing written to the working directory, no evaluation split.
+    "eval_args": {"split": {"RS": [1.0, 0.0, 0.0]}, "order": "RO", "group_by": "user", "mode": "full"},
+    "load_col": {"inter": ["user_id", "item_id"]},
+    "reproducibility": True,
+    "show_progress": False,
+    "device": "cpu",
+    "use_gpu": False,
+    "state": "WARNING",
+    "save_dataset": False,
+    "save_dataloaders": False,
+    "worker": 0,
+}
+
+
+@dataclass
+class FittedRecBole:
+    """A trained RecBole model plus the id maps between its internal ids and our rows/columns."""
+
+    model: Any
+    user_rb: np.ndarray  # RecBole internal user id for each training row (0 = unknown)
+    item_cols: np.ndarray  # global item column of each RecBole internal item id (index 0 = padding)
+    n_items: int
+    epochs_run: int
+    final_loss: float | None
+    settings: dict
+
+    def score_rows(self, rows: np.ndarray):
+        """Scores (len(rows) x all global items) as a torch tensor; unscorable items are -inf."""
+        import torch
+
+        users = torch.as_tensor(self.user_rb[rows], dtype=torch.long)
+        n_rb = len(self.item_cols)
+        with torch.no_grad():
+            block = self._full_sort(users, n_rb)
+        out = torch.full((len(rows), self.n_items), -torch.inf)
+        out[:, torch.as_tensor(self.item_cols[1:])] = block[:, 1:].to(torch.float32)
+        out[torch.as_tensor(self.user_rb[rows] == 0)] = -torch.inf
+        return out
+
+    def _full_sort(self, users, n_rb: int):
+        import torch
+        from recbole.data.interaction import Interaction
+
+        m = self.model
+        if type(m).__name__ == "NeuMF" and m.mf_train and m.mlp_train:
+            fast = _neumf_logits(m, users)
+            if fast is not None:
+                return fast
+        try:
+            scores = m.full_sort_predict(Interaction({m.USER_ID: users}))
+            return scores.view(len(users), n_rb)
+        except NotImplementedError:
+            pass
+        # No full-ranking path (NeuMF): one batched predict over users x all items.
+        items = torch.arange(n_rb)
+        inter = Interaction({m.USER_ID: users.repeat_interleave(n_rb), m.ITEM_ID: items.repeat(len(users))})
+        return m.predict(inter).view(len(users), n_rb)
+
+
+def _neumf_logits(m, users):
+    """NeuMF's logits for users x all items without materialising every (user, item) pair's input.
+
+    The first MLP layer acts on [user; item], so it splits into a user part and an item part that
+    are added by broadcasting; the GMF branch and the output layer reduce to one GEMM.
+    """
+    import torch
+
+    layers = list(m.mlp_layers.mlp_layers)
+    if any("BatchNorm" in type(layer).__name__ for layer in layers):
+        return None
+    first = next(i for i, layer in enumerate(layers) if isinstance(layer, torch.nn.Linear))
+    w, b = layers[first].weight, layers[first].bias
+    d = m.user_mlp_embedding.weight.shape[1]
+    hu = m.user_mlp_embedding(users) @ w[:, :d].T + b  # (B, h)
+    hi = m.item_mlp_embedding.weight @ w[:, d:].T  # (I, h)
+    x = hu[:, None, :] + hi[None, :, :]
+    for layer in layers[first + 1 :]:
+        x = layer(x)
+    wp, bp = m.predict_layer.weight[0], m.predict_layer.bias
+    d_mf = m.user_mf_embedding.weight.shape[1]
+    gmf = (m.user_mf_embedding(users) * wp[:d_mf]) @ m.item_mf_embedding.weight.T
+    return gmf + x @ wp[d_mf:] + bp
+
+
+def train_recbole_model(model_name: str, train: sp.csr_matrix, overrides: dict, seed: int) -> FittedRecBole:
+    """Fit RecBole's ``model_name`` on the binary matrix ``train`` (rows = users) and return it fitted."""
+    compat.apply()
+    import torch
+    from recbole.config import Config
+    from recbole.data import create_dataset
+    from recbole.data.dataloader import TrainDataLoader
+    from recbole.data.utils import create_samplers
+    from recbole.utils import get_model, get_trainer, init_seed
+
+    coo = train.tocoo()
+    if coo.nnz == 0:
+        raise MiarsError(f"cannot train RecBole {model_name}: the members have no interactions")
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="miars-recbole-") as tmp:
+        os.makedirs(os.path.join(tmp, "members"))
+        path = os.path.join(tmp, "members", "members.inter")
+        order = np.lexsort((coo.col, coo.row))
+        body = np.column_stack([coo.row[order], coo.col[order]])
+        with open(path, "w") as fh:
+            fh.write("user_id:token\titem_id:token\n")
+            np.savetxt(fh, body, fmt="%d", delimiter="\t")
+        cfg = {**_FIXED, **overrides, "seed": int(seed), "data_path": tmp, "checkpoint_dir": os.path.join(tmp, "saved")}
+        try:
+            config = Config(model=model_name, dataset="members", config_dict=cfg)
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise MiarsError(f"RecBole rejected model {model_name!r} or its settings: {exc}") from None
+        init_seed(int(seed), True)
+        dataset = create_dataset(config)
+        built = dataset.build()
+        train_sampler, _, _ = create_samplers(config, dataset, built)
+        loader = TrainDataLoader(config, built[0], train_sampler, shuffle=True)
+        init_seed(int(seed), True)
+        model = get_model(model_name)(config, loader.dataset).to("cpu")
+        trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
+        trainer.fit(loader, None, saved=False, show_progress=False)
+        model.eval()
+        losses = getattr(trainer, "train_loss_dict", {}) or {}
+        final = losses[max(losses)] if losses else None
+        if isinstance(final, tuple):
+            final = float(sum(final))
+        id2tok = dataset.field2id_token
+        user_tokens = np.asarray(id2tok[dataset.uid_field][1:]).astype(np.int64)  # index 0 is [PAD]
+        user_rb = np.zeros(train.shape[0], dtype=np.int64)
+        user_rb[user_tokens] = np.arange(1, len(user_tokens) + 1)
+        item_cols = np.zeros(len(id2tok[dataset.iid_field]), dtype=np.int64)
+        item_cols[1:] = np.asarray(id2tok[dataset.iid_field][1:]).astype(np.int64)
+        settings = {key: _plain(config[key]) for key in sorted(set(overrides) | {"epochs", "learning_rate", "train_batch_size", "train_neg_sample_args", "embedding_size"}) if key in config}
+    torch.set_num_threads(threads)  # RecBole's init may change it
+    return FittedRecBole(model, user_rb, item_cols, train.shape[1], len(losses) or int(config["epochs"]), None if final is None else float(final), settings)
+
+
+def _plain(value):
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
