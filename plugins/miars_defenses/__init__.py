@@ -1,0 +1,55 @@
+"""Built-in defense of Zhang et al., CCS 2021: ``popularity-randomization``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from miars_core.components import Component
+from miars_core.errors import MiarsError
+from miars_core.hookspecs import hookimpl
+from miars_core.types import ServiceContext
+
+__version__ = "0.1.0"
+
+
+class PopularityRandomization(Component):
+    """Serve non-members k items drawn at random from the top k/ratio popular items (Zhang et al., CCS'21).
+
+    The pool is the ``k / ratio`` most popular items the user does not know (ratio 0.1: top 1,000
+    for k = 100, as the authors' data); members keep their personalized lists.
+    """
+
+    def __init__(self, ratio: float = 0.1):
+        self.ratio = ratio
+
+    def apply(self, recommendations: np.ndarray, context: ServiceContext, seed: int = 0) -> np.ndarray:
+        if not 0 < float(self.ratio) <= 1:
+            raise MiarsError(f"popularity-randomization ratio must be in (0, 1], got {self.ratio}")
+        recs = np.array(recommendations, dtype=np.int64, copy=True)
+        k = recs.shape[1]
+        rows = np.flatnonzero(~context.is_member)
+        if len(rows) == 0:
+            return recs
+        pool = int(round(k / float(self.ratio)))
+        known = context.interactions.matrix[rows]
+        most_known = int(np.diff(known.indptr).max())
+        candidates = context.popular[: pool + most_known]  # enough to find `pool` unknown ones per user
+        if pool > len(context.popular) - most_known:
+            raise MiarsError(
+                f"popularity-randomization needs a pool of {pool} popular items per user but only "
+                f"{len(context.popular) - most_known} are available; raise --defense-param ratio or lower --top-k"
+            )
+        is_known = np.asarray(known[:, candidates].todense(), dtype=bool)
+        in_pool = ~is_known & (np.cumsum(~is_known, axis=1) <= pool)
+        rng = np.random.default_rng(seed)
+        keys = rng.random(in_pool.shape)
+        keys[~in_pool] = np.inf
+        chosen = np.argpartition(keys, k - 1, axis=1)[:, :k]
+        chosen = np.take_along_axis(chosen, np.take_along_axis(keys, chosen, axis=1).argsort(axis=1), axis=1)
+        recs[rows] = candidates[chosen]
+        return recs
+
+
+@hookimpl
+def register_defenses(register):
+    register("popularity-randomization", PopularityRandomization)
