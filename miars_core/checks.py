@@ -1,0 +1,380 @@
+"""Conformance checks for plugin authors: does a component keep its contract?
+
+Each ``check_*`` function builds the component from its factory (a class, or any callable
+that takes hyperparameters as keyword arguments), runs it on a tiny seeded synthetic data
+set and raises :class:`AssertionError` with a message naming the broken rule. They take
+well under a second for numpy components, so they belong in a plugin's own test suite::
+
+    # tests/test_conformance.py of your plugin
+    from miars_core import checks
+    from my_plugin.recommender import MyRecommender
+    from my_plugin.defense import MyDefense
+    import my_plugin
+
+    def test_recommender():
+        checks.check_recommender(MyRecommender)                  # default hyperparameters
+        checks.check_recommender(MyRecommender, n_factors=8)     # or chosen ones
+
+    def test_defense():
+        checks.check_defense(MyDefense, rate=0.5)
+
+    def test_everything_the_plugin_registers():
+        checks.check_plugin(my_plugin)   # every registered component, default params
+        # or, where a default does not fit 40 users x 60 items:
+        # checks.check_plugin(my_plugin, params={"my-featurizer": {"dim": 8}})
+
+What is checked, for every kind: ``factory(**params)`` works; ``__init__`` sets no
+attribute ending in ``_`` (learned state is set by ``fit``); ``get_params()`` returns the
+given hyperparameters and ``factory(**get_params())`` rebuilds the component; ``fit``
+returns ``self``; the same seed gives identical output; inputs are not modified in place.
+Then, per kind:
+
+* recommender: ``recommend(k)`` is an int64 array of shape ``(n_users, k)`` of valid item
+  columns, ``k`` distinct items per row, none of them in the user's training row
+  (training data has items nobody interacted with, like a real member part);
+* defense: ``apply`` keeps the shape, returns int64 valid item columns, distinct per row;
+* featurizer: ``transform`` returns a finite float32 ``(n_users, d)`` array, ``d`` fixed;
+* attack: ``decision_function`` returns finite float64 scores of shape ``(n,)``;
+  ``predict(X) == (decision_function(X) > 0)``; on easily separable data members score
+  higher than non-members (the sign convention);
+* dataset: ``load(data_dir, download=False)`` returns a binary :class:`Interactions`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from types import ModuleType
+from typing import Any, Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from .components import get_params
+from .types import Interactions, ServiceContext, binary_csr
+
+__all__ = [
+    "make_interactions",
+    "check_init",
+    "check_recommender",
+    "check_defense",
+    "check_featurizer",
+    "check_attack",
+    "check_dataset",
+    "check_plugin",
+]
+
+N_USERS = 40
+N_ITEMS = 60
+K = 10
+
+
+def make_interactions(n_users: int = N_USERS, n_items: int = N_ITEMS, seed: int = 0, n_empty_items: int = 4) -> Interactions:
+    """A tiny seeded binary user x item data set with some structure.
+
+    Users belong to two taste groups (preferring the first or second half of the items),
+    every user has 5 to 15 interactions, and the last ``n_empty_items`` items have none, as
+    happens to the members' part of a real split.
+    """
+    rng = np.random.default_rng(seed)
+    live = n_items - n_empty_items
+    group = np.arange(n_users) % 2
+    pref = np.where(np.arange(live)[None, :] < live // 2, 1 - group[:, None], group[:, None])
+    weight = rng.random((n_users, live)) * (1.0 + 2.0 * pref)
+    counts = rng.integers(5, 16, size=n_users)
+    order = np.argsort(-weight, axis=1, kind="stable")
+    rows = np.repeat(np.arange(n_users), counts)
+    cols = np.concatenate([order[u, : counts[u]] for u in range(n_users)])
+    return Interactions(
+        binary_csr(rows, cols, (n_users, n_items)),
+        np.array([f"u{u}" for u in range(n_users)]),
+        np.array([f"i{i}" for i in range(n_items)]),
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _name(factory: Callable[..., Any]) -> str:
+    return getattr(factory, "__qualname__", None) or getattr(factory, "__name__", None) or repr(factory)
+
+
+def _snapshot(data: Interactions) -> tuple:
+    m = data.matrix
+    return (m.shape, m.indptr.copy(), m.indices.copy(), m.data.copy())
+
+
+def _assert_unchanged(data: Interactions, snap: tuple, who: str, what: str) -> None:
+    m = data.matrix
+    same = (
+        m.shape == snap[0]
+        and np.array_equal(m.indptr, snap[1])
+        and np.array_equal(m.indices, snap[2])
+        and np.array_equal(m.data, snap[3])
+    )
+    assert same, f"{who} modified its input {what} in place; work on a copy"
+
+
+def _assert_item_lists(out: Any, shape: tuple[int, int], n_items: int, who: str) -> None:
+    assert isinstance(out, np.ndarray), f"{who} must return a numpy array, got {type(out).__name__}"
+    assert out.shape == shape, f"{who} returned shape {out.shape}, expected {shape}"
+    assert out.dtype == np.int64, f"{who} returned dtype {out.dtype}, expected int64 item column indices"
+    if out.size:
+        lo, hi = int(out.min()), int(out.max())
+        assert lo >= 0 and hi < n_items, f"{who} returned item indices in [{lo}, {hi}]; valid columns are 0..{n_items - 1}"
+        s = np.sort(out, axis=1)
+        dup = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1))
+        assert len(dup) == 0, f"{who} repeats an item within a list (rows {dup[:5].tolist()}); each row needs distinct items"
+
+
+def _build(factory: Callable[..., Any], params: dict[str, Any]) -> Any:
+    try:
+        return factory(**params)
+    except Exception as exc:
+        raise AssertionError(f"{_name(factory)}(**{params!r}) failed: {type(exc).__name__}: {exc}") from exc
+
+
+def check_init(factory: Callable[..., Any], /, **params: Any) -> Any:
+    """Check the scikit-learn ``__init__`` rules and ``get_params``; return a new instance."""
+    who = _name(factory)
+    obj = _build(factory, params)
+    learned = sorted(a for a in vars(obj) if a.endswith("_") and not a.startswith("__")) if hasattr(obj, "__dict__") else []
+    assert not learned, f"{who}.__init__ sets learned-state attributes {learned}; only fit may set attributes ending in '_'"
+    try:
+        got = get_params(obj)
+    except Exception as exc:
+        raise AssertionError(f"{who}.get_params() failed: {type(exc).__name__}: {exc}") from exc
+    assert isinstance(got, dict), f"{who}.get_params() must return a dict, got {type(got).__name__}"
+    for key, value in params.items():
+        assert key in got, f"{who}.get_params() lacks {key!r}; __init__ must store each hyperparameter as a same-named attribute"
+        assert got[key] is value or _equal(got[key], value), (
+            f"{who}.get_params()[{key!r}] is {got[key]!r} but {value!r} was given; __init__ must store hyperparameters unchanged"
+        )
+    if inspect.isclass(factory):
+        sig = inspect.signature(factory.__init__)
+        missing = [
+            n for n, p in sig.parameters.items()
+            if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and not hasattr(obj, n)
+        ]
+        assert not missing, f"{who}.__init__ does not store {missing} as same-named attributes, so get_params() misses them"
+    try:
+        clone = factory(**got)
+    except Exception as exc:
+        raise AssertionError(f"{who}(**get_params()) failed, so the component cannot be cloned: {type(exc).__name__}: {exc}") from exc
+    again = get_params(clone)
+    assert set(again) == set(got) and all(_equal(again[k], got[k]) for k in got), (
+        f"{who}(**get_params()).get_params() is {again!r}, expected {got!r}"
+    )
+    return obj
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        eq = a == b
+        return bool(np.all(eq)) if isinstance(eq, np.ndarray) else bool(eq)
+    except Exception:
+        return a is b
+
+
+def _fit(obj: Any, who: str, *args: Any, seed: int) -> None:
+    assert callable(getattr(obj, "fit", None)), f"{who} has no fit method"
+    ret = obj.fit(*args, seed=seed)
+    assert ret is obj, f"{who}.fit must return self, returned {type(ret).__name__}"
+
+
+# --------------------------------------------------------------------------- kinds
+
+
+def check_recommender(factory: Callable[..., Any], /, **params: Any) -> None:
+    """Check a recommender factory (``fit(train, seed)``, ``recommend(k)``) on synthetic data."""
+    who = _name(factory)
+    train = make_interactions()
+    snap = _snapshot(train)
+    rec = check_init(factory, **params)
+    _fit(rec, who, train, seed=0)
+    _assert_unchanged(train, snap, f"{who}.fit", "interactions")
+    assert callable(getattr(rec, "recommend", None)), f"{who} has no recommend method"
+    info = getattr(rec, "fit_info_", None)
+    assert info is None or isinstance(info, dict), f"{who}.fit_info_ must be a dict when present, got {type(info).__name__}"
+    shape = (train.n_users, K)
+    out = rec.recommend(K)
+    _assert_item_lists(out, shape, train.n_items, f"{who}.recommend({K})")
+    rows = np.repeat(np.arange(train.n_users), K)
+    seen = np.asarray(train.matrix[rows, out.ravel()]).ravel() > 0
+    assert not seen.any(), (
+        f"{who}.recommend recommends training items (user rows {np.unique(rows[seen])[:5].tolist()}); "
+        "mask each user's known items"
+    )
+    one = rec.recommend(1)
+    _assert_item_lists(one, (train.n_users, 1), train.n_items, f"{who}.recommend(1)")
+    again = _build(factory, params)
+    _fit(again, who, train, seed=0)
+    assert np.array_equal(again.recommend(K), out), f"{who}: two fits with seed=0 recommend differently; use the seed for all randomness"
+
+
+def check_defense(factory: Callable[..., Any], /, **params: Any) -> None:
+    """Check a defense factory (``apply(recommendations, context, seed)``) on synthetic lists."""
+    who = _name(factory)
+    data = make_interactions(seed=1)
+    n_users, n_items = data.n_users, data.n_items
+    rng = np.random.default_rng(1)
+    is_member = np.zeros(n_users, dtype=bool)
+    is_member[rng.permutation(n_users)[: n_users // 2]] = True
+    known = data.matrix.toarray() > 0
+    popularity = known[is_member].sum(axis=0)
+    popular = np.lexsort((np.arange(n_items), -popularity)).astype(np.int64)
+    # Members: random unseen items (a stand-in for personalized lists); non-members: popular unseen items.
+    noise = np.where(known, np.inf, rng.random((n_users, n_items)))
+    personal = np.argsort(noise, axis=1, kind="stable")[:, :K]
+    pop_rank = np.empty(n_items, dtype=np.int64)
+    pop_rank[popular] = np.arange(n_items)
+    pop_key = np.where(known, n_items + pop_rank[None, :], pop_rank[None, :])
+    pop_lists = np.argsort(pop_key, axis=1, kind="stable")[:, :K]
+    recs = np.where(is_member[:, None], personal, pop_lists).astype(np.int64)
+    context = ServiceContext(interactions=data, is_member=is_member.copy(), popular=popular.copy(), k=K)
+    before = recs.copy()
+    snap = _snapshot(data)
+    obj = check_init(factory, **params)
+    assert callable(getattr(obj, "apply", None)), f"{who} has no apply method"
+    out = obj.apply(recs, context, seed=0)
+    assert np.array_equal(recs, before), f"{who}.apply modified the recommendations in place; return a new array"
+    _assert_unchanged(data, snap, f"{who}.apply", "context.interactions")
+    assert np.array_equal(context.is_member, is_member) and np.array_equal(context.popular, popular), (
+        f"{who}.apply modified the context in place"
+    )
+    _assert_item_lists(out, recs.shape, n_items, f"{who}.apply")
+    again = _build(factory, params).apply(recs.copy(), context, seed=0)
+    assert np.array_equal(np.asarray(again), out), f"{who}: two applies with seed=0 differ; use the seed for all randomness"
+
+
+def check_featurizer(factory: Callable[..., Any], /, **params: Any) -> None:
+    """Check a featurizer factory (``fit(vectorization, seed)``, ``transform(interactions, recs)``)."""
+    who = _name(factory)
+    vectorization = make_interactions(seed=2)
+    data = make_interactions(seed=3)
+    rng = np.random.default_rng(3)
+    known = data.matrix.toarray() > 0
+    recs = np.argsort(np.where(known, np.inf, rng.random(known.shape)), axis=1, kind="stable")[:, :K].astype(np.int64)
+    snap_v, snap_d, recs_before = _snapshot(vectorization), _snapshot(data), recs.copy()
+    obj = check_init(factory, **params)
+    _fit(obj, who, vectorization, seed=0)
+    _assert_unchanged(vectorization, snap_v, f"{who}.fit", "vectorization interactions")
+    assert callable(getattr(obj, "transform", None)), f"{who} has no transform method"
+    out = obj.transform(data, recs)
+    _assert_unchanged(data, snap_d, f"{who}.transform", "interactions")
+    assert np.array_equal(recs, recs_before), f"{who}.transform modified the recommendations in place"
+    assert isinstance(out, np.ndarray), f"{who}.transform must return a numpy array, got {type(out).__name__}"
+    assert out.ndim == 2 and out.shape[0] == data.n_users and out.shape[1] >= 1, (
+        f"{who}.transform returned shape {out.shape}, expected ({data.n_users}, d) with d >= 1"
+    )
+    assert out.dtype == np.float32, f"{who}.transform returned dtype {out.dtype}, expected float32"
+    assert np.isfinite(out).all(), f"{who}.transform returned non-finite features"
+    few = data.rows(np.arange(7))
+    part = obj.transform(few, recs[:7])
+    assert isinstance(part, np.ndarray) and part.shape == (7, out.shape[1]), (
+        f"{who}.transform on 7 users returned shape {getattr(part, 'shape', None)}, expected (7, {out.shape[1]}); "
+        "the feature dimension must not depend on the number of users"
+    )
+    again = _build(factory, params)
+    _fit(again, who, vectorization, seed=0)
+    assert np.array_equal(again.transform(data, recs), out), f"{who}: two fits with seed=0 give different features"
+
+
+def check_attack(factory: Callable[..., Any], /, **params: Any) -> None:
+    """Check an attack-model factory (``fit(X, y, seed)``, ``decision_function(X)``, ``predict(X)``)."""
+    who = _name(factory)
+    rng = np.random.default_rng(4)
+    n, d = 200, 8
+    y = np.zeros(n, dtype=bool)
+    y[rng.permutation(n)[: n // 2]] = True
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    X[:, :2] += np.where(y[:, None], 1.5, -1.5).astype(np.float32)  # easily separable
+    X_before, y_before = X.copy(), y.copy()
+    obj = check_init(factory, **params)
+    _fit(obj, who, X, y, seed=0)
+    assert np.array_equal(X, X_before) and np.array_equal(y, y_before), f"{who}.fit modified X or y in place"
+    assert callable(getattr(obj, "decision_function", None)), f"{who} has no decision_function method"
+    scores = obj.decision_function(X)
+    assert isinstance(scores, np.ndarray), f"{who}.decision_function must return a numpy array, got {type(scores).__name__}"
+    assert scores.shape == (n,), f"{who}.decision_function returned shape {scores.shape}, expected ({n},)"
+    assert scores.dtype == np.float64, f"{who}.decision_function returned dtype {scores.dtype}, expected float64"
+    assert np.isfinite(scores).all(), f"{who}.decision_function returned non-finite scores"
+    assert callable(getattr(obj, "predict", None)), f"{who} has no predict method"
+    pred = np.asarray(obj.predict(X))
+    assert pred.shape == (n,) and pred.dtype == bool, f"{who}.predict must return a bool array of shape ({n},), got {pred.dtype} {pred.shape}"
+    assert np.array_equal(pred, scores > 0), f"{who}.predict(X) differs from decision_function(X) > 0"
+    assert scores[y].mean() > scores[~y].mean(), (
+        f"{who}: on easily separable data members score lower than non-members; "
+        "decision_function must be higher for members (y=1)"
+    )
+    again = _build(factory, params)
+    _fit(again, who, X, y.astype(np.int64), seed=0)  # 0/1 labels must work like bool ones
+    assert np.array_equal(again.decision_function(X), scores), (
+        f"{who}: two fits with seed=0 (bool and 0/1 labels) score differently; use the seed for all randomness"
+    )
+
+
+def check_dataset(factory: Callable[..., Any], /, data_dir: Any = None, **params: Any) -> Interactions:
+    """Check a dataset factory: ``load(data_dir, download=False)`` gives binary Interactions.
+
+    The data must be available without a download (embedded, cached or in ``data_dir``).
+    Returns the loaded data for further checks of your own.
+    """
+    who = _name(factory)
+    obj = check_init(factory, **params)
+    assert callable(getattr(obj, "load", None)), f"{who} has no load method"
+    data = obj.load(data_dir, download=False)
+    assert isinstance(data, Interactions), f"{who}.load must return miars_core.types.Interactions, got {type(data).__name__}"
+    m = data.matrix
+    assert sp.issparse(m) and m.format == "csr", f"{who}.load: matrix must be a scipy CSR matrix, got {type(m).__name__}"
+    assert data.n_users > 0 and data.n_items > 0 and m.nnz > 0, f"{who}.load returned an empty data set {m.shape}"
+    assert np.all(m.data == 1), f"{who}.load: the matrix must be binary (1.0 per interaction, duplicates collapsed)"
+    assert len(np.unique(data.user_ids)) == data.n_users, f"{who}.load: user_ids are not unique"
+    assert len(np.unique(data.item_ids)) == data.n_items, f"{who}.load: item_ids are not unique"
+    return data
+
+
+_CHECKS = {
+    "recommender": check_recommender,
+    "defense": check_defense,
+    "featurizer": check_featurizer,
+    "attack": check_attack,
+}
+
+
+def check_plugin(
+    plugin: ModuleType | object,
+    *,
+    params: dict[str, dict[str, Any]] | None = None,
+    kinds: tuple[str, ...] = tuple(_CHECKS),
+    skip: tuple[str, ...] = (),
+) -> list[str]:
+    """Run the checks on every component ``plugin`` registers.
+
+    Components are built with their default hyperparameters, or with ``params[name]``
+    where given (e.g. a smaller dimension that fits the 40 x 60 synthetic data).
+
+    ``plugin`` is the plugin module (or object) with ``@hookimpl`` functions; it is loaded
+    alone, without the installed plugins. Datasets are not loaded (they may need files):
+    call :func:`check_dataset` for them. Names behind a namespace (``prefix:Name``) are not
+    enumerated: check a few with ``check_*(registry.get("prefix:Name").factory)``.
+    ``skip`` lists names not to check. Returns the
+    ``kind:name`` strings checked, and fails if a registered component breaks its contract.
+    """
+    from .plugins import PluginInfo, build, new_plugin_manager
+
+    pm = new_plugin_manager()
+    name = getattr(plugin, "__name__", None) or type(plugin).__name__
+    pm.register(plugin, name=name)
+    registries = build(pm, {name: PluginInfo(name)}).registries
+    done = []
+    for kind in kinds:
+        check = _CHECKS[kind]
+        for entry in registries[kind].entries.values():
+            if entry.name in skip:
+                continue
+            try:
+                check(entry.factory, **(params or {}).get(entry.name, {}))
+            except AssertionError as exc:
+                raise AssertionError(f"{kind} {entry.name!r} of plugin {name!r}: {exc}") from exc
+            done.append(f"{kind}:{entry.name}")
+    return done
