@@ -1,5 +1,210 @@
-"""Placeholder, replaced below."""
+"""Command line: ``miars`` (attack, plugins, list) and ``miars-attack``.
+
+Heavy modules (torch, recbole, the pipeline) load only inside the commands that need them,
+so ``miars --help``, ``miars plugins`` and ``miars list`` stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import List, Optional
+
 import typer
-app = typer.Typer()
-def attack_main():
-    pass
+
+from .errors import MiarsError
+from .registry import KINDS
+
+app = typer.Typer(
+    name="miars",
+    help="Membership inference attacks against recommender systems (Zhang et al., CCS 2021).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+METRICS_HELP = (
+    "Prints ROC-AUC, balanced accuracy (what the CCS'21 paper calls 'AUC': (TPR+TNR)/2 at one threshold), "
+    "accuracy, precision, recall, TPR at 1% and 0.1% FPR and the membership advantage (max TPR-FPR)."
+)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"miars: error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def parse_params(values: Optional[List[str]], flag: str) -> dict:
+    """``KEY=VALUE`` pairs; VALUE is read as JSON when it parses (numbers, lists, true), else as text."""
+    out: dict = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise MiarsError(f"{flag} {item!r} is not KEY=VALUE; write e.g. {flag} epochs=50")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def attack(
+    dataset: str = typer.Option("ml-100k", help="Dataset name (`miars list dataset`) or path of an interactions file (user, item columns; .gz ok; RecBole .inter ok)."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the dataset's original file (plain or .gz)."),
+    download: bool = typer.Option(False, "--download", help="Download the official archive into ~/.cache/miars if the file is missing."),
+    target: str = typer.Option("item", help="Target recommender (`miars list recommender`), e.g. item, lfm, ncf, recbole:NeuMF."),
+    shadow: Optional[str] = typer.Option(None, help="Shadow recommender the adversary trains [default: same as --target]."),
+    featurizer: str = typer.Option("center-diff", help="Featurizer (`miars list featurizer`)."),
+    attack_model: str = typer.Option("mlp", "--attack", help="Attack model (`miars list attack`)."),
+    defense: Optional[str] = typer.Option(None, help="Defense applied to both the target's and the shadow's service (`miars list defense`)."),
+    top_k: int = typer.Option(100, "--top-k", help="Length of every recommendation list."),
+    seed: int = typer.Option(0, help="Master seed: same seed, same metrics."),
+    split: str = typer.Option("interactions", help="interactions (the paper's: interactions at random into 3 parts) or users (each user wholly in one part)."),
+    min_interactions: int = typer.Option(20, "--min-interactions", help="Shadow/target users with fewer interactions are dropped."),
+    target_param: Optional[List[str]] = typer.Option(None, "--target-param", help="KEY=VALUE hyperparameter of the target recommender (repeatable)."),
+    shadow_param: Optional[List[str]] = typer.Option(None, "--shadow-param", help="KEY=VALUE hyperparameter of the shadow recommender (repeatable)."),
+    featurizer_param: Optional[List[str]] = typer.Option(None, "--featurizer-param", help="KEY=VALUE, e.g. dim=100."),
+    attack_param: Optional[List[str]] = typer.Option(None, "--attack-param", help="KEY=VALUE, e.g. epochs=200."),
+    defense_param: Optional[List[str]] = typer.Option(None, "--defense-param", help="KEY=VALUE, e.g. ratio=0.1."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder to write result.json into (metrics, timings, config, split, versions)."),
+    export_miars: Optional[str] = typer.Option(None, "--export-miars", help="Folder to write the authors' TSV files into (interactions, recommendations, item vectors)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
+) -> None:
+    """Run the CCS'21 membership inference attack end to end and print its metrics."""
+    from .protocol import SPLIT_MODES
+
+    try:
+        if split not in SPLIT_MODES:
+            raise MiarsError(f"--split {split!r} is not valid; choose from: {', '.join(SPLIT_MODES)}")
+        if top_k < 1:
+            raise MiarsError(f"--top-k must be >= 1, got {top_k}")
+        if min_interactions < 1:
+            raise MiarsError(f"--min-interactions must be >= 1, got {min_interactions}")
+        from .pipeline import AttackConfig
+
+        config = AttackConfig(
+            dataset=dataset, data_dir=data_dir, download=download, target=target, shadow=shadow or target,
+            featurizer=featurizer, attack=attack_model, defense=defense, top_k=top_k, seed=seed, split=split,
+            min_interactions=min_interactions,
+            target_params=parse_params(target_param, "--target-param"),
+            shadow_params=parse_params(shadow_param, "--shadow-param"),
+            featurizer_params=parse_params(featurizer_param, "--featurizer-param"),
+            attack_params=parse_params(attack_param, "--attack-param"),
+            defense_params=parse_params(defense_param, "--defense-param"),
+        )
+        _run(config, out, export_miars, quiet)
+    except MiarsError as exc:
+        _fail(str(exc))
+
+
+attack.__doc__ = f"{attack.__doc__}\n\n{METRICS_HELP}"
+
+
+def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool) -> None:
+    from rich.console import Console
+
+    from .pipeline import run_attack
+    from .report import export_miars, metrics_table, prepare_dir, write_result
+
+    if out:
+        prepare_dir(out, "--out")
+    if export_dir:
+        prepare_dir(export_dir, "--export-miars")
+    err = Console(stderr=True, quiet=quiet)
+    with err.status("starting") as status:
+        result = run_attack(config, progress=lambda msg: (err.log(msg), status.update(msg)))
+    Console().print(metrics_table(result))
+    if out:
+        path = write_result(result, out)
+        err.print(f"wrote {path}")
+    if export_dir:
+        paths = export_miars(result, export_dir)
+        err.print(f"wrote {len(paths)} files to {export_dir}")
+
+
+app.command("attack", help=attack.__doc__)(attack)
+
+
+@app.command("plugins")
+def plugins_command(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List installed plugins: name, version, hooks, what each provides, load status."""
+    from dataclasses import asdict
+
+    from .plugins import get_plugins
+
+    try:
+        plugins = get_plugins()
+    except MiarsError as exc:
+        _fail(str(exc))
+    rows = [asdict(info) for _, info in sorted(plugins.info.items())]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="miars plugins")
+    for col in ("name", "version", "status", "hooks", "provides"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(r["provides"].items()))
+        table.add_row(r["name"], r["version"], r["status"], ", ".join(r["hooks"]), provides)
+    Console().print(table)
+
+
+@app.command("list")
+def list_command(
+    kind: str = typer.Argument(..., help=f"One of: {', '.join(KINDS)}."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the components of one kind: name, owning plugin, summary."""
+    from .plugins import get_plugins
+
+    kinds = {k: k for k in KINDS} | {k + "s": k for k in KINDS}
+    if kind not in kinds:
+        _fail(f"unknown kind {kind!r}; choose from: {', '.join(KINDS)}")
+    try:
+        registry = get_plugins().registry(kinds[kind])
+    except MiarsError as exc:
+        _fail(str(exc))
+    rows = [{"name": e.name, "plugin": e.plugin, "summary": e.summary} for e in map(registry.get, registry.names())]
+    rows += [{"name": f"{p}:<Name>", "plugin": ns.plugin, "summary": f"any of: {', '.join(_safe_choices(ns))}"}
+             for p, ns in sorted(registry.namespaces.items())]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"miars {kinds[kind]}s")
+    for col in ("name", "plugin", "summary"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["name"], r["plugin"], r["summary"])
+    Console().print(table)
+
+
+def _safe_choices(ns) -> list[str]:
+    try:
+        return list(ns.choices())
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def attack_main() -> None:
+    """Entry point of ``miars-attack``: the ``attack`` command on its own."""
+    _attack_app()(prog_name="miars-attack")
+
+
+def _attack_app():
+    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    single.command(help=attack.__doc__)(attack)
+    return single
+
+
+def main() -> None:  # python -m miars_core
+    app(prog_name="miars")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
