@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -99,8 +99,13 @@ def _neumf_logits(m, users):
     return gmf + x @ wp[d_mf:] + bp
 
 
-def train_recbole_model(model_name: str, train: sp.csr_matrix, overrides: dict, seed: int) -> FittedRecBole:
-    """Fit RecBole's ``model_name`` on the binary matrix ``train`` (rows = users) and return it fitted."""
+def train_recbole_model(model_name: str, train: sp.csr_matrix, overrides: dict, seed: int,
+                        on_epoch: Callable[[int, FittedRecBole], None] | None = None) -> FittedRecBole:
+    """Fit RecBole's ``model_name`` on the binary matrix ``train`` (rows = users) and return it fitted.
+
+    ``on_epoch(epoch, fitted)``, if given, is called after every epoch with the model in eval mode
+    (benchmarks use it to follow quality during training); training then runs epoch by epoch.
+    """
     compat.apply()
     import torch
     from recbole.config import Config
@@ -134,21 +139,34 @@ def train_recbole_model(model_name: str, train: sp.csr_matrix, overrides: dict, 
         init_seed(int(seed), True)
         model = get_model(model_name)(config, loader.dataset).to("cpu")
         trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
-        trainer.fit(loader, None, saved=False, show_progress=False)
+        user_rb, item_cols = _id_maps(dataset, train.shape[0])
+        if on_epoch is None:
+            trainer.fit(loader, None, saved=False, show_progress=False)
+        else:
+            for epoch in range(int(config["epochs"])):
+                trainer.model.train()
+                trainer._train_epoch(loader, epoch, show_progress=False)
+                model.eval()
+                on_epoch(epoch + 1, FittedRecBole(model, user_rb, item_cols, train.shape[1], epoch + 1, None, {}))
         model.eval()
         losses = getattr(trainer, "train_loss_dict", {}) or {}
         final = losses[max(losses)] if losses else None
         if isinstance(final, tuple):
             final = float(sum(final))
-        id2tok = dataset.field2id_token
-        user_tokens = np.asarray(id2tok[dataset.uid_field][1:]).astype(np.int64)  # index 0 is [PAD]
-        user_rb = np.zeros(train.shape[0], dtype=np.int64)
-        user_rb[user_tokens] = np.arange(1, len(user_tokens) + 1)
-        item_cols = np.zeros(len(id2tok[dataset.iid_field]), dtype=np.int64)
-        item_cols[1:] = np.asarray(id2tok[dataset.iid_field][1:]).astype(np.int64)
         settings = {key: _plain(config[key]) for key in sorted(set(overrides) | {"epochs", "learning_rate", "train_batch_size", "train_neg_sample_args", "embedding_size"}) if key in config}
     torch.set_num_threads(threads)  # RecBole's init may change it
     return FittedRecBole(model, user_rb, item_cols, train.shape[1], len(losses) or int(config["epochs"]), None if final is None else float(final), settings)
+
+
+def _id_maps(dataset, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """RecBole internal id of each training row, and global item column of each internal item id."""
+    id2tok = dataset.field2id_token
+    user_tokens = np.asarray(id2tok[dataset.uid_field][1:]).astype(np.int64)  # index 0 is [PAD]
+    user_rb = np.zeros(n_rows, dtype=np.int64)
+    user_rb[user_tokens] = np.arange(1, len(user_tokens) + 1)
+    item_cols = np.zeros(len(id2tok[dataset.iid_field]), dtype=np.int64)
+    item_cols[1:] = np.asarray(id2tok[dataset.iid_field][1:]).astype(np.int64)
+    return user_rb, item_cols
 
 
 def _plain(value):
