@@ -113,7 +113,8 @@ def run_attack(config: AttackConfig, plugins: Plugins | None = None, progress: P
     shadow_rec = plugins.create("recommender", config.shadow, **config.shadow_params)
     target_rec = plugins.create("recommender", config.target, **config.target_params)
     featurizer = plugins.create("featurizer", config.featurizer, **config.featurizer_params)
-    attack_factory = plugins.registry("attack").get(config.attack)  # one fresh model per attacker
+    attack_model = plugins.create("attack", config.attack, **config.attack_params)
+    make_attack = lambda: plugins.create("attack", config.attack, **config.attack_params)  # noqa: E731 - one per attacker
     defense = plugins.create("defense", config.defense, **config.defense_params) if config.defense else None
     if config.top_k < 1:
         raise MiarsError(f"--top-k must be >= 1, got {config.top_k}")
@@ -143,7 +144,7 @@ def run_attack(config: AttackConfig, plugins: Plugins | None = None, progress: P
     scores: dict[str, np.ndarray] = {}
     with timer.stage("attack", f"training attack {config.attack}"):
         for key, x in x_shadow.items():
-            model = attack_factory.factory(**config.attack_params).fit(x, split.shadow.is_member, seed=stage_seed(seed, "attack"))
+            model = make_attack().fit(x, split.shadow.is_member, seed=stage_seed(seed, "attack"))
             scores[key] = np.asarray(model.decision_function(x_target), dtype=np.float64)
             attackers[key] = membership_metrics(split.target.is_member, scores[key], np.asarray(model.predict(x_target)))
     # The headline is the attacker that knows the service it attacks (shadow served like the target).
@@ -158,7 +159,7 @@ def run_attack(config: AttackConfig, plugins: Plugins | None = None, progress: P
         recommenders={"shadow": shadow.report, "target": target.report},
         components={
             "featurizer": {"name": config.featurizer, "params": get_params(featurizer)},
-            "attack": {"name": config.attack, "params": get_params(attack_factory.factory(**config.attack_params))},
+            "attack": {"name": config.attack, "params": get_params(attack_model)},
             "defense": {"name": config.defense, "params": get_params(defense)} if defense is not None else None,
         },
         versions=versions(plugins),

@@ -105,8 +105,9 @@ class Registry:
         )
 
     def create(self, name: str, **params: Any) -> Any:
-        """Build the component ``name`` with hyperparameters ``params``."""
+        """Build the component ``name`` with hyperparameters ``params`` (checked against its defaults' types)."""
         entry = self.get(name)
+        params = check_param_types(self.kind, name, entry.factory, params)
         try:
             return entry.factory(**params)
         except TypeError as exc:
@@ -118,3 +119,51 @@ def _safe(fn: Callable[[], list[str]]) -> list[str]:
         return list(fn())
     except Exception:  # a broken namespace must not hide the real error
         return []
+
+
+def check_param_types(kind: str, name: str, factory: Callable[..., Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Reject a hyperparameter whose value does not fit the type of its default (one-line error).
+
+    Integers are accepted where a float is expected and lists where a tuple is; parameters
+    whose default is None, or factories without a readable signature, are not checked.
+    """
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return params
+    out = dict(params)
+    for key, value in params.items():
+        p = sig.parameters.get(key)
+        if p is None or p.default is inspect.Parameter.empty or p.default is None:
+            continue
+        default = p.default
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok:
+                out[key] = float(value)
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        elif isinstance(default, (tuple, list)):
+            ok = isinstance(value, (tuple, list))
+            if ok:
+                out[key] = type(default)(value)
+        else:
+            continue
+        if not ok:
+            raise MiarsError(
+                f"{kind} {name!r}: parameter {key}={value!r} should be a {type(default).__name__} "
+                f"like its default {default!r}; pass e.g. {key}={json_like(default)}"
+            )
+    return out
+
+
+def json_like(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        value = list(value)
+    return str(value).replace("'", '"') if not isinstance(value, str) else value

@@ -237,3 +237,17 @@ def test_builtin_numpy_components_pass_the_conformance_suite():
     checks.check_recommender(Popularity)
     checks.check_featurizer(CenterDiff, dim=8)
     checks.check_defense(PopularityRandomization, ratio=0.5)
+
+
+def test_registry_checks_parameter_types_against_defaults():
+    class Comp:
+        def __init__(self, dim: int = 100, ratio: float = 0.1, hidden: tuple = (32, 8), name: str = "x", flag: bool = False):
+            self.dim, self.ratio, self.hidden, self.name, self.flag = dim, ratio, hidden, name, flag
+
+    reg = Registry("featurizer")
+    reg.add("c", Comp, "p")
+    built = reg.create("c", ratio=1, hidden=[4, 2])
+    assert built.ratio == 1.0 and isinstance(built.ratio, float) and built.hidden == (4, 2)
+    for bad in ({"dim": "abc"}, {"dim": 2.5}, {"ratio": "x"}, {"flag": 1}, {"hidden": 3}, {"dim": True}):
+        with pytest.raises(MiarsError, match="should be a"):
+            reg.create("c", **bad)
