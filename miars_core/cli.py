@@ -110,7 +110,7 @@ def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool) -> 
         prepare_dir(out, "--out")
     if export_dir:
         prepare_dir(export_dir, "--export-miars")
-    err = Console(stderr=True, quiet=quiet)
+    err = Console(stderr=True, quiet=quiet, log_path=False)
     with err.status("starting") as status:
         result = run_attack(config, progress=lambda msg: (err.log(msg), status.update(msg)))
     Console().print(metrics_table(result))

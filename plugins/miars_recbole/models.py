@@ -89,7 +89,7 @@ class LatentFactorModel(RecBoleModel):
     def __init__(
         self,
         embedding_size: int = 64,
-        epochs: int = 100,
+        epochs: int = 50,
         learning_rate: float = 0.005,
         batch_size: int = 4096,
         score_batch_size: int = 1024,
@@ -109,8 +109,8 @@ class NeuralCF(RecBoleModel):
 
     def __init__(
         self,
-        epochs: int = 30,
-        learning_rate: float = 0.001,
+        epochs: int = 40,
+        learning_rate: float = 0.002,
         batch_size: int = 4096,
         mf_embedding_size: int = 64,
         mlp_embedding_size: int = 64,
