@@ -16,7 +16,7 @@ class MLPAttack(Component):
     unshuffled batch-size-1 loop (which makes results swing between runs).
     """
 
-    def __init__(self, hidden: tuple[int, ...] = (32, 8), epochs: int = 200, batch_size: int = 64,
+    def __init__(self, hidden: tuple[int, ...] = (32, 8), epochs: int = 100, batch_size: int = 128,
                  learning_rate: float = 0.01, momentum: float = 0.9, weight_decay: float = 1e-4):
         self.hidden = hidden
         self.epochs = epochs
