@@ -16,6 +16,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from .errors import MiarsError
 from .registry import KINDS, Registry
 
 ENTRY_POINT_GROUP = "miars"
@@ -83,18 +84,16 @@ def build(pm: pluggy.PluginManager, info: dict[str, PluginInfo]) -> Plugins:
     registries = {kind: Registry(kind) for kind in KINDS}
     for kind, hook_name in _HOOK_FOR_KIND.items():
         _call_register_hook(pm, hook_name, registries[kind], info)
-    for impl in getattr(pm.hook, "register_namespaces").get_hookimpls():
+    for impl in pm.hook.register_namespaces.get_hookimpls():
         plugin_name = pm.get_name(impl.plugin) or "?"
-
-        def register_namespace(kind, prefix, resolve, choices, _p=plugin_name):
+        calls = _collect(impl, plugin_name, "register_namespaces", info, arity=4)
+        for kind, prefix, resolve, choices in calls or []:
             if kind not in registries:
-                from .errors import MiarsError
-
-                raise MiarsError(f"plugin {_p!r} registered a namespace for unknown kind {kind!r}; use one of {', '.join(KINDS)}")
-            registries[kind].add_namespace(prefix, resolve, choices, _p)
-            _note(info, _p, "register_namespaces", kind, f"{prefix}:<Name>")
-
-        impl.function(register=register_namespace)
+                raise MiarsError(
+                    f"plugin {plugin_name!r} registered a namespace for unknown kind {kind!r}; use one of {', '.join(KINDS)}"
+                )
+            registries[kind].add_namespace(prefix, resolve, choices, plugin_name)
+            _note(info, plugin_name, kind, f"{prefix}:<Name>")
     for name, plugin in pm.list_name_plugin():
         if name in info:
             info[name].hooks = sorted({h.name for h in pm.get_hookcallers(plugin) or []})
@@ -105,15 +104,34 @@ def _call_register_hook(pm, hook_name: str, registry: Registry, info) -> None:
     # Each implementation gets its own callback so the registry knows which plugin registered what.
     for impl in getattr(pm.hook, hook_name).get_hookimpls():
         plugin_name = pm.get_name(impl.plugin) or "?"
+        for name, factory in _collect(impl, plugin_name, hook_name, info) or []:
+            registry.add(name, factory, plugin_name)  # duplicates fail loudly here
+            _note(info, plugin_name, registry.kind, name)
 
-        def register(name, factory, _p=plugin_name):
-            registry.add(name, factory, _p)
-            _note(info, _p, hook_name, registry.kind, name)
+
+def _collect(impl, plugin_name: str, hook_name: str, info, arity: int = 2) -> list[tuple] | None:
+    """Run one plugin's registration hook and return what it registered.
+
+    A hook that raises marks its plugin as failed and registers nothing: a broken plugin is
+    reported by ``miars plugins``, never fatal, and never half-registered.
+    """
+    calls: list[tuple] = []
+    try:
+        def register(*args):
+            if len(args) != arity:
+                raise TypeError(f"register() takes {arity} arguments, got {len(args)}")
+            calls.append(args)
 
         impl.function(register=register)
+    except Exception as exc:  # noqa: BLE001
+        line = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        entry = info.setdefault(plugin_name, PluginInfo(plugin_name))
+        entry.status = f"failed: {hook_name}: {line}"
+        return None
+    return calls
 
 
-def _note(info, plugin_name, hook_name, kind, name) -> None:
+def _note(info, plugin_name, kind, name) -> None:
     entry = info.setdefault(plugin_name, PluginInfo(plugin_name))
     entry.provides.setdefault(kind, []).append(name)
 

@@ -251,3 +251,21 @@ def test_registry_checks_parameter_types_against_defaults():
     for bad in ({"dim": "abc"}, {"dim": 2.5}, {"ratio": "x"}, {"flag": 1}, {"hidden": 3}, {"dim": True}):
         with pytest.raises(MiarsError, match="should be a"):
             reg.create("c", **bad)
+
+
+def test_a_plugin_whose_registration_hook_raises_is_reported_not_fatal_nor_half_registered():
+    from types import SimpleNamespace
+
+    from miars_core.hookspecs import hookimpl
+    from miars_core.plugins import get_plugins
+
+    @hookimpl
+    def register_recommenders(register):
+        register("half-done", dict)
+        raise RuntimeError("boom")
+
+    broken = SimpleNamespace(__name__="broken_plugin", register_recommenders=register_recommenders)
+    plugins = get_plugins(extra=[broken])
+    assert plugins.info["broken_plugin"].status.startswith("failed: register_recommenders: RuntimeError: boom")
+    assert "half-done" not in plugins.registry("recommender").names()
+    assert "item" in plugins.registry("recommender").names()
