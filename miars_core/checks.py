@@ -365,7 +365,9 @@ def check_plugin(
     pm = new_plugin_manager()
     name = getattr(plugin, "__name__", None) or type(plugin).__name__
     pm.register(plugin, name=name)
-    registries = build(pm, {name: PluginInfo(name)}).registries
+    info = {name: PluginInfo(name)}
+    registries = build(pm, info).registries
+    assert info[name].status == "loaded", f"plugin {name!r} did not register cleanly: {info[name].status}"
     done = []
     for kind in kinds:
         check = _CHECKS[kind]
