@@ -11,6 +11,9 @@ from .errors import MiarsError
 
 ScoreRows = Callable[[np.ndarray], np.ndarray]
 
+#: Largest users x items score block scored at once (2^25 float32 = 128 MiB).
+MAX_BLOCK_ELEMENTS = 1 << 25
+
 
 def check_k(k: int, known: sp.csr_matrix, who: str = "users") -> None:
     """Fail clearly when some user cannot be given ``k`` items they do not know."""
@@ -37,6 +40,7 @@ def top_k_excluding(scores: np.ndarray | ScoreRows, known: sp.csr_matrix, k: int
     check_k(k, known)
     known = sp.csr_matrix(known)
     n_users, n_items = known.shape
+    batch_size = max(1, min(batch_size, MAX_BLOCK_ELEMENTS // max(n_items, 1)))  # bound memory on huge catalogs
     out = np.empty((n_users, k), dtype=np.int64)
     for start in range(0, n_users, batch_size):
         rows = np.arange(start, min(start + batch_size, n_users))

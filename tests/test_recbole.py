@@ -48,6 +48,7 @@ def test_neumf_fast_scores_equal_recboles_own_forward(small):
     n = len(fitted.item_cols)
     slow = m.forward(users.repeat_interleave(n), torch.arange(n).repeat(7)).view(7, n)
     assert torch.allclose(_neumf_logits(m, users), slow, atol=1e-5)
+    assert torch.allclose(_neumf_logits(m, users, max_elements=7 * 128 * 5), slow, atol=1e-5)  # 5-item chunks
 
 
 def test_namespaced_names_use_the_tuned_wrappers_or_any_recbole_model(small):

@@ -74,11 +74,12 @@ class FittedRecBole:
         return m.predict(inter).view(len(users), n_rb)
 
 
-def _neumf_logits(m, users):
+def _neumf_logits(m, users, max_elements: int = 1 << 24):
     """NeuMF's logits for users x all items without materialising every (user, item) pair's input.
 
     The first MLP layer acts on [user; item], so it splits into a user part and an item part that
-    are added by broadcasting; the GMF branch and the output layer reduce to one GEMM.
+    are added by broadcasting; the GMF branch and the output layer reduce to one GEMM. Items are
+    processed in chunks so the (users x items x hidden) block stays under ``max_elements`` floats.
     """
     import torch
 
@@ -90,13 +91,16 @@ def _neumf_logits(m, users):
     d = m.user_mlp_embedding.weight.shape[1]
     hu = m.user_mlp_embedding(users) @ w[:, :d].T + b  # (B, h)
     hi = m.item_mlp_embedding.weight @ w[:, d:].T  # (I, h)
-    x = hu[:, None, :] + hi[None, :, :]
-    for layer in layers[first + 1 :]:
-        x = layer(x)
     wp, bp = m.predict_layer.weight[0], m.predict_layer.bias
     d_mf = m.user_mf_embedding.weight.shape[1]
-    gmf = (m.user_mf_embedding(users) * wp[:d_mf]) @ m.item_mf_embedding.weight.T
-    return gmf + x @ wp[d_mf:] + bp
+    out = (m.user_mf_embedding(users) * wp[:d_mf]) @ m.item_mf_embedding.weight.T + bp  # GMF branch
+    chunk = max(1, max_elements // max(1, len(users) * hu.shape[1]))
+    for start in range(0, hi.shape[0], chunk):
+        x = hu[:, None, :] + hi[None, start : start + chunk, :]
+        for layer in layers[first + 1 :]:
+            x = layer(x)
+        out[:, start : start + chunk] += x @ wp[d_mf:]
+    return out
 
 
 def train_recbole_model(model_name: str, train: sp.csr_matrix, overrides: dict, seed: int,
