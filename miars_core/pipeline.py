@@ -113,8 +113,11 @@ def run_attack(config: AttackConfig, plugins: Plugins | None = None, progress: P
     shadow_rec = plugins.create("recommender", config.shadow, **config.shadow_params)
     target_rec = plugins.create("recommender", config.target, **config.target_params)
     featurizer = plugins.create("featurizer", config.featurizer, **config.featurizer_params)
-    attack_model = plugins.create("attack", config.attack, **config.attack_params)
-    make_attack = lambda: plugins.create("attack", config.attack, **config.attack_params)  # noqa: E731 - one per attacker
+
+    def make_attack():  # a fresh, unfitted model per attacker
+        return plugins.create("attack", config.attack, **config.attack_params)
+
+    attack_model = make_attack()
     defense = plugins.create("defense", config.defense, **config.defense_params) if config.defense else None
     if config.top_k < 1:
         raise MiarsError(f"--top-k must be >= 1, got {config.top_k}")

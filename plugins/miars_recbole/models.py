@@ -21,6 +21,9 @@ class RecBoleModel(Component):
     other RecBole setting (e.g. ``{"embedding_size": 128}``).
     """
 
+    #: Hyperparameters passed to RecBole's config under their own names (set by subclasses).
+    recbole_keys: tuple[str, ...] = ()
+
     def __init__(
         self,
         model: str = "BPR",
@@ -46,6 +49,7 @@ class RecBoleModel(Component):
             cfg["learning_rate"] = float(self.learning_rate)
         if self.batch_size is not None:
             cfg["train_batch_size"] = int(self.batch_size)
+        cfg.update({key: getattr(self, key) for key in self.recbole_keys})
         cfg.update(self.config or {})
         return cfg
 
@@ -74,17 +78,18 @@ class RecBoleModel(Component):
 class ItemKNN(RecBoleModel):
     """Item-based collaborative filtering (RecBole ItemKNN, cosine, 100 neighbours): the paper's Item-based CF."""
 
+    recbole_keys = ("k", "shrink")
+
     def __init__(self, k: int = 100, shrink: float = 0.0, score_batch_size: int = 512):
         super().__init__(model="ItemKNN", epochs=1, batch_size=None, score_batch_size=score_batch_size)
         self.k = k
         self.shrink = shrink
 
-    def _recbole_config(self) -> dict[str, Any]:
-        return {"epochs": 1, "k": int(self.k), "shrink": float(self.shrink)}
-
 
 class LatentFactorModel(RecBoleModel):
     """Latent factor model: matrix factorization trained with BPR (RecBole BPR); the paper's LFM."""
+
+    recbole_keys = ("embedding_size",)
 
     def __init__(
         self,
@@ -98,14 +103,11 @@ class LatentFactorModel(RecBoleModel):
                          score_batch_size=score_batch_size)
         self.embedding_size = embedding_size
 
-    def _recbole_config(self) -> dict[str, Any]:
-        cfg = super()._recbole_config()
-        cfg["embedding_size"] = int(self.embedding_size)
-        return cfg
-
 
 class NeuralCF(RecBoleModel):
     """Neural collaborative filtering (RecBole NeuMF: GMF + MLP towers); the paper's NCF."""
+
+    recbole_keys = ("mf_embedding_size", "mlp_embedding_size")
 
     def __init__(
         self,
@@ -120,12 +122,6 @@ class NeuralCF(RecBoleModel):
                          score_batch_size=score_batch_size)
         self.mf_embedding_size = mf_embedding_size
         self.mlp_embedding_size = mlp_embedding_size
-
-    def _recbole_config(self) -> dict[str, Any]:
-        cfg = super()._recbole_config()
-        cfg["mf_embedding_size"] = int(self.mf_embedding_size)
-        cfg["mlp_embedding_size"] = int(self.mlp_embedding_size)
-        return cfg
 
 
 class Popularity(Component):
