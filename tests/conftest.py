@@ -51,3 +51,19 @@ def write_clustered_interactions(
 def small_dataset(tmp_path_factory) -> Path:
     """A 300 users x 150 items TSV (``user<TAB>item``, no header) with 5 taste clusters, 25-60 interactions each."""
     return write_clustered_interactions(tmp_path_factory.mktemp("data") / "clustered.tsv")
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Tests never touch the network: any connection outside this machine fails loudly."""
+    import socket
+
+    real_connect = socket.socket.connect
+
+    def guarded(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if self.family == socket.AF_UNIX or str(host) in ("127.0.0.1", "::1", "localhost"):
+            return real_connect(self, address)
+        raise RuntimeError(f"test tried to reach the network: {address!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
