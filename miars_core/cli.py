@@ -66,7 +66,7 @@ def attack(
     featurizer_param: Optional[List[str]] = typer.Option(None, "--featurizer-param", help="KEY=VALUE, e.g. dim=100."),
     attack_param: Optional[List[str]] = typer.Option(None, "--attack-param", help="KEY=VALUE, e.g. epochs=200."),
     defense_param: Optional[List[str]] = typer.Option(None, "--defense-param", help="KEY=VALUE, e.g. ratio=0.1."),
-    out: Optional[str] = typer.Option(None, "--out", help="Folder to write result.json into (metrics, timings, config, split, versions)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder to write result.json (metrics, timings, config, split, versions) and scores.tsv (per-user attack scores) into."),
     export_miars: Optional[str] = typer.Option(None, "--export-miars", help="Folder to write the authors' TSV files into (interactions, recommendations, item vectors)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
 ) -> None:

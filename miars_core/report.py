@@ -66,8 +66,19 @@ def prepare_dir(path: str | Path, flag: str) -> Path:
 
 
 def write_result(result: AttackResult, out_dir: str | Path) -> Path:
-    """Write ``result.json`` into ``out_dir`` and return its path."""
-    path = Path(out_dir) / "result.json"
+    """Write ``result.json`` and ``scores.tsv`` into ``out_dir``; return the path of result.json.
+
+    ``scores.tsv`` has one line per target user: original user id, 1 for a member, and the
+    attack score (higher = more likely member), for ROC curves and threshold choices of your own.
+    """
+    out = Path(out_dir)
+    target = result.artifacts["split"].target
+    lines = ["user_id\tis_member\tscore\n"] + [
+        f"{u}\t{int(m)}\t{s:.9g}\n"
+        for u, m, s in zip(target.interactions.user_ids, target.is_member, result.artifacts["scores"])
+    ]
+    _atomic_write_text(out / "scores.tsv", "".join(lines))
+    path = out / "result.json"
     _atomic_write_text(path, json.dumps(result.to_json(), indent=2, sort_keys=False) + "\n")
     return path
 

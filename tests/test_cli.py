@@ -476,3 +476,17 @@ def test_heavy_imports_are_lazy(setup):
     proc = run_script(sys.executable, "-c", LAZY.format(setup=setup), timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False False"
+
+
+def test_scores_file_reproduces_the_reported_roc_auc(item_run):
+    from sklearn.metrics import roc_auc_score
+
+    _, data, folder = item_run
+    lines = (folder / "out" / "scores.tsv").read_text().splitlines()
+    assert lines[0] == "user_id\tis_member\tscore"
+    rows = [line.split("\t") for line in lines[1:]]
+    assert len(rows) == data["split"]["target"]["users"]
+    labels = [int(r[1]) for r in rows]
+    scores = [float(r[2]) for r in rows]
+    assert sum(labels) == data["split"]["target"]["members"]
+    assert roc_auc_score(labels, scores) == pytest.approx(data["metrics"]["roc_auc"], abs=1e-6)
