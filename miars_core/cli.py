@@ -71,15 +71,7 @@ def attack(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
 ) -> None:
     """Run the CCS'21 membership inference attack end to end and print its metrics."""
-    from .protocol import SPLIT_MODES
-
     try:
-        if split not in SPLIT_MODES:
-            raise MiarsError(f"--split {split!r} is not valid; choose from: {', '.join(SPLIT_MODES)}")
-        if top_k < 1:
-            raise MiarsError(f"--top-k must be >= 1, got {top_k}")
-        if min_interactions < 1:
-            raise MiarsError(f"--min-interactions must be >= 1, got {min_interactions}")
         from .pipeline import AttackConfig
 
         config = AttackConfig(
@@ -91,7 +83,7 @@ def attack(
             featurizer_params=parse_params(featurizer_param, "--featurizer-param"),
             attack_params=parse_params(attack_param, "--attack-param"),
             defense_params=parse_params(defense_param, "--defense-param"),
-        )
+        ).validate()
         _run(config, out, export_miars, quiet)
     except MiarsError as exc:
         _fail(str(exc))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-#: What each metric means; `miars-attack --help` and docs/metrics.md print these.
+#: What each metric means; the metrics table prints these beside the values.
 DESCRIPTIONS = {
     "roc_auc": "area under the ROC curve of the attack scores (threshold-free)",
     "balanced_accuracy": "(TPR + TNR) / 2 at the model's own threshold: what the CCS'21 paper calls 'AUC'",

@@ -42,6 +42,18 @@ class AttackConfig:
     attack_params: dict[str, Any] = field(default_factory=dict)
     defense_params: dict[str, Any] = field(default_factory=dict)
 
+    def validate(self) -> "AttackConfig":
+        """Reject impossible plain values before any component is built or data is read."""
+        from .protocol import SPLIT_MODES
+
+        if self.split not in SPLIT_MODES:
+            raise MiarsError(f"--split {self.split!r} is not valid; choose from: {', '.join(SPLIT_MODES)}")
+        if self.top_k < 1:
+            raise MiarsError(f"--top-k must be >= 1, got {self.top_k}")
+        if self.min_interactions < 1:
+            raise MiarsError(f"--min-interactions must be >= 1, got {self.min_interactions}")
+        return self
+
 
 @dataclass
 class AttackResult:
@@ -109,6 +121,7 @@ def load_dataset(config: AttackConfig, plugins: Plugins) -> Interactions:
 def run_attack(config: AttackConfig, plugins: Plugins | None = None, progress: Progress | None = None) -> AttackResult:
     """Run the CCS'21 attack described by ``config`` and return its result (same seed, same metrics)."""
     plugins = plugins or get_plugins()
+    config.validate()
     # Build every component first, so a bad name fails before any data is read.
     shadow_rec = plugins.create("recommender", config.shadow, **config.shadow_params)
     target_rec = plugins.create("recommender", config.target, **config.target_params)
@@ -119,8 +132,6 @@ def run_attack(config: AttackConfig, plugins: Plugins | None = None, progress: P
 
     attack_model = make_attack()
     defense = plugins.create("defense", config.defense, **config.defense_params) if config.defense else None
-    if config.top_k < 1:
-        raise MiarsError(f"--top-k must be >= 1, got {config.top_k}")
 
     timer = _Timer(progress)
     seed = config.seed

@@ -116,12 +116,13 @@ def _collect(impl, plugin_name: str, hook_name: str, info, arity: int = 2) -> li
     reported by ``miars plugins``, never fatal, and never half-registered.
     """
     calls: list[tuple] = []
-    try:
-        def register(*args):
-            if len(args) != arity:
-                raise TypeError(f"register() takes {arity} arguments, got {len(args)}")
-            calls.append(args)
 
+    def register(*args):
+        if len(args) != arity:
+            raise TypeError(f"register() takes {arity} arguments, got {len(args)}")
+        calls.append(args)
+
+    try:
         impl.function(register=register)
     except Exception as exc:  # noqa: BLE001
         line = traceback.format_exception_only(type(exc), exc)[-1].strip()

@@ -28,6 +28,14 @@ def check_k(k: int, known: sp.csr_matrix, who: str = "users") -> None:
         )
 
 
+def top_k_popular(popularity: np.ndarray, known: sp.csr_matrix, k: int) -> np.ndarray:
+    """The ``k`` most popular items each row does not know (ties: lower item column first)."""
+    order = np.argsort(-np.asarray(popularity), kind="stable")
+    rank_score = np.empty(len(order), dtype=np.float32)
+    rank_score[order] = -np.arange(len(order), dtype=np.float32)
+    return top_k_excluding(lambda rows: np.broadcast_to(rank_score, (len(rows), len(rank_score))), known, k)
+
+
 def top_k_excluding(scores: np.ndarray | ScoreRows, known: sp.csr_matrix, k: int, batch_size: int = 1024) -> np.ndarray:
     """Top-``k`` item columns per row, best first, never an item the row already knows.
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .components import get_params
-from .ranking import check_k, top_k_excluding
+from .ranking import check_k, top_k_popular
 from .types import Part, ServiceContext
 
 
@@ -36,11 +36,9 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int) -> Served:
     member_lists = np.asarray(recommender.recommend(k), dtype=np.int64)
     if member_lists.shape != (len(members), k):
         raise ValueError(f"recommender {name!r} returned lists of shape {member_lists.shape}, expected {(len(members), k)}")
-    popular = popularity_order(part)
-    rank_score = np.empty(len(popular), dtype=np.float32)
-    rank_score[popular] = -np.arange(len(popular), dtype=np.float32)
-    other_known = part.interactions.matrix[others]
-    other_lists = top_k_excluding(lambda rows: np.broadcast_to(rank_score, (len(rows), len(rank_score))), other_known, k)
+    popularity = part.members.item_popularity()
+    popular = np.argsort(-popularity, kind="stable")
+    other_lists = top_k_popular(popularity, part.interactions.matrix[others], k)
     lists = np.empty((part.interactions.n_users, k), dtype=np.int64)
     lists[members] = member_lists
     lists[others] = other_lists

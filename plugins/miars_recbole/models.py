@@ -9,7 +9,7 @@ import numpy as np
 
 from miars_core.components import Component
 from miars_core.errors import MiarsError
-from miars_core.ranking import top_k_excluding
+from miars_core.ranking import top_k_excluding, top_k_popular
 from miars_core.types import Interactions
 
 
@@ -131,13 +131,13 @@ class Popularity(Component):
         pass
 
     def fit(self, train: Interactions, seed: int = 0) -> "Popularity":
-        self.popularity_ = train.item_popularity().astype(np.float32)
+        self.popularity_ = train.item_popularity()
         self.train_ = train.matrix
         self.fit_info_ = {"epochs_run": 0}
         return self
 
     def recommend(self, k: int) -> np.ndarray:
-        return top_k_excluding(lambda rows: np.broadcast_to(self.popularity_, (len(rows), len(self.popularity_))), self.train_, k)
+        return top_k_popular(self.popularity_, self.train_, k)
 
 
 #: ``recbole:<Name>`` resolves these names to the tuned wrappers above.
