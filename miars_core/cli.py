@@ -50,6 +50,7 @@ def parse_params(values: Optional[List[str]], flag: str) -> dict:
 
 def attack(
     dataset: str = typer.Option("ml-100k", help="Dataset name (`miars list dataset`) or path of an interactions file (user, item columns; .gz ok; RecBole .inter ok)."),
+    shadow_dataset: Optional[str] = typer.Option(None, "--shadow-dataset", help="Take the shadow part from this dataset instead (the paper's dataset transfer)."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the dataset's original file (plain or .gz)."),
     download: bool = typer.Option(False, "--download", help="Download the official archive into ~/.cache/miars if the file is missing."),
     target: str = typer.Option("item", help="Target recommender (`miars list recommender`), e.g. item, lfm, ncf, recbole:NeuMF."),
@@ -68,6 +69,8 @@ def attack(
     defense_param: Optional[List[str]] = typer.Option(None, "--defense-param", help="KEY=VALUE, e.g. ratio=0.1."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder to write result.json (metrics, timings, config, split, versions) and scores.tsv (per-user attack scores) into."),
     export_miars: Optional[str] = typer.Option(None, "--export-miars", help="Folder to write the authors' TSV files into (interactions, recommendations, item vectors)."),
+    cache: Optional[str] = typer.Option(None, "--cache", help="Folder of cached stage outputs [default: $MIARS_CACHE/stages or ~/.cache/miars/stages]."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Compute every stage afresh and store nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
 ) -> None:
     """Run the CCS'21 membership inference attack end to end and print its metrics."""
@@ -75,7 +78,7 @@ def attack(
         from .pipeline import AttackConfig
 
         config = AttackConfig(
-            dataset=dataset, data_dir=data_dir, download=download, target=target, shadow=shadow or target,
+            dataset=dataset, shadow_dataset=shadow_dataset, data_dir=data_dir, download=download, target=target, shadow=shadow or target,
             featurizer=featurizer, attack=attack_model, defense=defense, top_k=top_k, seed=seed, split=split,
             min_interactions=min_interactions,
             target_params=parse_params(target_param, "--target-param"),
@@ -84,7 +87,7 @@ def attack(
             attack_params=parse_params(attack_param, "--attack-param"),
             defense_params=parse_params(defense_param, "--defense-param"),
         ).validate()
-        _run(config, out, export_miars, quiet)
+        _run(config, out, export_miars, quiet, _store(cache, no_cache))
     except MiarsError as exc:
         _fail(str(exc))
 
@@ -92,7 +95,18 @@ def attack(
 attack.__doc__ = f"{attack.__doc__}\n\n{METRICS_HELP}"
 
 
-def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool) -> None:
+def _store(cache: Optional[str], no_cache: bool):
+    """The stage store the flags ask for: a folder (default under the user cache), or memory only."""
+    from .store import DiskStore, MemoryStore, default_cache_dir
+
+    if no_cache:
+        if cache:
+            raise MiarsError("pass either --cache DIR or --no-cache, not both")
+        return MemoryStore()
+    return DiskStore(cache or default_cache_dir())
+
+
+def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool, store=None) -> None:
     from rich.console import Console
 
     from .pipeline import run_attack
@@ -104,7 +118,7 @@ def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool) -> 
         prepare_dir(export_dir, "--export-miars")
     err = Console(stderr=True, quiet=quiet, log_path=False)
     with err.status("starting") as status:
-        result = run_attack(config, progress=lambda msg: (err.log(msg), status.update(msg)))
+        result = run_attack(config, progress=lambda msg: (err.log(msg), status.update(msg)), store=store)
     Console().print(metrics_table(result))
     if out:
         path = write_result(result, out)
@@ -115,6 +129,108 @@ def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool) -> 
 
 
 app.command("attack", help=attack.__doc__)(attack)
+
+
+def grid(
+    config_file: Optional[str] = typer.Option(None, "--config", help="TOML file with the grid (keys: the flags' names with underscores); flags override it."),
+    dataset: Optional[List[str]] = typer.Option(None, "--dataset", help="Datasets or files, comma-separated [default: ml-100k]."),
+    shadow_dataset: Optional[List[str]] = typer.Option(None, "--shadow-dataset", help="Datasets to take the shadow part from (dataset transfer) [default: the target's]."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the datasets' original files."),
+    download: bool = typer.Option(False, "--download", help="Download missing official datasets into ~/.cache/miars."),
+    target: Optional[List[str]] = typer.Option(None, "--target", help="Target recommenders, comma-separated [default: item]."),
+    shadow: Optional[List[str]] = typer.Option(None, "--shadow", help="Shadow recommenders, crossed with the targets [default: each target's own]."),
+    featurizer: Optional[List[str]] = typer.Option(None, "--featurizer", help="Featurizers [default: center-diff]."),
+    attack_model: Optional[List[str]] = typer.Option(None, "--attack", help="Attack models [default: mlp]."),
+    defense: Optional[List[str]] = typer.Option(None, "--defense", help="Defenses, `none` for no defense [default: none]."),
+    defense_param: Optional[List[str]] = typer.Option(None, "--defense-param", help="[DEFENSE.]KEY=V1,V2,... values to sweep (repeatable)."),
+    target_param: Optional[List[str]] = typer.Option(None, "--target-param", help="[NAME.]KEY=VALUE for target recommenders (repeatable)."),
+    shadow_param: Optional[List[str]] = typer.Option(None, "--shadow-param", help="[NAME.]KEY=VALUE for shadow recommenders (repeatable)."),
+    featurizer_param: Optional[List[str]] = typer.Option(None, "--featurizer-param", help="[NAME.]KEY=VALUE for featurizers."),
+    attack_param: Optional[List[str]] = typer.Option(None, "--attack-param", help="[NAME.]KEY=VALUE for attack models."),
+    top_k: Optional[List[str]] = typer.Option(None, "--top-k", help="List lengths, comma-separated [default: 100]."),
+    seed: Optional[List[str]] = typer.Option(None, "--seed", help="Master seeds, comma-separated, e.g. 0,1,2 [default: 0]."),
+    split: Optional[str] = typer.Option(None, help="interactions (the paper's) or users."),
+    min_interactions: Optional[int] = typer.Option(None, "--min-interactions", help="Shadow/target users with fewer interactions are dropped [default: 20]."),
+    out: str = typer.Option(..., "--out", help="Run folder: grid.json, cells/<id>/ (result.json, scores.tsv), report/."),
+    cache: Optional[str] = typer.Option(None, "--cache", help="Folder of cached stage outputs [default: $MIARS_CACHE/stages or ~/.cache/miars/stages]."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Keep stage outputs only for this run (in a temporary folder); nothing to resume from."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes [default: cores // threads]."),
+    threads: int = typer.Option(1, "--threads", help="Torch/BLAS threads per worker (workers x threads <= cores)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run on an existing dask.distributed scheduler, e.g. tcp://HOST:8786 (workers must share --cache)."),
+    dask_local: Optional[int] = typer.Option(None, "--dask-local", help="Start a local dask.distributed cluster of N workers."),
+    no_report: bool = typer.Option(False, "--no-report", help="Do not write RUN_DIR/report/ at the end."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Run a grid of attack cells (cached, resumable), then write tables, plots and report.html."""
+    try:
+        from .grid import GridSpec, load_toml, parse_list_flag, parse_scoped_params
+
+        values = load_toml(config_file) if config_file else {}
+        flags = {
+            "dataset": parse_list_flag(dataset, "--dataset"),
+            "shadow_dataset": parse_list_flag(shadow_dataset, "--shadow-dataset"),
+            "target": parse_list_flag(target, "--target"),
+            "shadow": parse_list_flag(shadow, "--shadow"),
+            "featurizer": parse_list_flag(featurizer, "--featurizer"),
+            "attack": parse_list_flag(attack_model, "--attack"),
+            "defense": parse_list_flag(defense, "--defense"),
+            "top_k": parse_list_flag(top_k, "--top-k", int),
+            "seed": parse_list_flag(seed, "--seed", int),
+            "split": split,
+            "min_interactions": min_interactions,
+            "data_dir": data_dir,
+            "download": download or None,
+        }
+        values.update({k: v for k, v in flags.items() if v is not None})
+        for key, flag, given, sweep in (("defense_params", "--defense-param", defense_param, True),
+                                        ("target_params", "--target-param", target_param, False),
+                                        ("shadow_params", "--shadow-param", shadow_param, False),
+                                        ("featurizer_params", "--featurizer-param", featurizer_param, False),
+                                        ("attack_params", "--attack-param", attack_param, False)):
+            if given:
+                merged = dict(values.get(key, {}))
+                for name, params in parse_scoped_params(given, flag, sweep).items():
+                    merged[name] = {**merged.get(name, {}), **params}
+                values[key] = merged
+        spec = GridSpec(**values)
+        _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, not no_report, quiet)
+    except MiarsError as exc:
+        _fail(str(exc))
+
+
+def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, report, quiet) -> None:
+    from rich.console import Console
+
+    from .engine import FAILED_EXIT, run_grid
+    from .executors import make_executor
+    from .gridprogress import GridProgress
+    from .store import default_cache_dir
+
+    if no_cache and cache:
+        raise MiarsError("pass either --cache DIR or --no-cache, not both")
+    spec.configs()  # check the lists before starting workers
+    executor = make_executor(workers, threads, scheduler, dask_local)
+    err = Console(stderr=True, quiet=quiet)
+    with GridProgress(err) as progress:
+        summary = run_grid(spec, out, cache=None if no_cache else (cache or default_cache_dir()), executor=executor,
+                           threads=threads, progress=progress)
+    err.print(progress.summary_table(summary))
+    if report:
+        try:
+            from .gridreport import write_report
+        except ImportError:  # reports not installed in this build
+            write_report = None
+        if write_report is not None:
+            path = write_report(summary.run_dir)
+            err.print(f"wrote {path}")
+    if summary.failed:
+        first_id, first = next(iter(sorted(summary.failed.items())))
+        typer.echo(f"miars: error: {len(summary.failed)} of {len(summary.cells)} cells failed (first: {first}); "
+                   f"see {summary.run_dir}/cells/{first_id}/error.json", err=True)
+        raise typer.Exit(FAILED_EXIT)
+
+
+app.command("grid", help=grid.__doc__)(grid)
 
 
 @app.command("plugins")

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import numpy as np
-
-from .components import get_params
 from .errors import MiarsError
-from .metrics import membership_metrics
 from .plugins import Plugins, get_plugins
-from .protocol import split_dataset
-from .seeds import stage_seed
-from .service import Served, defend, serve
+from .store import Store
 from .types import Interactions, Split
 
 
@@ -25,6 +17,7 @@ class AttackConfig:
     """Everything needed to rerun one attack (written to result.json as ``config``)."""
 
     dataset: str = "ml-100k"
+    shadow_dataset: str | None = None
     data_dir: str | None = None
     download: bool = False
     target: str = "item"
@@ -68,6 +61,8 @@ class AttackResult:
     versions: dict
     attackers: dict = field(default_factory=dict)
     artifacts: dict = field(default_factory=dict, repr=False)
+    cache: dict = field(default_factory=dict, repr=False)
+    cell: dict | None = None
 
     def to_json(self) -> dict:
         out = {
@@ -81,107 +76,132 @@ class AttackResult:
         }
         if self.attackers:
             out["attackers"] = self.attackers
+        if self.cell is not None:
+            out["cell"] = self.cell
         return out
 
 
 Progress = Callable[[str], None]
 
 
-class _Timer:
-    def __init__(self, progress: Progress | None):
-        self.timings: dict[str, float] = {}
-        self.progress = progress
-
-    @contextmanager
-    def stage(self, name: str, message: str) -> Iterator[None]:
-        if self.progress:
-            self.progress(message)
-        start = time.perf_counter()
-        yield
-        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
+DATASET_SUFFIXES = (".gz", ".tsv", ".csv", ".inter", ".dat", ".txt")
 
 
-def load_dataset(config: AttackConfig, plugins: Plugins) -> Interactions:
-    """Load ``config.dataset``: a registered name, or the path of an interactions file."""
+def dataset_is_path(name: str, registry) -> bool:
+    """Whether ``--dataset`` names a file rather than a registered dataset."""
+    if name in registry.entries:
+        return False
+    return Path(name).expanduser().exists() or "/" in name or name.endswith(DATASET_SUFFIXES)
+
+
+def load_named(name: str, data_dir: str | None, download: bool, plugins: Plugins) -> Interactions:
+    """Load a registered dataset by name, or an interactions file by path."""
     registry = plugins.registry("dataset")
-    name = config.dataset
-    data_dir = Path(config.data_dir) if config.data_dir else None
-    if name not in registry.entries and (Path(name).exists() or "/" in name or name.endswith((".gz", ".tsv", ".csv", ".inter", ".dat", ".txt"))):
-        if not Path(name).is_file():
+    if dataset_is_path(name, registry):
+        if not Path(name).expanduser().is_file():
             raise MiarsError(f"--dataset {name!r}: no such file; pass an existing file or one of: {', '.join(registry.names())}")
-        dataset = registry.create("file", path=name)
+        dataset = registry.create("file", path=str(Path(name).expanduser()))
     else:
         dataset = registry.create(name)
-    data = dataset.load(data_dir=data_dir, download=config.download)
+    data = dataset.load(data_dir=Path(data_dir).expanduser() if data_dir else None, download=download)
     if data.n_interactions == 0:
         raise MiarsError(f"dataset {name!r} holds no interactions; check the file")
     return data
 
 
-def run_attack(config: AttackConfig, plugins: Plugins | None = None, progress: Progress | None = None) -> AttackResult:
-    """Run the CCS'21 attack described by ``config`` and return its result (same seed, same metrics)."""
+def load_dataset(config: AttackConfig, plugins: Plugins) -> Interactions:
+    """Load ``config.dataset``: a registered name, or the path of an interactions file."""
+    return load_named(config.dataset, config.data_dir, config.download, plugins)
+
+
+def run_attack(config: AttackConfig, plugins: Plugins | None = None, progress: Progress | None = None,
+               store: Store | None = None) -> AttackResult:
+    """Run the CCS'21 attack described by ``config`` and return its result (same seed, same metrics).
+
+    The run is one cell of the stage graph (:mod:`miars_core.stages`); ``store`` keeps stage
+    outputs (a :class:`~miars_core.store.DiskStore` reuses them across runs; default: this run only).
+    """
+    from .stages import Cell
+
     plugins = plugins or get_plugins()
     config.validate()
-    # Build every component first, so a bad name fails before any data is read.
-    shadow_rec = plugins.create("recommender", config.shadow, **config.shadow_params)
-    target_rec = plugins.create("recommender", config.target, **config.target_params)
-    featurizer = plugins.create("featurizer", config.featurizer, **config.featurizer_params)
+    cell = Cell(config, plugins, store, progress)  # builds every component: bad names fail here
+    return cell_result(cell)
 
-    def make_attack():  # a fresh, unfitted model per attacker
-        return plugins.create("attack", config.attack, **config.attack_params)
 
-    attack_model = make_attack()
-    defense = plugins.create("defense", config.defense, **config.defense_params) if config.defense else None
+def cell_result(cell) -> AttackResult:
+    """Compute (or read) every stage of ``cell`` and assemble its :class:`AttackResult`."""
+    from .stages import cell_metrics
 
-    timer = _Timer(progress)
-    seed = config.seed
-    with timer.stage("load", f"loading {config.dataset}"):
-        data = load_dataset(config, plugins)
-    with timer.stage("split", "splitting into shadow / target / vectorization"):
-        split = split_dataset(data, mode=config.split, min_interactions=config.min_interactions,
-                              seed=stage_seed(seed, "split"))
-    with timer.stage("shadow_recommender", f"training shadow recommender {config.shadow}"):
-        shadow = serve(split.shadow, shadow_rec, config.shadow, config.top_k, stage_seed(seed, "shadow"))
-    with timer.stage("target_recommender", f"training target recommender {config.target}"):
-        target = serve(split.target, target_rec, config.target, config.top_k, stage_seed(seed, "target"))
-    shadow_lists = {"undefended": shadow.lists}
-    target_lists = target.lists
-    if defense is not None:
-        with timer.stage("defense", f"applying defense {config.defense}"):
-            target_lists = defend(target, defense, stage_seed(seed, "defense-target"))
-            shadow_lists["defended"] = defend(shadow, defense, stage_seed(seed, "defense-shadow"))
-    with timer.stage("featurize", f"featurizing with {config.featurizer}"):
-        featurizer.fit(split.vectorization, seed=stage_seed(seed, "featurizer"))
-        x_target = featurizer.transform(split.target.interactions, target_lists)
-        x_shadow = {key: featurizer.transform(split.shadow.interactions, lists) for key, lists in shadow_lists.items()}
-    attackers: dict[str, dict] = {}
-    scores: dict[str, np.ndarray] = {}
-    with timer.stage("attack", f"training attack {config.attack}"):
-        for key, x in x_shadow.items():
-            model = make_attack().fit(x, split.shadow.is_member, seed=stage_seed(seed, "attack"))
-            scores[key] = np.asarray(model.decision_function(x_target), dtype=np.float64)
-            attackers[key] = membership_metrics(split.target.is_member, scores[key], np.asarray(model.predict(x_target)))
-    # The headline is the attacker that knows the service it attacks (shadow served like the target).
-    main = "defended" if defense is not None else "undefended"
+    config = cell.config
+    attackers = cell_metrics(cell)
+    outputs = cell.attackers()
+    main = "defended" if config.defense else "undefended"
     named = {"undefended": "defense_unaware", "defended": "defense_aware"}
+    shadow_split, target_split = cell.split_output("shadow").meta, cell.split_output("target").meta
+    summary = {"shadow": shadow_split["summary"]["shadow"], "target": target_split["summary"]["target"],
+               "vectorization": target_split["summary"]["vectorization"], "items": target_split["summary"]["items"]}
+    split_info = {"mode": config.split, "min_interactions": config.min_interactions, **summary,
+                  "dataset": target_split["dataset"]}
+    if config.shadow_dataset:
+        split_info["shadow_dataset"] = {**shadow_split["dataset"], "vectorization": shadow_split["summary"]["vectorization"],
+                                        "items": shadow_split["summary"]["items"]}
+    components = {
+        "featurizer": {"name": config.featurizer, "params": cell._ids["featurizer"]["params"]},
+        "attack": {"name": config.attack, "params": cell._ids["attack"]["params"]},
+        "defense": {"name": config.defense, "params": cell._ids["defense"]["params"]} if config.defense else None,
+    }
+    timings = cell.stage_seconds()
+    timings = {k: timings[k] for k in _TIMING_ORDER if k in timings}
+    timings["total"] = round(sum(timings.values()), 3)
+    artifacts = _LazyArtifacts({
+        "split": lambda: cell.split("target") if not config.shadow_dataset else _transfer_split(cell),
+        "shadow_lists": lambda: cell.lists("shadow", bool(config.defense)),
+        "target_lists": lambda: cell.lists("target", bool(config.defense)),
+        "item_vectors": lambda: getattr(cell.featurizer("target"), "item_vectors_", None),
+        "scores": lambda: outputs[main].arrays["scores"],
+        "attacker_scores": lambda: {named[k] if config.defense else "attack": o.arrays["scores"] for k, o in outputs.items()},
+    })
     return AttackResult(
         config=config,
         metrics=attackers[main],
-        timings={**timer.timings, "total": round(sum(timer.timings.values()), 3)},
-        split={"mode": config.split, "min_interactions": config.min_interactions, **split.summary(),
-               "dataset": {"users": data.n_users, "items": data.n_items, "interactions": data.n_interactions}},
-        recommenders={"shadow": shadow.report, "target": target.report},
-        components={
-            "featurizer": {"name": config.featurizer, "params": get_params(featurizer)},
-            "attack": {"name": config.attack, "params": get_params(attack_model)},
-            "defense": {"name": config.defense, "params": get_params(defense)} if defense is not None else None,
-        },
-        versions=versions(plugins),
-        attackers={named[k]: v for k, v in attackers.items()} if defense is not None else {},
-        artifacts={"split": split, "shadow_lists": shadow_lists.get("defended", shadow.lists),
-                   "target_lists": target_lists, "item_vectors": getattr(featurizer, "item_vectors_", None),
-                   "scores": scores[main]},
+        timings=timings,
+        split=split_info,
+        recommenders={"shadow": cell.served("shadow").meta["report"], "target": cell.served("target").meta["report"]},
+        components=components,
+        versions=versions(cell.plugins),
+        attackers={named[k]: v for k, v in attackers.items()} if config.defense else {},
+        artifacts=artifacts,
+        cache={"computed": dict(cell.computed), "cached": sorted(set(cell.hits) - set(cell.computed))},
     )
+
+
+_TIMING_ORDER = ("load", "split", "shadow_recommender", "target_recommender", "defense", "featurize", "attack")
+
+
+def _transfer_split(cell) -> Split:
+    raise MiarsError("--export-miars is not available for a dataset-transfer run (shadow and target items differ); "
+                     "drop --export-miars or --shadow-dataset")
+
+
+class _LazyArtifacts(dict):
+    """Arrays for export and scores.tsv, read from the stage outputs only when asked for."""
+
+    def __init__(self, loaders: dict[str, Callable[[], Any]]):
+        super().__init__()
+        self._loaders = loaders
+
+    def __missing__(self, key: str) -> Any:
+        if key not in self._loaders:
+            raise KeyError(key)
+        value = self[key] = self._loaders[key]()
+        return value
+
+    def get(self, key, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
 
 
 def versions(plugins: Plugins) -> dict:

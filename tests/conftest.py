@@ -47,6 +47,14 @@ def write_clustered_interactions(
     return path
 
 
+def pytest_configure(config):
+    """Stage caches of CLI runs go to a temporary folder, never to the user's ~/.cache."""
+    import os
+    import tempfile
+
+    os.environ["MIARS_CACHE"] = tempfile.mkdtemp(prefix="miars-test-cache-")
+
+
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory) -> Path:
     """A 300 users x 150 items TSV (``user<TAB>item``, no header) with 5 taste clusters, 25-60 interactions each."""

@@ -1,0 +1,306 @@
+"""Running a grid: plan the unique stages of all cells, run them on an executor, write each cell.
+
+Tasks, in dependency order:
+1. ``split:<side>``: load + split, once per (dataset, split settings, seed);
+2. ``serve:<part>``: one recommender fit + its lists, once per (split, part, recommender, params, k, seed),
+   however many cells share it;
+3. ``cell``: defense, item vectors, features, attack and metrics of one cell (seconds).
+A task runs as soon as the tasks it needs are done. Stage outputs go to the store (``--cache``);
+each finished cell is written to ``RUN_DIR/cells/<id>/`` as a set (staged, then renamed), so a
+grid killed at any moment and started again recomputes nothing it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import MiarsError
+from .executors import SerialExecutor, pinned_threads
+from .grid import GridSpec, cell_id, cell_record
+from .pipeline import AttackConfig, cell_result
+from .store import DiskStore, MemoryStore
+
+FAILED_EXIT = 1  # some cells failed (bad input is exit 2, before anything runs)
+
+
+# -- the task function (runs in any process) -------------------------------------------------------
+def run_task(task: dict, plugins=None, store=None) -> dict:
+    """Run one task; return what the grid needs to know. Never raises: failures are returned."""
+    from .plugins import get_plugins
+    from .stages import Cell
+
+    cell = None
+    try:
+        with pinned_threads(task.get("threads")):
+            plugins = plugins or get_plugins()
+            if store is None:
+                store = DiskStore(task["cache"]) if task.get("cache") else MemoryStore()
+            cell = Cell(AttackConfig(**task["config"]), plugins, store)
+            if task["kind"] == "prepare":
+                cell.prepare(task["what"])
+                return {"ok": True, "computed": cell.computed}
+            result = cell_result(cell)
+            result.cell = cell_record(result.config)
+            payload = result.to_json()
+            json.dumps(payload, allow_nan=False)  # a NaN anywhere fails the cell, never the JSON
+            target = result.artifacts["split"].target if not result.config.shadow_dataset else cell.part("target")
+            return {"ok": True, "computed": cell.computed, "result": payload,
+                    "users": [str(u) for u in target.interactions.user_ids], "is_member": target.is_member.tolist(),
+                    "scores": {k: v.tolist() for k, v in result.artifacts["attacker_scores"].items()}}
+    except Exception as exc:  # noqa: BLE001 - reported per cell; the grid goes on
+        line = str(exc) if isinstance(exc, MiarsError) else f"{type(exc).__name__}: {exc}"
+        return {"ok": False, "error": " ".join(line.split()) or type(exc).__name__,
+                "stage": getattr(cell, "stage", None) or task.get("what") or "setup",
+                "traceback": traceback.format_exc(), "computed": getattr(cell, "computed", {})}
+
+
+# -- planning ---------------------------------------------------------------------------------------
+@dataclass
+class Task:
+    name: str
+    spec: dict
+    needs: list[str] = field(default_factory=list)
+    cells: list[str] = field(default_factory=list)
+
+
+def plan(configs: list[AttackConfig], plugins, store, cache: str | None, threads: int | None) -> tuple[dict[str, Task], dict[str, Any]]:
+    """Tasks for every unique split and fit, and one per cell; stages already stored are skipped."""
+    from .stages import Cell
+
+    tasks: dict[str, Task] = {}
+    cells: dict[str, Any] = {}
+    for config in configs:
+        cid = cell_id(config)
+        cell = Cell(config, plugins, store)  # validates names and parameters before anything runs
+        cells[cid] = cell
+        base = {"config": asdict(config), "cache": cache, "threads": threads}
+        keys = cell.task_keys()
+        needs = []
+        for what in ("split:shadow", "split:target", "serve:shadow", "serve:target"):
+            stage, _, arg = what.partition(":")
+            name = f"{stage}:{keys[what]}"
+            if store.meta(stage, keys[what]) is not None:
+                continue  # stored by an earlier run
+            if name not in tasks:
+                upstream = [f"split:{keys['split:' + arg]}"] if stage == "serve" else []
+                tasks[name] = Task(name, {**base, "kind": "prepare", "what": what}, [u for u in upstream if u in tasks])
+            tasks[name].cells.append(cid)
+            needs.append(name)
+        tasks[f"cell:{cid}"] = Task(f"cell:{cid}", {**base, "kind": "cell"}, needs, [cid])
+    return tasks, cells
+
+
+# -- writing the run folder ---------------------------------------------------------------------------
+def _atomic_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _scores_text(users: list[str], is_member: list[bool], scores: list[float]) -> str:
+    rows = [f"{u}\t{int(m)}\t{s:.9g}\n" for u, m, s in zip(users, is_member, scores)]
+    return "user_id\tis_member\tscore\n" + "".join(rows)
+
+
+def write_cell(run_dir: Path, cid: str, outcome: dict, config: AttackConfig) -> None:
+    """Write one cell's folder as a set: stage it beside the final folder, then swap it in."""
+    cells = run_dir / "cells"
+    staging = Path(tempfile.mkdtemp(dir=cells, prefix=f".{cid}.", suffix=".tmp"))
+    try:
+        if outcome["ok"]:
+            (staging / "result.json").write_text(json.dumps(outcome["result"], indent=2, allow_nan=False) + "\n")
+            scores = outcome["scores"]
+            main = "defense_aware" if config.defense else "attack"
+            (staging / "scores.tsv").write_text(_scores_text(outcome["users"], outcome["is_member"], scores[main]))
+            for name, values in scores.items():
+                if name != main:
+                    (staging / f"scores_{name}.tsv").write_text(_scores_text(outcome["users"], outcome["is_member"], values))
+        else:
+            record = {"cell": cell_record(config), "stage": outcome["stage"], "error": outcome["error"]}
+            (staging / "error.json").write_text(json.dumps(record, indent=2) + "\n")
+            (staging / "traceback.txt").write_text(outcome.get("traceback", ""))
+        for f in staging.iterdir():
+            os.chmod(f, 0o644)
+        os.chmod(staging, 0o755)
+        final = cells / cid
+        old = None
+        if final.exists():
+            old = Path(tempfile.mkdtemp(dir=cells, prefix=f".{cid}.", suffix=".old"))
+            os.rename(final, old / "x")
+        os.rename(staging, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _clean_stale(run_dir: Path) -> None:
+    """Remove staging folders of a grid that was killed while writing a cell."""
+    for stale in list((run_dir / "cells").glob(".*.tmp")) + list((run_dir / "cells").glob(".*.old")):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+# -- the grid -------------------------------------------------------------------------------------
+@dataclass
+class GridSummary:
+    run_dir: Path
+    cells: list[str]
+    failed: dict[str, str]
+    wall_seconds: float
+    stage_seconds: dict[str, float]
+    executor: dict
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+Progress = Callable[[str, str, dict], None]  # (event, task name, info)
+
+
+def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, executor=None, threads: int | None = 1,
+             plugins=None, progress: Progress | None = None) -> GridSummary:
+    """Run every cell of ``spec`` into ``out``; reuse stored stages; return what ran and failed."""
+    from .plugins import get_plugins
+    from .stages import Cell
+
+    start = time.perf_counter()
+    plugins = plugins or get_plugins()
+    configs = spec.configs()
+    run_dir = Path(out).expanduser()
+    ids = [cell_id(c) for c in configs]
+    for c in {cell_id(c): c for c in configs}.values():  # bad names and parameters fail before anything is written
+        Cell(c, plugins)
+    _check_run_dir(run_dir, ids)
+    if cache is None:
+        tmp_cache = tempfile.mkdtemp(prefix="miars-grid-cache-")
+        store_root = tmp_cache
+    else:
+        tmp_cache = None
+        store_root = str(Path(cache).expanduser())
+    store = DiskStore(store_root)
+    executor = executor or SerialExecutor()
+    try:
+        store.clean_partial()
+        tasks, cells = plan(configs, plugins, store, store_root, threads)
+        (run_dir / "cells").mkdir(parents=True, exist_ok=True)
+        _clean_stale(run_dir)
+        by_id = dict(zip(ids, configs))
+        grid_record = {"spec": spec.to_json(), "cells": ids, "status": "running", "executor": executor.describe()}
+        _atomic_json(run_dir / "grid.json", grid_record)
+        if not executor.in_process and _all_cached(tasks, cells, store):
+            executor.close()  # only reading is left: workers would spend longer importing torch
+            executor = SerialExecutor()
+        local = executor.in_process
+        failed, stage_seconds = _execute(tasks, executor, by_id, run_dir, plugins if local else None,
+                                         store if local else None, progress)
+    finally:
+        executor.close()
+        if tmp_cache:
+            shutil.rmtree(tmp_cache, ignore_errors=True)
+    wall = round(time.perf_counter() - start, 3)
+    grid_record.update(status="finished", failed=sorted(failed), wall_seconds=wall, stage_seconds=stage_seconds,
+                       fit_seconds=round(sum(v for k, v in stage_seconds.items() if k.startswith("serve")), 3),
+                       attack_seconds=stage_seconds.get("attack", 0.0))
+    _atomic_json(run_dir / "grid.json", grid_record)
+    return GridSummary(run_dir, ids, failed, wall, stage_seconds, executor.describe())
+
+
+def _all_cached(tasks: dict[str, Task], cells: dict[str, Any], store) -> bool:
+    """Whether every stage of every cell is stored already (a finished grid run again)."""
+    if any(t.spec["kind"] != "cell" for t in tasks.values()):
+        return False
+    return all(store.meta(stage, key) is not None for cell in cells.values() for stage, _, key in cell.graph())
+
+
+def _check_run_dir(run_dir: Path, ids: list[str]) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MiarsError(f"--out {str(run_dir)!r} is a file, not a folder; pass a folder path")
+    record = run_dir / "grid.json"
+    if record.is_file():
+        try:
+            previous = json.loads(record.read_text()).get("cells", [])
+        except (OSError, ValueError):
+            previous = None
+        if previous is not None and sorted(previous) != sorted(ids):
+            raise MiarsError(f"--out {str(run_dir)!r} holds a different grid (grid.json); pass a new --out folder, "
+                             "or the same arguments to resume that grid")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=run_dir, prefix=".probe-")
+        probe.close()
+    except OSError as exc:
+        raise MiarsError(f"--out {str(run_dir)!r} is not writable ({exc.strerror}); pass a writable folder") from None
+
+
+def _execute(tasks: dict[str, Task], executor, by_id: dict[str, AttackConfig], run_dir: Path, plugins, store,
+             progress: Progress | None) -> tuple[dict[str, str], dict[str, float]]:
+    """Submit tasks as their needs finish; write each cell as soon as it is done."""
+    done: set[str] = set()
+    failed_tasks: dict[str, str] = {}
+    failed_cells: dict[str, str] = {}
+    stage_seconds: dict[str, float] = {}
+    running: dict[Any, str] = {}
+    waiting = dict(tasks)
+    notify = progress or (lambda *a: None)
+    notify("plan", "", {"tasks": {k: sum(1 for t in tasks.values() if t.spec["kind"] == "prepare" and t.spec["what"].startswith(k))
+                                  for k in ("split", "serve")} | {"cell": len(by_id)}})
+
+    def run(task: Task) -> Any:
+        if store is not None:
+            return executor.submit(run_task, task.spec, plugins, store)
+        return executor.submit(run_task, task.spec)
+
+    def finish(task: Task, outcome: dict) -> None:
+        for stage, secs in (outcome.get("computed") or {}).items():
+            stage_seconds[stage] = round(stage_seconds.get(stage, 0.0) + secs, 3)
+        if task.spec["kind"] == "cell":
+            cid = task.cells[0]
+            write_cell(run_dir, cid, outcome, by_id[cid])
+            if not outcome["ok"]:
+                failed_cells[cid] = outcome["error"]
+        elif not outcome["ok"]:
+            failed_tasks[task.name] = outcome["error"]
+        done.add(task.name)
+        notify("done", task.name, {"ok": outcome["ok"], "kind": task.spec["kind"], "what": task.spec.get("what", "cell"),
+                                   "error": outcome.get("error")})
+
+    while waiting or running:
+        for name, task in list(waiting.items()):
+            upstream_failed = [n for n in task.needs if n in failed_tasks]
+            if upstream_failed:
+                del waiting[name]
+                first = upstream_failed[0]
+                finish(task, {"ok": False, "error": failed_tasks[first], "stage": first.split(":")[0]})
+                if task.spec["kind"] != "cell":
+                    failed_tasks[name] = failed_tasks[first]
+            elif all(n in done for n in task.needs) and len(running) < max(1, executor.workers) * 2:
+                del waiting[name]
+                notify("start", name, {"kind": task.spec["kind"], "what": task.spec.get("what", "cell")})
+                running[run(task)] = name
+        if not running:
+            continue
+        finished, _ = executor.wait_any(list(running))
+        for future in finished:
+            name = running.pop(future)
+            try:
+                outcome = future.result()
+            except BaseException as exc:  # noqa: BLE001 - a worker died
+                outcome = {"ok": False, "error": f"worker failed: {type(exc).__name__}: {exc}", "stage": "worker"}
+            finish(tasks[name], outcome)
+    return failed_cells, stage_seconds

@@ -1,0 +1,173 @@
+"""Where grid tasks run: this process, a local process pool, or a dask.distributed cluster.
+
+Every executor runs the same task function on the same plain-data task, so the same grid gives
+the same metrics whichever executor runs it. Each task pins its own thread pools (torch and
+BLAS through threadpoolctl) to ``threads``, so ``workers x threads`` never exceeds the cores:
+two torch jobs spinning on the same cores run 2-6x slower (benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
+
+from .errors import MiarsError
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def pinned_threads(threads: int | None) -> Iterator[None]:
+    """Limit torch's and every BLAS/OpenMP pool to ``threads`` for the duration (None: leave as is)."""
+    if threads is None:
+        yield
+        return
+    import sys
+
+    from threadpoolctl import threadpool_limits
+
+    torch = sys.modules.get("torch")
+    if torch is None:  # not imported yet: it reads these when it loads (importing it costs seconds)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(int(threads))
+        before = None
+    else:
+        before = torch.get_num_threads()
+        torch.set_num_threads(int(threads))
+    try:
+        with threadpool_limits(limits=int(threads)):
+            yield
+    finally:
+        torch = sys.modules.get("torch")
+        if torch is not None and before is not None:
+            torch.set_num_threads(before)
+
+
+class SerialExecutor:
+    """Runs each task in this process when it is submitted (``--workers 1``, ``miars-attack``)."""
+
+    name = "serial"
+    in_process = True  # tasks may use this process's plugins and store objects
+
+    def __init__(self) -> None:
+        self.workers = 1
+
+    def submit(self, fn: Callable, *args: Any) -> cf.Future:
+        future: cf.Future = cf.Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - delivered through the future, like a pool's
+            future.set_exception(exc)
+        return future
+
+    def wait_any(self, futures: Iterable) -> tuple[set, set]:
+        futures = set(futures)
+        return futures, set()
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"executor": self.name, "workers": 1}
+
+
+class PoolExecutor(SerialExecutor):
+    """A local pool of ``workers`` processes (spawned, so no forked torch state)."""
+
+    name = "local"
+    in_process = False
+
+    def __init__(self, workers: int):
+        import multiprocessing as mp
+
+        self.workers = workers
+        self._pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+
+    def submit(self, fn: Callable, *args: Any) -> cf.Future:
+        return self._pool.submit(fn, *args)
+
+    def wait_any(self, futures: Iterable) -> tuple[set, set]:
+        done, pending = cf.wait(set(futures), return_when=cf.FIRST_COMPLETED)
+        return done, pending
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def describe(self) -> dict:
+        return {"executor": self.name, "workers": self.workers}
+
+
+class DaskExecutor(SerialExecutor):
+    """Tasks on a dask.distributed cluster: an existing scheduler, or a LocalCluster started here.
+
+    Workers must read and write the same ``--cache`` folder (a shared file system for a
+    cluster of several machines): stage outputs travel through it, not through the scheduler.
+    """
+
+    name = "dask"
+    in_process = False
+
+    def __init__(self, scheduler: str | None = None, local_workers: int | None = None, threads: int = 1):
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise MiarsError("--scheduler/--dask-local need dask.distributed; install it with "
+                             "pip install 'miars[dask]' (or pip install distributed)") from None
+        self._cluster = None
+        if scheduler:
+            try:
+                self._client = Client(scheduler, timeout="10s")
+            except OSError as exc:
+                raise MiarsError(f"--scheduler {scheduler!r}: cannot connect ({exc}); start a dask scheduler there "
+                                 "or use --dask-local N") from None
+            self.workers = max(1, len(self._client.scheduler_info().get("workers", {})))
+            self.address = scheduler
+        else:
+            self._cluster = LocalCluster(n_workers=int(local_workers or 1), threads_per_worker=1, processes=True,
+                                         host="127.0.0.1", dashboard_address=None)
+            self._client = Client(self._cluster)
+            self.workers = int(local_workers or 1)
+            self.address = "local"
+
+    def submit(self, fn: Callable, *args: Any):
+        return self._client.submit(fn, *args, pure=False)
+
+    def wait_any(self, futures: Iterable) -> tuple[set, set]:
+        from distributed import wait
+
+        done, pending = wait(list(futures), return_when="FIRST_COMPLETED")
+        return set(done), set(pending)
+
+    def close(self) -> None:
+        self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+    def describe(self) -> dict:
+        return {"executor": self.name, "workers": self.workers, "scheduler": self.address}
+
+
+def make_executor(workers: int | None = None, threads: int = 1, scheduler: str | None = None,
+                  dask_local: int | None = None) -> SerialExecutor:
+    """The executor the grid's flags ask for (``--workers``, ``--scheduler``, ``--dask-local``)."""
+    if threads < 1:
+        raise MiarsError(f"--threads must be >= 1, got {threads}")
+    if scheduler and dask_local:
+        raise MiarsError("pass either --scheduler ADDRESS or --dask-local N, not both")
+    if dask_local is not None and dask_local < 1:
+        raise MiarsError(f"--dask-local must be >= 1, got {dask_local}")
+    if scheduler or dask_local:
+        return DaskExecutor(scheduler, dask_local, threads)
+    cores = available_cores()
+    if workers is None:
+        workers = max(1, cores // threads)
+    if workers < 1:
+        raise MiarsError(f"--workers must be >= 1, got {workers}")
+    return SerialExecutor() if workers == 1 else PoolExecutor(workers)

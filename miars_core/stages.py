@@ -1,0 +1,497 @@
+"""The stage graph of one attack cell: every stage, its inputs, and what its cache key covers.
+
+One cell is one :class:`~miars_core.pipeline.AttackConfig`. Its stages, in the order data flows::
+
+    stage     inputs                                  key covers (besides the inputs' keys)
+    -------   -------------------------------------   ------------------------------------------------
+    load      dataset name or file                    file content (sha256) or name + data dir; loader version
+    split     load                                    split mode, min interactions, seed("split")
+    serve     split, part (shadow | target)           recommender name, all its hyperparameters and version,
+                                                      top-k, seed(part)     -- fit on members + serve lists
+    defend    serve                                   defense name, hyperparameters, version, seed("defense-<part>")
+    vectors   split (vectorization part)              featurizer name, hyperparameters, version, seed("featurizer")
+    features  vectors, serve or defend                (nothing else: a pure function of its inputs)
+    attack    features of shadow and of target        attack name, hyperparameters, version, seed("attack")
+    metrics   attack                                  not stored: milliseconds
+
+Every key is the sha256 of a JSON record of those fields plus :data:`STAGES_VERSION` and a hash
+of the core modules that compute stages, so changed code never reads a stale output. Each
+stage's output is a set of arrays plus a JSON record (:mod:`miars_core.store`), never a pickle.
+The shadow part may come from another dataset than the target part (``shadow_dataset``, the
+paper's dataset transfer): each side then has its own load, split and item vectors.
+
+Components keep their plugin contracts (a recommender only fits and recommends): this module
+does the caching around them. Seeds are those of miars v0, so results did not change.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from .components import get_params
+from .errors import MiarsError
+from .metrics import membership_metrics
+from .protocol import split_dataset
+from .seeds import stage_seed
+from .service import Served, defend, popularity_order, serve
+from .store import MemoryStore, Output
+from .types import Interactions, Part, ServiceContext, Split
+
+#: Bump when a stage's computation changes in a way the module hash below would not see.
+STAGES_VERSION = "1"
+
+#: Core modules whose code decides stage outputs (their source is hashed into every key).
+STAGE_MODULES = ("stages", "protocol", "service", "ranking", "types", "seeds", "store")
+
+#: Timing names reported in result.json (those of miars v0).
+TIMING = {"load": "load", "split": "split", "serve:shadow": "shadow_recommender", "serve:target": "target_recommender",
+          "defend": "defense", "vectors": "featurize", "features": "featurize", "attack": "attack"}
+
+
+# -- keys ----------------------------------------------------------------------------------------
+def digest(record: Any) -> str:
+    """sha256 of a JSON record (sorted keys): the content address of a stage output."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _source_hash(package_dir: str) -> str:
+    h = hashlib.sha256()
+    for path in sorted(Path(package_dir).rglob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def core_version() -> str:
+    """Version of the stage code: miars' version plus a hash of the modules in :data:`STAGE_MODULES`."""
+    from . import __version__
+
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in STAGE_MODULES:
+        h.update((here / f"{name}.py").read_bytes())
+    return f"{__version__}+{STAGES_VERSION}.{h.hexdigest()[:16]}"
+
+
+def component_version(factory: Callable[..., Any], plugin_version: str) -> str:
+    """A component's version: its plugin's version plus a hash of the source of its package."""
+    module = getattr(factory, "__module__", None) or getattr(getattr(factory, "func", None), "__module__", "")
+    import importlib
+    import sys
+
+    top = (module or "").split(".")[0]
+    mod = sys.modules.get(top) or (importlib.import_module(top) if top else None)
+    files = getattr(mod, "__path__", None) or ([str(Path(mod.__file__).parent)] if getattr(mod, "__file__", None) else [])
+    return f"{plugin_version}+{_source_hash(files[0])}" if files else plugin_version
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_fingerprint(path: str | Path) -> str:
+    p = Path(path).expanduser().resolve()
+    st = p.stat()
+    return _file_sha256(str(p), st.st_size, st.st_mtime_ns)
+
+
+# -- (de)serialising the data types --------------------------------------------------------------
+def _ids(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values)
+    return values.astype(str) if values.dtype == object else values
+
+
+def _csr_arrays(prefix: str, m: sp.csr_matrix) -> dict[str, np.ndarray]:
+    return {f"{prefix}_indptr": m.indptr, f"{prefix}_indices": m.indices}
+
+
+def _csr(arrays: dict[str, np.ndarray], prefix: str, n_items: int) -> sp.csr_matrix:
+    indptr, indices = arrays[f"{prefix}_indptr"], arrays[f"{prefix}_indices"]
+    data = np.ones(len(indices), dtype=np.float32)
+    return sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_items))
+
+
+def interactions_to_arrays(data: Interactions) -> dict[str, np.ndarray]:
+    return {**_csr_arrays("m", data.matrix), "user_ids": _ids(data.user_ids), "item_ids": _ids(data.item_ids)}
+
+
+def interactions_from_arrays(a: dict[str, np.ndarray]) -> Interactions:
+    return Interactions(_csr(a, "m", len(a["item_ids"])), a["user_ids"], a["item_ids"])
+
+
+def split_to_arrays(split: Split) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {"item_ids": _ids(split.item_ids)}
+    for part in (split.shadow, split.target):
+        out.update(_csr_arrays(part.name, part.interactions.matrix))
+        out[f"{part.name}_user_ids"] = _ids(part.interactions.user_ids)
+        out[f"{part.name}_is_member"] = part.is_member
+    out.update(_csr_arrays("vectorization", split.vectorization.matrix))
+    out["vectorization_user_ids"] = _ids(split.vectorization.user_ids)
+    return out
+
+
+def split_from_arrays(a: dict[str, np.ndarray]) -> Split:
+    n_items = len(a["item_ids"])
+
+    def inter(name: str) -> Interactions:
+        return Interactions(_csr(a, name, n_items), a[f"{name}_user_ids"], a["item_ids"])
+
+    parts = [Part(name, inter(name), a[f"{name}_is_member"].astype(bool)) for name in ("shadow", "target")]
+    return Split(parts[0], parts[1], inter("vectorization"), a["item_ids"])
+
+
+def learned_state(component: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """A fitted component's learned state (attributes ending in ``_``) as arrays + JSON, or None.
+
+    None means some learned attribute is neither an array nor a plain value, so the state cannot
+    be stored without pickle; the stage is then recomputed in each process that needs it.
+    """
+    arrays, plain = {}, {}
+    for name, value in vars(component).items():
+        if not name.endswith("_") or name.startswith("_"):
+            continue
+        if isinstance(value, np.ndarray) and value.dtype != object:
+            arrays[name] = value
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            plain[name] = value
+        else:
+            return None
+    return arrays, plain
+
+
+# -- the cell ------------------------------------------------------------------------------------
+class Cell:
+    """One attack cell as a graph of cached stages; each method returns a stage's output.
+
+    ``store`` holds outputs (a :class:`~miars_core.store.DiskStore` for ``--cache``, a
+    :class:`~miars_core.store.MemoryStore` otherwise). Keys are computed without touching data,
+    so a cell whose outputs are stored reads only them.
+    """
+
+    SIDES = ("shadow", "target")
+
+    def __init__(self, config, plugins, store=None, progress: Callable[[str], None] | None = None):
+        self.config = config
+        self.plugins = plugins
+        self.store = store if store is not None else MemoryStore()
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self.computed: dict[str, float] = {}  # stage -> seconds computed in this process
+        self.hits: list[str] = []
+        self.stage: str | None = None  # the stage being computed (named in a failed cell's error)
+        self._memo: dict[str, Any] = {}
+        self._counted: set[tuple[str, str]] = set()
+        # Build every component once now, so a bad name or parameter fails before any data is read.
+        c = config
+        self.recommenders = {"shadow": (c.shadow, c.shadow_params), "target": (c.target, c.target_params)}
+        self._ids = {
+            "recommender:shadow": self._component_id("recommender", c.shadow, c.shadow_params),
+            "recommender:target": self._component_id("recommender", c.target, c.target_params),
+            "featurizer": self._component_id("featurizer", c.featurizer, c.featurizer_params),
+            "attack": self._component_id("attack", c.attack, c.attack_params),
+        }
+        if c.defense:
+            self._ids["defense"] = self._component_id("defense", c.defense, c.defense_params)
+
+    # -- component identities ---------------------------------------------------------------
+    def _component_id(self, kind: str, name: str, params: dict) -> dict:
+        registry = self.plugins.registry(kind)
+        entry = registry.get(name)
+        instance = registry.create(name, **params)
+        info = self.plugins.info.get(entry.plugin)
+        version = component_version(entry.factory, f"{entry.plugin}=={info.version if info else ''}")
+        return {"name": name, "params": get_params(instance), "version": version}
+
+    def create(self, kind: str) -> Any:
+        """A fresh, unfitted component of the cell (``recommender:shadow``, ``featurizer``, ...)."""
+        c = self.config
+        name, params = {
+            "recommender:shadow": (c.shadow, c.shadow_params), "recommender:target": (c.target, c.target_params),
+            "featurizer": (c.featurizer, c.featurizer_params), "attack": (c.attack, c.attack_params),
+            "defense": (c.defense, c.defense_params),
+        }[kind]
+        return self.plugins.create(kind.split(":")[0], name, **params)
+
+    def dataset_of(self, side: str) -> str:
+        c = self.config
+        return (c.shadow_dataset or c.dataset) if side == "shadow" else c.dataset
+
+    # -- keys (no data is read) --------------------------------------------------------------
+    def key(self, stage: str, side_or_part: str = "", defended: bool = False) -> str:
+        memo_key = f"key:{stage}:{side_or_part}:{defended}"
+        if memo_key not in self._memo:
+            self._memo[memo_key] = digest(self._key_record(stage, side_or_part, defended))
+        return self._memo[memo_key]
+
+    def _key_record(self, stage: str, s: str, defended: bool) -> dict:
+        c, seed = self.config, self.config.seed
+        rec: dict[str, Any] = {"stage": stage, "core": core_version()}
+        if stage == "load":
+            rec["dataset"] = dataset_identity(self.dataset_of(s), c.data_dir, self.plugins)
+        elif stage == "split":
+            rec.update(load=self.key("load", s), mode=c.split, min_interactions=c.min_interactions,
+                       seed=stage_seed(seed, "split"))
+        elif stage == "serve":
+            rec.update(split=self.key("split", s), part=s, recommender=self._ids[f"recommender:{s}"], k=c.top_k,
+                       seed=stage_seed(seed, s))
+        elif stage == "defend":
+            rec.update(serve=self.key("serve", s), defense=self._ids["defense"], seed=stage_seed(seed, f"defense-{s}"))
+        elif stage == "vectors":
+            rec.update(split=self.key("split", s), featurizer=self._ids["featurizer"], seed=stage_seed(seed, "featurizer"))
+        elif stage == "features":
+            rec.update(vectors=self.key("vectors", s), lists=self.key("defend" if defended else "serve", s))
+        elif stage == "attack":
+            rec.update(shadow=self.key("features", "shadow", defended), target=self.key("features", "target", bool(c.defense)),
+                       attack=self._ids["attack"], seed=stage_seed(seed, "attack"))
+        else:
+            raise ValueError(f"unknown stage {stage!r}")
+        return rec
+
+    # -- running a stage ---------------------------------------------------------------------
+    def _run(self, stage: str, key: str, timing: str, message: str, inputs: Callable[[], tuple],
+             compute: Callable[..., tuple[dict, dict]]) -> Output:
+        """Read a stage's output, or gather its ``inputs()`` (upstream stages) and ``compute`` it."""
+        out = self.store.get(stage, key)
+        if out is None:
+            args = inputs()
+            self.stage = timing
+            if self.progress:
+                self.progress(message)
+            start = time.perf_counter()
+            arrays, meta = compute(*args)
+            meta = {**meta, "seconds": round(time.perf_counter() - start, 3)}
+            out = self.store.put(stage, key, arrays, meta)
+            self.computed[timing] = round(self.computed.get(timing, 0.0) + meta["seconds"], 3)
+        else:
+            self.hits.append(timing)
+        if (stage, key) not in self._counted:  # a stage shared by both sides counts once
+            self._counted.add((stage, key))
+            name = TIMING[timing]
+            self.timings[name] = round(self.timings.get(name, 0.0) + float(out.meta.get("seconds", 0.0)), 3)
+        return out
+
+    def _once(self, name: str, fn: Callable[[], Any]) -> Any:
+        if name not in self._memo:
+            self._memo[name] = fn()
+        return self._memo[name]
+
+    # -- the stages --------------------------------------------------------------------------
+    def data(self, side: str) -> Interactions:
+        def compute():
+            from .pipeline import load_named
+
+            data = load_named(self.dataset_of(side), self.config.data_dir, self.config.download, self.plugins)
+            return interactions_to_arrays(data), {"users": data.n_users, "items": data.n_items,
+                                                  "interactions": data.n_interactions}
+
+        return self._once(f"data:{side}", lambda: interactions_from_arrays(
+            self._run("load", self.key("load", side), "load", f"loading {self.dataset_of(side)}",
+                      lambda: (), compute).arrays))
+
+    def split_output(self, side: str) -> Output:
+        c = self.config
+
+        def compute(data: Interactions):
+            split = split_dataset(data, mode=c.split, min_interactions=c.min_interactions, seed=stage_seed(c.seed, "split"))
+            return split_to_arrays(split), {
+                "summary": split.summary(),
+                "dataset": {"users": data.n_users, "items": data.n_items, "interactions": data.n_interactions},
+            }
+
+        return self._run("split", self.key("split", side), "split",
+                         f"splitting {self.dataset_of(side)} into shadow / target / vectorization",
+                         lambda: (self.data(side),), compute)
+
+    def split(self, side: str) -> Split:
+        return self._once(f"split:{side}", lambda: split_from_arrays(self.split_output(side).arrays))
+
+    def part(self, part: str) -> Part:
+        return getattr(self.split(part), part)
+
+    def served(self, part: str) -> Output:
+        name = self.recommenders[part][0]
+
+        def compute(p: Part):
+            s = serve(p, self.create(f"recommender:{part}"), name, self.config.top_k, stage_seed(self.config.seed, part))
+            return {"lists": s.lists}, {"report": s.report}
+
+        return self._run("serve", self.key("serve", part), f"serve:{part}", f"training {part} recommender {name}",
+                         lambda: (self.part(part),), compute)
+
+    def context(self, part: str) -> ServiceContext:
+        p = self.part(part)
+        return ServiceContext(p.interactions, p.is_member, popularity_order(p), self.config.top_k)
+
+    def defended(self, part: str) -> Output:
+        def compute(lists: np.ndarray, context: ServiceContext):
+            seed = stage_seed(self.config.seed, f"defense-{part}")
+            return {"lists": defend(Served(lists, context), self.create("defense"), seed)}, {}
+
+        return self._run("defend", self.key("defend", part), "defend",
+                         f"applying defense {self.config.defense} to the {part} part",
+                         lambda: (self.served(part).arrays["lists"], self.context(part)), compute)
+
+    def lists(self, part: str, defended: bool) -> np.ndarray:
+        return (self.defended(part) if defended else self.served(part)).arrays["lists"]
+
+    def _fit_featurizer(self, side: str, vectorization: Interactions) -> Any:
+        f = self.create("featurizer")
+        return f.fit(vectorization, seed=stage_seed(self.config.seed, "featurizer")) or f
+
+    def featurizer(self, side: str) -> Any:
+        """The featurizer fitted on ``side``'s vectorization part (its learned state is stored)."""
+
+        def load():
+            fitted: list[Any] = []
+
+            def compute(vectorization: Interactions):
+                f = self._fit_featurizer(side, vectorization)
+                fitted.append(f)
+                state = learned_state(f)
+                if state is None:
+                    return {}, {"storable": False}
+                return state[0], {"storable": True, "plain": state[1]}
+
+            out = self._run("vectors", self.key("vectors", side), "vectors",
+                            f"fitting featurizer {self.config.featurizer} on the {side} side's vectorization part",
+                            lambda: (self.split(side).vectorization,), compute)
+            if fitted:
+                return fitted[0]
+            if not out.meta.get("storable"):
+                return self._fit_featurizer(side, self.split(side).vectorization)
+            f = self.create("featurizer")
+            for name, value in {**out.arrays, **out.meta.get("plain", {})}.items():
+                setattr(f, name, value)
+            return f
+
+        return self._once(f"featurizer:{side}", load)
+
+    def features(self, part: str, defended: bool) -> np.ndarray:
+        def compute(featurizer, interactions: Interactions, lists: np.ndarray):
+            return {"X": np.asarray(featurizer.transform(interactions, lists), dtype=np.float32)}, {}
+
+        return self._run("features", self.key("features", part, defended), "features", f"featurizing the {part} part",
+                         lambda: (self.featurizer(part), self.part(part).interactions, self.lists(part, defended)),
+                         compute).arrays["X"]
+
+    def attack_scores(self, defended_shadow: bool) -> Output:
+        c = self.config
+
+        def compute(x_shadow: np.ndarray, y_shadow: np.ndarray, x_target: np.ndarray):
+            model = self.create("attack").fit(x_shadow, y_shadow, seed=stage_seed(c.seed, "attack"))
+            scores = np.asarray(model.decision_function(x_target), dtype=np.float64)
+            predicted = np.asarray(model.predict(x_target)).astype(bool)
+            if not np.isfinite(scores).all():
+                raise MiarsError(f"attack {c.attack!r} produced non-finite scores; check its inputs and parameters")
+            return {"scores": scores, "predicted": predicted}, {}
+
+        return self._run("attack", self.key("attack", "", defended_shadow), "attack", f"training attack {c.attack}",
+                         lambda: (self.features("shadow", defended_shadow), self.part("shadow").is_member,
+                                  self.features("target", bool(c.defense))), compute)
+
+    # -- all of it -----------------------------------------------------------------------------
+    def attackers(self) -> dict[str, Output]:
+        """Attack outputs by attacker: ``undefended`` always, ``defended`` with a defense."""
+        out = {"undefended": self.attack_scores(False)}
+        if self.config.defense:
+            out["defended"] = self.attack_scores(True)
+        return out
+
+    def graph(self) -> list[tuple[str, str, str]]:
+        """Every (stage, timing name, key) of the cell, each key once, in data-flow order."""
+        c, out, seen = self.config, [], set()
+
+        def add(stage: str, timing: str, key: str) -> None:
+            if key not in seen:
+                seen.add(key)
+                out.append((stage, timing, key))
+
+        for side in self.SIDES:
+            add("load", "load", self.key("load", side))
+            add("split", "split", self.key("split", side))
+        for part in self.SIDES:
+            add("serve", f"serve:{part}", self.key("serve", part))
+            if c.defense:
+                add("defend", "defend", self.key("defend", part))
+        for side in self.SIDES:
+            add("vectors", "vectors", self.key("vectors", side))
+        add("features", "features", self.key("features", "shadow", False))
+        if c.defense:
+            add("features", "features", self.key("features", "shadow", True))
+        add("features", "features", self.key("features", "target", bool(c.defense)))
+        add("attack", "attack", self.key("attack", "", False))
+        if c.defense:
+            add("attack", "attack", self.key("attack", "", True))
+        return out
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds each stage took when it was computed (read from the stored records), v0's names."""
+        timings: dict[str, float] = {}
+        for stage, timing, key in self.graph():
+            meta = self.store.meta(stage, key) or {}
+            name = TIMING[timing]
+            timings[name] = round(timings.get(name, 0.0) + float(meta.get("seconds", 0.0)), 3)
+        return timings
+
+    def prepare(self, what: str) -> None:
+        """Compute one intermediate stage (``split:<side>`` or ``serve:<part>``) for the grid's scheduler."""
+        stage, _, arg = what.partition(":")
+        if stage == "split":
+            self.split_output(arg)
+        elif stage == "serve":
+            self.served(arg)
+        else:
+            raise ValueError(f"unknown preparation {what!r}")
+
+    def task_keys(self) -> dict[str, str]:
+        """Keys of the intermediate stages the grid schedules as their own tasks."""
+        keys = {f"split:{side}": self.key("split", side) for side in self.SIDES}
+        keys.update({f"serve:{part}": self.key("serve", part) for part in self.SIDES})
+        return keys
+
+
+def dataset_identity(name: str, data_dir: str | None, plugins) -> dict:
+    """What identifies a dataset's content: a file's sha256, else the name, data dir and loader version."""
+    from .pipeline import dataset_is_path
+
+    registry = plugins.registry("dataset")
+    if dataset_is_path(name, registry):
+        if not Path(name).expanduser().is_file():
+            raise MiarsError(f"--dataset {name!r}: no such file; pass an existing file or one of: {', '.join(registry.names())}")
+        entry = registry.get("file")
+        return {"file_sha256": file_fingerprint(name), "loader": _entry_version(entry, plugins)}
+    entry = registry.get(name)
+    rec: dict[str, Any] = {"name": name, "loader": _entry_version(entry, plugins)}
+    try:  # official datasets can tell which file they would read
+        path, _ = entry.factory().locate(data_dir=Path(data_dir).expanduser() if data_dir else None, download=False)
+        rec["file_sha256"] = file_fingerprint(path)
+    except Exception:  # noqa: BLE001 - no such method, or the file is not there yet (downloaded later)
+        rec["data_dir"] = str(Path(data_dir).expanduser().resolve()) if data_dir else None
+    return rec
+
+
+def _entry_version(entry, plugins) -> str:
+    info = plugins.info.get(entry.plugin)
+    return component_version(entry.factory, f"{entry.plugin}=={info.version if info else ''}")
+
+
+def cell_metrics(cell: Cell) -> dict[str, dict]:
+    """Metrics of every attacker of a cell, computed from the stored scores."""
+    y = cell.part("target").is_member
+    return {name: membership_metrics(y, out.arrays["scores"], out.arrays["predicted"])
+            for name, out in cell.attackers().items()}
