@@ -84,8 +84,9 @@ def plan(configs: list[AttackConfig], plugins, store, cache: str | None, threads
         base = {"config": asdict(config), "cache": cache, "threads": threads}
         keys = cell.task_keys()
         needs = []
-        for what in ("split:shadow", "split:target", "serve:shadow", "serve:target"):
-            stage, _, arg = what.partition(":")
+        for what in keys:
+            kind, _, arg = what.partition(":")
+            stage = "split" if kind == "split" else "serve"
             name = f"{stage}:{keys[what]}"
             if store.meta(stage, keys[what]) is not None:
                 continue  # stored by an earlier run

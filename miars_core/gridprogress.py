@@ -28,7 +28,9 @@ class GridProgress:
         self.progress.__exit__(*exc)
 
     def _kind(self, info: dict) -> str:
-        return "cell" if info.get("kind") == "cell" else info.get("what", "split").split(":")[0]
+        if info.get("kind") == "cell":
+            return "cell"
+        return "serve" if info.get("what", "").startswith("serve") else "split"
 
     def _describe(self, kind: str) -> None:
         if kind in self.tasks:

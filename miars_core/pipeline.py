@@ -167,7 +167,7 @@ def cell_result(cell) -> AttackResult:
         metrics=attackers[main],
         timings=timings,
         split=split_info,
-        recommenders={"shadow": cell.served("shadow").meta["report"], "target": cell.served("target").meta["report"]},
+        recommenders={"shadow": cell.report("shadow"), "target": cell.report("target")},
         components=components,
         versions=versions(cell.plugins),
         attackers={named[k]: v for k, v in attackers.items()} if config.defense else {},

@@ -7,8 +7,11 @@ One cell is one :class:`~miars_core.pipeline.AttackConfig`. Its stages, in the o
     load      dataset name or file                    file content (sha256) or name + data dir; loader version
     split     load                                    split mode, min interactions, seed("split")
     serve     split, part (shadow | target)           recommender name, all its hyperparameters and version,
-                                                      top-k, seed(part)     -- fit on members + serve lists
-    defend    serve                                   defense name, hyperparameters, version, seed("defense-<part>")
+                                                      top-k, seed(part)     -- fit on members + serve lists;
+                                                      with a data or training defense also the defense
+                                                      (name, hyperparameters, version, seed): another fit
+    defend    serve                                   a defense acting on lists: name, hyperparameters,
+                                                      version, seed("defense-<part>")
     vectors   split (vectorization part)              featurizer name, hyperparameters, version, seed("featurizer")
     features  vectors, serve or defend                (nothing else: a pure function of its inputs)
     attack    features of shadow and of target        attack name, hyperparameters, version, seed("attack")
@@ -41,7 +44,7 @@ from .errors import MiarsError
 from .metrics import membership_metrics
 from .protocol import split_dataset
 from .seeds import stage_seed
-from .service import Served, defend, popularity_order, serve
+from .service import Served, defend, defense_point, popularity_order, serve
 from .store import MemoryStore, Output
 from .types import Interactions, Part, ServiceContext, Split
 
@@ -249,18 +252,33 @@ class Cell:
         elif stage == "serve":
             rec.update(split=self.key("split", s), part=s, recommender=self._ids[f"recommender:{s}"], k=c.top_k,
                        seed=stage_seed(seed, s))
+            if defended:  # a data or training defense: another fit
+                rec.update(defense=self._ids["defense"], defense_seed=stage_seed(seed, f"defense-{s}"))
         elif stage == "defend":
             rec.update(serve=self.key("serve", s), defense=self._ids["defense"], seed=stage_seed(seed, f"defense-{s}"))
         elif stage == "vectors":
             rec.update(split=self.key("split", s), featurizer=self._ids["featurizer"], seed=stage_seed(seed, "featurizer"))
         elif stage == "features":
-            rec.update(vectors=self.key("vectors", s), lists=self.key("defend" if defended else "serve", s))
+            rec.update(vectors=self.key("vectors", s), lists=self.lists_key(s, defended))
         elif stage == "attack":
             rec.update(shadow=self.key("features", "shadow", defended), target=self.key("features", "target", bool(c.defense)),
                        attack=self._ids["attack"], seed=stage_seed(seed, "attack"))
         else:
             raise ValueError(f"unknown stage {stage!r}")
         return rec
+
+    @property
+    def defense_point(self) -> str | None:
+        """Where the cell's defense acts (``lists``, ``data``, ``training``), or None without one."""
+        if not self.config.defense:
+            return None
+        return self._once("defense_point", lambda: defense_point(self.create("defense")))
+
+    def lists_key(self, part: str, defended: bool) -> str:
+        """Key of the stage whose output is the lists ``part``'s users see (with or without the defense)."""
+        if not defended:
+            return self.key("serve", part)
+        return self.key("defend", part) if self.defense_point == "lists" else self.key("serve", part, True)
 
     # -- running a stage ---------------------------------------------------------------------
     def _run(self, stage: str, key: str, timing: str, message: str, inputs: Callable[[], tuple],
@@ -323,15 +341,20 @@ class Cell:
     def part(self, part: str) -> Part:
         return getattr(self.split(part), part)
 
-    def served(self, part: str) -> Output:
+    def served(self, part: str, defended: bool = False) -> Output:
+        """Fit on the part's members and serve everyone; ``defended``: under a data or training defense."""
         name = self.recommenders[part][0]
+        defense = self.create("defense") if defended else None
+        seed = self.config.seed
 
         def compute(p: Part):
-            s = serve(p, self.create(f"recommender:{part}"), name, self.config.top_k, stage_seed(self.config.seed, part))
+            s = serve(p, self.create(f"recommender:{part}"), name, self.config.top_k, stage_seed(seed, part),
+                      defense=defense, defense_seed=stage_seed(seed, f"defense-{part}"))
             return {"lists": s.lists}, {"report": s.report}
 
-        return self._run("serve", self.key("serve", part), f"serve:{part}", f"training {part} recommender {name}",
-                         lambda: (self.part(part),), compute)
+        under = f" under defense {self.config.defense}" if defended else ""
+        return self._run("serve", self.key("serve", part, defended), f"serve:{part}",
+                         f"training {part} recommender {name}{under}", lambda: (self.part(part),), compute)
 
     def context(self, part: str) -> ServiceContext:
         p = self.part(part)
@@ -347,7 +370,18 @@ class Cell:
                          lambda: (self.served(part).arrays["lists"], self.context(part)), compute)
 
     def lists(self, part: str, defended: bool) -> np.ndarray:
-        return (self.defended(part) if defended else self.served(part)).arrays["lists"]
+        if not defended:
+            return self.served(part).arrays["lists"]
+        out = self.defended(part) if self.defense_point == "lists" else self.served(part, True)
+        return out.arrays["lists"]
+
+    def report(self, part: str) -> dict:
+        """What result.json says about the recommender of ``part`` (the defended fit, when there is one)."""
+        defended = self.defense_point in ("data", "training")
+        report = dict(self.served(part, defended).meta["report"])
+        if defended:
+            report["undefended"] = {k: v for k, v in self.served(part).meta["report"].items() if k != "params"}
+        return report
 
     def _fit_featurizer(self, side: str, vectorization: Interactions) -> Any:
         f = self.create("featurizer")
@@ -426,8 +460,10 @@ class Cell:
             add("split", "split", self.key("split", side))
         for part in self.SIDES:
             add("serve", f"serve:{part}", self.key("serve", part))
-            if c.defense:
+            if self.defense_point == "lists":
                 add("defend", "defend", self.key("defend", part))
+            elif c.defense:
+                add("serve", f"serve:{part}", self.key("serve", part, True))
         for side in self.SIDES:
             add("vectors", "vectors", self.key("vectors", side))
         add("features", "features", self.key("features", "shadow", False))
@@ -455,6 +491,8 @@ class Cell:
             self.split_output(arg)
         elif stage == "serve":
             self.served(arg)
+        elif stage == "serve-defended":
+            self.served(arg, True)
         else:
             raise ValueError(f"unknown preparation {what!r}")
 
@@ -462,6 +500,8 @@ class Cell:
         """Keys of the intermediate stages the grid schedules as their own tasks."""
         keys = {f"split:{side}": self.key("split", side) for side in self.SIDES}
         keys.update({f"serve:{part}": self.key("serve", part) for part in self.SIDES})
+        if self.defense_point in ("data", "training"):
+            keys.update({f"serve-defended:{part}": self.key("serve", part, True) for part in self.SIDES})
         return keys
 
 

@@ -301,3 +301,94 @@ def test_dask_local_executor_gives_the_local_executors_metrics(small_dataset, tm
     assert metrics_of(tmp_path / "dask") == metrics_of(tmp_path / "serial")
     record = json.loads((tmp_path / "dask" / "grid.json").read_text())
     assert record["executor"]["executor"] == "dask"
+
+
+# -- defenses at each point of action ---------------------------------------------------------------
+class _HalfData:
+    """Train on every other interaction of each member (a test data defense)."""
+
+    acts_on = "data"
+
+    def __init__(self):
+        pass
+
+    def get_params(self):
+        return {}
+
+    def apply_data(self, members, seed=0):
+        import scipy.sparse as sp
+
+        from miars_core.types import Interactions
+
+        m = members.matrix.tocsr().copy()
+        keep = np.ones(m.nnz, dtype=bool)
+        keep[1::2] = False
+        counts = np.diff(m.indptr)
+        keep[m.indptr[:-1][counts > 0]] = True  # everyone keeps their first item
+        coo = m.tocoo()
+        sub = sp.csr_matrix((np.ones(keep.sum(), dtype=np.float32), (coo.row[keep], coo.col[keep])), shape=m.shape)
+        return Interactions(sub, members.user_ids, members.item_ids)
+
+
+class _PopularTraining:
+    """Ignore the recommender and serve popular items (a test training defense)."""
+
+    acts_on = "training"
+
+    def __init__(self):
+        pass
+
+    def get_params(self):
+        return {}
+
+    def fit(self, recommender, members, seed=0):
+        from miars_core.ranking import top_k_popular
+
+        self.privacy_ = {"epsilon": 0.0, "delta": 0.0, "level": "user", "mechanism": "no model at all"}
+
+        class Fitted:
+            def recommend(self, k):
+                return top_k_popular(members.item_popularity(), members.matrix, k)
+
+        return Fitted()
+
+
+def _defense_plugins():
+    import types
+
+    from miars_core.hookspecs import hookimpl
+
+    module = types.ModuleType("test_defense_points")
+
+    @hookimpl
+    def register_defenses(register):
+        register("half-data", _HalfData)
+        register("popular-training", _PopularTraining)
+
+    module.register_defenses = register_defenses
+    return get_plugins(extra=[module])
+
+
+def test_a_data_defense_retrains_on_its_data_and_never_serves_known_items(small_dataset):
+    plugins = _defense_plugins()
+    result = run_attack(config(small_dataset, target="item", shadow="item", defense="half-data"), plugins=plugins)
+    rec = result.recommenders["target"]
+    assert rec["trained_interactions"] < result.split["target"]["member_interactions"]
+    assert "undefended" in rec
+    lists = result.artifacts["target_lists"]
+    target = result.artifacts["split"].target
+    known = target.interactions.matrix
+    rows = np.repeat(np.arange(len(lists)), lists.shape[1])
+    assert not np.asarray(known[rows, lists.ravel()]).any()  # items left out of training are still never served
+    assert {"defense_aware", "defense_unaware"} == set(result.attackers)
+
+
+def test_a_training_defense_replaces_the_fit_and_reports_privacy(small_dataset):
+    plugins = _defense_plugins()
+    result = run_attack(config(small_dataset, target="item", shadow="item", defense="popular-training"), plugins=plugins)
+    assert result.recommenders["target"]["privacy"]["mechanism"] == "no model at all"
+    # members now get popular lists like non-members: the defense-aware attacker reads chance
+    assert 0.3 <= result.attackers["defense_aware"]["roc_auc"] <= 0.7
+    cell = Cell(config(small_dataset, target="item", shadow="item", defense="popular-training"), plugins)
+    assert "serve-defended:target" in cell.task_keys()
+    assert cell.lists_key("target", True) == cell.key("serve", "target", True) != cell.key("serve", "target")
