@@ -29,6 +29,7 @@ class AttackConfig:
     seed: int = 0
     split: str = "interactions"
     min_interactions: int = 20
+    utility_holdout: float = 0.0
     target_params: dict[str, Any] = field(default_factory=dict)
     shadow_params: dict[str, Any] = field(default_factory=dict)
     featurizer_params: dict[str, Any] = field(default_factory=dict)
@@ -45,6 +46,8 @@ class AttackConfig:
             raise MiarsError(f"--top-k must be >= 1, got {self.top_k}")
         if self.min_interactions < 1:
             raise MiarsError(f"--min-interactions must be >= 1, got {self.min_interactions}")
+        if not 0.0 <= float(self.utility_holdout) < 1.0:
+            raise MiarsError(f"--utility-holdout must be in [0, 1), got {self.utility_holdout}; e.g. 0.2")
         return self
 
 
@@ -63,6 +66,7 @@ class AttackResult:
     artifacts: dict = field(default_factory=dict, repr=False)
     cache: dict = field(default_factory=dict, repr=False)
     cell: dict | None = None
+    utility: dict | None = None
 
     def to_json(self) -> dict:
         out = {
@@ -76,6 +80,8 @@ class AttackResult:
         }
         if self.attackers:
             out["attackers"] = self.attackers
+        if self.utility is not None:
+            out["utility"] = self.utility
         if self.cell is not None:
             out["cell"] = self.cell
         return out
@@ -173,6 +179,7 @@ def cell_result(cell) -> AttackResult:
         attackers={named[k]: v for k, v in attackers.items()} if config.defense else {},
         artifacts=artifacts,
         cache={"computed": dict(cell.computed), "cached": sorted(set(cell.hits) - set(cell.computed))},
+        utility=cell.utility(),
     )
 
 

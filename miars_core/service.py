@@ -11,6 +11,7 @@ from .components import get_params
 from .errors import MiarsError
 from .ranking import check_k, top_k_popular
 from .types import Part, ServiceContext
+from .utility import holdout, utility_metrics
 
 
 @dataclass
@@ -39,27 +40,34 @@ def defense_point(defense: Any) -> str:
 DEFENSE_POINTS = ("lists", "data", "training")
 
 
-def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: Any = None, defense_seed: int = 0) -> Served:
+def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: Any = None, defense_seed: int = 0,
+          holdout_fraction: float = 0.0, holdout_seed: int = 0) -> Served:
     """Fit ``recommender`` on the part's members; members get its top-k, non-members the popular top-k.
 
     A ``data`` defense rewrites the members' training data first; a ``training`` defense fits
     the recommender its own way (``defense.fit(recommender, members, seed)``). Members' lists
     never hold an item the member knows, even one a data defense left out of training.
+    With ``holdout_fraction`` > 0 that share of each member's interactions is held out of
+    training (the service never saw them, so they may be served) and the report's ``utility``
+    says how well the members' lists find them (Recall / NDCG / HR at k).
     """
     check_k(k, part.interactions.matrix, who=f"{part.name} users")
     members = np.flatnonzero(part.is_member)
     others = np.flatnonzero(~part.is_member)
     point = defense_point(defense) if defense is not None else None
-    train = part.members
+    seen, held = part.members, None
+    if holdout_fraction > 0:
+        seen, held = holdout(part.members, holdout_fraction, holdout_seed)
+    train = seen
     if point == "data":
-        train = defense.apply_data(part.members, seed=defense_seed)
-        if train.matrix.shape != part.members.matrix.shape:
+        train = defense.apply_data(seen, seed=defense_seed)
+        if train.matrix.shape != seen.matrix.shape:
             raise ValueError(f"defense {type(defense).__name__}.apply_data changed the shape of the members' data")
     if point == "training":
         fitted = defense.fit(recommender, train, seed=defense_seed)
     else:
         fitted = recommender.fit(train, seed=seed)
-    member_lists = _unknown_top_k(fitted, train.matrix, part.members.matrix, k, name)
+    member_lists = _unknown_top_k(fitted, train.matrix, seen.matrix, k, name)
     popularity = train.item_popularity()
     popular = np.argsort(-popularity, kind="stable")
     other_lists = top_k_popular(popularity, part.interactions.matrix[others], k)
@@ -73,6 +81,8 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
         "fit_info": dict(getattr(fitted, "fit_info_", {}) or {}),
         "members_popular_overlap": round(float(overlap), 4),
     }
+    if held is not None:
+        report["utility"] = {"holdout": holdout_fraction, **utility_metrics(member_lists, held, k)}
     if point in ("data", "training"):
         report["trained_interactions"] = int(train.n_interactions)
         privacy = getattr(defense, "privacy_", None)

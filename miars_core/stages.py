@@ -47,6 +47,7 @@ from .seeds import stage_seed
 from .service import Served, defend, defense_point, popularity_order, serve
 from .store import MemoryStore, Output
 from .types import Interactions, Part, ServiceContext, Split
+from .utility import holdout, utility_metrics
 
 #: Bump when a stage's computation changes in a way the module hash below would not see.
 STAGES_VERSION = "1"
@@ -254,6 +255,8 @@ class Cell:
                        seed=stage_seed(seed, s))
             if defended:  # a data or training defense: another fit
                 rec.update(defense=self._ids["defense"], defense_seed=stage_seed(seed, f"defense-{s}"))
+            if s == "target" and c.utility_holdout > 0:
+                rec.update(holdout=c.utility_holdout, holdout_seed=stage_seed(seed, "holdout"))
         elif stage == "defend":
             rec.update(serve=self.key("serve", s), defense=self._ids["defense"], seed=stage_seed(seed, f"defense-{s}"))
         elif stage == "vectors":
@@ -347,9 +350,12 @@ class Cell:
         defense = self.create("defense") if defended else None
         seed = self.config.seed
 
+        holdout = self.config.utility_holdout if part == "target" else 0.0
+
         def compute(p: Part):
             s = serve(p, self.create(f"recommender:{part}"), name, self.config.top_k, stage_seed(seed, part),
-                      defense=defense, defense_seed=stage_seed(seed, f"defense-{part}"))
+                      defense=defense, defense_seed=stage_seed(seed, f"defense-{part}"),
+                      holdout_fraction=holdout, holdout_seed=stage_seed(seed, "holdout"))
             return {"lists": s.lists}, {"report": s.report}
 
         under = f" under defense {self.config.defense}" if defended else ""
@@ -363,7 +369,14 @@ class Cell:
     def defended(self, part: str) -> Output:
         def compute(lists: np.ndarray, context: ServiceContext):
             seed = stage_seed(self.config.seed, f"defense-{part}")
-            return {"lists": defend(Served(lists, context), self.create("defense"), seed)}, {}
+            out = defend(Served(lists, context), self.create("defense"), seed)
+            meta = {}
+            if part == "target" and self.config.utility_holdout > 0:
+                p = self.part(part)
+                _, held = holdout(p.members, self.config.utility_holdout, stage_seed(self.config.seed, "holdout"))
+                meta["utility"] = {"holdout": self.config.utility_holdout,
+                                   **utility_metrics(out[p.is_member], held, self.config.top_k)}
+            return {"lists": out}, meta
 
         return self._run("defend", self.key("defend", part), "defend",
                          f"applying defense {self.config.defense} to the {part} part",
@@ -374,6 +387,17 @@ class Cell:
             return self.served(part).arrays["lists"]
         out = self.defended(part) if self.defense_point == "lists" else self.served(part, True)
         return out.arrays["lists"]
+
+    def utility(self) -> dict | None:
+        """Recall / NDCG / HR of the target members' lists on their held-out items, without and with the defense."""
+        if self.config.utility_holdout <= 0:
+            return None
+        out = {"undefended": self.served("target").meta["report"]["utility"]}
+        if self.defense_point == "lists":
+            out["defended"] = self.defended("target").meta["utility"]
+        elif self.defense_point:
+            out["defended"] = self.served("target", True).meta["report"]["utility"]
+        return out
 
     def report(self, part: str) -> dict:
         """What result.json says about the recommender of ``part`` (the defended fit, when there is one)."""
