@@ -200,3 +200,17 @@ def main() -> None:  # python -m miars_core
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@app.command("report")
+def report_command(
+    run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="Folder written by `miars grid --out` (or `miars-attack --out`)."),
+) -> None:
+    """Write RUN_DIR/report/: tables (markdown, CSV) with bootstrap 95% CIs over seeds, heatmaps, ROC curves, report.html."""
+    from .gridreport import write_report
+
+    try:
+        path = write_report(run_dir)
+    except MiarsError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {path}")
