@@ -413,7 +413,9 @@ def heatmap_png(group: Group, metric: str, label: str) -> bytes:
                 data[i, j] = e.mean
     fig = _figure(1.6 + 1.25 * len(group.shadows), 1.3 + 0.8 * len(group.targets))
     ax = fig.add_subplot()
-    im = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", vmin=0.5, vmax=1.0, aspect="auto")
+    # 0.5 (chance) to 1 unless a value lies below chance (a defense-unaware attacker can)
+    vmin = min(0.5, float(np.nanmin(data))) if np.isfinite(data).any() else 0.5
+    im = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", vmin=vmin, vmax=1.0, aspect="auto")
     ax.set_xticks(range(len(group.shadows)), [str(s) for s in group.shadows])
     ax.set_yticks(range(len(group.targets)), [str(t) for t in group.targets])
     ax.set_xlabel("shadow recommender")
@@ -426,7 +428,7 @@ def heatmap_png(group: Group, metric: str, label: str) -> bytes:
                 ax.text(j, i, "–", ha="center", va="center", color="black")
                 continue
             text = f"{e.mean:.3f}" + (f"\n[{e.ci_low:.3f}, {e.ci_high:.3f}]" if e.ci_low is not None else "")
-            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if e.mean < 0.8 else "black")
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if (e.mean - vmin) / (1.0 - vmin) < 0.6 else "black")
     fig.colorbar(im, ax=ax, shrink=0.9)
     return _png(fig)
 
@@ -560,6 +562,7 @@ h3{font-size:1rem;margin:1rem 0 .3rem}
 table{border-collapse:collapse;margin:.3rem 0 1rem;font-size:.85rem}
 th,td{border:1px solid #ccc;padding:.25rem .55rem;text-align:right}th{background:#f3f3f3}
 td.l,th.l{text-align:left}.note{color:#555;font-size:.85rem}
+caption{text-align:left;font-weight:600;padding:.2rem 0}.tables{display:flex;flex-wrap:wrap;gap:0 1.5rem}
 .figs{display:flex;flex-wrap:wrap;gap:1rem}.figs img{max-width:100%;border:1px solid #eee}
 .err{color:#a00}code{background:#f5f5f5;padding:0 .2rem}
 details{margin:.5rem 0}summary{cursor:pointer}
@@ -583,6 +586,12 @@ def _html_table(g: Group, metric: str, label: str) -> str:
     return "\n".join(rows)
 
 
+def _spec_value(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_spec_value(v) for v in value)
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
 def _html(root, grid, records, groups, heatmaps, rocs, images) -> str:
     e = html.escape
     ok = [r for r in records if r.status == "ok"]
@@ -603,8 +612,13 @@ def _html(root, grid, records, groups, heatmaps, rocs, images) -> str:
         if grid.get("stage_seconds"):
             parts.append('<table><tr><th class="l">stage</th><th>seconds</th></tr>' + "".join(
                 f'<tr><td class="l">{e(str(k))}</td><td>{float(v):.1f}</td></tr>' for k, v in grid["stage_seconds"].items()) + "</table>")
-        if grid.get("spec") is not None:
-            parts.append("<h3>Spec</h3><pre>" + e(json.dumps(grid["spec"], indent=2, sort_keys=True)) + "</pre>")
+        spec = grid.get("spec")
+        if isinstance(spec, dict) and spec:
+            parts.append('<h3>Spec</h3><table class="spec">' + "".join(
+                f'<tr><th class="l">{e(str(k))}</th><td class="l"><code>{e(_spec_value(spec[k]))}</code></td></tr>'
+                for k in sorted(spec)) + "</table>")
+        elif spec is not None:
+            parts.append("<h3>Spec</h3><pre>" + e(json.dumps(spec, indent=1, sort_keys=True)) + "</pre>")
     if failed or missing:
         parts.append('<h2 id="failed">Cells without a result</h2>')
         parts.append('<table><tr><th class="l">cell</th><th class="l">status</th><th class="l">stage</th><th class="l">error</th></tr>')
@@ -614,11 +628,13 @@ def _html(root, grid, records, groups, heatmaps, rocs, images) -> str:
         parts.append("</table>")
     if not groups:
         parts.append("<p>No finished cell: no table.</p>")
+    else:
+        parts.append("<h2>Contents</h2><ul>" + "".join(f'<li><a href="#{e(g.slug)}">{e(g.title)}</a></li>' for g in groups)
+                     + ('<li><a href="#roc">ROC curves per cell</a></li>' if rocs else "") + "</ul>")
     for g in groups:
         parts.append(f'<h2 id="{e(g.slug)}">{e(g.title)}</h2>')
         parts.append('<div class="figs">' + "".join(_img(n, images, f"{label}: {g.title}") for n, label in heatmaps.get(g.slug, [])) + "</div>")
-        for metric, label in TABLE_METRICS:
-            parts.append(_html_table(g, metric, f"{label} ({metric})"))
+        parts.append('<div class="tables">' + "".join(_html_table(g, metric, f"{label} ({metric})") for metric, label in TABLE_METRICS) + "</div>")
     if rocs:
         parts.append('<h2 id="roc">ROC curves per cell</h2>'
                      '<p class="note">Left: linear ROC. Right: the same curve on log-log axes, where the low false-positive '

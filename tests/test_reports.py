@@ -244,7 +244,7 @@ def test_html_is_self_contained_and_holds_every_table_plot_and_failure(run):
     for b64 in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page):
         _png_size(base64.b64decode(b64))
     assert "toy-lfm-lfm-s3" in page and "boom at epoch 7" in page and "toy-never-written" in page
-    assert "12.5 s" in page and "&quot;seed&quot;" in page  # grid.json's timing and spec
+    assert "12.5 s" in page and '<th class="l">seed</th><td class="l"><code>0, 1, 2</code>' in page  # grid.json's timing and spec
     assert "calls &ldquo;AUC&rdquo;" in page
 
 
