@@ -46,8 +46,8 @@ TABLE_METRICS = [
     ("tpr_at_fpr_0.001", "TPR at 0.1% FPR"),
     ("advantage", "membership advantage (max TPR - FPR)"),
 ]
-#: Metrics drawn as target x shadow heatmaps.
-HEATMAP_METRICS = ["roc_auc", "balanced_accuracy"]
+#: Metrics drawn as target x shadow heatmaps, with their (short) titles.
+HEATMAP_METRICS = {"roc_auc": "ROC-AUC", "balanced_accuracy": "balanced accuracy (the paper's \"AUC\")"}
 #: Columns that name a group (one matrix per metric); target and shadow are its rows and columns.
 GROUP_KEYS = ("dataset", "shadow_dataset", "defense", "defense_params", "top_k", "featurizer", "attack", "attacker")
 BOOTSTRAP_SEED = 0
@@ -188,8 +188,8 @@ def load_cells(run_dir: str | Path) -> list[CellRecord]:
         return [_load_one(root, root.resolve().name or "cell")]
     records = {d.name: _load_one(d, d.name) for d in sorted(cells_dir.iterdir()) if d.is_dir() and not d.name.startswith(".")}
     grid = load_grid(root) or {}
-    for cell_id in list(grid.get("cells") or []) + list(grid.get("failed") or []):
-        cell_id = str(cell_id)
+    for entry in list(grid.get("cells") or []) + list(grid.get("failed") or []):
+        cell_id = str(entry.get("id", "?") if isinstance(entry, dict) else entry)
         if cell_id not in records:
             records[cell_id] = CellRecord(cell_id, cells_dir / cell_id, _normalize_cell({}, cell_id), "missing",
                                           error="listed in grid.json, but its folder has no result.json or error.json")
@@ -411,7 +411,7 @@ def heatmap_png(group: Group, metric: str, label: str) -> bytes:
             e = group.estimates.get((t, s), {}).get(metric)
             if e is not None and e.n_seeds:
                 data[i, j] = e.mean
-    fig = _figure(1.6 + 1.25 * len(group.shadows), 1.3 + 0.8 * len(group.targets))
+    fig = _figure(max(4.2, 1.6 + 1.25 * len(group.shadows)), max(2.6, 1.3 + 0.8 * len(group.targets)))
     ax = fig.add_subplot()
     # 0.5 (chance) to 1 unless a value lies below chance (a defense-unaware attacker can)
     vmin = min(0.5, float(np.nanmin(data))) if np.isfinite(data).any() else 0.5
@@ -521,8 +521,7 @@ def write_report(run_dir: str | Path) -> Path:
     images: dict[str, bytes] = {}
     heatmaps: dict[str, list[tuple[str, str]]] = {}
     for g in groups:
-        for metric in HEATMAP_METRICS:
-            label = dict(TABLE_METRICS)[metric]
+        for metric, label in HEATMAP_METRICS.items():
             name = f"heatmap-{metric}-{g.slug}.png"
             images[name] = heatmap_png(g, metric, label)
             heatmaps.setdefault(g.slug, []).append((name, label))
