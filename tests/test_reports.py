@@ -303,3 +303,20 @@ def test_cli_report_bad_run_dir_is_one_line_exit_2(tmp_path, kind):
 def test_write_report_raises_miars_error_for_a_missing_folder(tmp_path):
     with pytest.raises(MiarsError, match="does not exist"):
         write_report(tmp_path / "nope")
+
+
+def test_installed_miars_report_exit_codes(tmp_path):
+    """The console script itself: 0 on a run folder, 2 and one line (no traceback) on a missing one."""
+    import subprocess
+    import sys
+
+    miars = Path(sys.executable).parent / "miars"
+    y, s = _scores(1.0, 0)
+    _write_scores(tmp_path / "scores.tsv", y, s)
+    (tmp_path / "result.json").write_text(json.dumps({"metrics": membership_metrics(y, s), "config": {"dataset": "toy"}}))
+    ok = subprocess.run([str(miars), "report", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "report" / "report.html").is_file()
+    bad = subprocess.run([str(miars), "report", str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("miars: error:") and len(bad.stderr.strip().splitlines()) == 1
