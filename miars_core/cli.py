@@ -216,13 +216,9 @@ def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_loca
                            threads=threads, progress=progress)
     err.print(progress.summary_table(summary))
     if report:
-        try:
-            from .gridreport import write_report
-        except ImportError:  # reports not installed in this build
-            write_report = None
-        if write_report is not None:
-            path = write_report(summary.run_dir)
-            err.print(f"wrote {path}")
+        from .gridreport import write_report
+
+        err.print(f"wrote {write_report(summary.run_dir)}")
     if summary.failed:
         first_id, first = next(iter(sorted(summary.failed.items())))
         typer.echo(f"miars: error: {len(summary.failed)} of {len(summary.cells)} cells failed (first: {first}); "
@@ -231,6 +227,20 @@ def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_loca
 
 
 app.command("grid", help=grid.__doc__)(grid)
+
+
+@app.command("report")
+def report_command(
+    run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="Folder written by `miars grid --out` (or `miars-attack --out`)."),
+) -> None:
+    """Write RUN_DIR/report/: tables (markdown, CSV) with bootstrap 95% CIs over seeds, heatmaps, ROC curves, report.html."""
+    from .gridreport import write_report
+
+    try:
+        path = write_report(run_dir)
+    except MiarsError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {path}")
 
 
 @app.command("plugins")
@@ -316,3 +326,4 @@ def main() -> None:  # python -m miars_core
 
 if __name__ == "__main__":
     sys.exit(main())
+
