@@ -229,6 +229,58 @@ def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_loca
 app.command("grid", help=grid.__doc__)(grid)
 
 
+@app.command("bench-defenses")
+def bench_defenses(
+    dataset: Optional[List[str]] = typer.Option(None, "--dataset", help="Datasets or files, comma-separated [default: ml-100k]."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the datasets' original files."),
+    target: Optional[List[str]] = typer.Option(None, "--target", help="Recommenders (each is its own shadow) [default: item,lfm,ncf]."),
+    defense: Optional[List[str]] = typer.Option(None, "--defense", help="Defenses to benchmark [default: every registered defense]; `none` is always included."),
+    defense_param: Optional[List[str]] = typer.Option(None, "--defense-param", help="[DEFENSE.]KEY=V1,V2 replaces that defense's documented sweep of KEY."),
+    target_param: Optional[List[str]] = typer.Option(None, "--target-param", help="[NAME.]KEY=VALUE for the recommenders (target and shadow)."),
+    attack_param: Optional[List[str]] = typer.Option(None, "--attack-param", help="[NAME.]KEY=VALUE for the attack model."),
+    top_k: Optional[List[str]] = typer.Option(None, "--top-k", help="List lengths [default: 100]."),
+    seed: Optional[List[str]] = typer.Option(None, "--seed", help="Master seeds, e.g. 0,1,2 [default: 0,1,2]."),
+    utility_holdout: float = typer.Option(0.2, "--utility-holdout", help="Share of each target member's interactions held out of training to measure utility."),
+    out: str = typer.Option(..., "--out", help="Run folder (as for miars grid); report/defenses.md and the frontier plots go to report/."),
+    cache: Optional[str] = typer.Option(None, "--cache", help="Folder of cached stage outputs [default: $MIARS_CACHE/stages or ~/.cache/miars/stages]."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Keep stage outputs only for this run."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes [default: cores // threads]."),
+    threads: int = typer.Option(1, "--threads", help="Torch/BLAS threads per worker."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="An existing dask.distributed scheduler, e.g. tcp://HOST:8786."),
+    dask_local: Optional[int] = typer.Option(None, "--dask-local", help="Start a local dask.distributed cluster of N workers."),
+    no_report: bool = typer.Option(False, "--no-report", help="Do not write RUN_DIR/report/ at the end."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Benchmark defenses: privacy for a static and an adaptive attacker, utility and cost, with a privacy-utility frontier."""
+    try:
+        from .grid import GridSpec, parse_list_flag, parse_scoped_params
+        from .plugins import get_plugins
+
+        registry = get_plugins().registry("defense")
+        names = parse_list_flag(defense, "--defense") or registry.names()
+        names = [n for n in names if n is not None]
+        sweeps: dict[str, dict] = {}
+        for name in names:
+            sweep = getattr(registry.get(name).factory, "sweep", None) or {}
+            sweeps[name] = {k: list(v) for k, v in dict(sweep).items()}
+        overrides = parse_scoped_params(defense_param, "--defense-param", sweep=True)
+        for name in names:
+            sweeps[name].update(overrides.get("*", {}))
+            sweeps[name].update(overrides.get(name, {}))
+        recs = parse_scoped_params(target_param, "--target-param")
+        spec = GridSpec(
+            dataset=parse_list_flag(dataset, "--dataset") or ["ml-100k"], data_dir=data_dir,
+            target=parse_list_flag(target, "--target") or ["item", "lfm", "ncf"], shadow=None,
+            defense=[None, *names], defense_params=sweeps,
+            top_k=parse_list_flag(top_k, "--top-k", int) or [100], seed=parse_list_flag(seed, "--seed", int) or [0, 1, 2],
+            target_params=recs, shadow_params=recs, attack_params=parse_scoped_params(attack_param, "--attack-param"),
+            utility_holdout=utility_holdout,
+        )
+        _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, not no_report, quiet)
+    except MiarsError as exc:
+        _fail(str(exc))
+
+
 @app.command("report")
 def report_command(
     run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="Folder written by `miars grid --out` (or `miars-attack --out`)."),

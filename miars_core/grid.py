@@ -36,6 +36,7 @@ class GridSpec:
     seed: list[int] = field(default_factory=lambda: [0])
     split: str = "interactions"
     min_interactions: int = 20
+    utility_holdout: float = 0.0
     data_dir: str | None = None
     download: bool = False
     #: ``{name or "*": {key: value}}`` for each component kind; defense values are lists to sweep.
@@ -60,6 +61,7 @@ class GridSpec:
                             data_dir=self.data_dir, download=self.download, target=target, shadow=shadow,
                             featurizer=featurizer, attack=attack, defense=defense, top_k=int(top_k), seed=int(seed),
                             split=self.split, min_interactions=int(self.min_interactions),
+                            utility_holdout=float(self.utility_holdout),
                             target_params=_scoped(self.target_params, target),
                             shadow_params=_scoped(self.shadow_params, shadow),
                             featurizer_params=_scoped(self.featurizer_params, featurizer),

@@ -540,13 +540,19 @@ def write_report(run_dir: str | Path) -> Path:
         name = f"roc-{_slug(rec.id)}.png"
         images[name] = roc_png(curves, _cell_title(rec))
         rocs.append((rec, name, None))
+    from .defensereport import defense_section
+
+    defenses_html, defenses_md, defenses_csv = defense_section(records, images)
     for name, data in images.items():
         _atomic_write(img / name, data)
     if img.is_dir():
         for stale in img.glob("*.png"):
             if stale.name not in images:
                 stale.unlink()
-    page = _html(root, grid, records, groups, heatmaps, rocs, images)
+    if defenses_html:
+        _atomic_write(out / "defenses.md", defenses_md.encode())
+        _atomic_write(out / "defenses.csv", defenses_csv.encode())
+    page = _html(root, grid, records, groups, heatmaps, rocs, images, defenses_html)
     path = out / "report.html"
     _atomic_write(path, page.encode())
     return path
@@ -591,7 +597,7 @@ def _spec_value(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
-def _html(root, grid, records, groups, heatmaps, rocs, images) -> str:
+def _html(root, grid, records, groups, heatmaps, rocs, images, extra: str = "") -> str:
     e = html.escape
     ok = [r for r in records if r.status == "ok"]
     failed = [r for r in records if r.status == "failed"]
@@ -630,6 +636,8 @@ def _html(root, grid, records, groups, heatmaps, rocs, images) -> str:
     else:
         parts.append("<h2>Contents</h2><ul>" + "".join(f'<li><a href="#{e(g.slug)}">{e(g.title)}</a></li>' for g in groups)
                      + ('<li><a href="#roc">ROC curves per cell</a></li>' if rocs else "") + "</ul>")
+    if extra:
+        parts.append(extra)
     for g in groups:
         parts.append(f'<h2 id="{e(g.slug)}">{e(g.title)}</h2>')
         parts.append('<div class="figs">' + "".join(_img(n, images, f"{label}: {g.title}") for n, label in heatmaps.get(g.slug, [])) + "</div>")

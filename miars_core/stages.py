@@ -402,7 +402,8 @@ class Cell:
     def report(self, part: str) -> dict:
         """What result.json says about the recommender of ``part`` (the defended fit, when there is one)."""
         defended = self.defense_point in ("data", "training")
-        report = dict(self.served(part, defended).meta["report"])
+        out = self.served(part, defended)
+        report = {**out.meta["report"], "fit_seconds": out.meta["seconds"]}
         if defended:
             report["undefended"] = {k: v for k, v in self.served(part).meta["report"].items() if k != "params"}
         return report

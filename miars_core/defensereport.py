@@ -1,0 +1,198 @@
+"""The defense benchmark's table and privacy-utility frontier, from a run folder's cells.
+
+For every (dataset, recommender, defense, parameters) the cells of all seeds give: both
+attackers' leakage, ``static`` (shadow served without the defense: the CCS'21 paper's setting,
+``attackers.defense_unaware``) and ``adaptive`` (shadow trained and served under the defense,
+``attackers.defense_aware``); the utility of the defended target service on its members'
+held-out items; and the cost in seconds of the defended service (its fit plus the defense).
+Undefended cells (``none``) give both attackers the same numbers.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+
+from .gridreport import CellRecord, Estimate, _fmt_estimate, _img, bootstrap_ci
+
+LEAKAGE = [("roc_auc", "ROC-AUC"), ("roc_auc_distance", "|ROC-AUC - 0.5|"), ("balanced_accuracy", "balanced accuracy"),
+           ("tpr_at_fpr_0.01", "TPR@1%FPR"), ("advantage", "advantage")]
+ATTACKERS = {"static": "defense_unaware", "adaptive": "defense_aware"}
+
+
+@dataclass
+class DefenseRow:
+    dataset: str
+    target: str
+    defense: str
+    params: dict
+    k: int
+    values: dict[str, list[float]] = field(default_factory=dict)
+    estimates: dict[str, Estimate] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        if not self.params:
+            return self.defense
+        return f"{self.defense} ({', '.join(f'{k}={v}' for k, v in sorted(self.params.items()))})"
+
+
+def _attacker_metrics(rec: CellRecord, attacker: str) -> dict:
+    result = rec.result or {}
+    if rec.cell.get("defense", "none") == "none":
+        return result.get("metrics", {})
+    return (result.get("attackers") or {}).get(ATTACKERS[attacker], {})
+
+
+def _utility(rec: CellRecord) -> dict:
+    u = (rec.result or {}).get("utility") or {}
+    return u.get("defended") or u.get("undefended") or {}
+
+
+def _cost(rec: CellRecord) -> float | None:
+    result = rec.result or {}
+    report = (result.get("recommenders") or {}).get("target") or {}
+    fit = report.get("fit_seconds")
+    if fit is None:
+        return None
+    return float(fit) + float((result.get("timings") or {}).get("defense", 0.0))
+
+
+def defense_rows(records: list[CellRecord]) -> list[DefenseRow]:
+    """One row per (dataset, target, defense, parameters, k), its values over seeds and their estimates."""
+    rows: dict[tuple, DefenseRow] = {}
+    for rec in records:
+        if rec.status != "ok" or not (rec.result or {}).get("utility"):
+            continue
+        c = rec.cell
+        key = (c["dataset"], c["target"], c.get("defense", "none"), repr(sorted((c.get("defense_params") or {}).items())),
+               int(c["top_k"]))
+        row = rows.setdefault(key, DefenseRow(c["dataset"], c["target"], c.get("defense", "none"),
+                                              dict(c.get("defense_params") or {}), int(c["top_k"])))
+        for attacker in ATTACKERS:
+            m = dict(_attacker_metrics(rec, attacker))
+            if "roc_auc" in m:
+                m["roc_auc_distance"] = abs(m["roc_auc"] - 0.5)
+            for metric, _ in LEAKAGE:
+                if metric in m:
+                    row.values.setdefault(f"{attacker}:{metric}", []).append(float(m[metric]))
+        for name, value in _utility(rec).items():
+            if name not in ("holdout", "users") and isinstance(value, (int, float)) and math.isfinite(value):
+                row.values.setdefault(f"utility:{name}", []).append(float(value))
+        cost = _cost(rec)
+        if cost is not None:
+            row.values.setdefault("cost:seconds", []).append(cost)
+    out = sorted(rows.values(), key=lambda r: (r.dataset, r.target, r.defense != "none", r.defense, repr(sorted(r.params.items()))))
+    for row in out:
+        row.estimates = {k: bootstrap_ci(v) for k, v in row.values.items()}
+    return out
+
+
+def _columns(rows: list[DefenseRow]) -> list[str]:
+    utility = sorted({k for r in rows for k in r.values if k.startswith("utility:")})
+    leak = [f"{a}:{m}" for a in ATTACKERS for m, _ in LEAKAGE]
+    return leak + utility + ["cost:seconds"]
+
+
+def _label(column: str) -> str:
+    kind, _, name = column.partition(":")
+    names = dict(LEAKAGE)
+    if kind in ATTACKERS:
+        return f"{kind} {names.get(name, name)}"
+    if kind == "utility":
+        return name
+    return "cost (s)"
+
+
+def defenses_markdown(rows: list[DefenseRow]) -> str:
+    cols = _columns(rows)
+    lines = ["# Defense benchmark", "",
+             "Mean over seeds with a bootstrap 95% CI. `static`: shadow served without the defense (the CCS'21 paper's "
+             "attacker); `adaptive`: shadow trained and served under the defense. |ROC-AUC - 0.5| counts an inverted "
+             "attack as leakage. Utility: the defended target service's lists on its members' held-out interactions. "
+             "Cost: seconds to fit the defended service plus the defense itself.", ""]
+    for (dataset, target) in dict.fromkeys((r.dataset, r.target) for r in rows):
+        lines += [f"## {dataset}: target {target}", "", "| defense | " + " | ".join(_label(c) for c in cols) + " |",
+                  "|---|" + "---:|" * len(cols)]
+        for r in rows:
+            if (r.dataset, r.target) == (dataset, target):
+                lines.append(f"| {r.label} | " + " | ".join(_fmt_estimate(r.estimates.get(c)) for c in cols) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def defenses_csv(rows: list[DefenseRow]) -> str:
+    out = ["dataset,target,defense,params,top_k,column,mean,ci_low,ci_high,n_seeds"]
+    for r in rows:
+        params = ";".join(f"{k}={v}" for k, v in sorted(r.params.items()))
+        for col, est in sorted(r.estimates.items()):
+            cells = [r.dataset, r.target, r.defense, params, str(r.k), col, repr(est.mean),
+                     "" if est.ci_low is None else repr(est.ci_low), "" if est.ci_high is None else repr(est.ci_high),
+                     str(est.n_seeds)]
+            out.append(",".join(f'"{c}"' if "," in c else c for c in cells))
+    return "\n".join(out) + "\n"
+
+
+def frontier_png(rows: list[DefenseRow], dataset: str, target: str) -> bytes:
+    """Privacy-utility frontier: x = NDCG@k of the defended service, y = ROC-AUC of each attacker."""
+    from .gridreport import _figure, _png
+
+    mine = [r for r in rows if (r.dataset, r.target) == (dataset, target)]
+    k = mine[0].k if mine else 0
+    util_key = f"utility:ndcg@{k}"
+    fig = _figure(7.0, 4.8)
+    ax = fig.add_subplot(1, 1, 1)
+    colours = {}
+    for r in mine:
+        x = r.estimates.get(util_key)
+        if x is None:
+            continue
+        colour = colours.setdefault(r.defense, f"C{len(colours) % 10}")
+        for attacker, marker, fill in (("adaptive", "o", colour), ("static", "s", "none")):
+            y = r.estimates.get(f"{attacker}:roc_auc")
+            if y is None:
+                continue
+            ax.scatter([x.mean], [y.mean], marker="*" if r.defense == "none" else marker, s=90 if r.defense == "none" else 45,
+                       facecolors=fill if r.defense != "none" else "black", edgecolors=colour if r.defense != "none" else "black",
+                       zorder=3)
+            if r.params and attacker == "adaptive":
+                ax.annotate(",".join(f"{v}" for _, v in sorted(r.params.items())), (x.mean, y.mean), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+    for defense, colour in colours.items():
+        ax.scatter([], [], color=colour, label=defense)
+    ax.scatter([], [], marker="o", color="gray", label="adaptive attacker (filled)")
+    ax.scatter([], [], marker="s", facecolors="none", edgecolors="gray", label="static attacker (hollow)")
+    ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+    ax.set_xlabel(f"utility: NDCG@{k} of the defended service on held-out items")
+    ax.set_ylabel("attack ROC-AUC (0.5 = chance)")
+    ax.set_title(f"privacy-utility frontier: {target} on {dataset.rsplit('/', 1)[-1]}", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    return _png(fig)
+
+
+def defense_section(records: list[CellRecord], images: dict[str, bytes]) -> tuple[str, str, str]:
+    """HTML of the defense benchmark (and its markdown and CSV); adds the frontier PNGs to ``images``."""
+    rows = defense_rows(records)
+    if not rows:
+        return "", "", ""
+    e = html.escape
+    cols = _columns(rows)
+    parts = ['<h2 id="defenses">Defense benchmark</h2>',
+             '<p class="note">static: shadow served without the defense (the paper\'s attacker); adaptive: shadow trained '
+             "and served under the defense. Utility: the defended target service's lists on its members' held-out "
+             "interactions. Cost: seconds to fit the defended service plus the defense.</p>"]
+    from .gridreport import _slug
+
+    for (dataset, target) in dict.fromkeys((r.dataset, r.target) for r in rows):
+        parts.append(f"<h3>{e(dataset)}: target {e(target)}</h3>")
+        parts.append('<table><tr><th class="l">defense</th>' + "".join(f"<th>{e(_label(c))}</th>" for c in cols) + "</tr>")
+        for r in rows:
+            if (r.dataset, r.target) == (dataset, target):
+                parts.append(f'<tr><td class="l">{e(r.label)}</td>'
+                             + "".join(f"<td>{e(_fmt_estimate(r.estimates.get(c)))}</td>" for c in cols) + "</tr>")
+        parts.append("</table>")
+        name = f"frontier-{_slug(dataset.rsplit('/', 1)[-1])}-{_slug(target)}.png"
+        images[name] = frontier_png(rows, dataset, target)
+        parts.append(_img(name, images, f"privacy-utility frontier of {target}"))
+    return "\n".join(parts), defenses_markdown(rows), defenses_csv(rows)
