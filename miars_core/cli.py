@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -54,7 +54,7 @@ def attack(
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the dataset's original file (plain or .gz)."),
     download: bool = typer.Option(False, "--download", help="Download the official archive into ~/.cache/miars if the file is missing."),
     target: str = typer.Option("item", help="Target recommender (`miars list recommender`), e.g. item, lfm, ncf, recbole:NeuMF."),
-    shadow: Optional[str] = typer.Option(None, help="Shadow recommender the adversary trains [default: same as --target]."),
+    shadow: Optional[str] = typer.Option(None, help="Shadow recommender the adversary trains (default: same as --target)."),
     featurizer: str = typer.Option("center-diff", help="Featurizer (`miars list featurizer`)."),
     attack_model: str = typer.Option("mlp", "--attack", help="Attack model (`miars list attack`)."),
     defense: Optional[str] = typer.Option(None, help="Defense applied to both the target's and the shadow's service (`miars list defense`)."),
@@ -69,7 +69,7 @@ def attack(
     defense_param: Optional[List[str]] = typer.Option(None, "--defense-param", help="KEY=VALUE, e.g. ratio=0.1."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder to write result.json (metrics, timings, config, split, versions) and scores.tsv (per-user attack scores) into."),
     export_miars: Optional[str] = typer.Option(None, "--export-miars", help="Folder to write the authors' TSV files into (interactions, recommendations, item vectors)."),
-    cache: Optional[str] = typer.Option(None, "--cache", help="Folder of cached stage outputs [default: $MIARS_CACHE/stages or ~/.cache/miars/stages]."),
+    cache: Optional[str] = typer.Option(None, "--cache", help="Folder of cached stage outputs (default: $MIARS_CACHE/stages or ~/.cache/miars/stages)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Compute every stage afresh and store nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
 ) -> None:
@@ -131,35 +131,47 @@ def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool, sto
 app.command("attack", help=attack.__doc__)(attack)
 
 
+# Flags that every grid-engine command (grid, bench-defenses) takes, defined once.
+OutOpt = Annotated[str, typer.Option("--out", help="Run folder: grid.json, cells/<id>/ (result.json, scores.tsv), report/.")]
+CacheOpt = Annotated[Optional[str], typer.Option("--cache", help="Folder of cached stage outputs (default: $MIARS_CACHE/stages or ~/.cache/miars/stages).")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Keep stage outputs only for this run (in a temporary folder); nothing to resume from.")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Local worker processes (default: cores // threads).")]
+ThreadsOpt = Annotated[int, typer.Option("--threads", help="Torch/BLAS threads per worker (workers x threads <= cores).")]
+SchedulerOpt = Annotated[Optional[str], typer.Option("--scheduler", help="Run on an existing dask.distributed scheduler, e.g. tcp://HOST:8786 (workers must share --cache).")]
+DaskLocalOpt = Annotated[Optional[int], typer.Option("--dask-local", help="Start a local dask.distributed cluster of N workers.")]
+NoReportOpt = Annotated[bool, typer.Option("--no-report", help="Do not write RUN_DIR/report/ at the end.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+
+
 def grid(
     config_file: Optional[str] = typer.Option(None, "--config", help="TOML file with the grid (keys: the flags' names with underscores); flags override it."),
-    dataset: Optional[List[str]] = typer.Option(None, "--dataset", help="Datasets or files, comma-separated [default: ml-100k]."),
-    shadow_dataset: Optional[List[str]] = typer.Option(None, "--shadow-dataset", help="Datasets to take the shadow part from (dataset transfer) [default: the target's]."),
+    dataset: Optional[List[str]] = typer.Option(None, "--dataset", help="Datasets or files, comma-separated (default: ml-100k)."),
+    shadow_dataset: Optional[List[str]] = typer.Option(None, "--shadow-dataset", help="Datasets to take the shadow part from (dataset transfer) (default: the target's)."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the datasets' original files."),
     download: bool = typer.Option(False, "--download", help="Download missing official datasets into ~/.cache/miars."),
-    target: Optional[List[str]] = typer.Option(None, "--target", help="Target recommenders, comma-separated [default: item]."),
-    shadow: Optional[List[str]] = typer.Option(None, "--shadow", help="Shadow recommenders, crossed with the targets [default: each target's own]."),
-    featurizer: Optional[List[str]] = typer.Option(None, "--featurizer", help="Featurizers [default: center-diff]."),
-    attack_model: Optional[List[str]] = typer.Option(None, "--attack", help="Attack models [default: mlp]."),
-    defense: Optional[List[str]] = typer.Option(None, "--defense", help="Defenses, `none` for no defense [default: none]."),
+    target: Optional[List[str]] = typer.Option(None, "--target", help="Target recommenders, comma-separated (default: item)."),
+    shadow: Optional[List[str]] = typer.Option(None, "--shadow", help="Shadow recommenders, crossed with the targets (default: each target's own)."),
+    featurizer: Optional[List[str]] = typer.Option(None, "--featurizer", help="Featurizers (default: center-diff)."),
+    attack_model: Optional[List[str]] = typer.Option(None, "--attack", help="Attack models (default: mlp)."),
+    defense: Optional[List[str]] = typer.Option(None, "--defense", help="Defenses, `none` for no defense (default: none)."),
     defense_param: Optional[List[str]] = typer.Option(None, "--defense-param", help="[DEFENSE.]KEY=V1,V2,... values to sweep (repeatable)."),
     target_param: Optional[List[str]] = typer.Option(None, "--target-param", help="[NAME.]KEY=VALUE for target recommenders (repeatable)."),
     shadow_param: Optional[List[str]] = typer.Option(None, "--shadow-param", help="[NAME.]KEY=VALUE for shadow recommenders (repeatable)."),
     featurizer_param: Optional[List[str]] = typer.Option(None, "--featurizer-param", help="[NAME.]KEY=VALUE for featurizers."),
     attack_param: Optional[List[str]] = typer.Option(None, "--attack-param", help="[NAME.]KEY=VALUE for attack models."),
-    top_k: Optional[List[str]] = typer.Option(None, "--top-k", help="List lengths, comma-separated [default: 100]."),
-    seed: Optional[List[str]] = typer.Option(None, "--seed", help="Master seeds, comma-separated, e.g. 0,1,2 [default: 0]."),
+    top_k: Optional[List[str]] = typer.Option(None, "--top-k", help="List lengths, comma-separated (default: 100)."),
+    seed: Optional[List[str]] = typer.Option(None, "--seed", help="Master seeds, comma-separated, e.g. 0,1,2 (default: 0)."),
     split: Optional[str] = typer.Option(None, help="interactions (the paper's) or users."),
-    min_interactions: Optional[int] = typer.Option(None, "--min-interactions", help="Shadow/target users with fewer interactions are dropped [default: 20]."),
-    out: str = typer.Option(..., "--out", help="Run folder: grid.json, cells/<id>/ (result.json, scores.tsv), report/."),
-    cache: Optional[str] = typer.Option(None, "--cache", help="Folder of cached stage outputs [default: $MIARS_CACHE/stages or ~/.cache/miars/stages]."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Keep stage outputs only for this run (in a temporary folder); nothing to resume from."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes [default: cores // threads]."),
-    threads: int = typer.Option(1, "--threads", help="Torch/BLAS threads per worker (workers x threads <= cores)."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run on an existing dask.distributed scheduler, e.g. tcp://HOST:8786 (workers must share --cache)."),
-    dask_local: Optional[int] = typer.Option(None, "--dask-local", help="Start a local dask.distributed cluster of N workers."),
-    no_report: bool = typer.Option(False, "--no-report", help="Do not write RUN_DIR/report/ at the end."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    min_interactions: Optional[int] = typer.Option(None, "--min-interactions", help="Shadow/target users with fewer interactions are dropped (default: 20)."),
+    out: OutOpt = ...,
+    cache: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = 1,
+    scheduler: SchedulerOpt = None,
+    dask_local: DaskLocalOpt = None,
+    no_report: NoReportOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Run a grid of attack cells (cached, resumable), then write tables, plots and report.html."""
     try:
@@ -231,25 +243,25 @@ app.command("grid", help=grid.__doc__)(grid)
 
 @app.command("bench-defenses")
 def bench_defenses(
-    dataset: Optional[List[str]] = typer.Option(None, "--dataset", help="Datasets or files, comma-separated [default: ml-100k]."),
+    dataset: Optional[List[str]] = typer.Option(None, "--dataset", help="Datasets or files, comma-separated (default: ml-100k)."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the datasets' original files."),
-    target: Optional[List[str]] = typer.Option(None, "--target", help="Recommenders (each is its own shadow) [default: item,lfm,ncf]."),
-    defense: Optional[List[str]] = typer.Option(None, "--defense", help="Defenses to benchmark [default: every registered defense]; `none` is always included."),
+    target: Optional[List[str]] = typer.Option(None, "--target", help="Recommenders (each is its own shadow) (default: item,lfm,ncf)."),
+    defense: Optional[List[str]] = typer.Option(None, "--defense", help="Defenses to benchmark (default: every registered defense); `none` is always included."),
     defense_param: Optional[List[str]] = typer.Option(None, "--defense-param", help="[DEFENSE.]KEY=V1,V2 replaces that defense's documented sweep of KEY."),
     target_param: Optional[List[str]] = typer.Option(None, "--target-param", help="[NAME.]KEY=VALUE for the recommenders (target and shadow)."),
     attack_param: Optional[List[str]] = typer.Option(None, "--attack-param", help="[NAME.]KEY=VALUE for the attack model."),
-    top_k: Optional[List[str]] = typer.Option(None, "--top-k", help="List lengths [default: 100]."),
-    seed: Optional[List[str]] = typer.Option(None, "--seed", help="Master seeds, e.g. 0,1,2 [default: 0,1,2]."),
+    top_k: Optional[List[str]] = typer.Option(None, "--top-k", help="List lengths (default: 100)."),
+    seed: Optional[List[str]] = typer.Option(None, "--seed", help="Master seeds, e.g. 0,1,2 (default: 0,1,2)."),
     utility_holdout: float = typer.Option(0.2, "--utility-holdout", help="Share of each target member's interactions held out of training to measure utility."),
-    out: str = typer.Option(..., "--out", help="Run folder (as for miars grid); report/defenses.md and the frontier plots go to report/."),
-    cache: Optional[str] = typer.Option(None, "--cache", help="Folder of cached stage outputs [default: $MIARS_CACHE/stages or ~/.cache/miars/stages]."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Keep stage outputs only for this run."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes [default: cores // threads]."),
-    threads: int = typer.Option(1, "--threads", help="Torch/BLAS threads per worker."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="An existing dask.distributed scheduler, e.g. tcp://HOST:8786."),
-    dask_local: Optional[int] = typer.Option(None, "--dask-local", help="Start a local dask.distributed cluster of N workers."),
-    no_report: bool = typer.Option(False, "--no-report", help="Do not write RUN_DIR/report/ at the end."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    out: OutOpt = ...,
+    cache: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = 1,
+    scheduler: SchedulerOpt = None,
+    dask_local: DaskLocalOpt = None,
+    no_report: NoReportOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Benchmark defenses: privacy for a static and an adaptive attacker, utility and cost, with a privacy-utility frontier."""
     try:
