@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +45,18 @@ class MemoryStore:
 
     persistent = False
 
-    def __init__(self) -> None:
-        self._items: dict[tuple[str, str], Output] = {}
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self._items: OrderedDict[tuple[str, str], Output] = OrderedDict()
         self._lock = threading.Lock()
+        self.max_bytes = max_bytes  # None: keep everything (a single run); else least recently used go first
+        self._bytes = 0
 
     def get(self, stage: str, key: str) -> Output | None:
         with self._lock:
-            return self._items.get((stage, key))
+            hit = self._items.get((stage, key))
+            if hit is not None:
+                self._items.move_to_end((stage, key))
+            return hit
 
     def meta(self, stage: str, key: str) -> dict[str, Any] | None:
         hit = self.get(stage, key)
@@ -58,8 +64,16 @@ class MemoryStore:
 
     def put(self, stage: str, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Output:
         out = Output({k: np.asarray(v) for k, v in arrays.items()}, meta)
+        size = sum(a.nbytes for a in out.arrays.values())
         with self._lock:
+            old = self._items.pop((stage, key), None)
+            if old is not None:
+                self._bytes -= sum(a.nbytes for a in old.arrays.values())
             self._items[(stage, key)] = out
+            self._bytes += size
+            while self.max_bytes is not None and self._bytes > self.max_bytes and len(self._items) > 1:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= sum(a.nbytes for a in dropped.arrays.values())
         return out
 
     def __repr__(self) -> str:
@@ -71,9 +85,9 @@ class DiskStore:
 
     persistent = True
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, memo_bytes: int = 1 << 30):
         self.root = Path(root).expanduser()
-        self._memo = MemoryStore()  # outputs read or written by this process
+        self._memo = MemoryStore(max_bytes=memo_bytes)  # recently read or written outputs of this process
 
     def __getstate__(self) -> dict:  # workers get the path, not this process's memo
         return {"root": str(self.root)}

@@ -392,3 +392,11 @@ def test_a_training_defense_replaces_the_fit_and_reports_privacy(small_dataset):
     cell = Cell(config(small_dataset, target="item", shadow="item", defense="popular-training"), plugins)
     assert "serve-defended:target" in cell.task_keys()
     assert cell.lists_key("target", True) == cell.key("serve", "target", True) != cell.key("serve", "target")
+
+
+def test_the_in_process_memo_of_a_disk_store_is_bounded(tmp_path):
+    store = DiskStore(tmp_path, memo_bytes=3 * 8000)
+    for i in range(6):
+        store.put("s", f"{i:02d}" * 32, {"x": np.zeros(1000)}, {"i": i})  # 8,000 bytes each
+    assert len(store._memo._items) == 3
+    assert store.get("s", "00" * 32).meta == {"i": 0}  # evicted from memory, read back from disk
