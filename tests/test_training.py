@@ -205,3 +205,38 @@ def test_item_item_topk_blocks_do_not_change_the_result(clustered):
     blocked = item_item_topk(clustered.matrix, 5, max_block=150 * 7)
     assert np.allclose(np.sort(whole.toarray(), axis=0), np.sort(blocked.toarray(), axis=0))
     assert sp.issparse(whole) and whole.nnz <= 5 * clustered.n_items
+
+
+# -- MLP attack --------------------------------------------------------------------------------------
+def _separable(n, seed, shift=0.8):
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < 0.5
+    X = rng.normal(size=(n, 20)).astype(np.float32)
+    X[y, :5] += shift
+    return X, y
+
+
+@pytest.mark.parametrize("params", [{}, {"optimizer": "sgd", "batch_size": 64, "epochs": 30}])
+def test_mlp_attack_separates_separable_data_and_is_seeded(params):
+    from sklearn.metrics import roc_auc_score
+
+    from miars_attacks.mlp import MLPAttack
+
+    X, y = _separable(600, 0)
+    Xt, yt = _separable(600, 1)
+    model = MLPAttack(**params).fit(X, y, seed=3)
+    scores = model.decision_function(Xt)
+    # Bayes-optimal ROC-AUC here is Phi(0.8 * sqrt(5) / sqrt(2)) = 0.897 (a linear score on the 5 shifted features).
+    assert roc_auc_score(yt, scores) > 0.84
+    assert np.array_equal(scores, MLPAttack(**params).fit(X, y, seed=3).decision_function(Xt))
+    assert not np.array_equal(scores, MLPAttack(**params).fit(X, y, seed=4).decision_function(Xt))
+
+
+def test_mlp_attack_on_noise_reads_chance():
+    from sklearn.metrics import roc_auc_score
+
+    from miars_attacks.mlp import MLPAttack
+
+    X, y = _separable(600, 0, shift=0.0)
+    Xt, yt = _separable(2000, 1, shift=0.0)
+    assert abs(roc_auc_score(yt, MLPAttack().fit(X, y, seed=0).decision_function(Xt)) - 0.5) < 0.05

@@ -250,7 +250,7 @@ def heldout_recall(score_rows: Callable, fit: sp.csr_matrix, held: sp.csr_matrix
     """Share of the held-out items of ``rows`` that lie in their top-k (training items excluded)."""
     from miars_core.ranking import top_k_excluding
 
-    lists = top_k_excluding(lambda r: score_rows(rows[r]), fit[rows], k, batch_size=512)
+    lists = top_k_excluding(lambda r: score_rows(rows[r]), fit[rows], k, batch_size=512, scratch=True)
     sub = held[rows]
     hits = np.asarray(sub[np.repeat(np.arange(len(rows)), k), lists.ravel()]).sum()
     return float(hits / max(1, sub.nnz))

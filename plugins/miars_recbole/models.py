@@ -155,7 +155,7 @@ class RecBoleModel(Component):
         return self
 
     def recommend(self, k: int) -> np.ndarray:
-        return top_k_excluding(self.model_.score_rows, self.train_, k, batch_size=self.score_batch_size)
+        return top_k_excluding(self.model_.score_rows, self.train_, k, batch_size=self.score_batch_size, scratch=True)
 
 
 class ItemKNN(RecBoleModel):

@@ -45,13 +45,18 @@ class FittedRecBole:
         """Scores (len(rows) x all global items) as a torch tensor; unscorable items are -inf."""
         import torch
 
-        users = torch.as_tensor(self.user_rb[rows], dtype=torch.long)
+        rb = self.user_rb[rows]
+        users = torch.as_tensor(rb, dtype=torch.long)
         n_rb = len(self.item_cols)
         with torch.no_grad():
             block = self._full_sort(users, n_rb)
-        out = torch.full((len(rows), self.n_items), -torch.inf)
-        out[:, torch.as_tensor(self.item_cols[1:])] = block[:, 1:].to(torch.float32)
-        out[torch.as_tensor(self.user_rb[rows] == 0)] = -torch.inf
+        if n_rb - 1 == self.n_items and np.array_equal(self.item_cols[1:], np.arange(self.n_items)):
+            out = block[:, 1:].to(torch.float32)  # every item known to the model, in column order
+        else:
+            out = torch.full((len(rows), self.n_items), -torch.inf)
+            out[:, torch.as_tensor(self.item_cols[1:])] = block[:, 1:].to(torch.float32)
+        if (rb == 0).any():
+            out[torch.as_tensor(rb == 0)] = -torch.inf
         return out
 
     def _full_sort(self, users, n_rb: int):
