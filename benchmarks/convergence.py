@@ -36,7 +36,6 @@ def main() -> None:
     args = ap.parse_args()
 
     from miars_core.cli import parse_params
-    from miars_recbole.session import train_recbole_model
 
     plugins = get_plugins()
     data = load_dataset(AttackConfig(dataset=args.dataset), plugins)
@@ -49,8 +48,9 @@ def main() -> None:
     test = binary_csr(members.row[held], members.col[held], members.shape)
     popular_k = popularity_order(part)[: args.top_k]
     wrapper = plugins.create("recommender", args.model, epochs=args.epochs, **parse_params(args.param, "--param"))
+    batch, lr, lr_scale = wrapper._sizes(train.nnz)
     print(f"{args.dataset} target members: {members.shape[0]} users, {train.nnz} train / {test.nnz} held-out "
-          f"interactions; {args.model} = RecBole {wrapper.model} {wrapper._recbole_config()}")
+          f"interactions; {args.model} = RecBole {wrapper.model} {wrapper._recbole_config()}, batch {batch}, lr {lr}")
     print(f"{'epoch':>6} {'recall@%d' % args.top_k:>10} {'popular share':>14} {'seconds':>8}")
     start = time.perf_counter()
 
@@ -62,7 +62,10 @@ def main() -> None:
         share = np.isin(lists, popular_k).mean()
         print(f"{epoch:>6} {hits / test.nnz:>10.4f} {share:>14.3f} {time.perf_counter() - start:>8.1f}", flush=True)
 
-    train_recbole_model(wrapper.model, train, wrapper._recbole_config(), stage_seed(args.seed, "target"), on_epoch=report)
+    run = wrapper._start(train, stage_seed(args.seed, "target"), batch, lr, lr_scale, args.epochs)
+    for epoch in range(1, args.epochs + 1):
+        run.epoch()
+        report(epoch, run.fitted())
 
 
 if __name__ == "__main__":

@@ -36,12 +36,14 @@ def top_k_popular(popularity: np.ndarray, known: sp.csr_matrix, k: int) -> np.nd
     return top_k_excluding(lambda rows: np.broadcast_to(rank_score, (len(rows), len(rank_score))), known, k)
 
 
-def top_k_excluding(scores: np.ndarray | ScoreRows, known: sp.csr_matrix, k: int, batch_size: int = 1024) -> np.ndarray:
+def top_k_excluding(scores: np.ndarray | ScoreRows, known: sp.csr_matrix, k: int, batch_size: int = 1024,
+                    scratch: bool = False) -> np.ndarray:
     """Top-``k`` item columns per row, best first, never an item the row already knows.
 
     ``scores`` is a dense (users x items) array or a function returning the score rows of the
     given user indices; rows are processed in batches (one GEMM-sized block at a time).
-    The same scores always give the same lists.
+    The same scores always give the same lists. ``scratch=True`` says the score function returns
+    fresh float32 tensors that may be overwritten (saves one copy of every block).
     """
     import torch
 
@@ -50,18 +52,22 @@ def top_k_excluding(scores: np.ndarray | ScoreRows, known: sp.csr_matrix, k: int
     n_users, n_items = known.shape
     batch_size = max(1, min(batch_size, MAX_BLOCK_ELEMENTS // max(n_items, 1)))  # bound memory on huge catalogs
     out = np.empty((n_users, k), dtype=np.int64)
+    lowest = float(-np.finfo(np.float32).max)
     for start in range(0, n_users, batch_size):
         rows = np.arange(start, min(start + batch_size, n_users))
         block = scores[rows] if isinstance(scores, np.ndarray) else scores(rows)
-        s = block if torch.is_tensor(block) else torch.from_numpy(np.array(block, dtype=np.float32))
-        s = s.to(torch.float32).clone()
+        if torch.is_tensor(block):
+            s = block.to(torch.float32)
+            if s.data_ptr() == block.data_ptr() and not scratch:
+                s = s.clone()  # never write into the caller's tensor
+        else:
+            s = torch.from_numpy(np.array(block, dtype=np.float32))  # one copy
         if s.shape != (len(rows), n_items):
             raise ValueError(f"score block has shape {tuple(s.shape)}, expected {(len(rows), n_items)}")
-        s[torch.isnan(s)] = -torch.inf
+        # Items the model cannot score (nan, -inf) rank just above known items, which rank last.
+        torch.nan_to_num_(s, nan=lowest / 2, neginf=lowest / 2, posinf=-lowest)
         sub = known[rows]
         r = np.repeat(np.arange(len(rows)), np.diff(sub.indptr))
-        s[torch.as_tensor(r), torch.as_tensor(sub.indices.astype(np.int64))] = torch.nan  # known: below -inf
-        # Known items rank last, items the model cannot score just above them.
-        s = torch.nan_to_num(s, nan=-np.finfo(np.float32).max, neginf=-np.finfo(np.float32).max / 2)
+        s[torch.as_tensor(r), torch.as_tensor(sub.indices.astype(np.int64))] = lowest
         out[rows] = torch.topk(s, k, dim=1, sorted=True).indices.numpy()
     return out

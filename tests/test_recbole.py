@@ -29,7 +29,7 @@ def test_recbole_writes_nothing_to_the_working_directory_and_ignores_sys_argv(tm
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["prog", "--epochs=7", "--learning_rate=0.5"])
-    model = LatentFactorModel(epochs=2).fit(small, seed=0)
+    model = LatentFactorModel(epochs=2, learning_rate=0.005).fit(small, seed=0)
     assert model.fit_info_["epochs_run"] == 2
     assert model.fit_info_["settings"]["learning_rate"] == pytest.approx(0.005)
     assert os.listdir(tmp_path) == []

@@ -13,15 +13,19 @@ from miars_core.types import Interactions
 def item_vectors(matrix: sp.csr_matrix, dim: int, seed: int = 0) -> np.ndarray:
     """Item factors of a truncated SVD of the binary user x item matrix: ``V * sqrt(S)``, (items x dim).
 
-    Items nobody interacted with get the zero vector. Seeded randomized SVD, so reproducible.
+    Items nobody interacted with get the zero vector. Seeded randomized SVD in float32, so
+    reproducible. BLAS runs on one thread here: on a busy machine OpenBLAS's spinning threads made
+    this stage 10-30x slower (benchmarks/README.md), and one thread is at the floor of its products.
     """
     from sklearn.utils.extmath import randomized_svd
+    from threadpoolctl import threadpool_limits
 
     limit = min(matrix.shape) - 1
     if dim < 1 or dim > limit:
         raise MiarsError(f"item vector dim {dim} is impossible for a {matrix.shape[0]} x {matrix.shape[1]} "
                          f"vectorization part; use a dim between 1 and {limit}")
-    _, s, vt = randomized_svd(matrix.astype(np.float64), n_components=dim, n_iter=7, random_state=seed)
+    with threadpool_limits(limits=1, user_api="blas"):
+        _, s, vt = randomized_svd(matrix.astype(np.float32), n_components=dim, n_iter=7, random_state=seed)
     vectors = (vt.T * np.sqrt(s)).astype(np.float32)
     # Fix each component's sign (largest |entry| positive) so results do not depend on the solver's choice.
     signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(dim)])

@@ -14,24 +14,33 @@ from miars_core.types import Interactions
 
 
 class RecBoleModel(Component):
-    """Any RecBole general recommender, trained on the members with RecBole's own trainer.
+    """Any RecBole general recommender, trained on the members.
 
-    ``model`` is RecBole's class name (``BPR``, ``LightGCN``, ...). ``epochs``,
-    ``learning_rate`` and ``batch_size`` override RecBole's defaults; ``config`` passes any
-    other RecBole setting (e.g. ``{"embedding_size": 128}``).
+    ``model`` is RecBole's class name (``BPR``, ``LightGCN``, ...). ``epochs=None`` (the default)
+    trains to convergence by a measured criterion (held-out recall of the members' own
+    interactions, see ``miars_recbole.lean``) and then on all interactions for the chosen length;
+    ``epochs=N`` trains exactly N epochs. ``batch_size=None`` scales the batch with the data
+    (>= ~32 steps per epoch) and ``learning_rate=None`` scales the model's base rate by
+    sqrt(batch / 4096); explicit values are used as given. ``selection`` overrides the criterion's
+    settings (``holdout``, ``k``, ``eval_every``, ``patience``, ``min_delta``, ``max_epochs``,
+    ``eval_users``). ``config`` passes any other RecBole setting (e.g. ``{"embedding_size": 128}``).
+    BPR and NeuMF train through the lean torch data path; other models through RecBole's trainer.
     """
 
     #: Hyperparameters passed to RecBole's config under their own names (set by subclasses).
     recbole_keys: tuple[str, ...] = ()
+    #: Learning rate at batch 4,096 when ``learning_rate`` is None (None: RecBole's model default).
+    base_learning_rate: float | None = None
 
     def __init__(
         self,
         model: str = "BPR",
-        epochs: int | None = 100,
+        epochs: int | None = None,
         learning_rate: float | None = None,
-        batch_size: int | None = 4096,
+        batch_size: int | None = None,
         config: dict[str, Any] | None = None,
         score_batch_size: int = 256,
+        selection: dict[str, Any] | None = None,
     ):
         self.model = model
         self.epochs = epochs
@@ -39,44 +48,122 @@ class RecBoleModel(Component):
         self.batch_size = batch_size
         self.config = config
         self.score_batch_size = score_batch_size
+        self.selection = selection
 
     # -- training ---------------------------------------------------------------------------
     def _recbole_config(self) -> dict[str, Any]:
-        cfg: dict[str, Any] = {}
-        if self.epochs is not None:
-            cfg["epochs"] = int(self.epochs)
-        if self.learning_rate is not None:
-            cfg["learning_rate"] = float(self.learning_rate)
-        if self.batch_size is not None:
-            cfg["train_batch_size"] = int(self.batch_size)
-        cfg.update({key: getattr(self, key) for key in self.recbole_keys})
+        """RecBole settings from the hyperparameters (epochs, batch size and learning rate excluded)."""
+        cfg: dict[str, Any] = {key: getattr(self, key) for key in self.recbole_keys}
         cfg.update(self.config or {})
         return cfg
 
-    def fit(self, train: Interactions, seed: int = 0) -> "RecBoleModel":
-        from .session import train_recbole_model
+    def _epochs(self) -> int | None:
+        epochs = self.epochs
+        if epochs is None or (isinstance(epochs, str) and epochs.lower() == "auto"):
+            return None
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or int(epochs) < 1:
+            raise MiarsError(f"{self.model}: epochs must be an integer >= 1 or 'auto', got {epochs!r}")
+        return int(epochs)
 
-        if self.epochs is not None and int(self.epochs) < 1:
-            raise MiarsError(f"{self.model}: epochs must be >= 1, got {self.epochs}")
+    def _sizes(self, n_interactions: int) -> tuple[int, float | None, float]:
+        """(batch size, learning rate or None for RecBole's default, scale applied to a default rate)."""
+        from .lean import auto_batch_size, scaled_learning_rate
+
+        batch = int(self.batch_size) if self.batch_size is not None else auto_batch_size(n_interactions)
+        if batch < 1:
+            raise MiarsError(f"{self.model}: batch_size must be >= 1, got {self.batch_size}")
+        scale = scaled_learning_rate(1.0, batch) if self.batch_size is None else 1.0
+        if self.learning_rate is not None:
+            return batch, float(self.learning_rate), 1.0
+        if self.base_learning_rate is not None:
+            return batch, self.base_learning_rate * scale, 1.0
+        return batch, None, scale
+
+    def _uses_epochs(self) -> bool:
+        from .lean import LEAN_MODELS
+
+        if self.model in LEAN_MODELS:
+            return True
+        from . import compat
+
+        compat.apply()
+        from recbole.utils import ModelType, get_model
+
+        try:
+            return get_model(self.model).type != ModelType.TRADITIONAL
+        except (ValueError, AttributeError):
+            raise MiarsError(f"RecBole has no general model {self.model!r}") from None
+
+    def _start(self, matrix, seed: int, batch: int, lr: float | None, lr_scale: float, epochs: int | None = None):
+        """A fresh model on ``matrix``: an object with ``epoch()`` and ``fitted()``."""
+        from .lean import LEAN_MODELS
+        from .session import LeanRun, RecBoleRun
+
+        cfg = self._recbole_config()
+        if self.model in LEAN_MODELS:
+            base = lr if lr is not None else 0.001 * lr_scale
+            return LeanRun(self.model, matrix, cfg, seed, batch, base)
+        cfg = {**cfg, "train_batch_size": batch, "epochs": int(epochs or 1)}
+        if lr is not None:
+            cfg["learning_rate"] = lr
+        return RecBoleRun(self.model, matrix, cfg, seed, lr_scale if lr is None else 1.0)
+
+    def fit(self, train: Interactions, seed: int = 0) -> "RecBoleModel":
+        import torch
+
+        from .lean import select_epochs, selection_criterion
+
+        epochs = self._epochs()
         start = time.perf_counter()
-        fitted = train_recbole_model(self.model, train.matrix, self._recbole_config(), seed)
+        matrix = train.matrix
+        if matrix.nnz == 0:
+            raise MiarsError(f"cannot train RecBole {self.model}: the members have no interactions")
+        batch, lr, lr_scale = self._sizes(matrix.nnz)
+        threads = torch.get_num_threads()
+        selection = None
+        try:
+            if not self._uses_epochs():
+                epochs = 1
+            elif epochs is None:
+                crit = selection_criterion(matrix, self.selection)
+
+                def begin(fit_matrix):
+                    run = self._start(fit_matrix, seed, batch, lr, lr_scale, int(crit["max_epochs"]))
+                    return run.epoch, lambda rows: run.fitted().score_rows(rows)
+
+                selection = select_epochs(matrix, seed, crit, begin)
+                epochs = selection.epochs
+            run = self._start(matrix, seed, batch, lr, lr_scale, epochs)
+            for _ in range(epochs):
+                run.epoch()
+            fitted = run.fitted()
+        finally:
+            torch.set_num_threads(threads)  # RecBole's seeding may change it
         self.model_ = fitted
-        self.train_ = train.matrix
+        self.train_ = matrix
         self.fit_info_ = {
             "recbole_model": self.model,
+            "epochs": "auto" if selection is not None else epochs,
             "epochs_run": fitted.epochs_run,
+            "batch_size": batch,
+            "learning_rate": fitted.settings.get("learning_rate", lr),
             "final_train_loss": fitted.final_loss,
             "settings": fitted.settings,
+            **(selection.report() if selection is not None else {}),
             "fit_seconds": round(time.perf_counter() - start, 3),
         }
         return self
 
     def recommend(self, k: int) -> np.ndarray:
-        return top_k_excluding(self.model_.score_rows, self.train_, k, batch_size=self.score_batch_size)
+        return top_k_excluding(self.model_.score_rows, self.train_, k, batch_size=self.score_batch_size, scratch=True)
 
 
 class ItemKNN(RecBoleModel):
-    """Item-based collaborative filtering (RecBole ItemKNN, cosine, 100 neighbours): the paper's Item-based CF."""
+    """Item-based collaborative filtering (RecBole ItemKNN, cosine, 100 neighbours): the paper's Item-based CF.
+
+    The similarity is RecBole's (cosine with shrink, each item's ``k`` nearest items), computed as a
+    sparse item-item top-k; member rows are scored on demand (no users x items matrix).
+    """
 
     recbole_keys = ("k", "shrink")
 
@@ -85,41 +172,65 @@ class ItemKNN(RecBoleModel):
         self.k = k
         self.shrink = shrink
 
+    def fit(self, train: Interactions, seed: int = 0) -> "ItemKNN":
+        from .session import fit_itemknn
+
+        if int(self.k) < 1:
+            raise MiarsError(f"ItemKNN: k must be >= 1, got {self.k}")
+        start = time.perf_counter()
+        fitted = fit_itemknn(train.matrix, int(self.k), float(self.shrink), seed)
+        self.model_ = fitted
+        self.train_ = train.matrix
+        self.fit_info_ = {"recbole_model": "ItemKNN", "epochs_run": 0, "settings": fitted.settings,
+                          "similarity_nnz": int(fitted.model.w.nnz),
+                          "fit_seconds": round(time.perf_counter() - start, 3)}
+        return self
+
 
 class LatentFactorModel(RecBoleModel):
-    """Latent factor model: matrix factorization trained with BPR (RecBole BPR); the paper's LFM."""
+    """Latent factor model: matrix factorization trained with BPR (RecBole BPR); the paper's LFM.
+
+    Trained to convergence by default (``epochs=None``); base learning rate 0.005 at batch 4,096.
+    """
 
     recbole_keys = ("embedding_size",)
+    base_learning_rate = 0.005
 
     def __init__(
         self,
         embedding_size: int = 64,
-        epochs: int = 50,
-        learning_rate: float = 0.005,
-        batch_size: int = 4096,
+        epochs: int | None = None,
+        learning_rate: float | None = None,
+        batch_size: int | None = None,
         score_batch_size: int = 1024,
+        selection: dict[str, Any] | None = None,
     ):
         super().__init__(model="BPR", epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                         score_batch_size=score_batch_size)
+                         score_batch_size=score_batch_size, selection=selection)
         self.embedding_size = embedding_size
 
 
 class NeuralCF(RecBoleModel):
-    """Neural collaborative filtering (RecBole NeuMF: GMF + MLP towers); the paper's NCF."""
+    """Neural collaborative filtering (RecBole NeuMF: GMF + MLP towers); the paper's NCF.
+
+    Trained to convergence by default (``epochs=None``); base learning rate 0.002 at batch 4,096.
+    """
 
     recbole_keys = ("mf_embedding_size", "mlp_embedding_size")
+    base_learning_rate = 0.002
 
     def __init__(
         self,
-        epochs: int = 40,
-        learning_rate: float = 0.002,
-        batch_size: int = 4096,
+        epochs: int | None = None,
+        learning_rate: float | None = None,
+        batch_size: int | None = None,
         mf_embedding_size: int = 64,
         mlp_embedding_size: int = 64,
         score_batch_size: int = 64,
+        selection: dict[str, Any] | None = None,
     ):
         super().__init__(model="NeuMF", epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                         score_batch_size=score_batch_size)
+                         score_batch_size=score_batch_size, selection=selection)
         self.mf_embedding_size = mf_embedding_size
         self.mlp_embedding_size = mlp_embedding_size
 

@@ -45,13 +45,18 @@ class FittedRecBole:
         """Scores (len(rows) x all global items) as a torch tensor; unscorable items are -inf."""
         import torch
 
-        users = torch.as_tensor(self.user_rb[rows], dtype=torch.long)
+        rb = self.user_rb[rows]
+        users = torch.as_tensor(rb, dtype=torch.long)
         n_rb = len(self.item_cols)
         with torch.no_grad():
             block = self._full_sort(users, n_rb)
-        out = torch.full((len(rows), self.n_items), -torch.inf)
-        out[:, torch.as_tensor(self.item_cols[1:])] = block[:, 1:].to(torch.float32)
-        out[torch.as_tensor(self.user_rb[rows] == 0)] = -torch.inf
+        if n_rb - 1 == self.n_items and np.array_equal(self.item_cols[1:], np.arange(self.n_items)):
+            out = block[:, 1:].to(torch.float32)  # every item known to the model, in column order
+        else:
+            out = torch.full((len(rows), self.n_items), -torch.inf)
+            out[:, torch.as_tensor(self.item_cols[1:])] = block[:, 1:].to(torch.float32)
+        if (rb == 0).any():
+            out[torch.as_tensor(rb == 0)] = -torch.inf
         return out
 
     def _full_sort(self, users, n_rb: int):
@@ -103,63 +108,160 @@ def _neumf_logits(m, users, max_elements: int = 1 << 24):
     return out
 
 
-def train_recbole_model(model_name: str, train: sp.csr_matrix, overrides: dict, seed: int,
-                        on_epoch: Callable[[int, FittedRecBole], None] | None = None) -> FittedRecBole:
-    """Fit RecBole's ``model_name`` on the binary matrix ``train`` (rows = users) and return it fitted.
+class RecBoleRun:
+    """A RecBole model with RecBole's own data loader and trainer, trained one epoch at a time."""
 
-    ``on_epoch(epoch, fitted)``, if given, is called after every epoch with the model in eval mode
-    (benchmarks use it to follow quality during training); training then runs epoch by epoch.
-    """
-    compat.apply()
-    import torch
-    from recbole.config import Config
-    from recbole.data import create_dataset
-    from recbole.data.dataloader import TrainDataLoader
-    from recbole.data.utils import create_samplers
-    from recbole.utils import get_model, get_trainer, init_seed
+    def __init__(self, model_name: str, train: sp.csr_matrix, overrides: dict, seed: int, lr_scale: float = 1.0):
+        compat.apply()
+        from recbole.config import Config
+        from recbole.data import create_dataset
+        from recbole.data.dataloader import TrainDataLoader
+        from recbole.data.utils import create_samplers
+        from recbole.utils import get_model, get_trainer, init_seed
 
-    coo = train.tocoo()
-    if coo.nnz == 0:
-        raise MiarsError(f"cannot train RecBole {model_name}: the members have no interactions")
-    threads = torch.get_num_threads()
-    with tempfile.TemporaryDirectory(prefix="miars-recbole-") as tmp:
-        os.makedirs(os.path.join(tmp, "members"))
-        path = os.path.join(tmp, "members", "members.inter")
-        order = np.lexsort((coo.col, coo.row))
-        body = np.column_stack([coo.row[order], coo.col[order]])
-        with open(path, "w") as fh:
-            fh.write("user_id:token\titem_id:token\n")
-            np.savetxt(fh, body, fmt="%d", delimiter="\t")
-        cfg = {**_FIXED, **overrides, "seed": int(seed), "data_path": tmp, "checkpoint_dir": os.path.join(tmp, "saved")}
+        coo = train.tocoo()
+        if coo.nnz == 0:
+            raise MiarsError(f"cannot train RecBole {model_name}: the members have no interactions")
+        self.model_name = model_name
+        self.overrides = dict(overrides)
+        with tempfile.TemporaryDirectory(prefix="miars-recbole-") as tmp:
+            os.makedirs(os.path.join(tmp, "members"))
+            path = os.path.join(tmp, "members", "members.inter")
+            order = np.lexsort((coo.col, coo.row))
+            body = np.column_stack([coo.row[order], coo.col[order]])
+            with open(path, "w") as fh:
+                fh.write("user_id:token\titem_id:token\n")
+                np.savetxt(fh, body, fmt="%d", delimiter="\t")
+            cfg = {**_FIXED, **overrides, "seed": int(seed), "data_path": tmp, "checkpoint_dir": os.path.join(tmp, "saved")}
+            try:
+                config = Config(model=model_name, dataset="members", config_dict=cfg)
+            except (ValueError, KeyError, AttributeError) as exc:
+                raise MiarsError(f"RecBole rejected model {model_name!r} or its settings: {exc}") from None
+            if lr_scale != 1.0:
+                config["learning_rate"] = float(config["learning_rate"]) * lr_scale
+            init_seed(int(seed), True)
+            dataset = create_dataset(config)
+            built = dataset.build()
+            train_sampler, _, _ = create_samplers(config, dataset, built)
+            self.loader = TrainDataLoader(config, built[0], train_sampler, shuffle=True)
+            init_seed(int(seed), True)
+            self.model = get_model(model_name)(config, self.loader.dataset).to("cpu")
+            self.trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, self.model)
+        self.config = config
+        self.user_rb, self.item_cols = _id_maps(dataset, train.shape[0])
+        self.n_items = train.shape[1]
+        self.losses: list[float] = []
+
+    def epoch(self) -> float:
+        self.trainer.model.train()
         try:
-            config = Config(model=model_name, dataset="members", config_dict=cfg)
-        except (ValueError, KeyError, AttributeError) as exc:
-            raise MiarsError(f"RecBole rejected model {model_name!r} or its settings: {exc}") from None
-        init_seed(int(seed), True)
-        dataset = create_dataset(config)
-        built = dataset.build()
-        train_sampler, _, _ = create_samplers(config, dataset, built)
-        loader = TrainDataLoader(config, built[0], train_sampler, shuffle=True)
-        init_seed(int(seed), True)
-        model = get_model(model_name)(config, loader.dataset).to("cpu")
-        trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
-        user_rb, item_cols = _id_maps(dataset, train.shape[0])
-        if on_epoch is None:
-            trainer.fit(loader, None, saved=False, show_progress=False)
-        else:
-            for epoch in range(int(config["epochs"])):
-                trainer.model.train()
-                trainer._train_epoch(loader, epoch, show_progress=False)
-                model.eval()
-                on_epoch(epoch + 1, FittedRecBole(model, user_rb, item_cols, train.shape[1], epoch + 1, None, {}))
-        model.eval()
-        losses = getattr(trainer, "train_loss_dict", {}) or {}
-        final = losses[max(losses)] if losses else None
-        if isinstance(final, tuple):
-            final = float(sum(final))
-        settings = {key: _plain(config[key]) for key in sorted(set(overrides) | {"epochs", "learning_rate", "train_batch_size", "train_neg_sample_args", "embedding_size"}) if key in config}
-    torch.set_num_threads(threads)  # RecBole's init may change it
-    return FittedRecBole(model, user_rb, item_cols, train.shape[1], len(losses) or int(config["epochs"]), None if final is None else float(final), settings)
+            loss = self.trainer._train_epoch(self.loader, len(self.losses), show_progress=False)
+        except ValueError as exc:
+            if "nan" in str(exc).lower():
+                raise MiarsError(f"RecBole {self.model_name}: training loss became nan in epoch {len(self.losses) + 1}; "
+                                 "lower learning_rate") from None
+            raise
+        if isinstance(loss, tuple):
+            loss = float(sum(loss))
+        loss = float(loss) if loss is not None else float("nan")
+        if loss == loss and not np.isfinite(loss):
+            raise MiarsError(f"RecBole {self.model_name}: training loss became {loss} in epoch {len(self.losses) + 1}; "
+                             "lower learning_rate")
+        self.losses.append(loss)
+        self.model.eval()
+        return loss
+
+    def fitted(self) -> "FittedRecBole":
+        self.model.eval()
+        cfg = self.config
+        settings = {key: _plain(cfg[key]) for key in sorted(set(self.overrides) | {"epochs", "learning_rate", "train_batch_size", "train_neg_sample_args", "embedding_size"}) if key in cfg}
+        final = self.losses[-1] if self.losses else None
+        return FittedRecBole(self.model, self.user_rb, self.item_cols, self.n_items, len(self.losses), final, settings)
+
+
+def train_recbole_model(model_name: str, train: sp.csr_matrix, overrides: dict, seed: int,
+                        on_epoch: Callable[[int, FittedRecBole], Any] | None = None, lr_scale: float = 1.0) -> FittedRecBole:
+    """Fit RecBole's ``model_name`` on the binary matrix ``train`` (rows = users) with RecBole's trainer.
+
+    Runs ``overrides["epochs"]`` (else RecBole's default) epochs. ``on_epoch(epoch, fitted)``, if
+    given, is called after every epoch with the model in eval mode; a truthy return stops training.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    run = RecBoleRun(model_name, train, overrides, seed, lr_scale)
+    try:
+        for epoch in range(int(run.config["epochs"])):
+            run.epoch()
+            if on_epoch is not None and on_epoch(epoch + 1, run.fitted()):
+                break
+    finally:
+        torch.set_num_threads(threads)  # RecBole's init may change it
+    return run.fitted()
+
+
+def train_lean_model(model_name: str, train: sp.csr_matrix, overrides: dict, seed: int, epochs: int,
+                     batch_size: int, learning_rate: float,
+                     on_epoch: Callable[[int, FittedRecBole], Any] | None = None) -> FittedRecBole:
+    """Fit RecBole's ``model_name`` (BPR, NeuMF) with the lean torch data path for exactly ``epochs`` epochs."""
+    run = LeanRun(model_name, train, overrides, seed, batch_size, learning_rate)
+    for epoch in range(int(epochs)):
+        run.epoch()
+        if on_epoch is not None and on_epoch(epoch + 1, run.fitted()):
+            break
+    return run.fitted()
+
+
+class LeanRun:
+    """A RecBole model class trained by :class:`lean.LeanTrainer` on torch tensors."""
+
+    def __init__(self, model_name: str, train: sp.csr_matrix, overrides: dict, seed: int, batch_size: int, learning_rate: float):
+        compat.apply()
+        import torch
+
+        from . import lean
+
+        if train.nnz == 0:
+            raise MiarsError(f"cannot train RecBole {model_name}: the members have no interactions")
+        self.model_name = model_name
+        threads = torch.get_num_threads()
+        self.config = lean.recbole_config(model_name, {**overrides, "train_batch_size": int(batch_size),
+                                                       "learning_rate": float(learning_rate)}, seed)
+        self.data = lean.index_members(train)
+        self.model = lean.build_model(model_name, self.config, self.data, seed)
+        torch.set_num_threads(threads)  # RecBole's init_seed may change it
+        self.trainer = lean.LeanTrainer(self.model, self.data, model_name, int(batch_size), float(learning_rate),
+                                        float(self.config["weight_decay"] or 0.0), seed)
+        self.n_items = train.shape[1]
+        self.overrides = dict(overrides)
+
+    def epoch(self) -> float:
+        return self.trainer.epoch()
+
+    def fitted(self) -> "FittedRecBole":
+        cfg = self.config
+        keys = set(self.overrides) | {"learning_rate", "train_batch_size", "embedding_size", "weight_decay"}
+        settings = {key: _plain(cfg[key]) for key in sorted(keys) if key in cfg}
+        settings["data_path"] = "lean (torch tensors, uniform negatives excluding known items)"
+        losses = self.trainer.losses
+        return FittedRecBole(self.model, self.data.user_rb, self.data.item_cols, self.n_items, len(losses),
+                             losses[-1] if losses else None, settings)
+
+
+def fit_itemknn(train: sp.csr_matrix, k: int, shrink: float, seed: int) -> FittedRecBole:
+    """RecBole's ItemKNN (item cosine, top-k neighbours) with a sparse similarity and rows scored on demand."""
+    compat.apply()
+    from . import lean
+
+    if train.nnz == 0:
+        raise MiarsError("cannot train RecBole ItemKNN: the members have no interactions")
+    config = lean.recbole_config("ItemKNN", {"k": int(k), "shrink": float(shrink)}, seed)
+    data = lean.index_members(train)
+    w = lean.item_item_topk(data.matrix, int(k), float(shrink))
+    model = lean.sparse_itemknn_class()(config, lean.StandInDataset(data, config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]), w)
+    model.eval()
+    settings = {"k": int(k), "shrink": float(shrink), "similarity": "sparse item-item top-k (cosine)"}
+    return FittedRecBole(model, data.user_rb, data.item_cols, train.shape[1], 0, None, settings)
 
 
 def _id_maps(dataset, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
