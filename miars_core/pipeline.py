@@ -52,6 +52,8 @@ class AttackConfig:
             raise MiarsError(f"--top-k must be >= 1, got {self.top_k}")
         if self.min_interactions < 1:
             raise MiarsError(f"--min-interactions must be >= 1, got {self.min_interactions}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= 2**32 - 1:
+            raise MiarsError(f"--seed must be an integer from 0 to {2**32 - 1} (2**32 - 1), got {self.seed}")
         return self
 
 

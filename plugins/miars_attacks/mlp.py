@@ -6,6 +6,7 @@ import numpy as np
 
 from miars_core.components import Component
 from miars_core.errors import MiarsError
+from miars_core.params import Interval, ListOf
 
 
 class MLPAttack(Component):
@@ -15,6 +16,12 @@ class MLPAttack(Component):
     every epoch (seeded) with SGD + momentum, as the authors' optimizer, but not their
     unshuffled batch-size-1 loop (which makes results swing between runs).
     """
+
+    param_constraints = {
+        "hidden": ListOf(Interval(int, 1)), "epochs": Interval(int, 1), "batch_size": Interval(int, 1),
+        "learning_rate": Interval(float, 0, 10, closed="right"), "momentum": Interval(float, 0, 1, closed="left"),
+        "weight_decay": Interval(float, 0),
+    }
 
     def __init__(self, hidden: tuple[int, ...] = (32, 8), epochs: int = 100, batch_size: int = 128,
                  learning_rate: float = 0.01, momentum: float = 0.9, weight_decay: float = 1e-4):
