@@ -7,15 +7,72 @@ so ``miars --help``, ``miars plugins`` and ``miars list`` stay fast.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
-from typing import List, Optional
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
 
+import click
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-from .errors import MiarsError
+from .errors import MiarsError, Terminated
 from .registry import KINDS
 
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class _OneLineErrors:
+    """Usage errors (bad option, missing value, not an integer) as one ``miars: error:`` line, exit 2.
+
+    Click's own message is kept, without the usage box: ``miars: error: Invalid value for
+    '--top-k': 'abc' is not a valid integer.``
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)  # type: ignore[misc]
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `miars`: the help, as before
+            exc.show()
+            code = 2
+        except click.ClickException as exc:
+            message = exc.format_message()
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None and isinstance(exc, click.UsageError) else ""
+            _echo_error(_one_line(message) + hint)
+            code = 2
+        except click.exceptions.Abort:
+            _echo_error("aborted")
+            code = 1
+        else:
+            code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
+class OneLineGroup(_OneLineErrors, TyperGroup):
+    pass
+
+
+class OneLineCommand(_OneLineErrors, TyperCommand):
+    pass
+
+
+def _echo_error(message: str) -> None:
+    try:
+        typer.echo(f"miars: error: {message}", err=True)
+    except (OSError, UnicodeError):  # stderr closed or unencodable: nothing better to do
+        pass
+
+
 app = typer.Typer(
+    cls=OneLineGroup,
     name="miars",
     help="Membership inference attacks against recommender systems (Zhang et al., CCS 2021).",
     no_args_is_help=True,
@@ -29,9 +86,39 @@ METRICS_HELP = (
 )
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"miars: error: {message}", err=True)
-    raise typer.Exit(2)
+def _fail(message: str, code: int = 2) -> None:
+    """Print ``miars: error: <message>`` as one line on stderr and exit ``code`` (2: bad input)."""
+    _echo_error(_one_line(message))
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _signals_exit() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`Terminated` so every ``finally`` and temporary folder cleans up."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {}
+    for sig in wanted:
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):  # pragma: no cover - not allowed here
+            pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _expand(path: Optional[str]) -> Optional[str]:
+    """``~`` and ``~user`` expanded, as a shell would have (also in ``--opt=~/x`` forms)."""
+    return os.path.expanduser(path) if path and path.startswith("~") else path
 
 
 def parse_params(values: Optional[List[str]], flag: str) -> dict:
@@ -41,10 +128,14 @@ def parse_params(values: Optional[List[str]], flag: str) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise MiarsError(f"{flag} {item!r} is not KEY=VALUE; write e.g. {flag} epochs=50")
+        key = key.strip()  # a repeated KEY: the last one wins
         try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
+            value = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError):
+            value = raw
+        except ValueError as exc:  # e.g. an integer with more digits than Python converts
+            raise MiarsError(f"{flag} {key}=...: the value cannot be read ({_one_line(exc)[:120]})") from None
+        out[key] = value
     return out
 
 
@@ -72,46 +163,110 @@ def attack(
 ) -> None:
     """Run the CCS'21 membership inference attack end to end and print its metrics."""
     try:
-        from .pipeline import AttackConfig
-
-        config = AttackConfig(
-            dataset=dataset, data_dir=data_dir, download=download, target=target, shadow=shadow or target,
-            featurizer=featurizer, attack=attack_model, defense=defense, top_k=top_k, seed=seed, split=split,
-            min_interactions=min_interactions,
-            target_params=parse_params(target_param, "--target-param"),
-            shadow_params=parse_params(shadow_param, "--shadow-param"),
-            featurizer_params=parse_params(featurizer_param, "--featurizer-param"),
-            attack_params=parse_params(attack_param, "--attack-param"),
-            defense_params=parse_params(defense_param, "--defense-param"),
-        ).validate()
-        _run(config, out, export_miars, quiet)
+        with _signals_exit():
+            _attack(dataset, data_dir, download, target, shadow, featurizer, attack_model, defense, top_k, seed, split,
+                    min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
+                    out, export_miars, quiet)
     except MiarsError as exc:
         _fail(str(exc))
+    except Terminated as exc:
+        _fail(f"terminated by {exc.name}; temporary files were removed and no output was written", 128 + exc.signum)
+    except KeyboardInterrupt:
+        _fail("interrupted; temporary files were removed and no output was written", 130)
+    except (typer.Exit, click.ClickException, SystemExit):
+        raise
+    except MemoryError:
+        _fail("out of memory; use a smaller dataset, a smaller model or a smaller --top-k")
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        if os.environ.get("MIARS_DEBUG"):
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {_one_line(exc)[:300]}; this is a bug in miars or a plugin, "
+              "please report it (rerun with MIARS_DEBUG=1 for the traceback)")
+
+
+def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_model, defense, top_k, seed, split,
+            min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
+            out, export_miars, quiet) -> None:
+    from .pipeline import AttackConfig
+
+    dataset, data_dir, out, export_miars = _expand(dataset), _expand(data_dir), _expand(out), _expand(export_miars)
+    config = AttackConfig(
+        dataset=dataset, data_dir=data_dir, download=download, target=target, shadow=shadow or target,
+        featurizer=featurizer, attack=attack_model, defense=defense, top_k=top_k, seed=seed, split=split,
+        min_interactions=min_interactions,
+        target_params=parse_params(target_param, "--target-param"),
+        shadow_params=parse_params(shadow_param, "--shadow-param"),
+        featurizer_params=parse_params(featurizer_param, "--featurizer-param"),
+        attack_params=parse_params(attack_param, "--attack-param"),
+        defense_params=parse_params(defense_param, "--defense-param"),
+    ).validate()
+    _run(config, out, export_miars, quiet)
 
 
 attack.__doc__ = f"{attack.__doc__}\n\n{METRICS_HELP}"
 
 
 def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool) -> None:
+    """Check the outputs can be written, run, write the outputs, then print the metrics.
+
+    Outputs are written before anything is printed, so a closed or full standard output
+    (``| true``, ``> /dev/full``) loses no result; any OS error names the path and what to do.
+    """
     from rich.console import Console
 
     from .pipeline import run_attack
-    from .report import export_miars, metrics_table, prepare_dir, write_result
+    from .report import check_outputs, export_miars, flag_no_signal, metrics_table, render_result, write_result
 
-    if out:
-        prepare_dir(out, "--out")
-    if export_dir:
-        prepare_dir(export_dir, "--export-miars")
+    check_outputs(config, out, export_dir)
     err = Console(stderr=True, quiet=quiet, log_path=False)
     with err.status("starting") as status:
         result = run_attack(config, progress=lambda msg: (err.log(msg), status.update(msg)))
-    Console().print(metrics_table(result))
-    if out:
-        path = write_result(result, out)
-        err.print(f"wrote {path}")
-    if export_dir:
-        paths = export_miars(result, export_dir)
-        err.print(f"wrote {len(paths)} files to {export_dir}")
+    warning = flag_no_signal(result)
+    text = render_result(result)  # refuses NaN / infinity: never a number from a broken run
+    problem = None
+    try:
+        if out:
+            path = write_result(result, out, text=text)
+            err.print(f"wrote {path}")
+        if export_dir:
+            paths = export_miars(result, export_dir)
+            err.print(f"wrote {len(paths)} files to {export_dir}")
+    except MiarsError as exc:
+        problem = str(exc)
+    _print_stdout(metrics_table(result), out)
+    if warning:
+        err.print(f"warning: {warning}")
+    if problem:
+        raise MiarsError(problem)
+
+
+def _print_stdout(renderable, out: Optional[str]) -> None:
+    from rich.console import Console
+
+    where = f"; results were written to {out}" if out else "; pass --out DIR to keep the results in files"
+    try:
+        Console().print(renderable)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        raise MiarsError("standard output was closed before the metrics were printed (broken pipe)" + where) from None
+    except OSError as exc:
+        _silence_stdout()
+        raise MiarsError(f"cannot write the metrics to standard output ({exc.strerror or exc}){where}") from None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail a second time."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except OSError:
+        pass
 
 
 app.command("attack", help=attack.__doc__)(attack)
@@ -190,7 +345,7 @@ def attack_main() -> None:
 
 def _attack_app():
     single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    single.command(help=attack.__doc__)(attack)
+    single.command(help=attack.__doc__, cls=OneLineCommand)(attack)
     return single
 
 

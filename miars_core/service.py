@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .components import get_params
+from .errors import MiarsError
 from .ranking import check_k, top_k_popular
 from .types import Part, ServiceContext
 
@@ -27,15 +28,74 @@ def popularity_order(part: Part) -> np.ndarray:
     return np.argsort(-pop, kind="stable")
 
 
+def _who(kind: str, name: str, component: Any) -> str:
+    """``recommender 'userknn' (plugin 'example')``: the component and the plugin that provided it."""
+    plugin = type(component).__module__.split(".")[0]
+    try:
+        from .plugins import get_plugins
+
+        registry = get_plugins().registry(kind)
+        if name in registry.entries or ":" in name:
+            plugin = registry.get(name).plugin
+        else:  # a class name: find the entry that builds it
+            found = [e for e in registry.entries.values() if e.factory is type(component)]
+            if found:
+                name, plugin = found[0].name, found[0].plugin
+    except Exception:  # noqa: BLE001 - a name outside the installed plugins (tests, notebooks)
+        pass
+    return f"{kind} {name!r} (plugin {plugin!r})"
+
+
+def check_lists(lists: Any, shape: tuple[int, int], known, who: str, what: str = "returned") -> np.ndarray:
+    """Validate served lists: an integer array of ``shape``, valid item columns, no repeat within a
+    row, no item the user already knows; return them as int64, or raise a one-line MiarsError."""
+    arr = np.asarray(lists) if not isinstance(lists, np.ndarray) else lists
+    if not np.issubdtype(arr.dtype, np.integer):
+        if arr.dtype.kind == "f" and arr.size and np.isfinite(arr).all() and (arr == np.round(arr)).all():
+            detail = "float item indices"
+        else:
+            detail = f"values of dtype {arr.dtype}"
+        raise MiarsError(f"{who} {what} {detail}; it must return an integer array of item column indices")
+    if arr.shape != shape:
+        raise MiarsError(f"{who} {what} lists of shape {arr.shape}, expected {shape} (one row of k items per user)")
+    arr = arr.astype(np.int64, copy=False)
+    n_items = known.shape[1]
+    if arr.size and (arr.min() < 0 or arr.max() >= n_items):
+        bad = int(arr[(arr < 0) | (arr >= n_items)][0])
+        raise MiarsError(f"{who} {what} item index {bad}, outside the valid columns 0..{n_items - 1}")
+    if arr.shape[1] > 1:
+        s = np.sort(arr, axis=1)
+        dup = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1))
+        if len(dup):
+            raise MiarsError(f"{who} {what} a list that repeats an item (row {int(dup[0])}); each list needs k distinct items")
+    rows = np.repeat(np.arange(arr.shape[0]), arr.shape[1])
+    seen = np.asarray(known[rows, arr.ravel()]).ravel() > 0
+    if seen.any():
+        row = int(rows[np.flatnonzero(seen)[0]])
+        raise MiarsError(f"{who} {what} an item the user already knows (row {row}); lists must exclude known items")
+    return arr
+
+
 def serve(part: Part, recommender: Any, name: str, k: int, seed: int) -> Served:
-    """Fit ``recommender`` on the part's members; members get its top-k, non-members the popular top-k."""
+    """Fit ``recommender`` on the part's members; members get its top-k, non-members the popular top-k.
+
+    The recommender's lists are validated (:func:`check_lists`); a failure names the
+    recommender and its plugin. Non-finite training losses in ``fit_info_`` fail the run.
+    """
     check_k(k, part.interactions.matrix, who=f"{part.name} users")
     members = np.flatnonzero(part.is_member)
     others = np.flatnonzero(~part.is_member)
-    recommender.fit(part.members, seed=seed)
-    member_lists = np.asarray(recommender.recommend(k), dtype=np.int64)
-    if member_lists.shape != (len(members), k):
-        raise ValueError(f"recommender {name!r} returned lists of shape {member_lists.shape}, expected {(len(members), k)}")
+    who = _who("recommender", name, recommender)
+    train = part.members
+    with stage_threads():
+        _call(recommender.fit, who, "fit", train, seed=seed)
+        raw = _call(recommender.recommend, who, "recommend", k)
+    member_lists = check_lists(raw, (len(members), k), train.matrix, who)
+    info = dict(getattr(recommender, "fit_info_", {}) or {})
+    for key, value in info.items():
+        if isinstance(value, float) and not np.isfinite(value):
+            raise MiarsError(f"{who} reports {key}={value} after training: the training diverged; "
+                             "lower its learning_rate (or check its other parameters)")
     popularity = part.members.item_popularity()
     popular = np.argsort(-popularity, kind="stable")
     other_lists = top_k_popular(popularity, part.interactions.matrix[others], k)
@@ -46,17 +106,48 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int) -> Served:
     report = {
         "name": name,
         "params": get_params(recommender),
-        "fit_info": dict(getattr(recommender, "fit_info_", {}) or {}),
+        "fit_info": info,
         "members_popular_overlap": round(float(overlap), 4),
     }
     return Served(lists, ServiceContext(part.interactions, part.is_member, popular, k), report)
 
 
-def defend(served: Served, defense: Any, seed: int) -> np.ndarray:
-    """The lists after ``defense`` rewrote them (shape and validity checked)."""
-    out = np.asarray(defense.apply(served.lists.copy(), served.context, seed=seed), dtype=np.int64)
-    if out.shape != served.lists.shape:
-        raise ValueError(f"defense returned lists of shape {out.shape}, expected {served.lists.shape}")
-    if out.size and (out.min() < 0 or out.max() >= served.context.interactions.n_items):
-        raise ValueError("defense returned item indices outside the item range")
-    return out
+def _call(method, who: str, what: str, *args, **kwargs):
+    """Call a component's method; anything but a MiarsError becomes one line naming the component."""
+    try:
+        return method(*args, **kwargs)
+    except MiarsError:
+        raise
+    except MemoryError:
+        raise MiarsError(f"{who} ran out of memory in {what}; use a smaller dataset or smaller model parameters") from None
+    except Exception as exc:  # noqa: BLE001 - the component's bug or refusal, named
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise MiarsError(f"{who} failed in {what}: {type(exc).__name__}: {text}") from None
+
+
+def defend(served: Served, defense: Any, seed: int, name: str | None = None) -> np.ndarray:
+    """The lists after ``defense`` rewrote them (validated like a recommender's, naming the defense)."""
+    name = name or getattr(defense, "name", None) or type(defense).__name__
+    who = _who("defense", name, defense)
+    with stage_threads():
+        out = _call(defense.apply, who, "apply", served.lists.copy(), served.context, seed=seed)
+    return check_lists(out, served.lists.shape, served.context.interactions.matrix, who)
+
+
+def stage_threads():
+    """Limit the BLAS/OpenMP pools of numpy, scipy and plugins to torch's thread count for one stage.
+
+    Without it a plugin's numpy BLAS pool and torch's pool each take every core and fight
+    (threadpoolctl); the limits are restored when the stage ends.
+    """
+    from contextlib import nullcontext
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - a dependency, but never fatal
+        return nullcontext()
+    import sys
+
+    torch = sys.modules.get("torch")
+    n = torch.get_num_threads() if torch is not None else None
+    return threadpool_limits(limits=n, user_api="blas") if n else nullcontext()
