@@ -23,6 +23,16 @@ from .errors import MiarsError, Terminated
 from .registry import KINDS
 
 
+#: Click's exceptions: typer >= 0.20 ships its own copy of click, older typer uses click itself.
+_TYPER_CLICK = getattr(getattr(typer.core, "_click", None), "exceptions", None)
+_CLICK_ERRORS = tuple({c for c in (getattr(typer, "TyperException", None), getattr(_TYPER_CLICK, "ClickException", None),
+                                   click.ClickException) if c is not None})
+_NO_ARGS_HELP = tuple({c for c in (getattr(_TYPER_CLICK, "NoArgsIsHelpError", None),
+                                   getattr(click.exceptions, "NoArgsIsHelpError", None)) if c is not None})
+_ABORTS = tuple({c for c in (getattr(typer, "Abort", None), getattr(_TYPER_CLICK, "Abort", None), click.exceptions.Abort)
+                 if c is not None})
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -37,16 +47,19 @@ class _OneLineErrors:
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)  # type: ignore[misc]
-        except click.exceptions.NoArgsIsHelpError as exc:  # bare `miars`: the help, as before
+        except _NO_ARGS_HELP as exc:  # bare `miars`: the help, as before
             exc.show()
             code = 2
-        except click.ClickException as exc:
-            message = exc.format_message()
+        except _CLICK_ERRORS as exc:
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            got = _given_value(exc, sys.argv[1:] if args is None else list(args))
+            if got is not None and repr(got) not in message:
+                message += f" (got {got!r})"
             ctx = getattr(exc, "ctx", None)
-            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None and isinstance(exc, click.UsageError) else ""
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None and ctx.command_path else ""
             _echo_error(_one_line(message) + hint)
-            code = 2
-        except click.exceptions.Abort:
+            code = int(getattr(exc, "exit_code", 2) or 2)
+        except _ABORTS:
             _echo_error("aborted")
             code = 1
         else:
@@ -54,6 +67,20 @@ class _OneLineErrors:
         if not standalone_mode:
             return code
         sys.exit(code)
+
+
+def _given_value(exc: BaseException, args: list) -> Optional[str]:
+    """The raw text the user gave the option a BadParameter is about (typer's message omits it)."""
+    param = getattr(exc, "param", None)
+    opts = list(getattr(param, "opts", None) or [])
+    for i in reversed(range(len(args))):  # the last occurrence is the one click parsed
+        arg = str(args[i])
+        for opt in opts:
+            if arg == opt and i + 1 < len(args):
+                return str(args[i + 1])
+            if arg.startswith(opt + "="):
+                return arg[len(opt) + 1:]
+    return None
 
 
 class OneLineGroup(_OneLineErrors, TyperGroup):
@@ -173,7 +200,7 @@ def attack(
         _fail(f"terminated by {exc.name}; temporary files were removed and no output was written", 128 + exc.signum)
     except KeyboardInterrupt:
         _fail("interrupted; temporary files were removed and no output was written", 130)
-    except (typer.Exit, click.ClickException, SystemExit):
+    except (typer.Exit, SystemExit, *_CLICK_ERRORS):
         raise
     except MemoryError:
         _fail("out of memory; use a smaller dataset, a smaller model or a smaller --top-k")
@@ -234,8 +261,8 @@ def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool) -> 
     except MiarsError as exc:
         problem = str(exc)
     _print_stdout(metrics_table(result), out)
-    if warning:
-        err.print(f"warning: {warning}")
+    if warning:  # shown even with --quiet: these metrics do not measure a leak
+        _echo_warning(warning)
     if problem:
         raise MiarsError(problem)
 
@@ -253,6 +280,13 @@ def _print_stdout(renderable, out: Optional[str]) -> None:
     except OSError as exc:
         _silence_stdout()
         raise MiarsError(f"cannot write the metrics to standard output ({exc.strerror or exc}){where}") from None
+
+
+def _echo_warning(message: str) -> None:
+    try:
+        typer.echo(f"miars: warning: {_one_line(message)}", err=True)
+    except (OSError, UnicodeError):
+        pass
 
 
 def _silence_stdout() -> None:

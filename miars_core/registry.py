@@ -104,7 +104,8 @@ class Registry:
         self.conflicts.setdefault(name, (kept, skipped))
 
     def names(self) -> list[str]:
-        return sorted(self.entries)
+        """Usable registered names (a name two plugins registered is not usable)."""
+        return sorted(n for n in self.entries if n not in self.conflicts)
 
     def choices(self) -> list[str]:
         """Every valid name: registered names plus each namespace shown as ``prefix:<Name>``."""
@@ -177,6 +178,7 @@ class Registry:
         """
         entry = self.get(name)
         params = check_param_keys(self.kind, name, entry.factory, params)
+        check_param_finite(self.kind, name, params)
         params = check_param_types(self.kind, name, entry.factory, params)
         check_param_values(self.kind, name, entry.factory, params)
         try:
@@ -234,9 +236,8 @@ def check_param_keys(kind: str, name: str, factory: Callable[..., Any], params: 
     return params
 
 
-def check_param_values(kind: str, name: str, factory: Callable[..., Any], params: dict[str, Any]) -> None:
-    """Check values against the factory's ``param_constraints`` and refuse any NaN or infinity."""
-    rules = constraints_of(factory)
+def check_param_finite(kind: str, name: str, params: dict[str, Any]) -> None:
+    """Refuse any NaN or infinity, at any depth of a list or dict value."""
     for key, value in params.items():
         where = non_finite_path(value)
         if where is not None:
@@ -244,6 +245,13 @@ def check_param_values(kind: str, name: str, factory: Callable[..., Any], params
             raise MiarsError(
                 f"{kind} {name!r}: parameter {key}={value!r} holds a non-finite number{inner}; pass finite numbers only"
             )
+
+
+def check_param_values(kind: str, name: str, factory: Callable[..., Any], params: dict[str, Any]) -> None:
+    """Check values against the factory's ``param_constraints`` (and refuse any NaN or infinity)."""
+    check_param_finite(kind, name, params)
+    rules = constraints_of(factory)
+    for key, value in params.items():
         rule = rules.get(key)
         if rule is None:
             continue

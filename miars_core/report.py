@@ -35,7 +35,8 @@ def metrics_table(result: AttackResult):
     for key in METRIC_ORDER:
         table.add_row(key, *(f"{m[key]:.4f}" for m in columns.values()), DESCRIPTIONS[key])
     m = result.metrics
-    table.caption = (
+    utility = (result.recommenders.get("target") or {}).get("utility") or {}
+    table.caption = ("WARNING: " + utility["warning"] + "\n" if utility.get("warning") else "") + (
         f"target: {m['members']} members, {m['non_members']} non-members; "
         f"stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items())
     )
