@@ -215,6 +215,8 @@ def check_param_keys(kind: str, name: str, factory: Callable[..., Any], params: 
     fixes its keywords: overriding them would run one thing and record another.
     """
     fixed = dict(getattr(factory, "keywords", None) or {}) if hasattr(factory, "func") else {}
+    for key in getattr(factory, "overridable", ()):  # defaults the partial sets, not fixed by the name
+        fixed.pop(key, None)
     for key in params:
         if not isinstance(key, str) or not key:
             raise MiarsError(f"{kind} {name!r}: parameter name {key!r} is not a non-empty string")

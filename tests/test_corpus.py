@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import os
 import resource
 import shutil
@@ -119,6 +120,9 @@ CASES: dict[str, tuple[list[str], list[str], object]] = {
     "recbole-unknown-model": (["--target", "recbole:Nope"], ["'recbole:Nope'", "valid recbole: names"], None),
     "recbole-typo": (["--target", "recbole:LightGNC"], ["did you mean recbole:LightGCN"], None),
     "recbole-convncf-memory": (["--target", "recbole:ConvNCF"], ["ConvNCF", "not supported", "GB"], None),
+    "recbole-pop-broken-counts": (["--target", "recbole:Pop"], ["recbole:Pop", "not supported", "`pop`"], None),
+    "recbole-nncf-model-override": (["--target", "recbole:NNCF", "--target-param", "model=BPR"], ["model", "fixed"], None),
+    "recbole-nncf-score-batch-zero": (["--target", "recbole:NNCF", "--target-param", "score_batch_size=0"], ["score_batch_size=0"], None),
     "recbole-diffrec": (["--target", "recbole:DiffRec"], ["DiffRec", "not supported"], None),
     "recbole-ldiffrec": (["--target", "recbole:LDiffRec"], ["LDiffRec", "not supported"], None),
     # -- attack, featurizer and defense parameters
@@ -204,6 +208,10 @@ CASES: dict[str, tuple[list[str], list[str], object]] = {
     "out-read-only": (["--out", "{readonly}"], ["--out"], None),
     "out-tilde-expanded": (["--out", "~/afile"], ["{box}/home/afile", "is a file"], _write("home/afile", "keep me\n")),
 }
+
+
+if importlib.util.find_spec("faiss") is None:
+    CASES["recbole-ncl-without-faiss"] = (["--target", "recbole:NCL"], ["recbole:NCL", "faiss", "pip install faiss-cpu"], None)
 
 
 # -- plugin components that break their contract (run through the real command line)
