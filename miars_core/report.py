@@ -214,7 +214,8 @@ def _non_finite(value, path: str = "") -> str | None:
 
 def flag_no_signal(result: AttackResult) -> str | None:
     """Flag a target whose lists carry no signal: members' lists hit their held-out items no more
-    often than random unknown items would.
+    often than random items would (drawn among the items the members interacted with, minus the
+    user's own).
 
     With the interaction split, every user's other interactions land in the vectorization
     part: a working recommender's lists hit them well above chance. The measure is stored in
@@ -234,8 +235,11 @@ def flag_no_signal(result: AttackResult) -> str | None:
     k = recs.shape[1]
     rows = np.repeat(np.arange(len(members)), k)
     hits = float(np.asarray(held[rows, recs.ravel()]).sum())
-    n_unknown = held.shape[1] - np.diff(known.indptr)
-    n_held = np.diff(held.indptr)
+    # Chance: k random items among those the service knows (some member interacted with them)
+    # that the user does not know yet.
+    catalog = (np.asarray(known.sum(axis=0)).ravel() > 0).astype(np.float64)
+    n_unknown = catalog.sum() - np.asarray(known @ catalog).ravel()
+    n_held = np.asarray(held @ catalog).ravel() - np.asarray(held.multiply(known) @ catalog).ravel()
     chance = float((k * n_held / np.maximum(n_unknown, 1)).sum())
     utility = {"held_out_hits": int(hits), "expected_by_chance": round(chance, 2),
                "lift": round(hits / chance, 3) if chance > 0 else None}

@@ -123,6 +123,7 @@ CASES: dict[str, tuple[list[str], list[str], object]] = {
     "recbole-pop-broken-counts": (["--target", "recbole:Pop"], ["recbole:Pop", "not supported", "`pop`"], None),
     "recbole-nncf-model-override": (["--target", "recbole:NNCF", "--target-param", "model=BPR"], ["model", "fixed"], None),
     "recbole-nncf-score-batch-zero": (["--target", "recbole:NNCF", "--target-param", "score_batch_size=0"], ["score_batch_size=0"], None),
+    "recbole-ract-stages": (["--target", "recbole:RaCT"], ["recbole:RaCT", "not supported", "stages"], None),
     "recbole-diffrec": (["--target", "recbole:DiffRec"], ["DiffRec", "not supported"], None),
     "recbole-ldiffrec": (["--target", "recbole:LDiffRec"], ["LDiffRec", "not supported"], None),
     # -- attack, featurizer and defense parameters

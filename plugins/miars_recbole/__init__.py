@@ -45,6 +45,11 @@ UNSUPPORTED: dict[str, str] = {
         "add), so with batches of 4,096 interactions its counts are 0-4 and its lists are not the popular "
         "items (1.4% overlap with the popular top-100 on ml-100k); use the built-in recommender `pop`"
     ),
+    "RaCT": (
+        "it trains in three stages chained through saved checkpoints (actor pre-training, critic pre-training, "
+        "fine-tuning); miars would run only the actor pre-training, for RecBole's 150 pretrain_epochs whatever "
+        "epochs says (over 400 s on ml-100k with epochs=1), which is not RaCT; use recbole:MultiVAE for its actor"
+    ),
     "DiffRec": (
         "it trains on whole user rows (RecBole's LISTWISE input), which RecBole 1.2.1's negative-sampling "
         "train loader that miars uses cannot build"
