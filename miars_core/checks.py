@@ -360,12 +360,12 @@ def check_plugin(
     ``skip`` lists names not to check. Returns the
     ``kind:name`` strings checked, and fails if a registered component breaks its contract.
     """
-    from .plugins import PluginInfo, build, new_plugin_manager
+    from .plugins import build, new_plugin_manager, register_plugin
 
     pm = new_plugin_manager()
     name = getattr(plugin, "__name__", None) or type(plugin).__name__
-    pm.register(plugin, name=name)
-    info = {name: PluginInfo(name)}
+    info: dict = {}
+    register_plugin(pm, plugin, name, info)
     registries = build(pm, info).registries
     assert info[name].status == "loaded", f"plugin {name!r} did not register cleanly: {info[name].status}"
     done = []

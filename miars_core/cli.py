@@ -7,15 +7,99 @@ so ``miars --help``, ``miars plugins`` and ``miars list`` stay fast.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
-from typing import Annotated, List, Optional
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, List, Optional
 
+import click
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-from .errors import MiarsError
+from .errors import MiarsError, Terminated
 from .registry import KINDS
 
+
+#: Click's exceptions: typer >= 0.20 ships its own copy of click, older typer uses click itself.
+_TYPER_CLICK = getattr(getattr(typer.core, "_click", None), "exceptions", None)
+_CLICK_ERRORS = tuple({c for c in (getattr(typer, "TyperException", None), getattr(_TYPER_CLICK, "ClickException", None),
+                                   click.ClickException) if c is not None})
+_NO_ARGS_HELP = tuple({c for c in (getattr(_TYPER_CLICK, "NoArgsIsHelpError", None),
+                                   getattr(click.exceptions, "NoArgsIsHelpError", None)) if c is not None})
+_ABORTS = tuple({c for c in (getattr(typer, "Abort", None), getattr(_TYPER_CLICK, "Abort", None), click.exceptions.Abort)
+                 if c is not None})
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class _OneLineErrors:
+    """Usage errors (bad option, missing value, not an integer) as one ``miars: error:`` line, exit 2.
+
+    Click's own message is kept, without the usage box: ``miars: error: Invalid value for
+    '--top-k': 'abc' is not a valid integer.``
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)  # type: ignore[misc]
+        except _NO_ARGS_HELP as exc:  # bare `miars`: the help, as before
+            exc.show()
+            code = 2
+        except _CLICK_ERRORS as exc:
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            got = _given_value(exc, sys.argv[1:] if args is None else list(args))
+            if got is not None and repr(got) not in message:
+                message += f" (got {got!r})"
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None and ctx.command_path else ""
+            _echo_error(_one_line(message) + hint)
+            code = int(getattr(exc, "exit_code", 2) or 2)
+        except _ABORTS:
+            _echo_error("aborted")
+            code = 1
+        else:
+            code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
+def _given_value(exc: BaseException, args: list) -> Optional[str]:
+    """The raw text the user gave the option a BadParameter is about (typer's message omits it)."""
+    param = getattr(exc, "param", None)
+    opts = list(getattr(param, "opts", None) or [])
+    for i in reversed(range(len(args))):  # the last occurrence is the one click parsed
+        arg = str(args[i])
+        for opt in opts:
+            if arg == opt and i + 1 < len(args):
+                return str(args[i + 1])
+            if arg.startswith(opt + "="):
+                return arg[len(opt) + 1:]
+    return None
+
+
+class OneLineGroup(_OneLineErrors, TyperGroup):
+    pass
+
+
+class OneLineCommand(_OneLineErrors, TyperCommand):
+    pass
+
+
+def _echo_error(message: str) -> None:
+    try:
+        typer.echo(f"miars: error: {message}", err=True)
+    except (OSError, UnicodeError):  # stderr closed or unencodable: nothing better to do
+        pass
+
+
 app = typer.Typer(
+    cls=OneLineGroup,
     name="miars",
     help="Membership inference attacks against recommender systems (Zhang et al., CCS 2021).",
     no_args_is_help=True,
@@ -29,9 +113,66 @@ METRICS_HELP = (
 )
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"miars: error: {message}", err=True)
-    raise typer.Exit(2)
+def _fail(message: str, code: int = 2) -> None:
+    """Print ``miars: error: <message>`` as one line on stderr and exit ``code`` (2: bad input)."""
+    _echo_error(_one_line(message))
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _signals_exit() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`Terminated` so every ``finally`` and temporary folder cleans up."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {}
+    for sig in wanted:
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):  # pragma: no cover - not allowed here
+            pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextmanager
+def guarded() -> Iterator[None]:
+    """Every command's edge: any failure becomes one ``miars: error:`` line and an exit code, never a traceback.
+
+    Bad input (MiarsError) exits 2; SIGTERM/SIGHUP exit 128+n after every temporary folder is
+    cleaned up; anything unexpected is named as a bug (``MIARS_DEBUG=1`` shows the traceback).
+    """
+    try:
+        with _signals_exit():
+            yield
+    except MiarsError as exc:
+        _fail(str(exc))
+    except Terminated as exc:
+        _fail(f"terminated by {exc.name}; temporary files were removed and no output was written", 128 + exc.signum)
+    except KeyboardInterrupt:
+        _fail("interrupted; temporary files were removed and no output was written", 130)
+    except (typer.Exit, SystemExit, *_CLICK_ERRORS):
+        raise
+    except MemoryError:
+        _fail("out of memory; use a smaller dataset, a smaller model or a smaller --top-k")
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        if os.environ.get("MIARS_DEBUG"):
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {_one_line(exc)[:300]}; this is a bug in miars or a plugin, "
+              "please report it (rerun with MIARS_DEBUG=1 for the traceback)")
+
+
+def _expand(path: Optional[str]) -> Optional[str]:
+    """``~`` and ``~user`` expanded, as a shell would have (also in ``--opt=~/x`` forms)."""
+    return os.path.expanduser(path) if path and path.startswith("~") else path
 
 
 def parse_params(values: Optional[List[str]], flag: str) -> dict:
@@ -41,10 +182,14 @@ def parse_params(values: Optional[List[str]], flag: str) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise MiarsError(f"{flag} {item!r} is not KEY=VALUE; write e.g. {flag} epochs=50")
+        key = key.strip()  # a repeated KEY: the last one wins
         try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
+            value = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError):
+            value = raw
+        except ValueError as exc:  # e.g. an integer with more digits than Python converts
+            raise MiarsError(f"{flag} {key}=...: the value cannot be read ({_one_line(exc)[:120]})") from None
+        out[key] = value
     return out
 
 
@@ -74,22 +219,30 @@ def attack(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
 ) -> None:
     """Run the CCS'21 membership inference attack end to end and print its metrics."""
-    try:
-        from .pipeline import AttackConfig
+    with guarded():
+        _attack(dataset, data_dir, download, target, shadow, featurizer, attack_model, defense, top_k, seed, split,
+                min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
+                out, export_miars, quiet, shadow_dataset, cache, no_cache)
 
-        config = AttackConfig(
-            dataset=dataset, shadow_dataset=shadow_dataset, data_dir=data_dir, download=download, target=target, shadow=shadow or target,
-            featurizer=featurizer, attack=attack_model, defense=defense, top_k=top_k, seed=seed, split=split,
-            min_interactions=min_interactions,
-            target_params=parse_params(target_param, "--target-param"),
-            shadow_params=parse_params(shadow_param, "--shadow-param"),
-            featurizer_params=parse_params(featurizer_param, "--featurizer-param"),
-            attack_params=parse_params(attack_param, "--attack-param"),
-            defense_params=parse_params(defense_param, "--defense-param"),
-        ).validate()
-        _run(config, out, export_miars, quiet, _store(cache, no_cache))
-    except MiarsError as exc:
-        _fail(str(exc))
+
+def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_model, defense, top_k, seed, split,
+            min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
+            out, export_miars, quiet, shadow_dataset=None, cache=None, no_cache=False) -> None:
+    from .pipeline import AttackConfig
+
+    dataset, data_dir, out, export_miars = _expand(dataset), _expand(data_dir), _expand(out), _expand(export_miars)
+    shadow_dataset, cache = _expand(shadow_dataset), _expand(cache)
+    config = AttackConfig(
+        dataset=dataset, shadow_dataset=shadow_dataset, data_dir=data_dir, download=download, target=target, shadow=shadow or target,
+        featurizer=featurizer, attack=attack_model, defense=defense, top_k=top_k, seed=seed, split=split,
+        min_interactions=min_interactions,
+        target_params=parse_params(target_param, "--target-param"),
+        shadow_params=parse_params(shadow_param, "--shadow-param"),
+        featurizer_params=parse_params(featurizer_param, "--featurizer-param"),
+        attack_params=parse_params(attack_param, "--attack-param"),
+        defense_params=parse_params(defense_param, "--defense-param"),
+    ).validate()
+    _run(config, out, export_miars, quiet, _store(cache, no_cache))
 
 
 attack.__doc__ = f"{attack.__doc__}\n\n{METRICS_HELP}"
@@ -107,25 +260,73 @@ def _store(cache: Optional[str], no_cache: bool):
 
 
 def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool, store=None) -> None:
+    """Check the outputs can be written, run, write the outputs, then print the metrics.
+
+    Outputs are written before anything is printed, so a closed or full standard output
+    (``| true``, ``> /dev/full``) loses no result; any OS error names the path and what to do.
+    """
     from rich.console import Console
 
     from .pipeline import run_attack
-    from .report import export_miars, metrics_table, prepare_dir, write_result
+    from .report import check_outputs, export_miars, flag_no_signal, metrics_table, render_result, write_result
 
-    if out:
-        prepare_dir(out, "--out")
-    if export_dir:
-        prepare_dir(export_dir, "--export-miars")
+    check_outputs(config, out, export_dir)
     err = Console(stderr=True, quiet=quiet, log_path=False)
     with err.status("starting") as status:
         result = run_attack(config, progress=lambda msg: (err.log(msg), status.update(msg)), store=store)
-    Console().print(metrics_table(result))
-    if out:
-        path = write_result(result, out)
-        err.print(f"wrote {path}")
-    if export_dir:
-        paths = export_miars(result, export_dir)
-        err.print(f"wrote {len(paths)} files to {export_dir}")
+    warning = flag_no_signal(result)
+    text = render_result(result)  # refuses NaN / infinity: never a number from a broken run
+    problem = None
+    try:
+        if out:
+            path = write_result(result, out, text=text)
+            err.print(f"wrote {path}")
+        if export_dir:
+            paths = export_miars(result, export_dir)
+            err.print(f"wrote {len(paths)} files to {export_dir}")
+    except MiarsError as exc:
+        problem = str(exc)
+    _print_stdout(metrics_table(result), out)
+    if warning:  # shown even with --quiet: these metrics do not measure a leak
+        _echo_warning(warning)
+    if problem:
+        raise MiarsError(problem)
+
+
+def _print_stdout(renderable, out: Optional[str]) -> None:
+    from rich.console import Console
+
+    where = f"; results were written to {out}" if out else "; pass --out DIR to keep the results in files"
+    try:
+        Console().print(renderable)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        raise MiarsError("standard output was closed before the metrics were printed (broken pipe)" + where) from None
+    except OSError as exc:
+        _silence_stdout()
+        raise MiarsError(f"cannot write the metrics to standard output ({exc.strerror or exc}){where}") from None
+
+
+def _echo_warning(message: str) -> None:
+    try:
+        typer.echo(f"miars: warning: {_one_line(message)}", err=True)
+    except (OSError, UnicodeError):
+        pass
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail a second time."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except OSError:
+        pass
 
 
 app.command("attack", help=attack.__doc__)(attack)
@@ -174,7 +375,7 @@ def grid(
     quiet: QuietOpt = False,
 ) -> None:
     """Run a grid of attack cells (cached, resumable), then write tables, plots and report.html."""
-    try:
+    with guarded():
         from .grid import GridSpec, load_toml, parse_list_flag, parse_scoped_params
 
         values = load_toml(config_file) if config_file else {}
@@ -205,9 +406,7 @@ def grid(
                     merged[name] = {**merged.get(name, {}), **params}
                 values[key] = merged
         spec = GridSpec(**values)
-        _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, not no_report, quiet)
-    except MiarsError as exc:
-        _fail(str(exc))
+        _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet)
 
 
 def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, report, quiet) -> None:
@@ -233,9 +432,8 @@ def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_loca
         err.print(f"wrote {write_report(summary.run_dir)}")
     if summary.failed:
         first_id, first = next(iter(sorted(summary.failed.items())))
-        typer.echo(f"miars: error: {len(summary.failed)} of {len(summary.cells)} cells failed (first: {first}); "
-                   f"see {summary.run_dir}/cells/{first_id}/error.json", err=True)
-        raise typer.Exit(FAILED_EXIT)
+        _fail(f"{len(summary.failed)} of {len(summary.cells)} cells failed (first: {first}); "
+              f"see {summary.run_dir}/cells/{first_id}/error.json", FAILED_EXIT)
 
 
 app.command("grid", help=grid.__doc__)(grid)
@@ -264,7 +462,7 @@ def bench_defenses(
     quiet: QuietOpt = False,
 ) -> None:
     """Benchmark defenses: privacy for a static and an adaptive attacker, utility and cost, with a privacy-utility frontier."""
-    try:
+    with guarded():
         from .grid import GridSpec, parse_list_flag, parse_scoped_params
         from .plugins import get_plugins
 
@@ -288,9 +486,7 @@ def bench_defenses(
             target_params=recs, shadow_params=recs, attack_params=parse_scoped_params(attack_param, "--attack-param"),
             utility_holdout=utility_holdout,
         )
-        _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, not no_report, quiet)
-    except MiarsError as exc:
-        _fail(str(exc))
+        _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet)
 
 
 @app.command("report")
@@ -300,10 +496,8 @@ def report_command(
     """Write RUN_DIR/report/: tables (markdown, CSV) with bootstrap 95% CIs over seeds, heatmaps, ROC curves, report.html."""
     from .gridreport import write_report
 
-    try:
-        path = write_report(run_dir)
-    except MiarsError as exc:
-        _fail(str(exc))
+    with guarded():
+        path = write_report(_expand(run_dir))
     typer.echo(f"wrote {path}")
 
 
@@ -380,7 +574,7 @@ def attack_main() -> None:
 
 def _attack_app():
     single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    single.command(help=attack.__doc__)(attack)
+    single.command(help=attack.__doc__, cls=OneLineCommand)(attack)
     return single
 
 

@@ -19,3 +19,19 @@ class UnknownNameError(MiarsError, KeyError):
 
 class DuplicateNameError(MiarsError):
     """Two plugins registered the same component name."""
+
+
+class Terminated(BaseException):
+    """Raised by the command line's handler of SIGTERM/SIGHUP, so ``finally`` blocks and
+    temporary folders clean up on the way out (a BaseException: ``except Exception`` in
+    component code does not swallow it)."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signum)
+        self.signum = int(signum)
+        try:
+            self.name = signal.Signals(signum).name
+        except ValueError:
+            self.name = f"signal {signum}"

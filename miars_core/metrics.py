@@ -29,6 +29,14 @@ def membership_metrics(is_member: np.ndarray, scores: np.ndarray, predicted: np.
 
     y = np.asarray(is_member).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(s).all():
+        from .errors import MiarsError
+
+        bad = int((~np.isfinite(s)).sum())
+        raise MiarsError(
+            f"the attack produced {bad} non-finite scores (NaN or infinity) of {s.size}: the run is broken, so no "
+            "metric is reported; check the featurizer's output and the components' parameters"
+        )
     if y.all() or not y.any():
         raise ValueError("metrics need both members and non-members")
     pred = s > 0 if predicted is None else np.asarray(predicted).astype(bool)

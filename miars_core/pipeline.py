@@ -48,6 +48,8 @@ class AttackConfig:
             raise MiarsError(f"--min-interactions must be >= 1, got {self.min_interactions}")
         if not 0.0 <= float(self.utility_holdout) < 1.0:
             raise MiarsError(f"--utility-holdout must be in [0, 1), got {self.utility_holdout}; e.g. 0.2")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= 2**32 - 1:
+            raise MiarsError(f"--seed must be an integer from 0 to {2**32 - 1} (2**32 - 1), got {self.seed}")
         return self
 
 

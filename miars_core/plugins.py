@@ -16,7 +16,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import MiarsError
+from .errors import DuplicateNameError, MiarsError
 from .registry import KINDS, Registry
 
 ENTRY_POINT_GROUP = "miars"
@@ -63,6 +63,72 @@ def new_plugin_manager() -> pluggy.PluginManager:
     return pm
 
 
+#: Entry-point names of the built-in plugins: on a name conflict they keep their names.
+BUILTIN_PLUGINS = ("attacks", "datasets", "defenses", "recbole")
+
+_SPEC_NAMES = sorted(n for n in dir(hookspecs) if n.startswith("register_") and hasattr(getattr(hookspecs, n), "miars_spec"))
+
+
+def _one_line(exc: BaseException) -> str:
+    return traceback.format_exception_only(type(exc), exc)[-1].strip().splitlines()[0]
+
+
+def validate_plugin(plugin: ModuleType | object, name: str) -> None:
+    """Raise MiarsError unless ``plugin`` is a well-formed miars plugin.
+
+    pluggy does the checking: the plugin is registered alone in a fresh manager (which
+    validates each ``@hookimpl``'s arguments against its spec) and ``check_pending()`` fails
+    on any implementation whose hook name matches no spec (``register_recommender``). A
+    ``register_*`` function without ``@hookimpl`` and a plugin with no hook at all fail too.
+    """
+    import difflib
+
+    probe = new_plugin_manager()
+    try:
+        probe.register(plugin, name=name)
+        probe.check_pending()
+    except pluggy.PluginValidationError as exc:
+        text = " ".join(str(exc).split())
+        bad = next((h.name for h in probe.get_hookcallers(plugin) or [] if not h.has_spec()), None)
+        hint = difflib.get_close_matches(bad, _SPEC_NAMES, n=1) if bad else []
+        did = f" (did you mean {hint[0]}?)" if hint else ""
+        raise MiarsError(f"{text}{did}; valid hooks: {', '.join(_SPEC_NAMES)}") from None
+    except ValueError as exc:  # pluggy: the plugin object or name is already registered
+        raise MiarsError(_one_line(exc)) from None
+    unmarked = []
+    for attr in sorted(dir(plugin)):
+        if not attr.startswith("register_") or attr.startswith("__"):
+            continue
+        try:
+            value = getattr(plugin, attr)
+        except Exception:  # noqa: BLE001 - odd descriptors are not hooks
+            continue
+        if callable(value) and probe.parse_hookimpl_opts(plugin, attr) is None and attr in _SPEC_NAMES:
+            unmarked.append(attr)
+    if unmarked:
+        raise MiarsError(
+            f"function {', '.join(unmarked)} is not marked @hookimpl, so miars never calls it; "
+            "decorate it with `@hookimpl` (from miars_core.hookspecs import hookimpl)"
+        )
+    if not probe.get_hookcallers(plugin):
+        raise MiarsError(f"plugin {name!r} implements no miars hook; define one of: {', '.join(_SPEC_NAMES)} with @hookimpl")
+
+
+def register_plugin(pm: pluggy.PluginManager, plugin: ModuleType | object, name: str, info: dict[str, PluginInfo],
+                    version: str = "", module: str = "") -> bool:
+    """Validate and register one plugin; a bad one is recorded as failed and left out."""
+    entry = PluginInfo(name, version, module or name)
+    try:
+        validate_plugin(plugin, name)
+        pm.register(plugin, name=name)
+    except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not fatal
+        entry.status = f"failed: {_one_line(exc) if not isinstance(exc, MiarsError) else str(exc)}"
+        info[name] = entry
+        return False
+    info[name] = entry
+    return True
+
+
 def load_entry_point_plugins(pm: pluggy.PluginManager, info: dict[str, PluginInfo]) -> None:
     """Import and register every plugin of the ``miars`` entry-point group; record failures."""
     for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -72,41 +138,103 @@ def load_entry_point_plugins(pm: pluggy.PluginManager, info: dict[str, PluginInf
             continue  # the same distribution seen twice on sys.path
         try:
             plugin = ep.load()
-            pm.register(plugin, name=ep.name)
-            info[ep.name] = PluginInfo(ep.name, version, ep.value)
         except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not fatal
-            line = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            info[ep.name] = PluginInfo(ep.name, version, ep.value, status=f"failed: {line}")
+            info[ep.name] = PluginInfo(ep.name, version, ep.value, status=f"failed: {_one_line(exc)}")
+            continue
+        register_plugin(pm, plugin, ep.name, info, version, ep.value)
 
 
 def build(pm: pluggy.PluginManager, info: dict[str, PluginInfo]) -> Plugins:
-    """Call every registration hook and fill one registry per kind."""
+    """Call every registration hook and fill one registry per kind.
+
+    Each plugin's registrations are collected first and accepted all together or not at all:
+    a plugin whose hook raises, registers an invalid name, or a name another plugin already
+    holds is marked failed and skipped (built-in plugins keep their names), so one bad plugin
+    never disables the others. A conflicting name stays unusable, naming both plugins.
+    """
     registries = {kind: Registry(kind) for kind in KINDS}
+    collected: dict[str, list[tuple]] = {}
     for kind, hook_name in _HOOK_FOR_KIND.items():
-        _call_register_hook(pm, hook_name, registries[kind], info)
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            plugin_name = pm.get_name(impl.plugin) or "?"
+            calls = _collect(impl, plugin_name, hook_name, info)
+            if calls is None:
+                collected[plugin_name] = None  # type: ignore[assignment]
+            elif collected.get(plugin_name, []) is not None:
+                collected.setdefault(plugin_name, []).extend(("entry", kind, *c) for c in calls)
     for impl in pm.hook.register_namespaces.get_hookimpls():
         plugin_name = pm.get_name(impl.plugin) or "?"
         calls = _collect(impl, plugin_name, "register_namespaces", info, arity=4)
-        for kind, prefix, resolve, choices in calls or []:
-            if kind not in registries:
-                raise MiarsError(
-                    f"plugin {plugin_name!r} registered a namespace for unknown kind {kind!r}; use one of {', '.join(KINDS)}"
-                )
-            registries[kind].add_namespace(prefix, resolve, choices, plugin_name)
-            _note(info, plugin_name, kind, f"{prefix}:<Name>")
+        if calls is None:
+            collected[plugin_name] = None  # type: ignore[assignment]
+        elif collected.get(plugin_name, []) is not None:
+            collected.setdefault(plugin_name, []).extend(("namespace", *c) for c in calls)
+    order = sorted(collected, key=lambda n: (n not in BUILTIN_PLUGINS, n))
+    for plugin_name in order:
+        calls = collected[plugin_name]
+        if calls is None:
+            continue  # its hook raised: already marked failed
+        _accept(plugin_name, calls, registries, info)
+    failed = sorted(n for n, i in info.items() if i.status.startswith("failed"))
+    for registry in registries.values():
+        registry.failed_plugins = failed
     for name, plugin in pm.list_name_plugin():
         if name in info:
             info[name].hooks = sorted({h.name for h in pm.get_hookcallers(plugin) or []})
     return Plugins(pm, registries, info)
 
 
-def _call_register_hook(pm, hook_name: str, registry: Registry, info) -> None:
-    # Each implementation gets its own callback so the registry knows which plugin registered what.
-    for impl in getattr(pm.hook, hook_name).get_hookimpls():
-        plugin_name = pm.get_name(impl.plugin) or "?"
-        for name, factory in _collect(impl, plugin_name, hook_name, info) or []:
-            registry.add(name, factory, plugin_name)  # duplicates fail loudly here
-            _note(info, plugin_name, registry.kind, name)
+def _accept(plugin_name: str, calls: list[tuple], registries: dict[str, Registry], info) -> None:
+    """Add one plugin's registrations if every one of them is valid; else mark the plugin failed."""
+    seen: set[tuple[str, str]] = set()
+    try:
+        for call in calls:
+            if call[0] == "entry":
+                _, kind, name, factory = call
+                registries[kind].check_name(name, plugin_name)
+                if not callable(factory):
+                    raise MiarsError(f"plugin {plugin_name!r} registered {kind} {name!r} with a factory that is not callable")
+                key = (kind, name)
+            else:
+                _, kind, prefix, resolve, choices = call
+                if kind not in registries:
+                    raise MiarsError(
+                        f"plugin {plugin_name!r} registered a namespace for unknown kind {kind!r}; use one of {', '.join(KINDS)}"
+                    )
+                registries[kind].check_namespace(prefix, resolve, choices, plugin_name)
+                key = (kind, prefix + ":")
+            if key in seen:
+                raise DuplicateNameError(f"plugin {plugin_name!r} registers {key[0]} {key[1]!r} twice")
+            seen.add(key)
+    except DuplicateNameError as exc:
+        for call in calls:
+            kind, name = (call[1], call[2]) if call[0] == "entry" else (call[1], call[2] + ":")
+            reg = registries.get(kind)
+            if reg is None:
+                continue
+            holder = reg.entries.get(name) if call[0] == "entry" else reg.namespaces.get(call[2])
+            if holder is not None:
+                reg.add_conflict(name if call[0] == "entry" else name, holder.plugin, plugin_name)
+        _mark_failed(info, plugin_name, str(exc) + " (this plugin was skipped)")
+        return
+    except MiarsError as exc:
+        _mark_failed(info, plugin_name, str(exc) + " (this plugin was skipped)")
+        return
+    for call in calls:
+        if call[0] == "entry":
+            _, kind, name, factory = call
+            registries[kind].add(name, factory, plugin_name)
+            _note(info, plugin_name, kind, name)
+        else:
+            _, kind, prefix, resolve, choices = call
+            registries[kind].add_namespace(prefix, resolve, choices, plugin_name)
+            _note(info, plugin_name, kind, f"{prefix}:<Name>")
+
+
+def _mark_failed(info, plugin_name: str, message: str) -> None:
+    entry = info.setdefault(plugin_name, PluginInfo(plugin_name))
+    entry.status = f"failed: {message}"
+    entry.provides = {}
 
 
 def _collect(impl, plugin_name: str, hook_name: str, info, arity: int = 2) -> list[tuple] | None:
@@ -125,9 +253,7 @@ def _collect(impl, plugin_name: str, hook_name: str, info, arity: int = 2) -> li
     try:
         impl.function(register=register)
     except Exception as exc:  # noqa: BLE001
-        line = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        entry = info.setdefault(plugin_name, PluginInfo(plugin_name))
-        entry.status = f"failed: {hook_name}: {line}"
+        _mark_failed(info, plugin_name, f"{hook_name}: {_one_line(exc)}")
         return None
     return calls
 
@@ -156,8 +282,7 @@ def get_plugins(extra: list[ModuleType | object] | None = None, *, reload: bool 
         load_entry_point_plugins(pm, info)
         for plugin in extra or []:
             name = getattr(plugin, "__name__", None) or type(plugin).__name__
-            pm.register(plugin, name=name)
-            info[name] = PluginInfo(name, getattr(plugin, "__version__", ""), name)
+            register_plugin(pm, plugin, name, info, getattr(plugin, "__version__", ""), name)
         plugins = build(pm, info)
         if not extra:
             _cached = plugins

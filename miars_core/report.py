@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -34,18 +35,51 @@ def metrics_table(result: AttackResult):
     for key in METRIC_ORDER:
         table.add_row(key, *(f"{m[key]:.4f}" for m in columns.values()), DESCRIPTIONS[key])
     m = result.metrics
-    table.caption = (
+    utility = (result.recommenders.get("target") or {}).get("utility") or {}
+    table.caption = ("WARNING: " + utility["warning"] + "\n" if utility.get("warning") else "") + (
         f"target: {m['members']} members, {m['non_members']} non-members; "
         f"stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items())
     )
     return table
 
 
+#: The files ``--out`` writes, as one set.
+OUT_FILES = ("result.json", "scores.tsv")
+#: The files ``--export-miars`` writes.
+EXPORT_FILES = ("shadow_interactions.tsv", "shadow_recommendations.tsv", "target_interactions.tsv",
+                "target_recommendations.tsv", "item_vectors.tsv", "item_ids.tsv")
+
+
+def file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file: 0666 minus the umask (0644 usually)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _os_error(exc: OSError, path: Path | str, what: str, fix: str) -> MiarsError:
+    reason = exc.strerror or type(exc).__name__
+    return MiarsError(f"cannot {what} {str(path)!r} ({reason}); {fix}")
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file with the normal file mode, flushed to disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
+        os.fchmod(fd, file_mode())
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -53,34 +87,224 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def prepare_dir(path: str | Path, flag: str) -> Path:
-    """Check early that an output folder can be created (before minutes of work)."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise MiarsError(f"{flag} {str(p)!r} is a file, not a folder; pass a folder path")
+def tsv_id(value) -> str:
+    """An id as one TSV field, always valid UTF-8 and reversible.
+
+    A backslash is doubled; tab, newline and carriage return become backslash-t, -n, -r; bytes
+    that were not UTF-8 in the input file (read with surrogateescape) become backslash-xNN.
+    Plain ids (the usual case) are unchanged.
+    """
+    text = str(value)
+    if text.isascii() and not any(c in text for c in "\\\t\n\r"):
+        return text
+    raw = text.encode("utf-8", "surrogateescape") if _only_escapes(text) else text.encode("utf-8", "backslashreplace")
+    text = raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+    return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _only_escapes(text: str) -> bool:
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
+
+
+def check_outputs(config, out: str | Path | None, export_dir: str | Path | None) -> None:
+    """Before any work: each output folder can be created and written, holds no folder where a
+    result file goes, and no output file would overwrite the input dataset."""
+    inputs = _input_files(config)
+    dirs = {}
+    for flag, folder, names in (("--out", out, OUT_FILES), ("--export-miars", export_dir, EXPORT_FILES)):
+        if not folder:
+            continue
+        p = prepare_dir(folder, flag)
+        dirs[flag] = p
+        for name in names:
+            target = p / name
+            try:
+                is_dir = target.is_dir() and not target.is_symlink()
+                exists = target.exists()
+            except OSError as exc:
+                raise _os_error(exc, target, "check", f"pass another {flag} folder") from None
+            if is_dir:
+                raise MiarsError(f"{flag} {str(p)!r} holds a folder named {name}, where the result file goes; "
+                                 f"move it away or pass another {flag} folder")
+            for source in inputs:
+                if exists and _same_file(source, target):
+                    raise MiarsError(f"{flag} {str(p)!r} would overwrite the input file {str(source)!r} ({name}); "
+                                     f"pass another {flag} folder or move the input")
+    if len(dirs) == 2 and _same_file(dirs["--out"], dirs["--export-miars"]):
+        pass  # different file names: both sets fit in one folder
+
+
+def _input_files(config) -> list[Path]:
+    files = []
+    for raw in (getattr(config, "dataset", None), getattr(config, "data_dir", None)):
+        if not raw:
+            continue
+        try:
+            p = Path(raw).expanduser()
+            if p.is_file():
+                files.append(p)
+            elif p.is_dir():
+                files += [c for c in p.iterdir() if c.name in OUT_FILES + EXPORT_FILES]
+        except OSError:
+            continue
+    return files
+
+
+def _same_file(a: Path, b: Path) -> bool:
     try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def prepare_dir(path: str | Path, flag: str) -> Path:
+    """Check early that an output folder can be created and written (before minutes of work)."""
+    p = Path(path).expanduser()
+    try:
+        if p.exists() and not p.is_dir():
+            raise MiarsError(f"{flag} {str(p)!r} is a file, not a folder; pass a folder path")
         p.mkdir(parents=True, exist_ok=True)
+    except MiarsError:
+        raise
     except OSError as exc:
-        raise MiarsError(f"{flag} {str(p)!r} cannot be created ({exc.strerror}); pass a writable folder") from None
+        raise MiarsError(f"{flag} {str(p)!r} cannot be created ({exc.strerror or exc}); pass a writable folder") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=p, prefix=".miars-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise MiarsError(f"{flag} {str(p)!r} is not writable ({exc.strerror or exc}); pass a folder you can write to") from None
     return p
 
 
-def write_result(result: AttackResult, out_dir: str | Path) -> Path:
-    """Write ``result.json`` and ``scores.tsv`` into ``out_dir``; return the path of result.json.
+def render_result(result: AttackResult) -> str:
+    """result.json's text: strict JSON (no NaN or Infinity token), or a MiarsError saying where a
+    non-finite number came from. Attack scores must be finite too."""
+    scores = np.asarray(result.artifacts.get("scores", []), dtype=np.float64)
+    if scores.size and not np.isfinite(scores).all():
+        bad = int((~np.isfinite(scores)).sum())
+        raise MiarsError(f"the attack produced {bad} non-finite scores of {scores.size}; the run is broken "
+                         "(check the components' parameters, e.g. a learning rate too high) and nothing was written")
+    payload = result.to_json()
+    where = _non_finite(payload)
+    if where is not None:
+        raise MiarsError(f"the run produced a non-finite number at {where}; the run is broken "
+                         "(check that component's parameters, e.g. a learning rate too high) and nothing was written")
+    try:
+        return json.dumps(payload, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise MiarsError(f"result.json cannot be written as JSON ({exc}); a component reported a value that is not plain data") from None
 
-    ``scores.tsv`` has one line per target user: original user id, 1 for a member, and the
-    attack score (higher = more likely member), for ROC curves and threshold choices of your own.
+
+def _non_finite(value, path: str = "") -> str | None:
+    if isinstance(value, float) and not np.isfinite(value):
+        return path or "the top level"
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, v in items:
+        found = _non_finite(v, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
+
+
+def flag_no_signal(result: AttackResult) -> str | None:
+    """Flag a target whose lists carry no signal: members' lists hit their held-out items no more
+    often than random items would (drawn among the items the members interacted with, minus the
+    user's own).
+
+    With the interaction split, every user's other interactions land in the vectorization
+    part: a working recommender's lists hit them well above chance. The measure is stored in
+    ``recommenders.target.utility``; the returned warning (None when fine) is also stored there.
     """
-    out = Path(out_dir)
+    split = result.artifacts.get("split")
+    lists = result.artifacts.get("target_lists")
+    if split is None or lists is None or result.config.split != "interactions":
+        return None
+    target = split.target
+    members = np.flatnonzero(target.is_member)
+    if len(members) == 0:
+        return None
+    held = split.vectorization.rows(_rows_of(split, target.interactions.user_ids[members])).matrix
+    known = target.interactions.matrix[members]
+    recs = np.asarray(lists)[members]
+    k = recs.shape[1]
+    rows = np.repeat(np.arange(len(members)), k)
+    hits = float(np.asarray(held[rows, recs.ravel()]).sum())
+    # Chance: k random items among those the service knows (some member interacted with them)
+    # that the user does not know yet.
+    catalog = (np.asarray(known.sum(axis=0)).ravel() > 0).astype(np.float64)
+    n_unknown = catalog.sum() - np.asarray(known @ catalog).ravel()
+    n_held = np.asarray(held @ catalog).ravel() - np.asarray(held.multiply(known) @ catalog).ravel()
+    chance = float((k * n_held / np.maximum(n_unknown, 1)).sum())
+    utility = {"held_out_hits": int(hits), "expected_by_chance": round(chance, 2),
+               "lift": round(hits / chance, 3) if chance > 0 else None}
+    warning = None
+    if chance >= 20 and hits <= 1.5 * chance:
+        warning = (f"the target's lists carry no signal: members' top-{k} hit {int(hits)} of their held-out items, "
+                   f"about what random items would ({chance:.0f}); the recommender is probably untrained or broken, "
+                   "so the attack metrics do not measure a leak")
+        utility["warning"] = warning
+    result.recommenders.setdefault("target", {})["utility"] = utility
+    return warning
+
+
+def _rows_of(split, user_ids) -> np.ndarray:
+    index = {u: i for i, u in enumerate(split.vectorization.user_ids.tolist())}
+    return np.array([index[u] for u in user_ids.tolist()], dtype=np.int64)
+
+
+def write_result(result: AttackResult, out_dir: str | Path, text: str | None = None) -> Path:
+    """Write ``result.json`` and ``scores.tsv`` into ``out_dir`` as one set; return result.json's path.
+
+    Both files are written into a staging folder inside ``out_dir`` and renamed into place:
+    the old ``result.json`` is removed first and the new one is renamed last, so a
+    ``result.json`` always belongs to the ``scores.tsv`` beside it, whatever fails when.
+
+    ``scores.tsv`` has one line per target user: original user id (see :func:`tsv_id`), 1 for
+    a member, and the attack score (higher = more likely member).
+    """
+    out = Path(out_dir).expanduser()
+    text = render_result(result) if text is None else text
     target = result.artifacts["split"].target
     lines = ["user_id\tis_member\tscore\n"] + [
-        f"{u}\t{int(m)}\t{s:.9g}\n"
+        f"{tsv_id(u)}\t{int(m)}\t{s:.9g}\n"
         for u, m, s in zip(target.interactions.user_ids, target.is_member, result.artifacts["scores"])
     ]
-    _atomic_write_text(out / "scores.tsv", "".join(lines))
-    path = out / "result.json"
-    _atomic_write_text(path, json.dumps(result.to_json(), indent=2, sort_keys=False) + "\n")
-    return path
+    files = {"scores.tsv": "".join(lines).encode("utf-8"), "result.json": text.encode("utf-8")}
+    _publish(out, files, "--out")
+    return out / "result.json"
+
+
+def _publish(out: Path, files: dict[str, bytes], flag: str) -> None:
+    """Stage ``files`` in a folder inside ``out``, then rename them into place in order (last = commit)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out, prefix=".miars-staging-"))
+    except OSError as exc:
+        raise _os_error(exc, out, "write into", f"free space or pass another {flag} folder; nothing was written") from None
+    try:
+        mode = file_mode()
+        for name, data in files.items():
+            try:
+                _write_file(staging / name, data)
+                os.chmod(staging / name, mode)
+            except OSError as exc:
+                raise _os_error(exc, out / name, "write", f"free space, raise the file-size limit or pass another {flag} folder; "
+                                "nothing was written") from None
+        names = list(files)
+        try:
+            (out / names[-1]).unlink(missing_ok=True)  # the old commit file goes first
+            for name in names:
+                os.replace(staging / name, out / name)
+        except OSError as exc:
+            raise _os_error(exc, out, "rename results into", f"check the folder and pass another {flag} folder") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def export_miars(result: AttackResult, out_dir: str | Path) -> list[Path]:
@@ -89,33 +313,30 @@ def export_miars(result: AttackResult, out_dir: str | Path) -> list[Path]:
     Interactions and recommendations are ``UserID\\tItemID\\tScore`` lines: user ids 0..n-1 with the
     members first (the first n/2), item ids index the lines of ``item_vectors.tsv``. Interactions
     have score 1; a recommendation at rank j (0-based) has score k - j, so the order is kept.
+    The files are staged and renamed into place together (``item_ids.tsv`` last).
     """
     vectors = result.artifacts.get("item_vectors")
     if vectors is None:
         raise MiarsError(f"--export-miars needs item vectors; featurizer {result.config.featurizer!r} exposes none (item_vectors_)")
     split = result.artifacts["split"]
-    final = Path(out_dir)
-    final.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=final, prefix=".export-"))
-    names = []
-    try:
-        for part, lists in ((split.shadow, result.artifacts["shadow_lists"]), (split.target, result.artifacts["target_lists"])):
-            order = np.concatenate([np.flatnonzero(part.is_member), np.flatnonzero(~part.is_member)])
-            m = part.interactions.matrix[order].tocoo()
-            _write_tsv(staging / f"{part.name}_interactions.tsv", m.row, m.col, np.ones(m.nnz, dtype=np.int64))
-            recs = lists[order]
-            n, k = recs.shape
-            _write_tsv(staging / f"{part.name}_recommendations.tsv", np.repeat(np.arange(n), k), recs.ravel(), np.tile(np.arange(k, 0, -1), n))
-            names += [f"{part.name}_interactions.tsv", f"{part.name}_recommendations.tsv"]
-        np.savetxt(staging / "item_vectors.tsv", vectors, fmt="%.6g", delimiter="\t")
-        _atomic_write_text(staging / "item_ids.tsv", "".join(f"{i}\t{item}\n" for i, item in enumerate(split.item_ids)))
-        names += ["item_vectors.tsv", "item_ids.tsv"]
-        for name in names:
-            os.replace(staging / name, final / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return [final / n for n in names]
+    final = Path(out_dir).expanduser()
+    files: dict[str, bytes] = {}
+    for part, lists in ((split.shadow, result.artifacts["shadow_lists"]), (split.target, result.artifacts["target_lists"])):
+        order = np.concatenate([np.flatnonzero(part.is_member), np.flatnonzero(~part.is_member)])
+        m = part.interactions.matrix[order].tocoo()
+        files[f"{part.name}_interactions.tsv"] = _tsv_bytes(m.row, m.col, np.ones(m.nnz, dtype=np.int64))
+        recs = lists[order]
+        n, k = recs.shape
+        files[f"{part.name}_recommendations.tsv"] = _tsv_bytes(np.repeat(np.arange(n), k), recs.ravel(), np.tile(np.arange(k, 0, -1), n))
+    buf = io.BytesIO()
+    np.savetxt(buf, vectors, fmt="%.6g", delimiter="\t")
+    files["item_vectors.tsv"] = buf.getvalue()
+    files["item_ids.tsv"] = "".join(f"{i}\t{tsv_id(item)}\n" for i, item in enumerate(split.item_ids)).encode("utf-8")
+    _publish(final, files, "--export-miars")
+    return [final / n for n in files]
 
 
-def _write_tsv(path: Path, users, items, scores) -> None:
-    np.savetxt(path, np.column_stack([users, items, scores]).astype(np.int64), fmt="%d", delimiter="\t")
+def _tsv_bytes(users, items, scores) -> bytes:
+    buf = io.BytesIO()
+    np.savetxt(buf, np.column_stack([users, items, scores]).astype(np.int64), fmt="%d", delimiter="\t")
+    return buf.getvalue()

@@ -29,6 +29,54 @@ def popularity_order(part: Part) -> np.ndarray:
     return np.argsort(-pop, kind="stable")
 
 
+def _who(kind: str, name: str, component: Any) -> str:
+    """``recommender 'userknn' (plugin 'example')``: the component and the plugin that provided it."""
+    plugin = type(component).__module__.split(".")[0]
+    try:
+        from .plugins import get_plugins
+
+        registry = get_plugins().registry(kind)
+        if name in registry.entries or ":" in name:
+            plugin = registry.get(name).plugin
+        else:  # a class name: find the entry that builds it
+            found = [e for e in registry.entries.values() if e.factory is type(component)]
+            if found:
+                name, plugin = found[0].name, found[0].plugin
+    except Exception:  # noqa: BLE001 - a name outside the installed plugins (tests, notebooks)
+        pass
+    return f"{kind} {name!r} (plugin {plugin!r})"
+
+
+def check_lists(lists: Any, shape: tuple[int, int], known, who: str, what: str = "returned") -> np.ndarray:
+    """Validate served lists: an integer array of ``shape``, valid item columns, no repeat within a
+    row, no item the user already knows; return them as int64, or raise a one-line MiarsError."""
+    arr = np.asarray(lists) if not isinstance(lists, np.ndarray) else lists
+    if not np.issubdtype(arr.dtype, np.integer):
+        if arr.dtype.kind == "f" and arr.size and np.isfinite(arr).all() and (arr == np.round(arr)).all():
+            detail = "float item indices"
+        else:
+            detail = f"values of dtype {arr.dtype}"
+        raise MiarsError(f"{who} {what} {detail}; it must return an integer array of item column indices")
+    if arr.shape != shape:
+        raise MiarsError(f"{who} {what} lists of shape {arr.shape}, expected {shape} (one row of k items per user)")
+    arr = arr.astype(np.int64, copy=False)
+    n_items = known.shape[1]
+    if arr.size and (arr.min() < 0 or arr.max() >= n_items):
+        bad = int(arr[(arr < 0) | (arr >= n_items)][0])
+        raise MiarsError(f"{who} {what} item index {bad}, outside the valid columns 0..{n_items - 1}")
+    if arr.shape[1] > 1:
+        s = np.sort(arr, axis=1)
+        dup = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1))
+        if len(dup):
+            raise MiarsError(f"{who} {what} a list that repeats an item (row {int(dup[0])}); each list needs k distinct items")
+    rows = np.repeat(np.arange(arr.shape[0]), arr.shape[1])
+    seen = np.asarray(known[rows, arr.ravel()]).ravel() > 0
+    if seen.any():
+        row = int(rows[np.flatnonzero(seen)[0]])
+        raise MiarsError(f"{who} {what} an item the user already knows (row {row}); lists must exclude known items")
+    return arr
+
+
 def defense_point(defense: Any) -> str:
     """Where a defense acts: ``lists`` (served lists; the default), ``data`` (training data) or ``training``."""
     point = getattr(defense, "acts_on", "lists")
@@ -50,24 +98,36 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
     With ``holdout_fraction`` > 0 that share of each member's interactions is held out of
     training (the service never saw them, so they may be served) and the report's ``utility``
     says how well the members' lists find them (Recall / NDCG / HR at k).
+    The lists are validated (:func:`check_lists`); a failure names the recommender and its
+    plugin. Non-finite training losses in ``fit_info_`` fail the run.
     """
     check_k(k, part.interactions.matrix, who=f"{part.name} users")
     members = np.flatnonzero(part.is_member)
     others = np.flatnonzero(~part.is_member)
+    who = _who("recommender", name, recommender)
     point = defense_point(defense) if defense is not None else None
     seen, held = part.members, None
     if holdout_fraction > 0:
         seen, held = holdout(part.members, holdout_fraction, holdout_seed)
     train = seen
-    if point == "data":
-        train = defense.apply_data(seen, seed=defense_seed)
-        if train.matrix.shape != seen.matrix.shape:
-            raise ValueError(f"defense {type(defense).__name__}.apply_data changed the shape of the members' data")
-    if point == "training":
-        fitted = defense.fit(recommender, train, seed=defense_seed)
-    else:
-        fitted = recommender.fit(train, seed=seed)
-    member_lists = _unknown_top_k(fitted, train.matrix, seen.matrix, k, name)
+    with stage_threads():
+        if point == "data":
+            dwho = _who("defense", type(defense).__name__, defense)
+            train = _call(defense.apply_data, dwho, "apply_data", seen, seed=defense_seed)
+            if train.matrix.shape != seen.matrix.shape or train.n_interactions == 0:
+                raise MiarsError(f"{dwho} apply_data returned a {train.matrix.shape} matrix with {train.n_interactions} "
+                                 f"interactions; it must keep the members' {seen.matrix.shape} shape and some interactions")
+        if point == "training":
+            dwho = _who("defense", type(defense).__name__, defense)
+            fitted = _call(defense.fit, dwho, "fit", recommender, train, seed=defense_seed)
+        else:
+            fitted = _call(recommender.fit, who, "fit", train, seed=seed)
+        member_lists = _unknown_top_k(fitted, train.matrix, seen.matrix, k, who)
+    info = dict(getattr(fitted, "fit_info_", {}) or {})
+    for key, value in info.items():
+        if isinstance(value, float) and not np.isfinite(value):
+            raise MiarsError(f"{who} reports {key}={value} after training: the training diverged; "
+                             "lower its learning_rate (or check its other parameters)")
     popularity = train.item_popularity()
     popular = np.argsort(-popularity, kind="stable")
     other_lists = top_k_popular(popularity, part.interactions.matrix[others], k)
@@ -78,7 +138,7 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
     report = {
         "name": name,
         "params": get_params(recommender),
-        "fit_info": dict(getattr(fitted, "fit_info_", {}) or {}),
+        "fit_info": info,
         "members_popular_overlap": round(float(overlap), 4),
     }
     if held is not None:
@@ -91,34 +151,68 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
     return Served(lists, ServiceContext(part.interactions, part.is_member, popular, k), report)
 
 
-def _unknown_top_k(fitted: Any, trained: Any, known: Any, k: int, name: str) -> np.ndarray:
-    """``fitted.recommend`` lists cut to ``k`` items the users do not know (asks for more if needed)."""
+def _unknown_top_k(fitted: Any, trained, known, k: int, who: str) -> np.ndarray:
+    """``fitted.recommend`` lists cut to ``k`` items the users do not know (asks for more if needed), validated."""
     n = known.shape[0]
-    extra = int(np.diff(known.indptr).max() - np.diff(trained.indptr).min()) if n else 0
-    lists = np.asarray(fitted.recommend(k), dtype=np.int64)
-    if lists.shape != (n, k):
-        raise ValueError(f"recommender {name!r} returned lists of shape {lists.shape}, expected {(n, k)}")
-    if (known.nnz == trained.nnz) or extra <= 0:
-        return lists
+    raw = _call(fitted.recommend, who, "recommend", k)
+    if known.nnz == trained.nnz:
+        return check_lists(raw, (n, k), known, who)
+    lists = check_lists(raw, (n, k), trained, who)
     is_known = np.asarray(known[np.repeat(np.arange(n), k), lists.ravel()]).reshape(n, k) > 0
     if not is_known.any():
         return lists
     # Items left out of training but known to the user: ask for enough more and drop them.
-    wider = np.asarray(fitted.recommend(min(k + extra, known.shape[1] - int(np.diff(trained.indptr).max()))), dtype=np.int64)
-    width = wider.shape[1]
+    extra = int(np.diff(known.indptr).max() - np.diff(trained.indptr).min())
+    width = min(k + extra, known.shape[1] - int(np.diff(trained.indptr).max()))
+    wider = check_lists(_call(fitted.recommend, who, "recommend", width), (n, width), trained, who)
     is_known = np.asarray(known[np.repeat(np.arange(n), width), wider.ravel()]).reshape(n, width) > 0
     if (width - is_known.sum(axis=1)).min() < k:
-        raise MiarsError(f"recommender {name!r} cannot serve {k} unknown items to every member after the defense "
-                         "removed training data; lower --top-k")
+        raise MiarsError(f"{who} cannot serve {k} unknown items to every member after the defense removed "
+                         "training data; lower --top-k")
     order = np.argsort(is_known, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(wider, order, axis=1)
 
 
-def defend(served: Served, defense: Any, seed: int) -> np.ndarray:
-    """The lists after ``defense`` rewrote them (shape and validity checked)."""
-    out = np.asarray(defense.apply(served.lists.copy(), served.context, seed=seed), dtype=np.int64)
-    if out.shape != served.lists.shape:
-        raise ValueError(f"defense returned lists of shape {out.shape}, expected {served.lists.shape}")
-    if out.size and (out.min() < 0 or out.max() >= served.context.interactions.n_items):
-        raise ValueError("defense returned item indices outside the item range")
-    return out
+def _call(method, who: str, what: str, *args, **kwargs):
+    """Call a component's method; anything but a MiarsError becomes one line naming the component."""
+    try:
+        return method(*args, **kwargs)
+    except MiarsError:
+        raise
+    except MemoryError:
+        raise MiarsError(f"{who} ran out of memory in {what}; use a smaller dataset or smaller model parameters") from None
+    except Exception as exc:  # noqa: BLE001 - the component's bug or refusal, named
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise MiarsError(f"{who} failed in {what}: {type(exc).__name__}: {text}") from None
+
+
+def defend(served: Served, defense: Any, seed: int, name: str | None = None, known=None) -> np.ndarray:
+    """The lists after ``defense`` rewrote them (validated like a recommender's, naming the defense).
+
+    ``known`` is what the service knows of each user (default: the part's interactions; less
+    when members' interactions were held out of training to measure utility).
+    """
+    name = name or getattr(defense, "name", None) or type(defense).__name__
+    who = _who("defense", name, defense)
+    with stage_threads():
+        out = _call(defense.apply, who, "apply", served.lists.copy(), served.context, seed=seed)
+    return check_lists(out, served.lists.shape, served.context.interactions.matrix if known is None else known, who)
+
+
+def stage_threads():
+    """Limit the BLAS/OpenMP pools of numpy, scipy and plugins to torch's thread count for one stage.
+
+    Without it a plugin's numpy BLAS pool and torch's pool each take every core and fight
+    (threadpoolctl); the limits are restored when the stage ends.
+    """
+    from contextlib import nullcontext
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - a dependency, but never fatal
+        return nullcontext()
+    import sys
+
+    torch = sys.modules.get("torch")
+    n = torch.get_num_threads() if torch is not None else None
+    return threadpool_limits(limits=n, user_api="blas") if n else nullcontext()

@@ -369,14 +369,19 @@ class Cell:
     def defended(self, part: str) -> Output:
         def compute(lists: np.ndarray, context: ServiceContext):
             seed = stage_seed(self.config.seed, f"defense-{part}")
-            out = defend(Served(lists, context), self.create("defense"), seed)
-            meta = {}
             if part == "target" and self.config.utility_holdout > 0:
                 p = self.part(part)
                 _, held = holdout(p.members, self.config.utility_holdout, stage_seed(self.config.seed, "holdout"))
-                meta["utility"] = {"holdout": self.config.utility_holdout,
-                                   **utility_metrics(out[p.is_member], held, self.config.top_k)}
-            return {"lists": out}, meta
+                rows = np.flatnonzero(p.is_member)
+                held_rows = sp.csr_matrix((held.data, held.indices, held.indptr), shape=held.shape)
+                expand = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, np.arange(len(rows)))),
+                                       shape=(p.interactions.n_users, len(rows)))
+                known = (p.interactions.matrix - expand @ held_rows).tocsr()
+                known.eliminate_zeros()  # what the service knows: members' held-out items are not in it
+                out = defend(Served(lists, context), self.create("defense"), seed, known=known)
+                return {"lists": out}, {"utility": {"holdout": self.config.utility_holdout,
+                                                    **utility_metrics(out[p.is_member], held, self.config.top_k)}}
+            return {"lists": defend(Served(lists, context), self.create("defense"), seed)}, {}
 
         return self._run("defend", self.key("defend", part), "defend",
                          f"applying defense {self.config.defense} to the {part} part",

@@ -56,8 +56,10 @@ def test_registry_namespace_resolves_and_rejects_unknown_members():
 def test_registry_create_reports_bad_parameters():
     reg = Registry("defense")
     reg.add("d", lambda ratio=0.1: ratio, "p")
-    with pytest.raises(MiarsError, match="rejected parameters"):
+    with pytest.raises(MiarsError, match="has no parameter 'nosuch'; valid parameters: ratio"):
         reg.create("d", nosuch=1)
+    with pytest.raises(MiarsError, match="did you mean ratio"):
+        reg.create("d", ratoi=1)
 
 
 # -- split ---------------------------------------------------------------------------------

@@ -256,7 +256,8 @@ def _plugin_module(name: str, **hooks) -> types.ModuleType:
     return module
 
 
-def test_duplicate_recommender_name_fails_loudly(example):
+def test_duplicate_recommender_name_fails_the_second_plugin_and_the_name(example):
+    """A conflict skips the later plugin (reported failed), never other commands; the name itself is unusable."""
     from miars_example.userknn import UserKNN
 
     def register_recommenders(register):
@@ -264,8 +265,13 @@ def test_duplicate_recommender_name_fails_loudly(example):
 
     one = _plugin_module("plugin_one", register_recommenders=register_recommenders)
     two = _plugin_module("plugin_two", register_recommenders=register_recommenders)
+    plugins = get_plugins(extra=[one, two])
+    assert plugins.info["plugin_one"].status == "loaded"
+    status = plugins.info["plugin_two"].status
+    assert status.startswith("failed:") and "'dup-knn'" in status and "'plugin_one'" in status
+    assert "item" in plugins.registry("recommender").names()  # unrelated names still work
     with pytest.raises(DuplicateNameError) as err:
-        get_plugins(extra=[one, two])
+        plugins.registry("recommender").get("dup-knn")
     message = str(err.value)
     assert "'dup-knn'" in message and "'plugin_one'" in message and "'plugin_two'" in message
 
@@ -290,13 +296,13 @@ def test_unknown_name_lists_choices_and_suggests(example):
 
 
 def test_colon_is_reserved_for_namespaces():
-    from miars_core.errors import MiarsError
-
     def register_recommenders(register):
         register("my:knn", object)
 
-    with pytest.raises(MiarsError, match="reserved for namespaces"):
-        get_plugins(extra=[_plugin_module("colon_plugin", register_recommenders=register_recommenders)])
+    plugins = get_plugins(extra=[_plugin_module("colon_plugin", register_recommenders=register_recommenders)])
+    assert "reserved for namespaces" in plugins.info["colon_plugin"].status
+    assert plugins.info["colon_plugin"].status.startswith("failed:")
+    assert "item" in plugins.registry("recommender").names()
 
 
 # --------------------------------------------------------------------------- (f) end to end

@@ -7,6 +7,7 @@ import scipy.sparse as sp
 
 from miars_core.components import Component
 from miars_core.errors import MiarsError
+from miars_core.params import Interval
 from miars_core.types import Interactions
 
 
@@ -45,6 +46,8 @@ class CenterDiff(Component):
     Item vectors come from a rank-``dim`` SVD of the vectorization part; both means are sparse
     matrix products, so all users are featurized at once.
     """
+
+    param_constraints = {"dim": Interval(int, 1)}
 
     def __init__(self, dim: int = 100):
         self.dim = dim

@@ -6,6 +6,7 @@ import numpy as np
 
 from miars_core.components import Component
 from miars_core.errors import MiarsError
+from miars_core.params import Interval, ListOf, Options, OrNone
 
 
 class MLPAttack(Component):
@@ -17,6 +18,12 @@ class MLPAttack(Component):
     authors' optimizer (SGD + momentum) over shuffled, seeded mini-batches instead (not their
     unshuffled batch-size-1 loop, which makes results swing between runs).
     """
+
+    param_constraints = {
+        "hidden": ListOf(Interval(int, 1)), "epochs": Interval(int, 1), "batch_size": OrNone(Interval(int, 1)),
+        "learning_rate": Interval(float, 0, 10, closed="right"), "momentum": Interval(float, 0, 1, closed="left"),
+        "weight_decay": Interval(float, 0), "optimizer": Options(("adam", "sgd")),
+    }
 
     def __init__(self, hidden: tuple[int, ...] = (32, 8), epochs: int = 300, batch_size: int | None = None,
                  learning_rate: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.1,

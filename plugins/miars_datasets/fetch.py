@@ -64,12 +64,107 @@ def find_file(filenames: list[str], folders: list[Path]) -> Path | None:
     return None
 
 
-def _urlretrieve(url: str, dest: Path) -> None:
-    """Copy ``url`` to the file ``dest`` (the one function that opens a network connection)."""
+#: Environment variable: the overall deadline of one download, in seconds (default 1800).
+DEADLINE_ENV = "MIARS_DOWNLOAD_DEADLINE"
+DEFAULT_DEADLINE = 1800.0
+
+
+class DownloadTimeout(Exception):
+    """A download that did not finish before its overall deadline."""
+
+
+def download_deadline() -> float:
+    """Seconds one download may take in all: ``$MIARS_DOWNLOAD_DEADLINE`` or 30 minutes."""
+    raw = os.environ.get(DEADLINE_ENV)
+    if not raw:
+        return DEFAULT_DEADLINE
+    try:
+        value = float(raw)
+    except ValueError:
+        raise MiarsError(f"${DEADLINE_ENV}={raw!r} is not a number of seconds") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise MiarsError(f"${DEADLINE_ENV}={raw!r} must be a finite number of seconds > 0")
+    return value
+
+
+def _urlretrieve(url: str, dest: Path, deadline: float | None = None, progress: bool | None = None) -> None:
+    """Copy ``url`` to the file ``dest`` (the one function that opens a network connection).
+
+    The whole transfer must end within ``deadline`` seconds (default :func:`download_deadline`):
+    a server that trickles bytes is cut off, not waited for forever. Each read also times out
+    after at most 60 s of silence. A progress bar is drawn on stderr when it is a terminal.
+    """
+    import time
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:  # noqa: S310 - fixed https/http URLs
-        shutil.copyfileobj(response, out, 1 << 20)
+    limit = download_deadline() if deadline is None else float(deadline)
+    end = time.monotonic() + limit
+
+    def remaining() -> float:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise DownloadTimeout(f"not finished after the {limit:g} s deadline (set ${DEADLINE_ENV} to allow more)")
+        return left
+
+    try:
+        response = urllib.request.urlopen(url, timeout=min(60.0, remaining()))  # noqa: S310 - fixed https/http URLs
+    except TimeoutError:
+        remaining()
+        raise
+    with response, open(dest, "wb") as out:
+        total = response.headers.get("Content-Length")
+        total = int(total) if total and total.isdigit() else None
+        bar = _progress(url, total, progress)
+        try:
+            while True:
+                sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
+                if sock is not None:
+                    sock.settimeout(min(60.0, remaining()))
+                try:
+                    chunk = response.read1(1 << 16) if hasattr(response, "read1") else response.read(1 << 16)
+                except TimeoutError:  # socket.timeout: silent for too long, or the deadline came first
+                    remaining()
+                    raise
+                remaining()
+                if not chunk:
+                    break
+                out.write(chunk)
+                bar.advance(len(chunk))
+        finally:
+            bar.close()
+
+
+class _NoBar:
+    def advance(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _RichBar:
+    def __init__(self, url: str, total: int | None):
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+        self.progress = Progress(TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        self.task = self.progress.add_task(url.rsplit("/", 1)[-1], total=total)
+        self.progress.start()
+
+    def advance(self, n: int) -> None:
+        self.progress.advance(self.task, n)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def _progress(url: str, total: int | None, show: bool | None):
+    import sys
+
+    if show is None:
+        show = sys.stderr.isatty()
+    return _RichBar(url, total) if show else _NoBar()
 
 
 def _extract_member(archive: Path, member: str, dest: Path) -> None:
@@ -89,7 +184,8 @@ def _extract_member(archive: Path, member: str, dest: Path) -> None:
         raise MiarsError(f"downloaded file is not a valid zip archive ({exc}); try again or download it by hand") from None
 
 
-def download(url: str, dest: Path, *, member: str | None = None, sha256: str | None = None) -> Path:
+def download(url: str, dest: Path, *, member: str | None = None, sha256: str | None = None,
+             deadline: float | None = None) -> Path:
     """Download ``url`` (a zip holding ``member``, or the file itself) to ``dest``; return ``dest``.
 
     The download and the extracted member are written to temporary ``.part`` files in
@@ -111,7 +207,7 @@ def download(url: str, dest: Path, *, member: str | None = None, sha256: str | N
         fetched = temp(".download.part")
         log.info("downloading %s into %s", url, dest.parent)
         try:
-            _urlretrieve(url, fetched)
+            _urlretrieve(url, fetched, deadline) if deadline is not None else _urlretrieve(url, fetched)
         except MiarsError:
             raise
         except Exception as exc:  # noqa: BLE001 - URLError, timeouts, HTTP errors, disk full

@@ -25,6 +25,10 @@ from miars_core.errors import MiarsError
 
 #: A RecBole atomic-file header field such as ``user_id:token``.
 _RECBOLE_FIELD = re.compile(r"^[^:\s]+:(token|token_seq|float|float_seq)$")
+#: The field types RecBole knows.
+RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
+#: Anything shaped like a typed header field (``name:type``), known type or not.
+_TYPED_FIELD = re.compile(r"^[A-Za-z_][\w.\-]*:[A-Za-z_]\w*$")
 #: Column names that mark a header row: ``user``, ``userId``, ``item_id``, ``movieID``, ``asin``, ``u``...
 _HEADER_NAME = re.compile(
     r"(user|item|movie|artist|product|asin|reviewer|track|song|book|business|u|i|uid|iid)([ _.\-]?(id|ids|name))?s?|id"
@@ -225,11 +229,27 @@ def read_inter(path: Path, user_field: str = "user_id", item_field: str = "item_
     """A RecBole ``.inter`` file: the ``user_field`` and ``item_field`` columns, taken by name."""
     path = Path(path)
     df = _read(path, INTER, sep="\t", header=0, quoting=csv.QUOTE_NONE)
-    by_name = {str(c).split(":", 1)[0]: c for c in df.columns}
+    columns = [f.strip() for f in _sample_lines(path, 1)[0].split("\t")]  # pandas would rename repeated names
+    if len(columns) != df.shape[1]:
+        columns = [str(c) for c in df.columns]
+    check_inter_header(columns, path)
+    by_name: dict[str, list[str]] = {}
+    for c in columns:
+        by_name.setdefault(c.split(":", 1)[0], []).append(c)
     missing = [f for f in (user_field, item_field) if f not in by_name]
     if missing:
-        raise _fail(path, INTER, f"no {' or '.join(repr(m) for m in missing)} column among {', '.join(map(str, df.columns))}")
-    users, items = df[by_name[user_field]], df[by_name[item_field]]
+        raise _fail(path, INTER, f"no {' or '.join(repr(m) for m in missing)} column among {', '.join(columns)}")
+    for field_name in (user_field, item_field):
+        found = by_name[field_name]
+        if len(found) > 1:
+            raise _fail(path, INTER, f"the header has {len(found)} {field_name!r} columns ({', '.join(found)}); keep exactly one")
+        ftype = found[0].split(":", 1)[1] if ":" in found[0] else ""
+        if ftype != "token":
+            why = ("holds sequences of ids (a row such as '242 3' would become one id); miars needs one "
+                   f"{field_name.split('_')[0]} per row: write one row per interaction" if ftype == "token_seq"
+                   else "must be typed ':token' (ids)")
+            raise _fail(path, INTER, f"column {found[0]!r} {why}")
+    users, items = df.iloc[:, columns.index(by_name[user_field][0])], df.iloc[:, columns.index(by_name[item_field][0])]
     return _auto_ids(users, path, INTER, user_field), _auto_ids(items, path, INTER, item_field)
 
 
@@ -294,6 +314,22 @@ def sniff_header(lines: list[str], sep: str) -> bool:
     return any(all(len(r) > col and is_int(r[col].strip().strip('"')) for r in rest) for col in range(2))
 
 
+def check_inter_header(fields: list[str], path: Path) -> None:
+    """Every field of a RecBole header must be ``name:type`` with a type RecBole knows."""
+    for f in fields:
+        name, sep, ftype = f.partition(":")
+        if not sep or not name:
+            raise _fail(path, INTER, f"header field {f!r} is not 'name:type'")
+        if ftype not in RECBOLE_TYPES:
+            raise _fail(path, INTER, f"header field {f!r} has unknown type {ftype!r}; RecBole types are {', '.join(RECBOLE_TYPES)}")
+
+
+def looks_like_recbole_header(line: str) -> bool:
+    """Two or more tab-separated ``name:type`` fields, whatever the types (checked later)."""
+    fields = [f for f in line.split("\t") if f]
+    return len(fields) >= 2 and all(_TYPED_FIELD.match(f.strip()) for f in fields)
+
+
 def read_delimited(path: Path, sep: str | None = None, header: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Any delimited interaction file (plain or gzip) or a RecBole ``.inter`` file.
 
@@ -307,7 +343,9 @@ def read_delimited(path: Path, sep: str | None = None, header: bool | None = Non
     lines = _sample_lines(path)
     if not lines:
         raise _fail(path, DELIMITED, "the file is empty")
-    if sep in (None, "\t") and header is not False and all(_RECBOLE_FIELD.match(f) for f in lines[0].split("\t") if f):
+    if sep in (None, "\t") and header is not False and (
+        all(_RECBOLE_FIELD.match(f) for f in lines[0].split("\t") if f) or looks_like_recbole_header(lines[0])
+    ):
         return read_inter(path)
     if sep is None:
         sep = sniff_separator(lines)

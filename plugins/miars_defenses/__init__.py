@@ -7,6 +7,7 @@ import numpy as np
 from miars_core.components import Component
 from miars_core.errors import MiarsError
 from miars_core.hookspecs import hookimpl
+from miars_core.params import Interval
 from miars_core.types import ServiceContext
 
 __version__ = "0.1.0"
@@ -18,6 +19,8 @@ class PopularityRandomization(Component):
     The pool is the ``k / ratio`` most popular items the user does not know (ratio 0.1: top 1,000
     for k = 100, as the authors' data); members keep their personalized lists.
     """
+
+    param_constraints = {"ratio": Interval(float, 0, 1, closed="right")}
 
     def __init__(self, ratio: float = 0.1):
         self.ratio = ratio

@@ -11,12 +11,14 @@ import importlib.util
 import re
 from pathlib import Path
 
+from miars_core.errors import MiarsError
 from miars_core.hookspecs import hookimpl
 
 from .models import ItemKNN, LatentFactorModel, NeuralCF, Popularity, RecBoleModel, TUNED
 
 __version__ = "0.1.0"
-__all__ = ["ItemKNN", "LatentFactorModel", "NeuralCF", "Popularity", "RecBoleModel", "general_model_names"]
+__all__ = ["ItemKNN", "LatentFactorModel", "NeuralCF", "Popularity", "RecBoleModel", "UNSUPPORTED", "general_model_names",
+           "supported_model_names"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -29,10 +31,76 @@ def general_model_names() -> list[str]:
     return sorted(re.findall(r"^from \S+ import (\w+)\s*$", init.read_text(), flags=re.M))
 
 
+#: RecBole general models that do not run inside miars, with the reason (docs/recbole.md has
+#: the measurements of every model on ml-100k with epochs=1). ``recbole:<Name>`` for these is
+#: refused before any data is read; ``miars list recommender`` does not offer them.
+UNSUPPORTED: dict[str, str] = {
+    "ConvNCF": (
+        "it scores every (user, item) pair through a 64 x 64 outer-product map and a CNN: one scoring batch "
+        "of 256 users x 1,682 items needs 7.1 GB for the first map alone and the whole run grew past 23 GB "
+        "on ml-100k (memory grows with users x items x embedding_size^2)"
+    ),
+    "Pop": (
+        "RecBole 1.2.1's Pop counts an item at most once per training batch (an indexed assignment, not an "
+        "add), so with batches of 4,096 interactions its counts are 0-4 and its lists are not the popular "
+        "items (1.4% overlap with the popular top-100 on ml-100k); use the built-in recommender `pop`"
+    ),
+    "RaCT": (
+        "it trains in three stages chained through saved checkpoints (actor pre-training, critic pre-training, "
+        "fine-tuning); miars would run only the actor pre-training, for RecBole's 150 pretrain_epochs whatever "
+        "epochs says (over 400 s on ml-100k with epochs=1), which is not RaCT; use recbole:MultiVAE for its actor"
+    ),
+    "DiffRec": (
+        "it trains on whole user rows (RecBole's LISTWISE input), which RecBole 1.2.1's negative-sampling "
+        "train loader that miars uses cannot build"
+    ),
+    "LDiffRec": (
+        "it trains on whole user rows (RecBole's LISTWISE input), which RecBole 1.2.1's negative-sampling "
+        "train loader that miars uses cannot build"
+    ),
+}
+
+
+#: Smaller scoring batches (users at a time) for models without a full-ranking path whose
+#: per-pair forward pass is large: NNCF at the default 256 users x 1,682 items allocated 2.8 GB
+#: per intermediate tensor on ml-100k and failed at a 6 GB limit; 16 users need ~0.2 GB each.
+SCORE_BATCH: dict[str, int] = {"NNCF": 16}
+
+#: Models that run only when an optional package (not a dependency of RecBole) is installed.
+REQUIRES: dict[str, tuple[str, str]] = {"NCL": ("faiss", "faiss-cpu")}
+
+
+def missing_requirement(name: str) -> str | None:
+    """Why ``name`` cannot run here for lack of an optional package, else None."""
+    if name not in REQUIRES:
+        return None
+    module, dist = REQUIRES[name]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    return None if found else f"it needs the {module} package, which is not installed (pip install {dist})"
+
+
+def supported_model_names() -> list[str]:
+    """RecBole general models that ``recbole:<Name>`` accepts here."""
+    return [n for n in general_model_names() if n not in UNSUPPORTED and missing_requirement(n) is None]
+
+
 def _resolve(name: str):
     """``recbole:<Name>``: our tuned class for ItemKNN/BPR/NeuMF, else RecBole's own defaults."""
+    if name in UNSUPPORTED:
+        raise MiarsError(f"recommender 'recbole:{name}' is not supported: {UNSUPPORTED[name]}; "
+                         "see docs/recbole.md for the models that run")
+    missing = missing_requirement(name)
+    if missing:
+        raise MiarsError(f"recommender 'recbole:{name}' cannot run here: {missing}")
     if name in TUNED:
         return TUNED[name]
+    if name in SCORE_BATCH:
+        factory = functools.partial(RecBoleModel, model=name, score_batch_size=SCORE_BATCH[name])
+        factory.overridable = ("score_batch_size",)  # a default, not part of the name
+        return factory
     return functools.partial(RecBoleModel, model=name)
 
 
@@ -46,4 +114,4 @@ def register_recommenders(register):
 
 @hookimpl
 def register_namespaces(register):
-    register("recommender", "recbole", _resolve, general_model_names)
+    register("recommender", "recbole", _resolve, supported_model_names)

@@ -4,7 +4,12 @@ Each patch answers one known failure (see docs/recbole.md); none edits site-pack
 - numpy 2 removed ``np.float_``, ``np.complex_``, ``np.unicode_``: alias them before RecBole loads;
 - pandas 3 copy-on-write makes ``Dataset._fill_nan`` a no-op: replace it with assignments;
 - RecBole's ``Config`` parses ``sys.argv``: make it read nothing from the command line;
-- trainers open ``./log_tensorboard/``: hand them a writer that writes nothing.
+- trainers open ``./log_tensorboard/``: hand them a writer that writes nothing;
+- scipy >= 1.13 removed ``dok_matrix._update`` (LightGCN, NGCF, NCL, GCMC, SpectralCF build their
+  adjacency matrix with it): give it back as a plain dict update of the matrix's entries;
+- DGCF samples ``max(users, items) / batches`` ids *of each kind* without replacement, which fails
+  ("Sample larger than population") when a member part has fewer users than that: cap the sample
+  at the population of each kind.
 We never import ``recbole.quick_start`` (it imports ray, which needs pkg_resources), never call
 ``init_logger`` (it writes ``./log/``), and never save RecBole checkpoints (torch>=2.6 cannot reload
 them with ``weights_only=True``); the checkpoint directory points at a temporary folder.
@@ -51,6 +56,13 @@ def apply() -> None:
     rb_utils.get_tensorboard = lambda logger: _NullWriter()
     rb_trainer.get_tensorboard = lambda logger: _NullWriter()
     rb_dataset.Dataset._fill_nan = _fill_nan
+    import scipy.sparse as sp
+
+    if not hasattr(sp.dok_matrix, "_update"):
+        sp.dok_matrix._update = _dok_update
+    import recbole.model.general_recommender.dgcf as rb_dgcf
+
+    rb_dgcf.sample_cor_samples = _sample_cor_samples
     logging.getLogger("recbole").setLevel(logging.WARNING)
     _applied = True
 
@@ -71,3 +83,22 @@ def _fill_nan(self) -> None:
             else:
                 dtype = np.int64 if ftype == FeatureType.TOKEN_SEQ else np.float64
                 feat[field] = feat[field].apply(lambda x, d=dtype: np.array([], dtype=d) if isinstance(x, float) else x)
+
+
+def _dok_update(self, data: dict) -> None:
+    """The removed ``dok_matrix._update``: set many ``(row, col) -> value`` entries at once, unchecked."""
+    store = getattr(self, "_dict", None)
+    if store is None:  # an older scipy whose dok_matrix is the dict itself
+        dict.update(self, data)
+    else:
+        store.update({(int(r), int(c)): v for (r, c), v in data.items()})
+
+
+def _sample_cor_samples(n_users: int, n_items: int, cor_batch_size: int):
+    """DGCF's id sample for its correlation loss, at most the whole population of each kind."""
+    import random
+
+    users = random.sample(range(n_users), min(int(cor_batch_size), n_users))
+    items = random.sample(range(n_items), min(int(cor_batch_size), n_items))
+    size = min(len(users), len(items))  # DGCF pairs them up: equal lengths
+    return users[:size], items[:size]

@@ -9,6 +9,7 @@ import numpy as np
 
 from miars_core.components import Component
 from miars_core.errors import MiarsError
+from miars_core.params import AnyOf, Interval, ListOf, Mapping, Options, OrNone  # noqa: F401 - param_constraints
 from miars_core.ranking import top_k_excluding, top_k_popular
 from miars_core.types import Interactions
 
@@ -31,6 +32,15 @@ class RecBoleModel(Component):
     recbole_keys: tuple[str, ...] = ()
     #: Learning rate at batch 4,096 when ``learning_rate`` is None (None: RecBole's model default).
     base_learning_rate: float | None = None
+    #: Allowed values, checked by the registry before anything is built (miars_core.params).
+    param_constraints = {
+        "epochs": OrNone(AnyOf((Interval(int, 1), Options(("auto",))))), "learning_rate": OrNone(Interval(float, 0, 10, closed="right")),
+        "batch_size": OrNone(Interval(int, 1)), "score_batch_size": Interval(int, 1), "config": OrNone(Mapping(
+            values={"embedding_size": Interval(int, 1), "epochs": Interval(int, 1), "train_batch_size": Interval(int, 1),
+                    "learning_rate": Interval(float, 0, 10, closed="right")},
+            forbidden={k: "miars sets itself" for k in ("model", "dataset", "data_path", "seed", "checkpoint_dir", "device",
+                                                          "use_gpu", "eval_args", "load_col", "USER_ID_FIELD", "ITEM_ID_FIELD")})),
+    }
 
     def __init__(
         self,
@@ -166,6 +176,7 @@ class ItemKNN(RecBoleModel):
     """
 
     recbole_keys = ("k", "shrink")
+    param_constraints = {"k": Interval(int, 1), "shrink": Interval(float, 0), "score_batch_size": Interval(int, 1)}
 
     def __init__(self, k: int = 100, shrink: float = 0.0, score_batch_size: int = 512):
         super().__init__(model="ItemKNN", epochs=1, batch_size=None, score_batch_size=score_batch_size)
@@ -195,6 +206,7 @@ class LatentFactorModel(RecBoleModel):
 
     recbole_keys = ("embedding_size",)
     base_learning_rate = 0.005
+    param_constraints = {**RecBoleModel.param_constraints, "embedding_size": Interval(int, 1)}
 
     def __init__(
         self,
@@ -218,6 +230,7 @@ class NeuralCF(RecBoleModel):
 
     recbole_keys = ("mf_embedding_size", "mlp_embedding_size")
     base_learning_rate = 0.002
+    param_constraints = {**RecBoleModel.param_constraints, "mf_embedding_size": Interval(int, 1), "mlp_embedding_size": Interval(int, 1)}
 
     def __init__(
         self,

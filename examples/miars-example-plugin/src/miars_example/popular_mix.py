@@ -6,6 +6,7 @@ import numpy as np
 
 from miars_core.components import Component
 from miars_core.errors import MiarsError
+from miars_core.params import Interval
 from miars_core.types import ServiceContext
 
 
@@ -22,6 +23,9 @@ class PopularMix(Component):
     Non-members' lists are left as they are. A member for whom too few such popular items
     exist keeps her list unchanged. Deterministic: ``seed`` is unused.
     """
+
+    #: Checked by miars before the defense is built: a bad value is a one-line error.
+    param_constraints = {"rate": Interval(float, 0, 1), "chunk_size": Interval(int, 1)}
 
     def __init__(self, rate: float = 0.2, chunk_size: int = 1024):
         self.rate = rate

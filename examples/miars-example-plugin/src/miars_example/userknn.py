@@ -7,6 +7,7 @@ import scipy.sparse as sp
 
 from miars_core.components import Component
 from miars_core.errors import MiarsError
+from miars_core.params import Interval
 from miars_core.types import Interactions
 
 from ._topk import top_k
@@ -27,6 +28,9 @@ class UserKNN(Component):
     Work is done in chunks of ``chunk_size`` users, so memory stays at
     ``chunk_size x max(n_users, n_items)`` dense floats.
     """
+
+    #: Checked by miars before the recommender is built: a bad value is a one-line error.
+    param_constraints = {"n_neighbors": Interval(int, 1), "chunk_size": Interval(int, 1)}
 
     def __init__(self, n_neighbors: int = 20, chunk_size: int = 256):
         self.n_neighbors = n_neighbors
