@@ -270,9 +270,14 @@ def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool) -> 
 def _print_stdout(renderable, out: Optional[str]) -> None:
     from rich.console import Console
 
+    class _Stdout(Console):
+        def on_broken_pipe(self) -> None:  # rich would exit 1 silently
+            self.quiet = True
+            raise BrokenPipeError(32, "Broken pipe")
+
     where = f"; results were written to {out}" if out else "; pass --out DIR to keep the results in files"
     try:
-        Console().print(renderable)
+        _Stdout().print(renderable)
         sys.stdout.flush()
     except BrokenPipeError:
         _silence_stdout()
