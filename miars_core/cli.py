@@ -143,6 +143,25 @@ def _signals_exit() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _short(path) -> str:
+    text = repr(os.fsdecode(path)) if isinstance(path, (str, bytes, os.PathLike)) else repr(path)
+    return text if len(text) <= 160 else text[:100] + "..." + text[-50:]
+
+
+def _check_input_path(flag: str, path: Optional[str]) -> None:
+    """A path the OS refuses outright (too long, a component that is a file, no permission)."""
+    if not path:
+        return
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return  # reported later with the valid choices
+    except OSError as exc:
+        raise MiarsError(f"{flag} {_short(path)} cannot be read ({exc.strerror or exc}); pass another path") from None
+    except ValueError as exc:  # e.g. an embedded NUL
+        raise MiarsError(f"{flag} {_short(path)} is not a valid path ({exc})") from None
+
+
 @contextmanager
 def guarded() -> Iterator[None]:
     """Every command's edge: any failure becomes one ``miars: error:`` line and an exit code, never a traceback.
@@ -163,6 +182,9 @@ def guarded() -> Iterator[None]:
         raise
     except MemoryError:
         _fail("out of memory; use a smaller dataset, a smaller model or a smaller --top-k")
+    except OSError as exc:  # a file system refusal anywhere: the path and what to do
+        where = _short(exc.filename) if exc.filename else "a file"
+        _fail(f"cannot access {where} ({exc.strerror or exc}); check the path, its permissions and free space")
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
         if os.environ.get("MIARS_DEBUG"):
             raise
@@ -232,6 +254,9 @@ def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_mode
 
     dataset, data_dir, out, export_miars = _expand(dataset), _expand(data_dir), _expand(out), _expand(export_miars)
     shadow_dataset, cache = _expand(shadow_dataset), _expand(cache)
+    _check_input_path("--dataset", dataset)
+    _check_input_path("--data-dir", data_dir)
+    _check_input_path("--shadow-dataset", shadow_dataset)
     config = AttackConfig(
         dataset=dataset, shadow_dataset=shadow_dataset, data_dir=data_dir, download=download, target=target, shadow=shadow or target,
         featurizer=featurizer, attack=attack_model, defense=defense, top_k=top_k, seed=seed, split=split,
@@ -296,9 +321,14 @@ def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool, sto
 def _print_stdout(renderable, out: Optional[str]) -> None:
     from rich.console import Console
 
+    class _Stdout(Console):
+        def on_broken_pipe(self) -> None:  # rich would exit 1 silently
+            self.quiet = True
+            raise BrokenPipeError(32, "Broken pipe")
+
     where = f"; results were written to {out}" if out else "; pass --out DIR to keep the results in files"
     try:
-        Console().print(renderable)
+        _Stdout().print(renderable)
         sys.stdout.flush()
     except BrokenPipeError:
         _silence_stdout()

@@ -120,8 +120,9 @@ class Registry:
         """
         if not isinstance(name, str):
             raise MiarsError(f"{self.kind} name {name!r} is not a string")
-        if name in self.conflicts:
-            kept, skipped = self.conflicts[name]
+        contested = name if name in self.conflicts else name.partition(":")[0] + ":" if ":" in name else None
+        if contested in self.conflicts:
+            kept, skipped = self.conflicts[contested]
             raise DuplicateNameError(
                 f"{self.kind} {name!r} is registered by two plugins, {kept!r} and {skipped!r} "
                 f"(plugin {skipped!r} was skipped); uninstall one of them or rename the {self.kind}"

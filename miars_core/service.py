@@ -183,7 +183,9 @@ def _call(method, who: str, what: str, *args, **kwargs):
         raise MiarsError(f"{who} ran out of memory in {what}; use a smaller dataset or smaller model parameters") from None
     except Exception as exc:  # noqa: BLE001 - the component's bug or refusal, named
         text = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise MiarsError(f"{who} failed in {what}: {type(exc).__name__}: {text}") from None
+        hint = ("; the training diverged: lower its learning_rate" if "loss" in text.lower() and "nan" in text.lower()
+                else "")
+        raise MiarsError(f"{who} failed in {what}: {type(exc).__name__}: {text}{hint}") from None
 
 
 def defend(served: Served, defense: Any, seed: int, name: str | None = None, known=None) -> np.ndarray:

@@ -236,6 +236,35 @@ def test_conflicting_plugin_is_reported_in_miars_plugins_and_other_commands_work
     assert listed.exit_code == 0 and "lfm" in listed.stdout
 
 
+class _Diverged(_Rec):
+    """Valid lists, but training reports a NaN loss (tests only)."""
+
+    def fit(self, train, seed=0):
+        super().fit(train, seed)
+        self.fit_info_ = {"final_train_loss": float("nan")}
+        return self
+
+
+class _NanLossError(_Rec):
+    """Raises like RecBole's trainer when the loss becomes NaN (tests only)."""
+
+    def fit(self, train, seed=0):
+        raise ValueError("Training loss is nan")
+
+
+@pytest.mark.parametrize("factory, needle", [(_Diverged, "final_train_loss=nan"), (_NanLossError, "Training loss is nan")])
+def test_a_non_finite_training_loss_fails_the_run(small_dataset, factory, needle):
+    from miars_core.pipeline import AttackConfig, run_attack
+
+    plugin = _module("diverging_plugin", register_recommenders=hookimpl(lambda register: register("diverging", factory)))
+    config = AttackConfig(dataset=str(small_dataset), target="diverging", shadow="pop", top_k=5, min_interactions=5,
+                          featurizer_params={"dim": 8})
+    with pytest.raises(MiarsError) as err:
+        run_attack(config, plugins=get_plugins(extra=[plugin]))
+    message = str(err.value)
+    assert needle in message and "'diverging'" in message and "learning_rate" in message and "\n" not in message
+
+
 # --------------------------------------------------------------------------- no signal
 
 
@@ -397,3 +426,16 @@ def test_sigterm_during_training_removes_recbole_temporary_files(small_dataset, 
     assert "Traceback" not in stderr
     assert not list(tmp.glob("miars-recbole-*")), list(tmp.iterdir())
     assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_a_conflicting_namespace_skips_the_later_plugin_and_blocks_the_prefix():
+    from miars_core.errors import DuplicateNameError
+
+    def register_namespaces(register):
+        register("recommender", "recbole", lambda rest: _Rec, lambda: ["X"])
+
+    plugins = get_plugins(extra=[_module("ns_dup_plugin", register_namespaces=hookimpl(register_namespaces))])
+    assert "'recbole:'" in plugins.info["ns_dup_plugin"].status and plugins.info["ns_dup_plugin"].status.startswith("failed:")
+    with pytest.raises(DuplicateNameError, match="'recbole' and 'ns_dup_plugin'"):
+        plugins.registry("recommender").get("recbole:BPR")
+    assert plugins.registry("recommender").get("pop").plugin == "recbole"
