@@ -21,7 +21,7 @@ class AttackConfig:
     data_dir: str | None = None
     download: bool = False
     target: str = "item"
-    shadow: str = "item"
+    shadow: str | None = None  # None: the target's algorithm (same-algorithm attack)
     featurizer: str = "center-diff"
     attack: str = "mlp"
     defense: str | None = None
@@ -37,7 +37,8 @@ class AttackConfig:
     defense_params: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "AttackConfig":
-        """Reject impossible plain values before any component is built or data is read."""
+        """Reject impossible plain values before any component is built or data is read (fills the default shadow)."""
+        self.shadow = self.shadow or self.target
         from .protocol import SPLIT_MODES
 
         if self.split not in SPLIT_MODES:

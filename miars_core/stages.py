@@ -44,7 +44,7 @@ from .errors import MiarsError
 from .metrics import membership_metrics
 from .protocol import split_dataset
 from .seeds import stage_seed
-from .service import Served, defend, defense_point, popularity_order, serve
+from .service import Served, defend, defense_point, popularity_order, serve, stage_threads
 from .store import MemoryStore, Output
 from .types import Interactions, Part, ServiceContext, Split
 from .utility import holdout, utility_metrics
@@ -190,7 +190,7 @@ class Cell:
     SIDES = ("shadow", "target")
 
     def __init__(self, config, plugins, store=None, progress: Callable[[str], None] | None = None):
-        self.config = config
+        self.config = config.validate()
         self.plugins = plugins
         self.store = store if store is not None else MemoryStore()
         self.progress = progress
@@ -447,7 +447,17 @@ class Cell:
 
     def features(self, part: str, defended: bool) -> np.ndarray:
         def compute(featurizer, interactions: Interactions, lists: np.ndarray):
-            return {"X": np.asarray(featurizer.transform(interactions, lists), dtype=np.float32)}, {}
+            with stage_threads():
+                x = np.asarray(featurizer.transform(interactions, lists), dtype=np.float32)
+            name = self.config.featurizer
+            if x.ndim != 2 or x.shape[0] != interactions.n_users:
+                raise MiarsError(f"featurizer {name!r} returned features of shape {x.shape}, expected one row per user "
+                                 f"({interactions.n_users}, d)")
+            if not np.isfinite(x).all():
+                bad = int((~np.isfinite(x)).any(axis=1).sum())
+                raise MiarsError(f"featurizer {name!r} produced non-finite features (NaN or infinity) for {bad} of "
+                                 f"{x.shape[0]} {part} users: the run is broken; check its parameters and inputs")
+            return {"X": x}, {}
 
         return self._run("features", self.key("features", part, defended), "features", f"featurizing the {part} part",
                          lambda: (self.featurizer(part), self.part(part).interactions, self.lists(part, defended)),
@@ -457,9 +467,10 @@ class Cell:
         c = self.config
 
         def compute(x_shadow: np.ndarray, y_shadow: np.ndarray, x_target: np.ndarray):
-            model = self.create("attack").fit(x_shadow, y_shadow, seed=stage_seed(c.seed, "attack"))
-            scores = np.asarray(model.decision_function(x_target), dtype=np.float64)
-            predicted = np.asarray(model.predict(x_target)).astype(bool)
+            with stage_threads():
+                model = self.create("attack").fit(x_shadow, y_shadow, seed=stage_seed(c.seed, "attack"))
+                scores = np.asarray(model.decision_function(x_target), dtype=np.float64)
+                predicted = np.asarray(model.predict(x_target)).astype(bool)
             if not np.isfinite(scores).all():
                 raise MiarsError(f"attack {c.attack!r} produced non-finite scores; check its inputs and parameters")
             return {"scores": scores, "predicted": predicted}, {}

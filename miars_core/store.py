@@ -8,6 +8,7 @@ the same key (two workers) both succeed; the first rename wins and the contents 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .errors import MiarsError
 
 #: Layout version of the store itself (bump when the on-disk format changes).
 STORE_FORMAT = "v1"
@@ -124,6 +127,14 @@ class DiskStore:
         return {k: v for k, v in json.loads(path.read_text()).items() if k != "_arrays"}
 
     def put(self, stage: str, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Output:
+        try:
+            self._write(stage, key, arrays, meta)
+        except OSError as exc:
+            raise MiarsError(f"cannot write the stage cache under {str(self.root)!r} ({exc.strerror or exc}); nothing was "
+                             "written to --out; free space there, pass --cache DIR on another disk, or --no-cache") from None
+        return self._memo.put(stage, key, arrays, meta)
+
+    def _write(self, stage: str, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         folder = self.path(stage, key)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{key[:12]}.", suffix=".tmp"))
@@ -132,7 +143,10 @@ class DiskStore:
                 arr = np.asarray(value)
                 if arr.dtype == object:
                     raise TypeError(f"stage {stage}: array {name!r} has dtype object; store plain numbers or strings")
-                np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
+                buf = io.BytesIO()  # written in one call, so a full disk or file-size limit raises with its errno
+                np.lib.format.write_array(buf, arr, allow_pickle=False)
+                with open(tmp / f"{name}.npy", "wb") as fh:
+                    fh.write(buf.getbuffer())
             record = {**meta, "_arrays": sorted(arrays)}
             (tmp / "meta.json").write_text(json.dumps(record, sort_keys=True, allow_nan=False))
             try:
@@ -144,7 +158,6 @@ class DiskStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return self._memo.put(stage, key, arrays, meta)
 
     def clean_partial(self, min_age: float = 3600.0) -> int:
         """Remove temporary folders that killed writers left (older than ``min_age`` seconds)."""

@@ -404,17 +404,21 @@ def test_sigterm_during_training_removes_recbole_temporary_files(small_dataset, 
     """A run killed by SIGTERM while RecBole trains leaves no members' data in $TMPDIR."""
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    env = {**os.environ, **ENV, "TMPDIR": str(tmp), "OMP_WAIT_POLICY": "PASSIVE", "PYTHONDONTWRITEBYTECODE": "1"}
+    cache = tmp_path / "cache"
+    env = {**os.environ, **ENV, "TMPDIR": str(tmp), "OMP_WAIT_POLICY": "PASSIVE", "PYTHONDONTWRITEBYTECODE": "1",
+           "MIARS_CACHE": str(cache)}
     argv = [str(MIARS_ATTACK), "--dataset", str(small_dataset), "--target", "lfm", "--shadow", "lfm",
             "--target-param", "epochs=100000", "--shadow-param", "epochs=100000", *FAST, "--out", str(tmp_path / "out")]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not list(tmp.glob("miars-recbole-*/members/members.inter")):
+        # RecBole's temporary folder lives while it builds its dataset; the split is stored just before
+        while time.monotonic() < deadline and not (list(tmp.glob("miars-recbole-*"))
+                                                   or list(cache.glob("stages/v1/split/*/*/meta.json"))):
             assert proc.poll() is None, proc.communicate()
-            time.sleep(0.2)
-        assert list(tmp.glob("miars-recbole-*")), "training never started"
-        time.sleep(1.0)  # inside RecBole's training loop
+            time.sleep(0.05)
+        assert list(cache.glob("stages/v1/split/*/*/meta.json")), "training never started"
+        time.sleep(3.0)  # inside the recommender's training loop (100,000 epochs)
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
