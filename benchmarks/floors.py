@@ -252,7 +252,7 @@ def main() -> None:
                 return model.fit(xs, ys, seed=0).decision_function(xt)
 
             r = interleaved({"miars": lambda: run(MLPAttack()), "floor": lambda: mlp_floor(xs, ys),
-                             "old": lambda: run(MLPAttack(epochs=100, batch_size=128, optimizer="sgd"))}, args.repeat)
+                             "old": lambda: run(MLPAttack(epochs=100, batch_size=128, optimizer="sgd", weight_decay=1e-4))}, args.repeat)
             auc_new, auc_old = roc_auc_score(yt, r["miars"][1]), roc_auc_score(yt, r["old"][1])
             rows.append((f"attack MLP on {name}/{name} features", r["miars"][0], r["floor"][0],
                          f"ROC-AUC {auc_new:.4f} (full-batch Adam 300 steps) vs {auc_old:.4f} (previous: SGD, "

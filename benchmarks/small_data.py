@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-attack", action="store_true")
+    ap.add_argument("--attack-only", action="store_true")
     args = ap.parse_args()
 
     from miars_core.pipeline import AttackConfig, load_dataset, run_attack
@@ -66,7 +67,7 @@ def main() -> None:
         return heldout_recall(fitted.score_rows, fit, held, rows, k)
 
     fit_inter = Interactions(fit, members.user_ids, members.item_ids)
-    for name in args.models.split(","):
+    for name in args.models.split(",") if not args.attack_only else []:
         t = time.perf_counter()
         auto = plugins.create("recommender", name).fit(fit_inter, seed=args.seed)
         auto_s = time.perf_counter() - t

@@ -26,7 +26,7 @@ class MLPAttack(Component):
     }
 
     def __init__(self, hidden: tuple[int, ...] = (32, 8), epochs: int = 300, batch_size: int | None = None,
-                 learning_rate: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.1,
+                 learning_rate: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.01,
                  optimizer: str = "adam"):
         self.hidden = hidden
         self.epochs = epochs
