@@ -202,7 +202,8 @@ def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, execu
         (run_dir / "cells").mkdir(parents=True, exist_ok=True)
         _clean_stale(run_dir)
         by_id = dict(zip(ids, configs))
-        grid_record = {"spec": spec.to_json(), "cells": ids, "status": "running", "executor": executor.describe()}
+        runs = _previous_runs(run_dir)
+        grid_record = {"spec": spec.to_json(), "cells": ids, "status": "running", "executor": executor.describe(), "runs": runs}
         _atomic_json(run_dir / "grid.json", grid_record)
         if not executor.in_process and _all_cached(tasks, cells, store):
             executor.close()  # only reading is left: workers would spend longer importing torch
@@ -215,9 +216,12 @@ def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, execu
         if tmp_cache:
             shutil.rmtree(tmp_cache, ignore_errors=True)
     wall = round(time.perf_counter() - start, 3)
-    grid_record.update(status="finished", failed=sorted(failed), wall_seconds=wall, stage_seconds=stage_seconds,
-                       fit_seconds=round(sum(v for k, v in stage_seconds.items() if k.startswith("serve")), 3),
-                       attack_seconds=stage_seconds.get("attack", 0.0))
+    this_run = {"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "executor": executor.describe(),
+                "failed": sorted(failed), "wall_seconds": wall, "stage_seconds": stage_seconds,
+                "fit_seconds": round(sum(v for k, v in stage_seconds.items() if k.startswith("serve")), 3),
+                "attack_seconds": stage_seconds.get("attack", 0.0)}
+    # Top level: this run; ``runs``: every run of this grid, oldest first (a resumed grid keeps its history).
+    grid_record.update(status="finished", **this_run, runs=[*grid_record["runs"], this_run])
     _atomic_json(run_dir / "grid.json", grid_record)
     return GridSummary(run_dir, ids, failed, wall, stage_seconds, executor.describe())
 
@@ -227,6 +231,20 @@ def _all_cached(tasks: dict[str, Task], cells: dict[str, Any], store) -> bool:
     if any(t.spec["kind"] != "cell" for t in tasks.values()):
         return False
     return all(store.meta(stage, key) is not None for cell in cells.values() for stage, _, key in cell.graph())
+
+
+def _previous_runs(run_dir: Path) -> list[dict]:
+    try:
+        record = json.loads((run_dir / "grid.json").read_text())
+    except (OSError, ValueError):
+        return []
+    runs = record.get("runs") if isinstance(record, dict) else None
+    if isinstance(runs, list):
+        return runs
+    if isinstance(record, dict) and "wall_seconds" in record:  # written before grids kept a history
+        return [{k: record.get(k) for k in ("executor", "failed", "wall_seconds", "stage_seconds", "fit_seconds",
+                                            "attack_seconds")}]
+    return []
 
 
 def _check_run_dir(run_dir: Path, ids: list[str]) -> None:

@@ -110,8 +110,14 @@ def cell_record(config: AttackConfig) -> dict:
 
 
 def cell_id(config: AttackConfig) -> str:
-    """A folder name: a readable slug (dataset, target, shadow, defense, k, seed) plus a config hash."""
-    record = asdict(config)
+    """A folder name: a readable slug (dataset, target, shadow, defense, k, seed) plus a config hash.
+
+    The hash covers every setting that differs from :class:`AttackConfig`'s defaults, plus the
+    names, so a setting added to miars later (at its default) does not rename existing cells.
+    """
+    defaults = asdict(AttackConfig())
+    always = ("dataset", "target", "shadow", "seed", "top_k")
+    record = {k: v for k, v in asdict(config).items() if k in always or v != defaults.get(k)}
     h = digest(record)[:10]
 
     def slug(text: str) -> str:

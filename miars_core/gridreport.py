@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import html
 import io
 import json
@@ -50,6 +51,8 @@ TABLE_METRICS = [
 HEATMAP_METRICS = {"roc_auc": "ROC-AUC", "balanced_accuracy": "balanced accuracy (the paper's \"AUC\")"}
 #: Columns that name a group (one matrix per metric); target and shadow are its rows and columns.
 GROUP_KEYS = ("dataset", "shadow_dataset", "defense", "defense_params", "top_k", "featurizer", "attack", "attacker")
+#: Bump when roc_png draws differently: stored ROC images of earlier reports are then redrawn.
+REPORT_PLOT_VERSION = 1
 BOOTSTRAP_SEED = 0
 BOOTSTRAP_RESAMPLES = 10_000
 #: Attackers of a defended cell, in display order; "headline" is the only one of an undefended cell.
@@ -501,6 +504,27 @@ def _roc_curves(rec: CellRecord) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return curves
 
 
+DIGESTS = ".roc-digests.json"
+
+
+def _curves_digest(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> str:
+    h = hashlib.sha256(f"{REPORT_PLOT_VERSION}|{title}".encode())
+    for label in sorted(curves):
+        y, s = curves[label]
+        h.update(label.encode())
+        h.update(np.ascontiguousarray(y, dtype=np.bool_).tobytes())
+        h.update(np.ascontiguousarray(s, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+def _read_digests(img: Path) -> dict[str, str]:
+    try:
+        data = json.loads((img / DIGESTS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write ``RUN_DIR/report/`` (tables.md, tables.csv, img/*.png, report.html); return the path of report.html.
 
@@ -526,6 +550,8 @@ def write_report(run_dir: str | Path) -> Path:
             images[name] = heatmap_png(g, metric, label)
             heatmaps.setdefault(g.slug, []).append((name, label))
     rocs: list[tuple[CellRecord, str | None, str | None]] = []
+    rendered = _read_digests(img)  # ROC plots are the slow part: redraw only those whose scores changed
+    digests: dict[str, str] = {}
     for rec in records:
         if rec.status != "ok":
             continue
@@ -538,7 +564,14 @@ def write_report(run_dir: str | Path) -> Path:
             rocs.append((rec, None, "no scores.tsv with both members and non-members"))
             continue
         name = f"roc-{_slug(rec.id)}.png"
-        images[name] = roc_png(curves, _cell_title(rec))
+        title = _cell_title(rec)
+        digest = _curves_digest(curves, title)
+        previous = img / name
+        if rendered.get(name) == digest and previous.is_file():
+            images[name] = previous.read_bytes()  # same scores, same title: the same picture
+        else:
+            images[name] = roc_png(curves, title)
+        digests[name] = digest
         rocs.append((rec, name, None))
     from .defensereport import defense_section
 
@@ -549,6 +582,7 @@ def write_report(run_dir: str | Path) -> Path:
         for stale in img.glob("*.png"):
             if stale.name not in images:
                 stale.unlink()
+    _atomic_write(img / DIGESTS, json.dumps(digests, sort_keys=True, indent=0).encode())
     if defenses_html:
         _atomic_write(out / "defenses.md", defenses_md.encode())
         _atomic_write(out / "defenses.csv", defenses_csv.encode())
