@@ -23,6 +23,9 @@ class PopularMix(Component):
     exist keeps her list unchanged. Deterministic: ``seed`` is unused.
     """
 
+    acts_on = "lists"
+    sweep = {"rate": [0.1, 0.2, 0.5]}
+
     def __init__(self, rate: float = 0.2, chunk_size: int = 1024):
         self.rate = rate
         self.chunk_size = chunk_size
