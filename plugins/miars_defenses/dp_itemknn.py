@@ -18,6 +18,9 @@ from . import _params
 #: Largest dense (item rows x items) block of the co-occurrence matrix held at once (float32).
 MAX_BLOCK_ELEMENTS = 1 << 23
 
+#: Items per noise tile: each pair of tiles draws its noise from its own seeded generator.
+NOISE_TILE = 256
+
 
 def bound_per_user(matrix: sp.csr_matrix, max_per_user: int, seed: int) -> sp.csr_matrix:
     """Each row keeps at most ``max_per_user`` of its entries, drawn uniformly without replacement (seeded)."""
@@ -47,9 +50,11 @@ def gaussian_sigma(epsilon: float, delta: float, sensitivity: float) -> float:
         a, b = sensitivity / (2 * s), epsilon * s / sensitivity
         return ndtr(a - b) - math.exp(epsilon + log_ndtr(-a - b)) - delta
 
-    lo, hi = 1e-6 * sensitivity, sensitivity
+    lo, hi = sensitivity, sensitivity
     while excess(hi) > 0:
         hi *= 2
+    while excess(lo) <= 0 and lo > 1e-12 * sensitivity:
+        lo /= 2
     for _ in range(200):
         mid = math.sqrt(lo * hi)
         if excess(mid) > 0:
@@ -76,8 +81,10 @@ class DPItemKNN(Component):
        scale ``L1 / epsilon``, pure epsilon-DP, ``delta = 0``) and the L2 sensitivity is
        ``sqrt(m (m + 1) / 2)`` (``mechanism="gaussian"``, the default: the analytic Gaussian
        mechanism of Balle & Wang, ICML 2018, at ``delta``, default ``1 / n_members``);
-    3. post-processing only: negative counts are clipped (pairs to 0, item counts to 1),
-       cosine similarity ``C_ij / (sqrt(C_ii C_jj) + shrink)``, the ``neighbors`` most similar
+    3. post-processing only: noisy pair counts below ``threshold`` noise standard deviations
+       become 0 (without this, pure noise on the many zero pairs of rare items would pose as
+       strong similarity), item counts are raised to at least that floor (and 1), cosine
+       similarity ``C_ij / (sqrt(C_ii C_jj) + shrink)``, the ``neighbors`` most similar
        items of each item kept (``neighbors`` defaults to the wrapped ItemKNN's ``k``), and a
        member's scores are her history times that sparse similarity (like RecBole's ItemKNN).
 
@@ -92,12 +99,14 @@ class DPItemKNN(Component):
     recommenders = ("item", "recbole:ItemKNN")
 
     def __init__(self, epsilon: float = 1.0, max_per_user: int = 50, mechanism: str = "gaussian",
-                 delta: float | None = None, neighbors: int | None = None, score_batch_size: int = 512):
+                 delta: float | None = None, neighbors: int | None = None, threshold: float = 3.0,
+                 score_batch_size: int = 512):
         self.epsilon = epsilon
         self.max_per_user = max_per_user
         self.mechanism = mechanism
         self.delta = delta
         self.neighbors = neighbors
+        self.threshold = threshold
         self.score_batch_size = score_batch_size
 
     def _validate(self) -> tuple:
@@ -108,11 +117,12 @@ class DPItemKNN(Component):
         delta = _params.number(name, "delta", self.delta, low=0, high=1, low_open=True, high_open=True,
                                example=1e-5, allow_none=True)
         neighbors = _params.number(name, "neighbors", self.neighbors, low=1, integer=True, example=100, allow_none=True)
+        threshold = _params.number(name, "threshold", self.threshold, low=0, example=3.0)
         batch = _params.number(name, "score_batch_size", self.score_batch_size, low=1, integer=True, example=512)
-        return eps, m, mech, delta, neighbors, batch
+        return eps, m, mech, delta, neighbors, threshold, batch
 
     def fit(self, recommender, members: Interactions, seed: int = 0) -> "_FittedKNN":
-        eps, m, mech, delta, neighbors, batch = self._validate()
+        eps, m, mech, delta, neighbors, threshold, batch = self._validate()
         if getattr(recommender, "model", None) != "ItemKNN":
             raise MiarsError(
                 f"dp-itemknn trains item-based kNN only ({', '.join(self.recommenders)}), not "
@@ -130,14 +140,16 @@ class DPItemKNN(Component):
         else:
             delta = 1.0 / max(n_users, 1) if delta is None else delta
             scale = gaussian_sigma(eps, delta, math.sqrt(l1))
-        w = _noisy_cosine_knn(x, scale, mech, neighbors, shrink, seed)
+        std = scale * math.sqrt(2.0) if mech == "laplace" else scale
+        w, noisy_counts = _noisy_cosine_knn(x, scale, mech, neighbors, shrink, seed, floor=threshold * std)
         self.privacy_ = {
             "epsilon": eps, "delta": delta, "level": "user",
             "mechanism": f"{mech} noise on item co-occurrence counts (McSherry & Mironov, KDD 2009)",
-            "max_per_user": m, "neighbors": neighbors, "noise_scale": scale,
+            "max_per_user": m, "neighbors": neighbors, "noise_scale": scale, "noise_std": std,
+            "threshold": threshold,
             "sensitivity": l1 if mech == "laplace" else math.sqrt(l1), "params": self.get_params(),
         }
-        fitted = _FittedKNN(w, sp.csr_matrix(members.matrix), batch)
+        fitted = _FittedKNN(w, sp.csr_matrix(members.matrix), batch, popularity=noisy_counts)
         fitted.fit_info_ = {"defense": "dp-itemknn", "fit_seconds": round(time.perf_counter() - start, 3),
                             "kept_interactions": int(x.nnz), "interactions": int(members.matrix.nnz), **self.privacy_}
         return fitted
@@ -151,39 +163,45 @@ def _noise_block(seed: int, i: int, j: int, shape: tuple[int, int], mechanism: s
 
 
 def _noisy_cosine_knn(x: sp.csr_matrix, scale: float, mechanism: str, neighbors: int, shrink: float,
-                      seed: int) -> sp.csr_matrix:
+                      seed: int, floor: float = 0.0) -> sp.csr_matrix:
     """Sparse (items x items) top-``neighbors`` cosine similarity of the noised co-occurrence of ``x``.
 
-    Noise is symmetric: entry (i, j), i <= j, gets one draw, from the generator of its pair of
-    item blocks, and (j, i) reuses it. Only one block row of dense counts exists at a time.
+    Noise is symmetric and fixed by the seed alone: the item range is cut into tiles of
+    :data:`NOISE_TILE` items, tile pair (a, b), a <= b, has its own generator, entry (i, j) with
+    i <= j gets one draw and (j, i) reuses it. Rows are processed in blocks of whole tiles, so
+    only one block row of dense counts exists at a time and the block size changes nothing.
+    Post-processing: noisy pair counts below ``floor`` become 0, noisy item counts are raised
+    to ``max(floor, 1)``.
     """
     n_items = x.shape[1]
-    b = max(1, min(n_items, MAX_BLOCK_ELEMENTS // max(n_items, 1)))
-    starts = list(range(0, n_items, b))
+    t = NOISE_TILE
+    n_tiles = -(-n_items // t)
+    b = max(1, MAX_BLOCK_ELEMENTS // max(n_items, 1) // t) * t
     xc = sp.csc_matrix(x)
     xt = sp.csr_matrix(x.T)
 
-    def noise(bi: int, bj: int) -> np.ndarray:
-        si, sj = starts[bi], starts[bj]
-        shape = (min(b, n_items - si), min(b, n_items - sj))
-        if bi < bj:
-            return _noise_block(seed, bi, bj, shape, mechanism, scale)
-        if bi > bj:
-            return noise(bj, bi).T
-        z = _noise_block(seed, bi, bi, shape, mechanism, scale)
-        upper = np.triu(z)
-        return upper + np.triu(z, 1).T
+    def tile(a: int, c: int) -> np.ndarray:
+        shape = (min(t, n_items - a * t), min(t, n_items - c * t))
+        if a < c:
+            return _noise_block(seed, a, c, shape, mechanism, scale)
+        if a > c:
+            return tile(c, a).T
+        z = _noise_block(seed, a, a, shape, mechanism, scale)
+        return np.triu(z) + np.triu(z, 1).T
+
+    def noise_rows(s: int, e: int) -> np.ndarray:
+        return np.concatenate([np.concatenate([tile(a, c) for c in range(n_tiles)], axis=1)
+                               for a in range(s // t, -(-e // t))], axis=0)
 
     counts = np.asarray(x.sum(axis=0)).ravel().astype(np.float32)
-    noisy_counts = counts.copy()
-    for bi, s in enumerate(starts):
-        noisy_counts[s : s + b] += np.diag(noise(bi, bi))
-    norm = np.sqrt(np.maximum(noisy_counts, 1.0))
+    noisy_counts = counts + np.concatenate([np.diag(tile(a, a)) for a in range(n_tiles)])
+    norm = np.sqrt(np.maximum(noisy_counts, max(floor, 1.0)))
     rows, cols, vals = [], [], []
-    for bi, s in enumerate(starts):
+    for s in range(0, n_items, b):
         e = min(s + b, n_items)
         block = np.asarray((xt[s:e] @ xc).todense(), dtype=np.float32)  # (block items, all items) co-occurrence
-        block += np.concatenate([noise(bi, bj) for bj in range(len(starts))], axis=1)
+        block += noise_rows(s, e)
+        block[block < floor] = 0.0
         np.maximum(block, 0.0, out=block)
         block /= norm[s:e, None] * norm[None, :] + np.float32(shrink + 1e-6)
         block[np.arange(e - s), np.arange(s, e)] = 0.0  # an item is not its own neighbour
@@ -195,19 +213,26 @@ def _noisy_cosine_knn(x: sp.csr_matrix, scale: float, mechanism: str, neighbors:
         cols.append(target[keep])  # a user's score for j sums over her items among j's neighbours)
         vals.append(v.ravel()[keep])
     w = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_items, n_items))
-    return w
+    return w, noisy_counts
 
 
 class _FittedKNN:
-    """A fitted kNN: ``recommend(k)`` scores members' histories against the similarity ``w_``."""
+    """A fitted kNN: ``recommend(k)`` scores members' histories against the similarity ``w_``.
 
-    def __init__(self, w: sp.csr_matrix, train: sp.csr_matrix, score_batch_size: int = 512):
+    Ties (above all the many items with score 0 when noise erased most similarities) are broken
+    by the released noisy item counts ``popularity``: a term below 1e-6, post-processing only.
+    """
+
+    def __init__(self, w: sp.csr_matrix, train: sp.csr_matrix, score_batch_size: int = 512, popularity=None):
         self.w_ = w
         self.train_ = train
         self.score_batch_size = score_batch_size
+        pop = np.zeros(w.shape[0]) if popularity is None else np.asarray(popularity, dtype=np.float64)
+        span = pop.max() - pop.min() if len(pop) else 0.0
+        self.prior_ = (1e-6 * (pop - pop.min()) / span if span > 0 else np.zeros_like(pop)).astype(np.float32)
 
     def recommend(self, k: int) -> np.ndarray:
         def rows(index: np.ndarray) -> np.ndarray:
-            return np.asarray((self.train_[index] @ self.w_).todense(), dtype=np.float32)
+            return np.asarray((self.train_[index] @ self.w_).todense(), dtype=np.float32) + self.prior_[None, :]
 
         return top_k_excluding(rows, self.train_, k, batch_size=self.score_batch_size)
