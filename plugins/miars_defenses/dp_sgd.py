@@ -237,10 +237,23 @@ def _train(model_name, train, overrides, seed, *, epochs, batch_size, lr, epsilo
                            max_grad_norm=max_grad_norm, delta=delta, threads=threads)
 
 
+#: RDP orders used to calibrate the noise multiplier (a valid bound at any set of orders; this compact
+#: set is ~10x faster than opacus' default one, which still gives the reported, tighter epsilon).
+CALIBRATION_ALPHAS = [1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 32.0, 64.0]
+
+
 def _train_loop(engine, model, user_rb, item_cols, train, users, items, seed, *, epochs, batch_size, lr, epsilon,
                 noise_multiplier, max_grad_norm, delta, threads):
+    """Poisson-sampled DP-SGD steps; opacus clips, adds noise and accounts.
+
+    The loader handed to opacus only tells it the sample rate ``q = 1 / ceil(n / batch_size)``;
+    the loop draws each step's sample itself (every record independently with probability
+    ``q``, which is what the accountant assumes), ``int(epochs / q)`` steps in all, as opacus
+    counts them when it calibrates the noise for a target epsilon.
+    """
     import opacus
     import torch
+    from opacus.accountants.utils import get_noise_multiplier
     from torch.utils.data import DataLoader, TensorDataset
 
     from miars_recbole.session import FittedRecBole
@@ -251,30 +264,33 @@ def _train_loop(engine, model, user_rb, item_cols, train, users, items, seed, *,
     module.train()
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
     loader = DataLoader(TensorDataset(users, items), batch_size=min(batch_size, n_records))
-    noise_gen = torch.Generator().manual_seed(int(seed) + 1)
-    common = dict(module=module, optimizer=optimizer, criterion=criterion, data_loader=loader,
-                  max_grad_norm=max_grad_norm, poisson_sampling=True, grad_sample_mode="ghost", noise_generator=noise_gen)
+    q = 1.0 / len(loader)
+    n_steps = int(epochs / q)
     if epsilon is not None:
-        dp_module, dp_opt, dp_crit, dp_loader = engine.make_private_with_epsilon(
-            target_epsilon=epsilon, target_delta=delta, epochs=epochs, **common)
-    else:
-        dp_module, dp_opt, dp_crit, dp_loader = engine.make_private(noise_multiplier=noise_multiplier, **common)
-    neg_gen = torch.Generator().manual_seed(int(seed) + 2)
-    steps, last = 0, None
-    for _ in range(epochs):
-        total, count = 0.0, 0
-        for u, pos in dp_loader:
-            if len(u) == 0:  # an empty Poisson sample: nothing is released, nothing is counted
-                continue
-            neg = torch.randint(1, n_rb_items, (len(u),), generator=neg_gen)
-            dp_opt.zero_grad()
-            loss = dp_crit(dp_module(u, torch.stack([pos, neg], dim=1)), None)
-            loss.backward()
-            dp_opt.step()
-            steps += 1
-            total += float(loss.detach()) * len(u)
-            count += len(u)
-        last = total / max(count, 1)
+        extra = {"alphas": CALIBRATION_ALPHAS} if engine.accountant.mechanism() == "rdp" else {}
+        noise_multiplier = get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=q, steps=n_steps,
+                                                accountant=engine.accountant.mechanism(), **extra)
+    dp_module, dp_opt, dp_crit, _ = engine.make_private(
+        module=module, optimizer=optimizer, criterion=criterion, data_loader=loader, noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm, poisson_sampling=False, grad_sample_mode="ghost",
+        noise_generator=torch.Generator().manual_seed(int(seed) + 1))
+    sample_gen = torch.Generator().manual_seed(int(seed) + 2)
+    steps, total, count = 0, 0.0, 0
+    for _ in range(n_steps):
+        index = torch.nonzero(torch.rand(n_records, generator=sample_gen) < q).squeeze(1)
+        if len(index) == 0:  # an empty Poisson sample: nothing is released, nothing is counted
+            continue
+        u, pos = users[index], items[index]
+        neg = torch.randint(1, n_rb_items, (len(index),), generator=sample_gen)
+        dp_opt.zero_grad()
+        loss = dp_crit(dp_module(u, torch.stack([pos, neg], dim=1)), None)
+        loss.backward()
+        dp_opt.step()
+        steps += 1
+        if steps > n_steps - max(1, int(1 / q)):  # the loss over the last epoch
+            total += float(loss.detach()) * len(index)
+            count += len(index)
+    last = total / count if count else None
     eps = float(engine.get_epsilon(delta))
     if hasattr(dp_module, "_close"):
         dp_module._close()
@@ -283,7 +299,7 @@ def _train_loop(engine, model, user_rb, item_cols, train, users, items, seed, *,
     model.eval()
     torch.set_num_threads(threads)
     fitted = FittedRecBole(model, user_rb, item_cols, train.shape[1], epochs, last, {})
-    info = {"epsilon": eps, "noise_multiplier": float(dp_opt.noise_multiplier), "sample_rate": float(1 / len(loader)),
+    info = {"epsilon": eps, "noise_multiplier": float(dp_opt.noise_multiplier), "sample_rate": q,
             "steps": steps, "final_loss": None if last is None or not math.isfinite(last) else float(last),
             "opacus": opacus.__version__}
     return fitted, info
