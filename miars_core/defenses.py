@@ -106,10 +106,10 @@ def serve_members(recommender: Any, members: Interactions, k: int, seed: int, de
                   known: sp.spmatrix | None = None) -> tuple[np.ndarray, Any]:
     """Members' top-``k`` lists under ``defense`` (any kind; ``lists`` defenses act later, on all users).
 
-    ``known`` (default ``members.matrix``) is what each member must never be served; pass the
-    full history when ``members`` is a hold-out's training part and held-out items may be served
-    (then pass the training part, as the held-out items are what utility looks for).
-    Returns ``(lists, fitted)``.
+    ``known`` (default ``members.matrix``) is what each member must never be served. Leave the
+    default when ``members`` is the training part of :func:`miars_core.utility.holdout`: the
+    held-out items must stay servable, since utility counts how many the lists find.
+    Returns ``(lists, fitted)``; ``privacy_of(defense)`` then holds a training defense's guarantee.
     """
     fitted, train = fit_under_defense(recommender, members, seed, defense)
     known = sp.csr_matrix(members.matrix) if known is None else sp.csr_matrix(known)

@@ -82,8 +82,10 @@ class DPItemKNN(Component):
        ``sqrt(m (m + 1) / 2)`` (``mechanism="gaussian"``, the default: the analytic Gaussian
        mechanism of Balle & Wang, ICML 2018, at ``delta``, default ``1 / n_members``);
     3. post-processing only: noisy pair counts below ``threshold`` noise standard deviations
-       become 0 (without this, pure noise on the many zero pairs of rare items would pose as
-       strong similarity), item counts are raised to at least that floor (and 1), cosine
+       become 0 — without this, pure noise on the millions of zero pairs poses as strong
+       similarity between rare items; the default sets it so that about one pure-noise pair in
+       all survives (``sqrt(2 ln P)`` for Gaussian, ``ln P / sqrt 2`` for Laplace noise, ``P`` the
+       number of pairs) —, item counts are raised to at least that floor (and 1), cosine
        similarity ``C_ij / (sqrt(C_ii C_jj) + shrink)``, the ``neighbors`` most similar
        items of each item kept (``neighbors`` defaults to the wrapped ItemKNN's ``k``), and a
        member's scores are her history times that sparse similarity (like RecBole's ItemKNN).
@@ -99,7 +101,7 @@ class DPItemKNN(Component):
     recommenders = ("item", "recbole:ItemKNN")
 
     def __init__(self, epsilon: float = 1.0, max_per_user: int = 50, mechanism: str = "gaussian",
-                 delta: float | None = None, neighbors: int | None = None, threshold: float = 3.0,
+                 delta: float | None = None, neighbors: int | None = None, threshold: float | None = None,
                  score_batch_size: int = 512):
         self.epsilon = epsilon
         self.max_per_user = max_per_user
@@ -117,7 +119,7 @@ class DPItemKNN(Component):
         delta = _params.number(name, "delta", self.delta, low=0, high=1, low_open=True, high_open=True,
                                example=1e-5, allow_none=True)
         neighbors = _params.number(name, "neighbors", self.neighbors, low=1, integer=True, example=100, allow_none=True)
-        threshold = _params.number(name, "threshold", self.threshold, low=0, example=3.0)
+        threshold = _params.number(name, "threshold", self.threshold, low=0, example=5.0, allow_none=True)
         batch = _params.number(name, "score_batch_size", self.score_batch_size, low=1, integer=True, example=512)
         return eps, m, mech, delta, neighbors, threshold, batch
 
@@ -141,6 +143,9 @@ class DPItemKNN(Component):
             delta = 1.0 / max(n_users, 1) if delta is None else delta
             scale = gaussian_sigma(eps, delta, math.sqrt(l1))
         std = scale * math.sqrt(2.0) if mech == "laplace" else scale
+        if threshold is None:  # about one pure-noise pair above the threshold among all n_items^2 / 2
+            pairs = max(n_items * (n_items + 1) / 2, 2.0)
+            threshold = math.log(pairs) / math.sqrt(2.0) if mech == "laplace" else math.sqrt(2.0 * math.log(pairs))
         w, noisy_counts = _noisy_cosine_knn(x, scale, mech, neighbors, shrink, seed, floor=threshold * std)
         self.privacy_ = {
             "epsilon": eps, "delta": delta, "level": "user",

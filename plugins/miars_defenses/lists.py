@@ -17,14 +17,15 @@ CHUNK = 1024
 class ListNoise(Component):
     """Replace each served item with probability p by a random popular unknown item, for every user (randomized response, Warner 1965).
 
-    The classic randomized-response mechanism (S. L. Warner, "Randomized response", JASA 1965),
-    applied to recommendation lists as the output-perturbation defense of Zhang et al.
-    (CCS 2021, section 7) suggests: every position of every served list — members' and
+    The randomized-response idea (S. L. Warner, "Randomized response: a survey technique for
+    eliminating evasive answer bias", JASA 1965) applied to the served lists, against the attack
+    of Zhang et al. (CCS 2021): every position of every served list — members' and
     non-members' alike, so noise alone does not tell the groups apart — is replaced
     independently with probability ``p`` by an item drawn uniformly, without replacement, from
     the ``pool`` most popular items (``context.popular``) that the user does not know and
     that are not in her list. Kept items keep their rank. ``pool`` defaults to ``10 * k``.
-    ``p = 0`` serves the lists unchanged; ``p = 1`` replaces every position.
+    ``p = 0`` serves the lists unchanged; ``p = 1`` replaces every position. No formal
+    privacy guarantee (the kept items are still the model's).
     """
 
     acts_on = "lists"
