@@ -437,3 +437,23 @@ def test_holdout_keeps_one_training_item_and_a_seeded_fifth():
     assert holdout(one, 0.5, seed=0)[1].nnz == 0
     with pytest.raises(MiarsError, match="fraction"):
         holdout(data, 1.0, seed=0)
+
+
+# --------------------------------------------------------------------------- the serving contract
+
+
+def test_serve_members_under_a_training_defense_and_acts_on_validation():
+    from miars_recbole import ItemKNN
+
+    data = checks.make_interactions(n_users=30, n_items=60, seed=8)
+    defense = DPItemKNN(epsilon=1.0)
+    lists, fitted = serve_members(ItemKNN(k=10), data, 10, seed=0, defense=defense)
+    assert lists.shape == (30, 10) and lists.dtype == np.int64
+    assert not np.asarray(data.matrix[np.repeat(np.arange(30), 10), lists.ravel()]).any()
+    assert defense.privacy_["epsilon"] == 1.0 and fitted.fit_info_["defense"] == "dp-itemknn"
+
+    class Elsewhere:
+        acts_on = "model"
+
+    with pytest.raises(MiarsError, match="acts_on"):
+        acts_on(Elsewhere())
