@@ -61,6 +61,9 @@ __all__ = [
     "check_attack",
     "check_dataset",
     "check_plugin",
+    "check_list_defense",
+    "check_data_defense",
+    "check_training_defense",
 ]
 
 N_USERS = 40
@@ -212,7 +215,14 @@ def check_recommender(factory: Callable[..., Any], /, **params: Any) -> None:
 
 
 def check_defense(factory: Callable[..., Any], /, **params: Any) -> None:
-    """Check a defense factory (``apply(recommendations, context, seed)``) on synthetic lists."""
+    """Check a defense factory (``apply(recommendations, context, seed)``) on synthetic lists.
+
+    Dispatches on ``acts_on`` (see :func:`check_list_defense`, :func:`check_data_defense`,
+    :func:`check_training_defense`); a list defense that declares no ``sweep`` gets the list contract only.
+    """
+    routed = _defense_route(factory)
+    if routed is not None:
+        return routed(factory, **params)
     who = _name(factory)
     data = make_interactions(seed=1)
     n_users, n_items = data.n_users, data.n_items
@@ -380,3 +390,305 @@ def check_plugin(
                 raise AssertionError(f"{kind} {entry.name!r} of plugin {name!r}: {exc}") from exc
             done.append(f"{kind}:{entry.name}")
     return done
+
+
+# --------------------------------------------------------------------------- defenses at every point of action
+#
+# A defense declares where it acts (``acts_on``: "lists", the default, "data" or "training"; see
+# miars_core.defenses) and its documented parameter sweep (``sweep``). ``check_defense`` routes
+# here on ``acts_on``; a list defense without a ``sweep`` keeps the list contract alone (defenses
+# written before the sweep existed), every other defense gets the full check of its kind:
+#
+# * declarations: the docstring cites its paper (a year such as 2021 or CCS'21) or says it is
+#   "not from a paper"; ``sweep`` is a dict of hyperparameter -> list, one of them with >= 3
+#   distinct values, and every swept value builds the component;
+# * the contract of its kind (shape, valid and distinct items, nothing known, input untouched,
+#   same seed -> same output), for the given parameters and for every swept value;
+# * bad parameters: NaN for each numeric swept parameter, plus the caller's ``bad_params``,
+#   raise MiarsError with a one-line message that names the parameter;
+# * training defenses: ``fit`` returns a fitted recommender and sets ``privacy_`` (epsilon,
+#   delta, level "record" or "user", mechanism), and an unsupported recommender is a MiarsError.
+
+import contextvars
+import math
+import re
+
+_CITATION = re.compile(r"\b(19|20)\d\d\b|'\d\d\b|not (taken )?from (a|the) (paper|literature)", re.I)
+_BASE_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("miars_checks_base_only", default=False)
+
+#: Synthetic catalogue large enough for the sweeps of list defenses (pools of 20 * k popular items).
+N_ITEMS_SWEEP = 600
+
+
+def defense_kind(factory: Callable[..., Any]) -> str:
+    """``acts_on`` of a defense factory or instance: "lists" (also when missing), "data" or "training"."""
+    from .defenses import ACTS_ON
+
+    where = getattr(factory, "acts_on", "lists")
+    assert where in ACTS_ON, f"{_name(factory)}.acts_on must be one of {ACTS_ON}, got {where!r}"
+    return where
+
+
+def _defense_route(factory: Callable[..., Any]) -> Callable[..., Any] | None:
+    if _BASE_ONLY.get():
+        return None
+    kind = defense_kind(factory)
+    if kind == "lists" and getattr(factory, "sweep", None) is None:
+        return None
+    return {"lists": check_list_defense, "data": check_data_defense, "training": check_training_defense}[kind]
+
+
+def _check_declarations(factory: Callable[..., Any], obj: Any, params: dict[str, Any]) -> dict[str, list]:
+    who = _name(factory)
+    doc = inspect.getdoc(obj) or ""
+    assert doc.strip(), f"{who} has no docstring; its first line is the summary of `miars list defense`"
+    assert _CITATION.search(doc), (
+        f"{who}'s docstring cites no paper (no year like 2021 or CCS'21); cite it, or say the defense is not from a paper"
+    )
+    sweep = getattr(obj, "sweep", None)
+    assert isinstance(sweep, dict) and sweep, f"{who}.sweep must be a non-empty dict {{parameter: [values, ...]}}, got {sweep!r}"
+    known = get_params(obj)
+    for key, values in sweep.items():
+        assert key in known, f"{who}.sweep names {key!r}, which is not a hyperparameter of {who} ({sorted(known)})"
+        assert isinstance(values, (list, tuple)) and len(values) >= 1, f"{who}.sweep[{key!r}] must be a list of values"
+    assert any(len({repr(v) for v in values}) >= 3 for values in sweep.values()), (
+        f"{who}.sweep must give >= 3 distinct values of its main parameter, got {sweep!r}"
+    )
+    for key, values in sweep.items():
+        for value in values:
+            check_init(factory, **{**params, key: value})
+    return {k: list(v) for k, v in sweep.items()}
+
+
+def _check_bad_params(factory: Callable[..., Any], params: dict[str, Any], sweep: dict[str, list],
+                      bad_params: Any, run: Callable[[Any], Any]) -> None:
+    from .errors import MiarsError
+
+    who = _name(factory)
+    cases = [dict(b) for b in bad_params]
+    for key, values in sweep.items():
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            cases.append({key: float("nan")})
+    for bad in cases:
+        obj = factory(**{**params, **bad})
+        try:
+            run(obj)
+        except MiarsError as exc:
+            msg = str(exc)
+            assert "\n" not in msg.strip(), f"{who} with {bad!r}: the error must be one line, got {msg!r}"
+            assert any(key in msg for key in bad), f"{who} with {bad!r}: the error must name the parameter, got {msg!r}"
+            continue
+        except Exception as exc:  # noqa: BLE001 - the point is which exception
+            raise AssertionError(f"{who} with {bad!r} raised {type(exc).__name__}: {exc}; raise miars_core.errors.MiarsError") from exc
+        raise AssertionError(f"{who} accepted the bad parameters {bad!r}; validate them at the start and raise MiarsError")
+
+
+def _list_case(n_items: int = N_ITEMS, seed: int = 1) -> tuple[np.ndarray, ServiceContext, Interactions]:
+    """Lists and context like those of :func:`check_defense`: members personal, non-members popular."""
+    data = make_interactions(n_items=n_items, seed=seed)
+    n_users = data.n_users
+    rng = np.random.default_rng(seed)
+    is_member = np.zeros(n_users, dtype=bool)
+    is_member[rng.permutation(n_users)[: n_users // 2]] = True
+    known = data.matrix.toarray() > 0
+    popularity = known[is_member].sum(axis=0)
+    popular = np.lexsort((np.arange(n_items), -popularity)).astype(np.int64)
+    personal = np.argsort(np.where(known, np.inf, rng.random((n_users, n_items))), axis=1, kind="stable")[:, :K]
+    pop_rank = np.empty(n_items, dtype=np.int64)
+    pop_rank[popular] = np.arange(n_items)
+    pop_lists = np.argsort(np.where(known, n_items + pop_rank[None, :], pop_rank[None, :]), axis=1, kind="stable")[:, :K]
+    recs = np.where(is_member[:, None], personal, pop_lists).astype(np.int64)
+    return recs, ServiceContext(interactions=data, is_member=is_member, popular=popular, k=K), data
+
+
+def _check_list_apply(obj: Any, who: str, recs: np.ndarray, context: ServiceContext, factory, params) -> np.ndarray:
+    before, snap = recs.copy(), _snapshot(context.interactions)
+    out = obj.apply(recs, context, seed=0)
+    assert np.array_equal(recs, before), f"{who}.apply modified the recommendations in place; return a new array"
+    _assert_unchanged(context.interactions, snap, f"{who}.apply", "context.interactions")
+    _assert_item_lists(out, recs.shape, context.interactions.n_items, f"{who}.apply")
+    rows = np.repeat(np.arange(recs.shape[0]), recs.shape[1])
+    seen = np.asarray(context.interactions.matrix[rows, out.ravel()]).ravel() > 0
+    assert not seen.any(), f"{who}.apply serves items the user knows (rows {np.unique(rows[seen])[:5].tolist()})"
+    again = _build(factory, params).apply(recs.copy(), context, seed=0)
+    assert np.array_equal(np.asarray(again), out), f"{who}: two applies with seed=0 differ; use the seed for all randomness"
+    return out
+
+
+def check_list_defense(factory: Callable[..., Any], /, *, bad_params: Any = (), **params: Any) -> None:
+    """Check a defense acting on the served lists (``acts_on = "lists"``, ``apply(recs, context, seed)``).
+
+    The list contract of :func:`check_defense` (plus: no served item is known to its user), the
+    declarations (paper cited, ``sweep`` with >= 3 values), the contract again for every swept
+    value on a larger catalogue, and one-line MiarsErrors for NaN swept parameters and for each
+    dict in ``bad_params`` (e.g. ``[{"p": 1.5}, {"p": -0.1}]``).
+    """
+    who = _name(factory)
+    assert defense_kind(factory) == "lists", f"{who}.acts_on is {defense_kind(factory)!r}, not 'lists'"
+    obj = check_init(factory, **params)
+    sweep = _check_declarations(factory, obj, params)
+    token = _BASE_ONLY.set(True)
+    try:
+        check_defense(factory, **params)
+    finally:
+        _BASE_ONLY.reset(token)
+    recs, context, _ = _list_case()
+    _check_list_apply(obj, who, recs, context, factory, params)
+    big_recs, big_context, _ = _list_case(n_items=N_ITEMS_SWEEP)
+    for key, values in sweep.items():
+        for value in values:
+            p = {**params, key: value}
+            _check_list_apply(_build(factory, p), f"{who}({key}={value!r})", big_recs, big_context, factory, p)
+    _check_bad_params(factory, params, sweep, bad_params, lambda o: o.apply(recs.copy(), context, seed=0))
+
+
+def _check_data_apply(obj: Any, who: str, members: Interactions, factory, params) -> Interactions:
+    snap = _snapshot(members)
+    out = obj.apply_data(members, seed=0)
+    _assert_unchanged(members, snap, f"{who}.apply_data", "members")
+    assert isinstance(out, Interactions), f"{who}.apply_data must return miars_core.types.Interactions, got {type(out).__name__}"
+    m = out.matrix
+    assert sp.issparse(m) and m.format == "csr", f"{who}.apply_data: matrix must be a scipy CSR matrix"
+    assert m.shape == members.matrix.shape, f"{who}.apply_data returned shape {m.shape}, expected {members.matrix.shape} (same users and items)"
+    assert np.array_equal(out.user_ids, members.user_ids) and np.array_equal(out.item_ids, members.item_ids), (
+        f"{who}.apply_data changed the user or item ids; keep the same users and items, in the same order"
+    )
+    assert m.nnz == 0 or np.all(m.data == 1), f"{who}.apply_data: the matrix must be binary (1.0 per interaction)"
+    empty = np.flatnonzero(np.diff(m.indptr) == 0)
+    assert len(empty) == 0, f"{who}.apply_data left members {empty[:5].tolist()} without interactions; keep >= 1 each or raise MiarsError"
+    again = _build(factory, params).apply_data(members, seed=0)
+    assert (again.matrix != m).nnz == 0, f"{who}: two apply_data with seed=0 differ; use the seed for all randomness"
+    return out
+
+
+def check_data_defense(factory: Callable[..., Any], /, *, bad_params: Any = (), **params: Any) -> None:
+    """Check a defense acting on the training data (``acts_on = "data"``, ``apply_data(members, seed)``).
+
+    ``apply_data`` returns binary CSR Interactions with the same users, items and ids, every
+    member keeping >= 1 interaction, input untouched, same seed -> same data; plus the
+    declarations, every swept value, and one-line MiarsErrors for bad parameters.
+    """
+    who = _name(factory)
+    assert defense_kind(factory) == "data", f"{who}.acts_on is {defense_kind(factory)!r}, not 'data'"
+    obj = check_init(factory, **params)
+    assert callable(getattr(obj, "apply_data", None)), f"{who} has no apply_data method"
+    sweep = _check_declarations(factory, obj, params)
+    members = make_interactions(seed=5)
+    _check_data_apply(obj, who, members, factory, params)
+    for key, values in sweep.items():
+        for value in values:
+            p = {**params, key: value}
+            _check_data_apply(_build(factory, p), f"{who}({key}={value!r})", members, factory, p)
+    _check_bad_params(factory, params, sweep, bad_params, lambda o: o.apply_data(members, seed=0))
+
+
+class _MostPopular:
+    """A stand-in recommender a training defense may not support (no ``model`` attribute)."""
+
+    def get_params(self):
+        return {}
+
+    def fit(self, train, seed=0):
+        self.known_ = train.matrix
+        self.pop_ = train.item_popularity()
+        return self
+
+    def recommend(self, k):
+        from .ranking import top_k_popular
+
+        return top_k_popular(self.pop_, self.known_, k)
+
+
+def _recommender_for(factory: Callable[..., Any], recommender: Any) -> list[tuple[str, Callable[[], Any]]]:
+    """(label, builder) of the recommenders to wrap: the given one, else the defense's ``recommenders``."""
+    if recommender is not None:
+        if callable(recommender) and not hasattr(recommender, "fit"):
+            return [(_name(recommender), recommender)]
+        import copy
+
+        return [(type(recommender).__name__, lambda: copy.deepcopy(recommender))]
+    names = getattr(factory, "recommenders", None)
+    if not names:
+        return [("most-popular stand-in", _MostPopular)]
+    from .plugins import get_plugins
+
+    plugins = get_plugins()
+    out = []
+    for name in names:
+        if ":" in name:
+            continue  # namespaced aliases resolve to the same classes; check the plain names
+        out.append((name, lambda name=name: plugins.create("recommender", name)))
+    return out or [(names[0], lambda: plugins.create("recommender", names[0]))]
+
+
+def _check_privacy(obj: Any, who: str) -> dict:
+    privacy = getattr(obj, "privacy_", None)
+    assert isinstance(privacy, dict), f"{who}.fit must set privacy_ (a dict), got {type(privacy).__name__}"
+    for key in ("epsilon", "delta", "level", "mechanism"):
+        assert key in privacy, f"{who}.privacy_ lacks {key!r}; it needs epsilon, delta, level and mechanism"
+    eps, delta = privacy["epsilon"], privacy["delta"]
+    assert isinstance(eps, (int, float)) and eps > 0 and not math.isnan(eps), f"{who}.privacy_['epsilon'] must be > 0, got {eps!r}"
+    assert isinstance(delta, (int, float)) and 0 <= delta < 1, f"{who}.privacy_['delta'] must be in [0, 1), got {delta!r}"
+    assert privacy["level"] in ("record", "user"), f"{who}.privacy_['level'] must be 'record' or 'user', got {privacy['level']!r}"
+    assert isinstance(privacy["mechanism"], str) and privacy["mechanism"], f"{who}.privacy_['mechanism'] must name the mechanism"
+    return privacy
+
+
+def _check_training_fit(obj: Any, who: str, build_rec: Callable[[], Any], members: Interactions, factory, params,
+                        repeat: bool = True) -> np.ndarray:
+    snap = _snapshot(members)
+    fitted = obj.fit(build_rec(), members, seed=0)
+    _assert_unchanged(members, snap, f"{who}.fit", "members")
+    assert fitted is not None and callable(getattr(fitted, "recommend", None)), (
+        f"{who}.fit must return a fitted recommender with recommend(k), got {type(fitted).__name__}"
+    )
+    _check_privacy(obj, who)
+    out = np.asarray(fitted.recommend(K))
+    _assert_item_lists(out, (members.n_users, K), members.n_items, f"{who}: fitted.recommend({K})")
+    rows = np.repeat(np.arange(members.n_users), K)
+    seen = np.asarray(members.matrix[rows, out.ravel()]).ravel() > 0
+    assert not seen.any(), f"{who}: the fitted recommender recommends training items (rows {np.unique(rows[seen])[:5].tolist()})"
+    if repeat:
+        again = _build(factory, params).fit(build_rec(), members, seed=0).recommend(K)
+        assert np.array_equal(np.asarray(again), out), f"{who}: two fits with seed=0 recommend differently; use the seed"
+    return out
+
+
+def check_training_defense(factory: Callable[..., Any], /, *, recommender: Any = None, bad_params: Any = (),
+                           **params: Any) -> None:
+    """Check a defense acting on training (``acts_on = "training"``, ``fit(recommender, members, seed)``).
+
+    Wraps ``recommender`` (a factory or an instance; default: each plain name in the defense's
+    ``recommenders`` attribute, else a most-popular stand-in) and checks: the fitted object's
+    ``recommend(k)`` lists (int64, valid, distinct, none known), ``privacy_`` (epsilon > 0,
+    delta in [0, 1), level "record" or "user", mechanism), members untouched, same seed -> same
+    lists, the declarations, every swept value, one-line MiarsErrors for bad parameters, and a
+    MiarsError when a defense that declares ``recommenders`` is asked to wrap another one.
+    Training is real: expect seconds per fit for torch models.
+    """
+    from .errors import MiarsError
+
+    who = _name(factory)
+    assert defense_kind(factory) == "training", f"{who}.acts_on is {defense_kind(factory)!r}, not 'training'"
+    obj = check_init(factory, **params)
+    assert callable(getattr(obj, "fit", None)), f"{who} has no fit method"
+    sweep = _check_declarations(factory, obj, params)
+    members = make_interactions(seed=6)
+    builders = _recommender_for(factory, recommender)
+    for label, build_rec in builders:
+        _check_training_fit(obj, f"{who} on {label}", build_rec, members, factory, params)
+    label, build_rec = builders[0]
+    for key, values in sweep.items():
+        for value in values:
+            p = {**params, key: value}
+            _check_training_fit(_build(factory, p), f"{who}({key}={value!r}) on {label}", build_rec, members, factory, p,
+                                repeat=False)
+    _check_bad_params(factory, params, sweep, bad_params, lambda o: o.fit(build_rec(), members, seed=0))
+    if getattr(factory, "recommenders", None) and recommender is None:
+        try:
+            _build(factory, params).fit(_MostPopular(), members, seed=0)
+        except MiarsError as exc:
+            assert "\n" not in str(exc).strip(), f"{who}: the unsupported-recommender error must be one line"
+        else:
+            raise AssertionError(f"{who} declares recommenders={factory.recommenders!r} but accepted another recommender; "
+                                 "raise MiarsError naming the supported ones")

@@ -507,6 +507,7 @@ def bench_defenses(
         for name in names:
             sweeps[name].update(overrides.get("*", {}))
             sweeps[name].update(overrides.get(name, {}))
+        only = {name: list(getattr(registry.get(name).factory, "recommenders", None) or []) for name in names}
         recs = parse_scoped_params(target_param, "--target-param")
         spec = GridSpec(
             dataset=parse_list_flag(dataset, "--dataset") or ["ml-100k"], data_dir=data_dir,
@@ -514,7 +515,7 @@ def bench_defenses(
             defense=[None, *names], defense_params=sweeps,
             top_k=parse_list_flag(top_k, "--top-k", int) or [100], seed=parse_list_flag(seed, "--seed", int) or [0, 1, 2],
             target_params=recs, shadow_params=recs, attack_params=parse_scoped_params(attack_param, "--attack-param"),
-            utility_holdout=utility_holdout,
+            utility_holdout=utility_holdout, defense_targets={k: v for k, v in only.items() if v},
         )
         _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet)
 

@@ -45,6 +45,9 @@ class GridSpec:
     featurizer_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     defense_params: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    #: ``{defense: [recommenders]}``: cross that defense only with these targets (training defenses
+    #: that can train only some recommenders); other defenses cross with every target.
+    defense_targets: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -55,6 +58,9 @@ class GridSpec:
         for dataset, shadow_dataset, target in itertools.product(self.dataset, self.shadow_dataset, self.target):
             for shadow in (self.shadow if self.shadow is not None else [target]):
                 for defense, dparams in self._defenses():
+                    allowed = self.defense_targets.get(defense or "")
+                    if allowed is not None and (target not in allowed or shadow not in allowed):
+                        continue
                     for top_k, featurizer, attack, seed in itertools.product(self.top_k, self.featurizer, self.attack, self.seed):
                         out.append(AttackConfig(
                             dataset=dataset, shadow_dataset=shadow_dataset if shadow_dataset != dataset else None,

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .components import get_params
+from .defenses import acts_on
 from .errors import MiarsError
 from .ranking import check_k, top_k_popular
 from .types import Part, ServiceContext
@@ -77,17 +78,6 @@ def check_lists(lists: Any, shape: tuple[int, int], known, who: str, what: str =
     return arr
 
 
-def defense_point(defense: Any) -> str:
-    """Where a defense acts: ``lists`` (served lists; the default), ``data`` (training data) or ``training``."""
-    point = getattr(defense, "acts_on", "lists")
-    if point not in DEFENSE_POINTS:
-        raise ValueError(f"defense {type(defense).__name__} has acts_on={point!r}; use one of {', '.join(DEFENSE_POINTS)}")
-    return point
-
-
-DEFENSE_POINTS = ("lists", "data", "training")
-
-
 def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: Any = None, defense_seed: int = 0,
           holdout_fraction: float = 0.0, holdout_seed: int = 0) -> Served:
     """Fit ``recommender`` on the part's members; members get its top-k, non-members the popular top-k.
@@ -105,7 +95,7 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
     members = np.flatnonzero(part.is_member)
     others = np.flatnonzero(~part.is_member)
     who = _who("recommender", name, recommender)
-    point = defense_point(defense) if defense is not None else None
+    point = acts_on(defense) if defense is not None else None
     seen, held = part.members, None
     if holdout_fraction > 0:
         seen, held = holdout(part.members, holdout_fraction, holdout_seed)

@@ -44,7 +44,8 @@ from .errors import MiarsError
 from .metrics import membership_metrics
 from .protocol import split_dataset
 from .seeds import stage_seed
-from .service import Served, defend, defense_point, popularity_order, serve, stage_threads
+from .defenses import acts_on
+from .service import Served, defend, popularity_order, serve, stage_threads
 from .store import MemoryStore, Output
 from .types import Interactions, Part, ServiceContext, Split
 from .utility import holdout, utility_metrics
@@ -275,7 +276,7 @@ class Cell:
         """Where the cell's defense acts (``lists``, ``data``, ``training``), or None without one."""
         if not self.config.defense:
             return None
-        return self._once("defense_point", lambda: defense_point(self.create("defense")))
+        return self._once("defense_point", lambda: acts_on(self.create("defense")))
 
     def lists_key(self, part: str, defended: bool) -> str:
         """Key of the stage whose output is the lists ``part``'s users see (with or without the defense)."""

@@ -375,7 +375,8 @@ def test_plugins_json():
         assert by_name[name]["hooks"]
     assert set(by_name["recbole"]["provides"]["recommender"]) >= {"item", "lfm", "ncf", "pop", "recbole:<Name>"}
     assert "file" in by_name["datasets"]["provides"]["dataset"]
-    assert by_name["defenses"]["provides"]["defense"] == ["popularity-randomization"]
+    assert by_name["defenses"]["provides"]["defense"] == ["popularity-randomization", "list-noise", "rank-shuffle",
+                                                          "subsample", "dp-itemknn", "dp-sgd"]
 
 
 def test_plugins_table():

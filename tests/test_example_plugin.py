@@ -74,8 +74,8 @@ def test_popular_mix_passes_checks(example):
     checks.check_defense(PopularMix, rate=0.0, chunk_size=3)
 
 
-def test_check_plugin_covers_both_components(example):
-    assert checks.check_plugin(example) == ["recommender:userknn", "defense:popular-mix"]
+def test_check_plugin_covers_every_component(example):
+    assert checks.check_plugin(example) == ["recommender:userknn", "defense:popular-mix", "defense:popular-blur"]
 
 
 def test_userknn_matches_brute_force(example):
@@ -220,7 +220,7 @@ def test_entry_point_plugin_loads_without_core_changes(tmp_path, monkeypatch):
     assert info.status == "loaded", info.status
     assert info.version == "0.1.0"
     assert info.module == "miars_example"
-    assert info.provides == {"recommender": ["userknn"], "defense": ["popular-mix"]}
+    assert info.provides == {"recommender": ["userknn"], "defense": ["popular-mix", "popular-blur"]}
     assert plugins.registry("recommender").get("userknn").plugin == "example"
     assert plugins.registry("defense").get("popular-mix").plugin == "example"
     assert plugins.registry("recommender").get("userknn").summary.startswith("User-based kNN")

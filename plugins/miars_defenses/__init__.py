@@ -1,4 +1,8 @@
-"""Built-in defense of Zhang et al., CCS 2021: ``popularity-randomization``."""
+"""Built-in defenses, one or more at each point of action of the service (see miars_core.defenses).
+
+lists: ``popularity-randomization`` (Zhang et al., CCS 2021), ``list-noise``, ``rank-shuffle``;
+data: ``subsample``; training: ``dp-itemknn`` (McSherry & Mironov, KDD 2009), ``dp-sgd`` (opacus).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from miars_core.errors import MiarsError
 from miars_core.hookspecs import hookimpl
 from miars_core.params import Interval
 from miars_core.types import ServiceContext
+
+from . import _params
 
 __version__ = "0.1.0"
 
@@ -21,19 +27,20 @@ class PopularityRandomization(Component):
     """
 
     param_constraints = {"ratio": Interval(float, 0, 1, closed="right")}
+    acts_on = "lists"
+    sweep = {"ratio": [0.05, 0.1, 0.2, 0.5]}
 
     def __init__(self, ratio: float = 0.1):
         self.ratio = ratio
 
     def apply(self, recommendations: np.ndarray, context: ServiceContext, seed: int = 0) -> np.ndarray:
-        if not 0 < float(self.ratio) <= 1:
-            raise MiarsError(f"popularity-randomization ratio must be in (0, 1], got {self.ratio}")
+        ratio = _params.number("popularity-randomization", "ratio", self.ratio, low=0, high=1, low_open=True, example=0.1)
         recs = np.array(recommendations, dtype=np.int64, copy=True)
         k = recs.shape[1]
         rows = np.flatnonzero(~context.is_member)
         if len(rows) == 0:
             return recs
-        pool = int(round(k / float(self.ratio)))
+        pool = int(round(k / ratio))
         known = context.interactions.matrix[rows]
         most_known = int(np.diff(known.indptr).max())
         candidates = context.popular[: pool + most_known]  # enough to find `pool` unknown ones per user
@@ -55,4 +62,14 @@ class PopularityRandomization(Component):
 
 @hookimpl
 def register_defenses(register):
+    from .dp_itemknn import DPItemKNN
+    from .dp_sgd import DPSGD
+    from .lists import ListNoise, RankShuffle
+    from .subsample import Subsample
+
     register("popularity-randomization", PopularityRandomization)
+    register("list-noise", ListNoise)
+    register("rank-shuffle", RankShuffle)
+    register("subsample", Subsample)
+    register("dp-itemknn", DPItemKNN)
+    register("dp-sgd", DPSGD)

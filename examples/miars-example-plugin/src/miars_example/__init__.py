@@ -1,4 +1,4 @@
-"""miars-example-plugin: a user-based kNN recommender and a popular-mix defense.
+"""miars-example-plugin: a user-based kNN recommender and two defenses (popular-mix on lists, popular-blur on data).
 
 miars loads this module through the ``miars`` entry point declared in ``pyproject.toml``
 and calls the hook implementations below. Keep this module light: heavy imports belong
@@ -23,4 +23,7 @@ def register_recommenders(register):
 def register_defenses(register):
     from .popular_mix import PopularMix
 
+    from .popular_blur import PopularBlur
+
     register("popular-mix", PopularMix)
+    register("popular-blur", PopularBlur)

@@ -26,6 +26,8 @@ class PopularMix(Component):
 
     #: Checked by miars before the defense is built: a bad value is a one-line error.
     param_constraints = {"rate": Interval(float, 0, 1), "chunk_size": Interval(int, 1)}
+    acts_on = "lists"
+    sweep = {"rate": [0.1, 0.2, 0.5]}
 
     def __init__(self, rate: float = 0.2, chunk_size: int = 1024):
         self.rate = rate
