@@ -59,6 +59,12 @@ def _cost(rec: CellRecord) -> float | None:
     return float(fit) + float((result.get("timings") or {}).get("defense", 0.0))
 
 
+def _params_key(params: dict) -> tuple:
+    """Sort parameter sweeps by value, numbers numerically (epsilon 5 before 10)."""
+    return tuple((k, (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, repr(v)))
+                 for k, v in sorted(params.items()))
+
+
 def defense_rows(records: list[CellRecord]) -> list[DefenseRow]:
     """One row per (dataset, target, defense, parameters, k), its values over seeds and their estimates."""
     rows: dict[tuple, DefenseRow] = {}
@@ -83,7 +89,7 @@ def defense_rows(records: list[CellRecord]) -> list[DefenseRow]:
         cost = _cost(rec)
         if cost is not None:
             row.values.setdefault("cost:seconds", []).append(cost)
-    out = sorted(rows.values(), key=lambda r: (r.dataset, r.target, r.defense != "none", r.defense, repr(sorted(r.params.items()))))
+    out = sorted(rows.values(), key=lambda r: (r.dataset, r.target, r.defense != "none", r.defense, _params_key(r.params)))
     for row in out:
         row.estimates = {k: bootstrap_ci(v) for k, v in row.values.items()}
     return out
