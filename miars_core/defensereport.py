@@ -166,7 +166,10 @@ def frontier_png(rows: list[DefenseRow], dataset: str, target: str) -> bytes:
                 ax.annotate(",".join(f"{v}" for _, v in sorted(r.params.items())), (x.mean, y.mean), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")
     for defense, colour in colours.items():
-        ax.scatter([], [], color=colour, label=defense)
+        if defense == "none":
+            ax.scatter([], [], marker="*", color="black", s=90, label="none (undefended)")
+        else:
+            ax.scatter([], [], color=colour, label=defense)
     ax.scatter([], [], marker="o", color="gray", label="adaptive attacker (filled)")
     ax.scatter([], [], marker="s", facecolors="none", edgecolors="gray", label="static attacker (hollow)")
     ax.axhline(0.5, color="gray", lw=0.8, ls="--")
