@@ -646,7 +646,18 @@ def _html(root, grid, records, groups, heatmaps, rocs, images, extra: str = "") 
              "calls &ldquo;AUC&rdquo;; ROC-AUC is the true area under the ROC curve.</p>"]
     if grid:
         parts.append("<h2>Grid</h2>")
-        if "wall_seconds" in grid:
+        runs = grid.get("runs") if isinstance(grid.get("runs"), list) else []
+        if runs:
+            parts.append('<table><tr><th class="l">run</th><th class="l">finished</th><th>wall s</th><th>fit s</th>'
+                         '<th>attack s</th><th class="l">executor</th></tr>' + "".join(
+                f'<tr><td class="l">{i + 1}</td><td class="l">{e(str(r.get("finished", "")))}</td>'
+                f'<td>{float(r.get("wall_seconds") or 0):.1f}</td><td>{float(r.get("fit_seconds") or 0):.1f}</td>'
+                f'<td>{float(r.get("attack_seconds") or 0):.1f}</td>'
+                f'<td class="l">{e(json.dumps(r.get("executor", {}), sort_keys=True))}</td></tr>'
+                for i, r in enumerate(runs) if isinstance(r, dict)) + "</table>"
+                + '<p class="note">Each run of this grid (a resumed or repeated run computes only what was missing; '
+                  "fit and attack seconds are summed over workers).</p>")
+        elif "wall_seconds" in grid:
             parts.append(f"<p>Wall time: {float(grid['wall_seconds']):.1f} s.</p>")
         if grid.get("stage_seconds"):
             parts.append('<table><tr><th class="l">stage</th><th>seconds</th></tr>' + "".join(
