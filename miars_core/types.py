@@ -61,6 +61,21 @@ class Interactions:
         return Interactions(self.matrix[index], self.user_ids[index], self.item_ids)
 
 
+def random_row_ranks(matrix: sp.csr_matrix, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each stored entry of a CSR matrix: its row and a seeded random rank within that row.
+
+    Ranks 0..n-1 in every row of n entries, uniformly shuffled (one random key per entry, sorted
+    within rows): keeping the entries with ``rank < m`` samples m of them without replacement.
+    """
+    counts = np.diff(matrix.indptr)
+    rows = np.repeat(np.arange(len(counts)), counts)
+    keys = np.random.default_rng(seed).random(len(rows))
+    order = np.lexsort((keys, rows))  # rows ascending, random order inside each row
+    rank = np.empty(len(rows), dtype=np.int64)
+    rank[order] = np.arange(len(rows)) - matrix.indptr[rows[order]]
+    return rows, rank
+
+
 def binary_csr(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
     """A CSR matrix with 1.0 at every (row, col) pair, duplicates collapsed."""
     m = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=shape)

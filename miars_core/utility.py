@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import MiarsError
-from .types import Interactions, binary_csr
+from .types import Interactions, binary_csr, random_row_ranks
 
 __all__ = ["holdout", "utility_metrics"]
 
@@ -42,11 +42,7 @@ def holdout(members: Interactions, fraction: float = 0.2, seed: int = 0) -> tupl
     m.sum_duplicates()
     m.eliminate_zeros()
     counts = np.diff(m.indptr)
-    rows = np.repeat(np.arange(m.shape[0]), counts)
-    keys = np.random.default_rng(seed).random(len(rows))
-    order = np.lexsort((keys, rows))
-    rank = np.empty(len(rows), dtype=np.int64)
-    rank[order] = np.arange(len(rows)) - m.indptr[rows[order]]
+    rows, rank = random_row_ranks(m, seed)
     n_out = np.minimum(np.maximum(counts - 1, 0), np.rint(fraction * counts).astype(np.int64))
     out = rank < n_out[rows]
     train = binary_csr(rows[~out], m.indices[~out], m.shape)

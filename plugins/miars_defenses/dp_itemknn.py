@@ -11,8 +11,8 @@ import scipy.sparse as sp
 from miars_core.components import Component
 from miars_core.errors import MiarsError
 from miars_core.ranking import top_k_excluding
-from miars_core.types import Interactions
 from miars_core.params import Interval, Options, OrNone  # noqa: F401 - param_constraints
+from miars_core.types import Interactions, random_row_ranks
 
 from . import _params
 
@@ -27,12 +27,7 @@ def bound_per_user(matrix: sp.csr_matrix, max_per_user: int, seed: int) -> sp.cs
     """Each row keeps at most ``max_per_user`` of its entries, drawn uniformly without replacement (seeded)."""
     m = sp.csr_matrix(matrix, copy=True)
     m.sum_duplicates()
-    counts = np.diff(m.indptr)
-    rows = np.repeat(np.arange(m.shape[0]), counts)
-    keys = np.random.default_rng(seed).random(len(rows))
-    order = np.lexsort((keys, rows))
-    rank = np.empty(len(rows), dtype=np.int64)
-    rank[order] = np.arange(len(rows)) - m.indptr[rows[order]]
+    rows, rank = random_row_ranks(m, seed)
     keep = rank < max_per_user
     out = sp.csr_matrix((np.ones(int(keep.sum()), dtype=np.float32), (rows[keep], m.indices[keep])), shape=m.shape)
     return out

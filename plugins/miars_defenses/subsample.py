@@ -6,7 +6,7 @@ import numpy as np
 
 from miars_core.components import Component
 from miars_core.errors import MiarsError
-from miars_core.types import Interactions, binary_csr
+from miars_core.types import Interactions, binary_csr, random_row_ranks
 from miars_core.params import Interval, Options, OrNone  # noqa: F401 - param_constraints
 
 from . import _params
@@ -19,11 +19,7 @@ def keep_fraction(matrix, fraction: float, seed: int):
     without replacement. Vectorised: one random key per entry, ranked within its row.
     """
     counts = np.diff(matrix.indptr)
-    rows = np.repeat(np.arange(len(counts)), counts)
-    keys = np.random.default_rng(seed).random(len(rows))
-    order = np.lexsort((keys, rows))  # rows ascending, random order inside each row
-    rank = np.empty(len(rows), dtype=np.int64)
-    rank[order] = np.arange(len(rows)) - matrix.indptr[rows[order]]
+    rows, rank = random_row_ranks(matrix, seed)
     keep_n = np.maximum(1, np.rint(fraction * counts).astype(np.int64))
     return rank < keep_n[rows]
 
