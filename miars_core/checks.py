@@ -58,6 +58,7 @@ __all__ = [
     "check_recommender",
     "check_defense",
     "check_featurizer",
+    "check_service",
     "check_attack",
     "check_dataset",
     "check_plugin",
@@ -343,11 +344,50 @@ def check_dataset(factory: Callable[..., Any], /, data_dir: Any = None, **params
     return data
 
 
+def check_service(factory: Callable[..., Any], /, **params: Any) -> None:
+    """Check a service model (``serve_others(fitted, train, histories, k, seed)``) with a fold-in-capable stand-in model."""
+    who = _name(factory)
+    train = make_interactions(seed=4)
+    others = make_interactions(seed=5)
+    fitted = _FoldInPopular().fit(train)
+    snap_t, snap_o = _snapshot(train), _snapshot(others)
+    obj = check_init(factory, **params)
+    assert callable(getattr(obj, "serve_others", None)), f"{who} has no serve_others method"
+    out = obj.serve_others(fitted, train, others.matrix, K, seed=0)
+    _assert_unchanged(train, snap_t, f"{who}.serve_others", "the training interactions")
+    _assert_unchanged(others, snap_o, f"{who}.serve_others", "the non-members' histories")
+    _assert_item_lists(out, (others.n_users, K), others.n_items, f"{who}.serve_others")
+    known = others.matrix.toarray() > 0
+    assert not known[np.arange(others.n_users)[:, None], out].any(), f"{who}.serve_others served an item the user knows"
+    again = _build(factory, params).serve_others(fitted, train, others.matrix, K, seed=0)
+    assert np.array_equal(again, out), f"{who}: the same seed gives different lists"
+
+
+class _FoldInPopular:
+    """A stand-in fitted model that can serve new accounts (``recommend_for``)."""
+
+    def fit(self, train, seed=0):
+        self.pop_ = train.item_popularity()
+        self.known_ = train.matrix
+        return self
+
+    def recommend(self, k):
+        from .ranking import top_k_popular
+
+        return top_k_popular(self.pop_, self.known_, k)
+
+    def recommend_for(self, histories, k, seed=0):
+        from .ranking import top_k_popular
+
+        return top_k_popular(self.pop_, histories, k)
+
+
 _CHECKS = {
     "recommender": check_recommender,
     "defense": check_defense,
     "featurizer": check_featurizer,
     "attack": check_attack,
+    "service": check_service,
 }
 
 

@@ -225,6 +225,7 @@ def attack(
     featurizer: str = typer.Option("center-diff", help="Featurizer (`miars list featurizer`)."),
     attack_model: str = typer.Option("mlp", "--attack", help="Attack model (`miars list attack`)."),
     defense: Optional[str] = typer.Option(None, help="Defense applied to both the target's and the shadow's service (`miars list defense`)."),
+    service: str = typer.Option("popular", help="What non-members are served (`miars list service`): popular (the paper's) or foldin (the model's top-k from their own history)."),
     top_k: int = typer.Option(100, "--top-k", help="Length of every recommendation list."),
     seed: int = typer.Option(0, help="Master seed: same seed, same metrics."),
     split: str = typer.Option("interactions", help="interactions (the paper's: interactions at random into 3 parts) or users (each user wholly in one part)."),
@@ -234,6 +235,7 @@ def attack(
     featurizer_param: Optional[List[str]] = typer.Option(None, "--featurizer-param", help="KEY=VALUE, e.g. dim=100."),
     attack_param: Optional[List[str]] = typer.Option(None, "--attack-param", help="KEY=VALUE, e.g. epochs=200."),
     defense_param: Optional[List[str]] = typer.Option(None, "--defense-param", help="KEY=VALUE, e.g. ratio=0.1."),
+    service_param: Optional[List[str]] = typer.Option(None, "--service-param", help="KEY=VALUE for the service model."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder to write result.json (metrics, timings, config, split, versions) and scores.tsv (per-user attack scores) into."),
     export_miars: Optional[str] = typer.Option(None, "--export-miars", help="Folder to write the authors' TSV files into (interactions, recommendations, item vectors)."),
     cache: Optional[str] = typer.Option(None, "--cache", help="Folder of cached stage outputs (default: $MIARS_CACHE/stages or ~/.cache/miars/stages)."),
@@ -244,12 +246,13 @@ def attack(
     with guarded():
         _attack(dataset, data_dir, download, target, shadow, featurizer, attack_model, defense, top_k, seed, split,
                 min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
-                out, export_miars, quiet, shadow_dataset, cache, no_cache)
+                out, export_miars, quiet, shadow_dataset, cache, no_cache, service, service_param)
 
 
 def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_model, defense, top_k, seed, split,
             min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
-            out, export_miars, quiet, shadow_dataset=None, cache=None, no_cache=False) -> None:
+            out, export_miars, quiet, shadow_dataset=None, cache=None, no_cache=False, service="popular",
+            service_param=None) -> None:
     from .pipeline import AttackConfig
 
     dataset, data_dir, out, export_miars = _expand(dataset), _expand(data_dir), _expand(out), _expand(export_miars)
@@ -266,6 +269,7 @@ def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_mode
         featurizer_params=parse_params(featurizer_param, "--featurizer-param"),
         attack_params=parse_params(attack_param, "--attack-param"),
         defense_params=parse_params(defense_param, "--defense-param"),
+        service=service, service_params=parse_params(service_param, "--service-param"),
     ).validate()
     _run(config, out, export_miars, quiet, _store(cache, no_cache))
 
@@ -386,6 +390,8 @@ def grid(
     attack_model: Optional[List[str]] = typer.Option(None, "--attack", help="Attack models (default: mlp)."),
     defense: Optional[List[str]] = typer.Option(None, "--defense", help="Defenses, `none` for no defense (default: none)."),
     defense_param: Optional[List[str]] = typer.Option(None, "--defense-param", help="[DEFENSE.]KEY=V1,V2,... values to sweep (repeatable)."),
+    service: Optional[List[str]] = typer.Option(None, "--service", help="Service models for non-members, comma-separated: popular (the paper's), foldin (default: popular)."),
+    service_param: Optional[List[str]] = typer.Option(None, "--service-param", help="[NAME.]KEY=VALUE for service models."),
     target_param: Optional[List[str]] = typer.Option(None, "--target-param", help="[NAME.]KEY=VALUE for target recommenders (repeatable)."),
     shadow_param: Optional[List[str]] = typer.Option(None, "--shadow-param", help="[NAME.]KEY=VALUE for shadow recommenders (repeatable)."),
     featurizer_param: Optional[List[str]] = typer.Option(None, "--featurizer-param", help="[NAME.]KEY=VALUE for featurizers."),
@@ -417,6 +423,7 @@ def grid(
             "featurizer": parse_list_flag(featurizer, "--featurizer"),
             "attack": parse_list_flag(attack_model, "--attack"),
             "defense": parse_list_flag(defense, "--defense"),
+            "service": parse_list_flag(service, "--service"),
             "top_k": parse_list_flag(top_k, "--top-k", int),
             "seed": parse_list_flag(seed, "--seed", int),
             "split": split,
@@ -429,7 +436,8 @@ def grid(
                                         ("target_params", "--target-param", target_param, False),
                                         ("shadow_params", "--shadow-param", shadow_param, False),
                                         ("featurizer_params", "--featurizer-param", featurizer_param, False),
-                                        ("attack_params", "--attack-param", attack_param, False)):
+                                        ("attack_params", "--attack-param", attack_param, False),
+                                        ("service_params", "--service-param", service_param, False)):
             if given:
                 merged = dict(values.get(key, {}))
                 for name, params in parse_scoped_params(given, flag, sweep).items():

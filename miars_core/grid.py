@@ -32,6 +32,7 @@ class GridSpec:
     featurizer: list[str] = field(default_factory=lambda: ["center-diff"])
     attack: list[str] = field(default_factory=lambda: ["mlp"])
     defense: list[str | None] = field(default_factory=lambda: [None])
+    service: list[str] = field(default_factory=lambda: ["popular"])
     top_k: list[int] = field(default_factory=lambda: [100])
     seed: list[int] = field(default_factory=lambda: [0])
     split: str = "interactions"
@@ -44,6 +45,7 @@ class GridSpec:
     shadow_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     featurizer_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    service_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     defense_params: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     #: ``{defense: [recommenders]}``: cross that defense only with these targets (training defenses
     #: that can train only some recommenders); other defenses cross with every target.
@@ -61,11 +63,13 @@ class GridSpec:
                     allowed = self.defense_targets.get(defense or "")
                     if allowed is not None and (target not in allowed or shadow not in allowed):
                         continue
-                    for top_k, featurizer, attack, seed in itertools.product(self.top_k, self.featurizer, self.attack, self.seed):
+                    for service, top_k, featurizer, attack, seed in itertools.product(
+                            self.service, self.top_k, self.featurizer, self.attack, self.seed):
                         out.append(AttackConfig(
                             dataset=dataset, shadow_dataset=shadow_dataset if shadow_dataset != dataset else None,
                             data_dir=self.data_dir, download=self.download, target=target, shadow=shadow,
-                            featurizer=featurizer, attack=attack, defense=defense, top_k=int(top_k), seed=int(seed),
+                            featurizer=featurizer, attack=attack, defense=defense, service=service,
+                            service_params=_scoped(self.service_params, service), top_k=int(top_k), seed=int(seed),
                             split=self.split, min_interactions=int(self.min_interactions),
                             utility_holdout=float(self.utility_holdout),
                             target_params=_scoped(self.target_params, target),
@@ -108,6 +112,7 @@ def cell_record(config: AttackConfig) -> dict:
         "shadow": config.shadow,
         "defense": config.defense or NONE_DEFENSE,
         "defense_params": dict(config.defense_params),
+        "service": config.service,
         "top_k": config.top_k,
         "seed": config.seed,
         "featurizer": config.featurizer,
@@ -137,6 +142,8 @@ def cell_id(config: AttackConfig) -> str:
     if config.defense_params:
         defense += "-" + "-".join(f"{k}{v}" for k, v in sorted(config.defense_params.items()))
     parts = [data, config.target, config.shadow, defense, f"k{config.top_k}", f"s{config.seed}"]
+    if config.service != "popular":
+        parts.insert(4, config.service)
     return "_".join(slug(p) for p in parts) + "_" + h
 
 
@@ -205,8 +212,8 @@ def parse_scoped_params(values: list[str] | None, flag: str, sweep: bool = False
 
 
 LIST_KEYS = {"dataset": str, "shadow_dataset": str, "target": str, "shadow": str, "featurizer": str, "attack": str,
-             "defense": str, "top_k": int, "seed": int}
-PARAM_KEYS = ("target_params", "shadow_params", "featurizer_params", "attack_params", "defense_params")
+             "defense": str, "service": str, "top_k": int, "seed": int}
+PARAM_KEYS = ("target_params", "shadow_params", "featurizer_params", "attack_params", "defense_params", "service_params")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

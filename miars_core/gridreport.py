@@ -50,7 +50,7 @@ TABLE_METRICS = [
 #: Metrics drawn as target x shadow heatmaps, with their (short) titles.
 HEATMAP_METRICS = {"roc_auc": "ROC-AUC", "balanced_accuracy": "balanced accuracy (the paper's \"AUC\")"}
 #: Columns that name a group (one matrix per metric); target and shadow are its rows and columns.
-GROUP_KEYS = ("dataset", "shadow_dataset", "defense", "defense_params", "top_k", "featurizer", "attack", "attacker")
+GROUP_KEYS = ("dataset", "shadow_dataset", "service", "defense", "defense_params", "top_k", "featurizer", "attack", "attacker")
 #: Bump when roc_png draws differently: stored ROC images of earlier reports are then redrawn.
 REPORT_PLOT_VERSION = 1
 BOOTSTRAP_SEED = 0
@@ -128,6 +128,7 @@ def _normalize_cell(cell: dict, cell_id: str) -> dict:
     out["dataset"] = str(out.get("dataset", "?"))
     out["shadow_dataset"] = str(out.get("shadow_dataset") or out["dataset"])
     out["defense"] = str(out.get("defense") or "none")
+    out["service"] = str(out.get("service") or "popular")
     out["defense_params"] = out.get("defense_params") or {}
     for key in ("target", "shadow", "featurizer", "attack"):
         out[key] = str(out.get(key, "?"))
@@ -239,7 +240,7 @@ def _params_text(params: dict) -> str:
 
 
 def _group_key(cell: dict, attacker: str) -> tuple:
-    return (cell["dataset"], cell["shadow_dataset"], cell["defense"], _params_text(cell["defense_params"]),
+    return (cell["dataset"], cell["shadow_dataset"], cell["service"], cell["defense"], _params_text(cell["defense_params"]),
             str(cell["top_k"]), cell["featurizer"], cell["attack"], attacker)
 
 
@@ -273,6 +274,8 @@ class Group:
         parts = [f"dataset {f['dataset']}"]
         if f["shadow_dataset"] != f["dataset"]:
             parts.append(f"shadow dataset {f['shadow_dataset']}")
+        if f["service"] != "popular":
+            parts.append(f"service {f['service']}")
         parts.append("no defense" if f["defense"] == "none" else
                      f"defense {f['defense']}" + (f" ({f['defense_params']})" if f["defense_params"] else ""))
         parts += [f"top-{f['top_k']}", f"featurizer {f['featurizer']}", f"attack {f['attack']}"]

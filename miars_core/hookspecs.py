@@ -53,5 +53,10 @@ def register_defenses(register: Register) -> None:
 
 
 @hookspec
+def register_services(register: Register) -> None:
+    """Register service models: ``register(name, factory)``; instances ``serve_others(fitted, train, histories, k, seed)``."""
+
+
+@hookspec
 def register_namespaces(register: RegisterNamespace) -> None:
     """Register a name prefix such as ``recbole:`` that resolves ``prefix:rest`` names of one kind on demand."""

@@ -25,6 +25,7 @@ class AttackConfig:
     featurizer: str = "center-diff"
     attack: str = "mlp"
     defense: str | None = None
+    service: str = "popular"
     top_k: int = 100
     seed: int = 0
     split: str = "interactions"
@@ -35,6 +36,7 @@ class AttackConfig:
     featurizer_params: dict[str, Any] = field(default_factory=dict)
     attack_params: dict[str, Any] = field(default_factory=dict)
     defense_params: dict[str, Any] = field(default_factory=dict)
+    service_params: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "AttackConfig":
         """Reject impossible plain values before any component is built or data is read (fills the default shadow)."""
@@ -159,6 +161,7 @@ def cell_result(cell) -> AttackResult:
         "featurizer": {"name": config.featurizer, "params": cell._ids["featurizer"]["params"]},
         "attack": {"name": config.attack, "params": cell._ids["attack"]["params"]},
         "defense": {"name": config.defense, "params": cell._ids["defense"]["params"]} if config.defense else None,
+        "service": {"name": config.service, "params": cell._ids["service"]["params"]},
     }
     timings = cell.stage_seconds()
     timings = {k: timings[k] for k in _TIMING_ORDER if k in timings}

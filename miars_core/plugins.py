@@ -27,6 +27,7 @@ _HOOK_FOR_KIND = {
     "featurizer": "register_featurizers",
     "attack": "register_attacks",
     "defense": "register_defenses",
+    "service": "register_services",
 }
 
 

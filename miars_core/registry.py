@@ -10,7 +10,7 @@ from typing import Any, Callable
 from .errors import DuplicateNameError, MiarsError, UnknownNameError
 from .params import constraints_of, non_finite_path
 
-KINDS = ("dataset", "recommender", "featurizer", "attack", "defense")
+KINDS = ("dataset", "recommender", "featurizer", "attack", "defense", "service")
 
 
 def first_doc_line(obj: Any) -> str:

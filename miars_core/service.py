@@ -79,7 +79,7 @@ def check_lists(lists: Any, shape: tuple[int, int], known, who: str, what: str =
 
 
 def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: Any = None, defense_seed: int = 0,
-          holdout_fraction: float = 0.0, holdout_seed: int = 0) -> Served:
+          holdout_fraction: float = 0.0, holdout_seed: int = 0, service: Any = None) -> Served:
     """Fit ``recommender`` on the part's members; members get its top-k, non-members the popular top-k.
 
     A ``data`` defense rewrites the members' training data first; a ``training`` defense fits
@@ -88,6 +88,7 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
     With ``holdout_fraction`` > 0 that share of each member's interactions is held out of
     training (the service never saw them, so they may be served) and the report's ``utility``
     says how well the members' lists find them (Recall / NDCG / HR at k).
+    ``service`` decides the non-members' lists (``serve_others``; default: the popular top-k).
     The lists are validated (:func:`check_lists`); a failure names the recommender and its
     plugin. Non-finite training losses in ``fit_info_`` fail the run.
     """
@@ -120,7 +121,14 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
                              "lower its learning_rate (or check its other parameters)")
     popularity = train.item_popularity()
     popular = np.argsort(-popularity, kind="stable")
-    other_lists = top_k_popular(popularity, part.interactions.matrix[others], k)
+    known_others = part.interactions.matrix[others]
+    if service is None:  # the paper's service
+        other_lists = top_k_popular(popularity, known_others, k)
+    else:
+        swho = _who("service", type(service).__name__, service)
+        with stage_threads():
+            raw = _call(service.serve_others, swho, "serve_others", fitted, train, known_others, k, seed=seed)
+        other_lists = check_lists(raw, (len(others), k), known_others, swho)
     lists = np.empty((part.interactions.n_users, k), dtype=np.int64)
     lists[members] = member_lists
     lists[others] = other_lists

@@ -212,6 +212,7 @@ class Cell:
         }
         if c.defense:
             self._ids["defense"] = self._component_id("defense", c.defense, c.defense_params)
+        self._ids["service"] = self._component_id("service", c.service, c.service_params)
 
     # -- component identities ---------------------------------------------------------------
     def _component_id(self, kind: str, name: str, params: dict) -> dict:
@@ -228,7 +229,7 @@ class Cell:
         name, params = {
             "recommender:shadow": (c.shadow, c.shadow_params), "recommender:target": (c.target, c.target_params),
             "featurizer": (c.featurizer, c.featurizer_params), "attack": (c.attack, c.attack_params),
-            "defense": (c.defense, c.defense_params),
+            "defense": (c.defense, c.defense_params), "service": (c.service, c.service_params),
         }[kind]
         return self.plugins.create(kind.split(":")[0], name, **params)
 
@@ -258,6 +259,8 @@ class Cell:
                 rec.update(defense=self._ids["defense"], defense_seed=stage_seed(seed, f"defense-{s}"))
             if s == "target" and c.utility_holdout > 0:
                 rec.update(holdout=c.utility_holdout, holdout_seed=stage_seed(seed, "holdout"))
+            if c.service != "popular" or c.service_params:  # the paper's service keeps v0's keys
+                rec.update(service=self._ids["service"])
         elif stage == "defend":
             rec.update(serve=self.key("serve", s), defense=self._ids["defense"], seed=stage_seed(seed, f"defense-{s}"))
         elif stage == "vectors":
@@ -354,9 +357,10 @@ class Cell:
         holdout = self.config.utility_holdout if part == "target" else 0.0
 
         def compute(p: Part):
+            service = None if self.config.service == "popular" and not self.config.service_params else self.create("service")
             s = serve(p, self.create(f"recommender:{part}"), name, self.config.top_k, stage_seed(seed, part),
                       defense=defense, defense_seed=stage_seed(seed, f"defense-{part}"),
-                      holdout_fraction=holdout, holdout_seed=stage_seed(seed, "holdout"))
+                      holdout_fraction=holdout, holdout_seed=stage_seed(seed, "holdout"), service=service)
             return {"lists": s.lists}, {"report": s.report}
 
         under = f" under defense {self.config.defense}" if defended else ""

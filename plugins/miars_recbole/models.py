@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from miars_core.components import Component
 from miars_core.errors import MiarsError
@@ -167,6 +168,14 @@ class RecBoleModel(Component):
     def recommend(self, k: int) -> np.ndarray:
         return top_k_excluding(self.model_.score_rows, self.train_, k, batch_size=self.score_batch_size, scratch=True)
 
+    def recommend_for(self, histories, k: int, seed: int = 0) -> np.ndarray:
+        """Top-k for accounts the model was not trained on, from their histories, without retraining (fold-in)."""
+        from .foldin import foldin_scorer
+
+        histories = sp.csr_matrix(histories)
+        score = foldin_scorer(self.model_, histories, seed)
+        return top_k_excluding(score, histories, k, batch_size=self.score_batch_size, scratch=True)
+
 
 class ItemKNN(RecBoleModel):
     """Item-based collaborative filtering (RecBole ItemKNN, cosine, 100 neighbours): the paper's Item-based CF.
@@ -262,6 +271,10 @@ class Popularity(Component):
 
     def recommend(self, k: int) -> np.ndarray:
         return top_k_popular(self.popularity_, self.train_, k)
+
+    def recommend_for(self, histories, k: int, seed: int = 0) -> np.ndarray:
+        """The popular items each new account does not know (popularity needs no fold-in)."""
+        return top_k_popular(self.popularity_, sp.csr_matrix(histories), k)
 
 
 #: ``recbole:<Name>`` resolves these names to the tuned wrappers above.

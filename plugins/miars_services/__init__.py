@@ -1,0 +1,58 @@
+"""Built-in service models: what the recommendation service shows users who are not members.
+
+``popular`` is the CCS'21 paper's service: non-members (and any account the model was not
+trained on) get the k most popular items they do not know. ``foldin`` is how deployed services
+treat new or logged-out users: the same trained model recommends from the account's own
+history, without retraining (item-kNN: history x similarity; matrix factorization: a user
+vector fitted with its own loss against the frozen item factors).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from miars_core.components import Component
+from miars_core.errors import MiarsError
+from miars_core.hookspecs import hookimpl
+from miars_core.ranking import top_k_popular
+from miars_core.types import Interactions
+
+__version__ = "0.1.0"
+
+
+class PopularService(Component):
+    """Non-members get the k most popular items they do not know (Zhang et al., CCS 2021: the paper's service)."""
+
+    def __init__(self):
+        pass
+
+    def serve_others(self, fitted, train: Interactions, histories: sp.csr_matrix, k: int, seed: int = 0) -> np.ndarray:
+        return top_k_popular(train.item_popularity(), histories, k)
+
+
+class FoldInService(Component):
+    """Everyone gets the trained model's top-k from their own history, without retraining (fold-in, as for new users).
+
+    The threat model of "personalized lists for everyone": the CCS'21 attack then separates
+    members from non-members only by what the model memorized, not by popular vs personalized
+    lists (see docs/protocol.md, the known confound). Needs a recommender with
+    ``recommend_for(histories, k)``: ``item`` (history x item-item similarity) and ``lfm``
+    (user vectors fitted with the BPR loss against the frozen item factors).
+    """
+
+    def __init__(self):
+        pass
+
+    def serve_others(self, fitted, train: Interactions, histories: sp.csr_matrix, k: int, seed: int = 0) -> np.ndarray:
+        fold = getattr(fitted, "recommend_for", None)
+        if fold is None:
+            raise MiarsError(f"recommender {type(fitted).__name__} cannot serve new users from their history (no "
+                             "recommend_for); use --service popular, or a recommender that folds in (item, lfm)")
+        return fold(histories, k, seed=seed)
+
+
+@hookimpl
+def register_services(register):
+    register("popular", PopularService)
+    register("foldin", FoldInService)
