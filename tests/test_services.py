@@ -31,9 +31,10 @@ def test_foldin_removes_the_popular_list_confound_for_item_knn(small_dataset):
     popular = run_attack(AttackConfig(**base))
     foldin = run_attack(AttackConfig(**base, service="foldin"))
     # Under the paper's service the attack separates personalized from popular lists...
-    assert popular.metrics["roc_auc"] > 0.9
+    assert popular.metrics["roc_auc"] > 0.75
     # ...when non-members are served by the same model from their own history it reads near chance.
     assert abs(foldin.metrics["roc_auc"] - 0.5) < 0.15
+    assert popular.metrics["roc_auc"] - foldin.metrics["roc_auc"] > 0.2
     lists = foldin.artifacts["target_lists"]
     target = foldin.artifacts["split"].target
     known = target.interactions.matrix
