@@ -53,7 +53,7 @@ def run_task(task: dict, plugins=None, store=None) -> dict:
             json.dumps(payload, allow_nan=False)  # a NaN anywhere fails the cell, never the JSON
             target = result.artifacts["split"].target if not result.config.shadow_dataset else cell.part("target")
             return {"ok": True, "computed": cell.computed, "result": payload,
-                    "users": [str(u) for u in target.interactions.user_ids], "is_member": target.is_member.tolist(),
+                    "users": list(target.interactions.user_ids), "is_member": target.is_member.tolist(),
                     "scores": {k: v.tolist() for k, v in result.artifacts["attacker_scores"].items()}}
     except Exception as exc:  # noqa: BLE001 - reported per cell; the grid goes on
         line = str(exc) if isinstance(exc, MiarsError) else f"{type(exc).__name__}: {exc}"
@@ -101,42 +101,33 @@ def plan(configs: list[AttackConfig], plugins, store, cache: str | None, threads
 
 # -- writing the run folder ---------------------------------------------------------------------------
 def _atomic_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .report import atomic_write
 
-
-def _scores_text(users: list[str], is_member: list[bool], scores: list[float]) -> str:
-    rows = [f"{u}\t{int(m)}\t{s:.9g}\n" for u, m, s in zip(users, is_member, scores)]
-    return "user_id\tis_member\tscore\n" + "".join(rows)
+    atomic_write(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def write_cell(run_dir: Path, cid: str, outcome: dict, config: AttackConfig) -> None:
     """Write one cell's folder as a set: stage it beside the final folder, then swap it in."""
+    from .report import file_mode, scores_tsv
+
     cells = run_dir / "cells"
     staging = Path(tempfile.mkdtemp(dir=cells, prefix=f".{cid}.", suffix=".tmp"))
     try:
         if outcome["ok"]:
-            (staging / "result.json").write_text(json.dumps(outcome["result"], indent=2, allow_nan=False) + "\n")
+            (staging / "result.json").write_text(json.dumps(outcome["result"], indent=2, allow_nan=False) + "\n", encoding="utf-8")
             scores = outcome["scores"]
             main = "defense_aware" if config.defense else "attack"
-            (staging / "scores.tsv").write_text(_scores_text(outcome["users"], outcome["is_member"], scores[main]))
+            (staging / "scores.tsv").write_text(scores_tsv(outcome["users"], outcome["is_member"], scores[main]), encoding="utf-8")
             for name, values in scores.items():
                 if name != main:
-                    (staging / f"scores_{name}.tsv").write_text(_scores_text(outcome["users"], outcome["is_member"], values))
+                    (staging / f"scores_{name}.tsv").write_text(scores_tsv(outcome["users"], outcome["is_member"], values), encoding="utf-8")
         else:
             record = {"cell": cell_record(config), "stage": outcome["stage"], "error": outcome["error"]}
-            (staging / "error.json").write_text(json.dumps(record, indent=2) + "\n")
-            (staging / "traceback.txt").write_text(outcome.get("traceback", ""))
+            (staging / "error.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+            (staging / "traceback.txt").write_text(outcome.get("traceback", ""), encoding="utf-8")
         for f in staging.iterdir():
-            os.chmod(f, 0o644)
-        os.chmod(staging, 0o755)
+            os.chmod(f, file_mode())
+        os.chmod(staging, file_mode() | ((file_mode() & 0o444) >> 2))  # a folder: readable means listable
         final = cells / cid
         old = None
         if final.exists():

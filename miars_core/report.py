@@ -74,17 +74,24 @@ def _write_file(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write a file all at once: a temporary file beside it, renamed over it (normal file mode)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, file_mode())
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def scores_tsv(user_ids, is_member, scores) -> str:
+    """``scores.tsv``: a header, then one line per user: id (:func:`tsv_id`), 1 for a member, score."""
+    return "user_id\tis_member\tscore\n" + "".join(
+        f"{tsv_id(u)}\t{int(m)}\t{s:.9g}\n" for u, m, s in zip(user_ids, is_member, scores))
 
 
 def tsv_id(value) -> str:
@@ -271,11 +278,8 @@ def write_result(result: AttackResult, out_dir: str | Path, text: str | None = N
     out = Path(out_dir).expanduser()
     text = render_result(result) if text is None else text
     target = result.artifacts["split"].target
-    lines = ["user_id\tis_member\tscore\n"] + [
-        f"{tsv_id(u)}\t{int(m)}\t{s:.9g}\n"
-        for u, m, s in zip(target.interactions.user_ids, target.is_member, result.artifacts["scores"])
-    ]
-    files = {"scores.tsv": "".join(lines).encode("utf-8"), "result.json": text.encode("utf-8")}
+    scores = scores_tsv(target.interactions.user_ids, target.is_member, result.artifacts["scores"])
+    files = {"scores.tsv": scores.encode("utf-8"), "result.json": text.encode("utf-8")}
     _publish(out, files, "--out")
     return out / "result.json"
 
