@@ -51,7 +51,7 @@ def run_task(task: dict, plugins=None, store=None) -> dict:
             result.cell = cell_record(result.config)
             payload = result.to_json()
             json.dumps(payload, allow_nan=False)  # a NaN anywhere fails the cell, never the JSON
-            target = result.artifacts["split"].target if not result.config.shadow_dataset else cell.part("target")
+            target = cell.part("target")
             return {"ok": True, "computed": cell.computed, "result": payload,
                     "users": list(target.interactions.user_ids), "is_member": target.is_member.tolist(),
                     "scores": {k: v.tolist() for k, v in result.artifacts["attacker_scores"].items()}}
@@ -71,17 +71,11 @@ class Task:
     cells: list[str] = field(default_factory=list)
 
 
-def plan(configs: list[AttackConfig], plugins, store, cache: str | None, threads: int | None) -> tuple[dict[str, Task], dict[str, Any]]:
+def plan(cells: dict[str, Any], store, cache: str | None, threads: int | None) -> dict[str, Task]:
     """Tasks for every unique split and fit, and one per cell; stages already stored are skipped."""
-    from .stages import Cell
-
     tasks: dict[str, Task] = {}
-    cells: dict[str, Any] = {}
-    for config in configs:
-        cid = cell_id(config)
-        cell = Cell(config, plugins, store)  # validates names and parameters before anything runs
-        cells[cid] = cell
-        base = {"config": asdict(config), "cache": cache, "threads": threads}
+    for cid, cell in cells.items():
+        base = {"config": asdict(cell.config), "cache": cache, "threads": threads}
         keys = cell.task_keys()
         needs = []
         for what in keys:
@@ -96,7 +90,7 @@ def plan(configs: list[AttackConfig], plugins, store, cache: str | None, threads
             tasks[name].cells.append(cid)
             needs.append(name)
         tasks[f"cell:{cid}"] = Task(f"cell:{cid}", {**base, "kind": "cell"}, needs, [cid])
-    return tasks, cells
+    return tasks
 
 
 # -- writing the run folder ---------------------------------------------------------------------------
@@ -176,8 +170,7 @@ def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, execu
     configs = spec.configs()
     run_dir = Path(out).expanduser()
     ids = [cell_id(c) for c in configs]
-    for c in {cell_id(c): c for c in configs}.values():  # bad names and parameters fail before anything is written
-        Cell(c, plugins)
+    cells = {cid: Cell(c, plugins) for cid, c in zip(ids, configs)}  # bad names and parameters fail before any write
     _check_run_dir(run_dir, ids)
     if cache is None:
         tmp_cache = tempfile.mkdtemp(prefix="miars-grid-cache-")
@@ -189,7 +182,7 @@ def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, execu
     executor = executor or SerialExecutor()
     try:
         store.clean_partial()
-        tasks, cells = plan(configs, plugins, store, store_root, threads)
+        tasks = plan(cells, store, store_root, threads)
         (run_dir / "cells").mkdir(parents=True, exist_ok=True)
         _clean_stale(run_dir)
         by_id = dict(zip(ids, configs))

@@ -98,20 +98,24 @@ Progress = Callable[[str], None]
 DATASET_SUFFIXES = (".gz", ".tsv", ".csv", ".inter", ".dat", ".txt")
 
 
-def dataset_is_path(name: str, registry) -> bool:
-    """Whether ``--dataset`` names a file rather than a registered dataset."""
+def dataset_file(name: str, registry) -> Path | None:
+    """The file ``--dataset`` names, or None for a registered dataset; a path that is no file fails in one line."""
     if name in registry.entries:
-        return False
-    return Path(name).expanduser().exists() or "/" in name or name.endswith(DATASET_SUFFIXES)
+        return None
+    path = Path(name).expanduser()
+    if not (path.exists() or "/" in name or name.endswith(DATASET_SUFFIXES)):
+        return None
+    if not path.is_file():
+        raise MiarsError(f"--dataset {name!r}: no such file; pass an existing file or one of: {', '.join(registry.names())}")
+    return path
 
 
 def load_named(name: str, data_dir: str | None, download: bool, plugins: Plugins) -> Interactions:
     """Load a registered dataset by name, or an interactions file by path."""
     registry = plugins.registry("dataset")
-    if dataset_is_path(name, registry):
-        if not Path(name).expanduser().is_file():
-            raise MiarsError(f"--dataset {name!r}: no such file; pass an existing file or one of: {', '.join(registry.names())}")
-        dataset = registry.create("file", path=str(Path(name).expanduser()))
+    path = dataset_file(name, registry)
+    if path is not None:
+        dataset = registry.create("file", path=str(path))
     else:
         dataset = registry.create(name)
     data = dataset.load(data_dir=Path(data_dir).expanduser() if data_dir else None, download=download)

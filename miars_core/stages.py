@@ -40,21 +40,21 @@ import numpy as np
 import scipy.sparse as sp
 
 from .components import get_params
+from .defenses import acts_on
 from .errors import MiarsError
 from .metrics import membership_metrics
 from .protocol import split_dataset
 from .seeds import stage_seed
-from .defenses import acts_on
 from .service import Served, defend, popularity_order, serve, stage_threads
 from .store import MemoryStore, Output
-from .types import Interactions, Part, ServiceContext, Split
+from .types import Interactions, Part, ServiceContext, Split, binary_csr
 from .utility import holdout, utility_metrics
 
 #: Bump when a stage's computation changes in a way the module hash below would not see.
 STAGES_VERSION = "1"
 
 #: Core modules whose code decides stage outputs (their source is hashed into every key).
-STAGE_MODULES = ("stages", "protocol", "service", "ranking", "types", "seeds", "store")
+STAGE_MODULES = ("stages", "protocol", "service", "ranking", "types", "seeds", "store", "utility", "defenses")
 
 #: Timing names reported in result.json (those of miars v0).
 TIMING = {"load": "load", "split": "split", "serve:shadow": "shadow_recommender", "serve:target": "target_recommender",
@@ -201,37 +201,29 @@ class Cell:
         self.stage: str | None = None  # the stage being computed (named in a failed cell's error)
         self._memo: dict[str, Any] = {}
         self._counted: set[tuple[str, str]] = set()
-        # Build every component once now, so a bad name or parameter fails before any data is read.
         c = config
-        self.recommenders = {"shadow": (c.shadow, c.shadow_params), "target": (c.target, c.target_params)}
-        self._ids = {
-            "recommender:shadow": self._component_id("recommender", c.shadow, c.shadow_params),
-            "recommender:target": self._component_id("recommender", c.target, c.target_params),
-            "featurizer": self._component_id("featurizer", c.featurizer, c.featurizer_params),
-            "attack": self._component_id("attack", c.attack, c.attack_params),
-        }
-        if c.defense:
-            self._ids["defense"] = self._component_id("defense", c.defense, c.defense_params)
-        self._ids["service"] = self._component_id("service", c.service, c.service_params)
-
-    # -- component identities ---------------------------------------------------------------
-    def _component_id(self, kind: str, name: str, params: dict) -> dict:
-        registry = self.plugins.registry(kind)
-        entry = registry.get(name)
-        instance = registry.create(name, **params)
-        info = self.plugins.info.get(entry.plugin)
-        version = component_version(entry.factory, f"{entry.plugin}=={info.version if info else ''}")
-        return {"name": name, "params": get_params(instance), "version": version}
-
-    def create(self, kind: str) -> Any:
-        """A fresh, unfitted component of the cell (``recommender:shadow``, ``featurizer``, ...)."""
-        c = self.config
-        name, params = {
+        #: (name, hyperparameters) of every component of the cell, by role.
+        self.specs = {
             "recommender:shadow": (c.shadow, c.shadow_params), "recommender:target": (c.target, c.target_params),
             "featurizer": (c.featurizer, c.featurizer_params), "attack": (c.attack, c.attack_params),
-            "defense": (c.defense, c.defense_params), "service": (c.service, c.service_params),
-        }[kind]
-        return self.plugins.create(kind.split(":")[0], name, **params)
+            "service": (c.service, c.service_params),
+        }
+        if c.defense:
+            self.specs["defense"] = (c.defense, c.defense_params)
+        # Build every component once now, so a bad name or parameter fails before any data is read.
+        self._ids = {role: self._component_id(role) for role in self.specs}
+
+    # -- component identities ---------------------------------------------------------------
+    def _component_id(self, role: str) -> dict:
+        """What identifies a component in keys: its name, every hyperparameter (defaults included), its version."""
+        kind, (name, _) = role.split(":")[0], self.specs[role]
+        entry = self.plugins.registry(kind).get(name)
+        return {"name": name, "params": get_params(self.create(role)), "version": _entry_version(entry, self.plugins)}
+
+    def create(self, role: str) -> Any:
+        """A fresh, unfitted component of the cell (``recommender:shadow``, ``featurizer``, ...)."""
+        name, params = self.specs[role]
+        return self.plugins.create(role.split(":")[0], name, **params)
 
     def dataset_of(self, side: str) -> str:
         c = self.config
@@ -259,8 +251,7 @@ class Cell:
                 rec.update(defense=self._ids["defense"], defense_seed=stage_seed(seed, f"defense-{s}"))
             if s == "target" and c.utility_holdout > 0:
                 rec.update(holdout=c.utility_holdout, holdout_seed=stage_seed(seed, "holdout"))
-            if c.service != "popular" or c.service_params:  # the paper's service keeps v0's keys
-                rec.update(service=self._ids["service"])
+            rec.update(service=self._ids["service"])
         elif stage == "defend":
             rec.update(serve=self.key("serve", s), defense=self._ids["defense"], seed=stage_seed(seed, f"defense-{s}"))
         elif stage == "vectors":
@@ -350,14 +341,14 @@ class Cell:
 
     def served(self, part: str, defended: bool = False) -> Output:
         """Fit on the part's members and serve everyone; ``defended``: under a data or training defense."""
-        name = self.recommenders[part][0]
+        name = self.specs[f"recommender:{part}"][0]
         defense = self.create("defense") if defended else None
         seed = self.config.seed
 
         holdout = self.config.utility_holdout if part == "target" else 0.0
 
         def compute(p: Part):
-            service = None if self.config.service == "popular" and not self.config.service_params else self.create("service")
+            service = self.create("service")
             s = serve(p, self.create(f"recommender:{part}"), name, self.config.top_k, stage_seed(seed, part),
                       defense=defense, defense_seed=stage_seed(seed, f"defense-{part}"),
                       holdout_fraction=holdout, holdout_seed=stage_seed(seed, "holdout"), service=service)
@@ -377,12 +368,11 @@ class Cell:
             if part == "target" and self.config.utility_holdout > 0:
                 p = self.part(part)
                 _, held = holdout(p.members, self.config.utility_holdout, stage_seed(self.config.seed, "holdout"))
-                rows = np.flatnonzero(p.is_member)
-                held_rows = sp.csr_matrix((held.data, held.indices, held.indptr), shape=held.shape)
-                expand = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, np.arange(len(rows)))),
-                                       shape=(p.interactions.n_users, len(rows)))
-                known = (p.interactions.matrix - expand @ held_rows).tocsr()
-                known.eliminate_zeros()  # what the service knows: members' held-out items are not in it
+                h = held.tocoo()
+                members = np.flatnonzero(p.is_member)
+                # What the service knows: everything but the members' held-out items (they may be served).
+                known = p.interactions.matrix - binary_csr(members[h.row], h.col, p.interactions.matrix.shape)
+                known.eliminate_zeros()
                 out = defend(Served(lists, context), self.create("defense"), seed, known=known)
                 return {"lists": out}, {"utility": {"holdout": self.config.utility_holdout,
                                                     **utility_metrics(out[p.is_member], held, self.config.top_k)}}
@@ -418,7 +408,7 @@ class Cell:
             report["undefended"] = {k: v for k, v in self.served(part).meta["report"].items() if k != "params"}
         return report
 
-    def _fit_featurizer(self, side: str, vectorization: Interactions) -> Any:
+    def _fit_featurizer(self, vectorization: Interactions) -> Any:
         f = self.create("featurizer")
         return f.fit(vectorization, seed=stage_seed(self.config.seed, "featurizer")) or f
 
@@ -429,7 +419,7 @@ class Cell:
             fitted: list[Any] = []
 
             def compute(vectorization: Interactions):
-                f = self._fit_featurizer(side, vectorization)
+                f = self._fit_featurizer(vectorization)
                 fitted.append(f)
                 state = learned_state(f)
                 if state is None:
@@ -442,7 +432,7 @@ class Cell:
             if fitted:
                 return fitted[0]
             if not out.meta.get("storable"):
-                return self._fit_featurizer(side, self.split(side).vectorization)
+                return self._fit_featurizer(self.split(side).vectorization)
             f = self.create("featurizer")
             for name, value in {**out.arrays, **out.meta.get("plain", {})}.items():
                 setattr(f, name, value)
@@ -553,14 +543,12 @@ class Cell:
 
 def dataset_identity(name: str, data_dir: str | None, plugins) -> dict:
     """What identifies a dataset's content: a file's sha256, else the name, data dir and loader version."""
-    from .pipeline import dataset_is_path
+    from .pipeline import dataset_file
 
     registry = plugins.registry("dataset")
-    if dataset_is_path(name, registry):
-        if not Path(name).expanduser().is_file():
-            raise MiarsError(f"--dataset {name!r}: no such file; pass an existing file or one of: {', '.join(registry.names())}")
-        entry = registry.get("file")
-        return {"file_sha256": file_fingerprint(name), "loader": _entry_version(entry, plugins)}
+    path = dataset_file(name, registry)
+    if path is not None:
+        return {"file_sha256": file_fingerprint(path), "loader": _entry_version(registry.get("file"), plugins)}
     entry = registry.get(name)
     rec: dict[str, Any] = {"name": name, "loader": _entry_version(entry, plugins)}
     try:  # official datasets can tell which file they would read
