@@ -20,6 +20,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from .errors import MiarsError, Terminated
+from .params import parse_value
 from .registry import KINDS
 
 
@@ -205,13 +206,7 @@ def parse_params(values: Optional[List[str]], flag: str) -> dict:
         if not sep or not key.strip():
             raise MiarsError(f"{flag} {item!r} is not KEY=VALUE; write e.g. {flag} epochs=50")
         key = key.strip()  # a repeated KEY: the last one wins
-        try:
-            value = json.loads(raw)
-        except (json.JSONDecodeError, RecursionError):
-            value = raw
-        except ValueError as exc:  # e.g. an integer with more digits than Python converts
-            raise MiarsError(f"{flag} {key}=...: the value cannot be read ({_one_line(exc)[:120]})") from None
-        out[key] = value
+        out[key] = parse_value(raw, f"{flag} {key}=...")
     return out
 
 

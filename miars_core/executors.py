@@ -114,7 +114,7 @@ class DaskExecutor(SerialExecutor):
     name = "dask"
     in_process = False
 
-    def __init__(self, scheduler: str | None = None, local_workers: int | None = None, threads: int = 1):
+    def __init__(self, scheduler: str | None = None, local_workers: int | None = None):
         try:
             from distributed import Client, LocalCluster
         except ImportError:
@@ -164,7 +164,7 @@ def make_executor(workers: int | None = None, threads: int = 1, scheduler: str |
     if dask_local is not None and dask_local < 1:
         raise MiarsError(f"--dask-local must be >= 1, got {dask_local}")
     if scheduler or dask_local:
-        return DaskExecutor(scheduler, dask_local, threads)
+        return DaskExecutor(scheduler, dask_local)  # each task pins its own threads
     cores = available_cores()
     if workers is None:
         workers = max(1, cores // threads)

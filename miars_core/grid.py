@@ -8,13 +8,13 @@ a readable slug plus a hash of its whole configuration.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import MiarsError
+from .params import parse_value
 from .pipeline import AttackConfig
 from .stages import digest
 
@@ -169,13 +169,6 @@ def split_list(text: str) -> list[str]:
     return [x for x in out if x]
 
 
-def parse_value(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
 def parse_list_flag(values: list[str] | None, flag: str, kind: type = str) -> list[Any] | None:
     """A repeatable, comma-separated flag (``--seed 0,1,2``) as a list; None when not given."""
     if not values:
@@ -204,7 +197,7 @@ def parse_scoped_params(values: list[str] | None, flag: str, sweep: bool = False
             raise MiarsError(f"{flag} {item!r} is not [NAME.]KEY=VALUE; write e.g. {flag} ratio=0.05,0.1")
         name, dot, key = lhs.strip().rpartition(".")
         name = name if dot else "*"
-        value = [parse_value(v) for v in split_list(raw)] if sweep else parse_value(raw)
+        value = [parse_value(v, f"{flag} {lhs}=...") for v in split_list(raw)] if sweep else parse_value(raw, f"{flag} {lhs}=...")
         if sweep and not value:
             raise MiarsError(f"{flag} {item!r} has no values; write e.g. {flag} {key}=0.05,0.1")
         out.setdefault(name, {})[key] = value

@@ -186,3 +186,22 @@ def constraints_of(factory: Any) -> dict[str, Constraint]:
         factory = factory.func
     found = getattr(factory, "param_constraints", None)
     return dict(found) if isinstance(found, dict) else {}
+
+
+def parse_value(raw: str, what: str) -> Any:
+    """A command-line value: JSON when it parses (numbers, lists, true, objects), else the text itself.
+
+    ``what`` names the input in the one-line error for a value JSON cannot convert (e.g. an
+    integer with more digits than Python reads).
+    """
+    import json
+
+    from .errors import MiarsError
+
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        return raw
+    except ValueError as exc:
+        text = " ".join(str(exc).split())[:120]
+        raise MiarsError(f"{what}: the value cannot be read ({text})") from None
