@@ -60,6 +60,7 @@ __all__ = [
     "check_featurizer",
     "check_service",
     "check_attack",
+    "check_view_attack",
     "check_dataset",
     "check_plugin",
     "check_list_defense",
@@ -291,7 +292,15 @@ def check_featurizer(factory: Callable[..., Any], /, **params: Any) -> None:
 
 
 def check_attack(factory: Callable[..., Any], /, **params: Any) -> None:
-    """Check an attack-model factory (``fit(X, y, seed)``, ``decision_function(X)``, ``predict(X)``)."""
+    """Check an attack-model factory (``fit(X, y, seed)``, ``decision_function(X)``, ``predict(X)``).
+
+    An attack that declares ``threat = "lists"`` or ``"queries"`` is checked on adversary
+    views instead (:func:`check_view_attack`).
+    """
+    from .threat import threat_of
+
+    if threat_of(_build(factory, params)) != "features":
+        return check_view_attack(factory, **params)
     who = _name(factory)
     rng = np.random.default_rng(4)
     n, d = 200, 8
@@ -322,6 +331,86 @@ def check_attack(factory: Callable[..., Any], /, **params: Any) -> None:
     assert np.array_equal(again.decision_function(X), scores), (
         f"{who}: two fits with seed=0 (bool and 0/1 labels) score differently; use the seed for all randomness"
     )
+
+
+def _views(seed: int = 5, n: int = 80, n_items: int = 60, k: int = 6):
+    """A shadow and a target view where members' lists come from their own taste and non-members' are popular."""
+    from .threat import AdversaryView, QueryAccess
+
+    rng = np.random.default_rng(seed)
+    clusters = 4
+    taste = rng.integers(0, clusters, size=n)
+    item_cluster = np.arange(n_items) % clusters
+    vectors = np.eye(clusters)[item_cluster] + 0.05 * rng.normal(size=(n_items, clusters))
+    rows, cols, lists = [], [], np.empty((n, k), dtype=np.int64)
+    is_member = np.zeros(n, dtype=bool)
+    is_member[rng.permutation(n)[: n // 2]] = True
+    popular = np.arange(n_items)
+    for u in range(n):  # a fixture of 80 users: clarity over speed
+        own = np.flatnonzero(item_cluster == taste[u])
+        seen = rng.choice(own, size=6, replace=False)
+        rows += [u] * len(seen)
+        cols += list(seen)
+        pool = np.setdiff1d(own, seen) if is_member[u] else np.setdiff1d(popular, seen)
+        lists[u] = pool[:k]
+    histories = binary_csr(np.array(rows), np.array(cols), (n, n_items))
+
+    class _Popular:
+        def serve_others(self, fitted, train, histories, k, seed=0):
+            from .ranking import top_k_popular
+
+            return top_k_popular(train.item_popularity(), histories, k)
+
+    train = Interactions(histories, np.arange(n), np.arange(n_items))
+
+    coo = histories.tocoo()
+    pairs = np.column_stack([coo.row, coo.col]).astype(np.int64)
+
+    def view(labels: bool) -> AdversaryView:
+        access = QueryAccess(None, train, _Popular(), k, budget=None if labels else 6 * n)
+        return AdversaryView(histories=histories, lists=lists.copy(), k=k, features=None, item_vectors=vectors,
+                             popular=popular, labels=is_member.copy() if labels else None, query=access,
+                             reference=lambda: QueryAccess(None, train, _Popular(), k), pairs=pairs.copy(),
+                             pair_labels=is_member[pairs[:, 0]] if labels else None)
+
+    return view(True), view(False), is_member
+
+
+def check_view_attack(factory: Callable[..., Any], /, **params: Any) -> None:
+    """Check an attack of threat ``lists`` or ``queries``: ``fit(shadow_view, seed)``, ``decision_function(view)``.
+
+    Scores are finite float64, one per user (per pair of ``view.pairs`` for ``level =
+    "interaction"``); ``predict == decision_function > 0``; the same
+    seed gives the same scores; the target view carries no labels and its queries stay
+    within the budget; for ``lists`` attacks, members (personalized lists) score higher
+    than non-members (the popular list) on average.
+    """
+    from .threat import threat_of
+
+    from .threat import level_of
+
+    who = _name(factory)
+    shadow, target, is_member = _views()
+    obj = check_init(factory, **params)
+    threat = threat_of(obj)
+    _fit(obj, who, shadow, seed=0)
+    scores = np.asarray(obj.decision_function(target))
+    n = len(target.pairs) if level_of(obj) == "interaction" else target.n_users
+    assert scores.shape == (n,), f"{who}.decision_function returned shape {scores.shape}, expected ({n},)"
+    assert scores.dtype == np.float64 and np.isfinite(scores).all(), f"{who}.decision_function must return finite float64 scores"
+    pred = np.asarray(obj.predict(target))
+    assert pred.dtype == bool and np.array_equal(pred, scores > 0), f"{who}.predict(view) differs from decision_function(view) > 0"
+    if threat == "queries":
+        assert target.query.used_ <= target.query.budget, f"{who} asked more queries than its budget"
+    else:
+        assert target.query.used_ == 0, f"{who} declares threat 'lists' but queried the service"
+        assert scores[is_member].mean() > scores[~is_member].mean(), (
+            f"{who}: members (personalized lists) score lower than non-members (popular list); "
+            "decision_function must be higher for members")
+    again = _build(factory, params)
+    _fit(again, who, _views()[0], seed=0)
+    assert np.array_equal(np.asarray(again.decision_function(_views()[1])), scores), (
+        f"{who}: two fits with seed=0 score differently; use the seed for all randomness")
 
 
 def check_dataset(factory: Callable[..., Any], /, data_dir: Any = None, **params: Any) -> Interactions:

@@ -231,6 +231,7 @@ def attack(
     attack_param: Optional[List[str]] = typer.Option(None, "--attack-param", help="KEY=VALUE, e.g. epochs=200."),
     defense_param: Optional[List[str]] = typer.Option(None, "--defense-param", help="KEY=VALUE, e.g. ratio=0.1."),
     service_param: Optional[List[str]] = typer.Option(None, "--service-param", help="KEY=VALUE for the service model."),
+    query_budget: int = typer.Option(5, "--query-budget", help="Queries per target user an attack with query access may ask (recorded in result.json)."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder to write result.json (metrics, timings, config, split, versions) and scores.tsv (per-user attack scores) into."),
     export_miars: Optional[str] = typer.Option(None, "--export-miars", help="Folder to write the authors' TSV files into (interactions, recommendations, item vectors)."),
     cache: Optional[str] = typer.Option(None, "--cache", help="Folder of cached stage outputs (default: $MIARS_CACHE/stages or ~/.cache/miars/stages)."),
@@ -241,13 +242,13 @@ def attack(
     with guarded():
         _attack(dataset, data_dir, download, target, shadow, featurizer, attack_model, defense, top_k, seed, split,
                 min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
-                out, export_miars, quiet, shadow_dataset, cache, no_cache, service, service_param)
+                out, export_miars, quiet, shadow_dataset, cache, no_cache, service, service_param, query_budget)
 
 
 def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_model, defense, top_k, seed, split,
             min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
             out, export_miars, quiet, shadow_dataset=None, cache=None, no_cache=False, service="popular",
-            service_param=None) -> None:
+            service_param=None, query_budget=5) -> None:
     from .pipeline import AttackConfig
 
     dataset, data_dir, out, export_miars = _expand(dataset), _expand(data_dir), _expand(out), _expand(export_miars)
@@ -264,7 +265,7 @@ def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_mode
         featurizer_params=parse_params(featurizer_param, "--featurizer-param"),
         attack_params=parse_params(attack_param, "--attack-param"),
         defense_params=parse_params(defense_param, "--defense-param"),
-        service=service, service_params=parse_params(service_param, "--service-param"),
+        service=service, service_params=parse_params(service_param, "--service-param"), query_budget=query_budget,
     ).validate()
     _run(config, out, export_miars, quiet, _store(cache, no_cache))
 
@@ -395,6 +396,7 @@ def grid(
     seed: Optional[List[str]] = typer.Option(None, "--seed", help="Master seeds, comma-separated, e.g. 0,1,2 (default: 0)."),
     split: Optional[str] = typer.Option(None, help="interactions (the paper's) or users."),
     min_interactions: Optional[int] = typer.Option(None, "--min-interactions", help="Shadow/target users with fewer interactions are dropped (default: 20)."),
+    query_budget: Optional[int] = typer.Option(None, "--query-budget", help="Queries per target user an attack with query access may ask (default: 5)."),
     out: OutOpt = ...,
     cache: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -423,6 +425,7 @@ def grid(
             "seed": parse_list_flag(seed, "--seed", int),
             "split": split,
             "min_interactions": min_interactions,
+            "query_budget": query_budget,
             "data_dir": data_dir,
             "download": download or None,
         }
@@ -480,7 +483,10 @@ def bench_defenses(
     defense: Optional[List[str]] = typer.Option(None, "--defense", help="Defenses to benchmark (default: every registered defense); `none` is always included."),
     defense_param: Optional[List[str]] = typer.Option(None, "--defense-param", help="[DEFENSE.]KEY=V1,V2 replaces that defense's documented sweep of KEY."),
     target_param: Optional[List[str]] = typer.Option(None, "--target-param", help="[NAME.]KEY=VALUE for the recommenders (target and shadow)."),
+    attack_model: Optional[List[str]] = typer.Option(None, "--attack", help="Attacks, comma-separated (default: mlp)."),
     attack_param: Optional[List[str]] = typer.Option(None, "--attack-param", help="[NAME.]KEY=VALUE for the attack model."),
+    service: Optional[List[str]] = typer.Option(None, "--service", help="Service models, comma-separated: popular (the paper's), foldin (default: popular)."),
+    query_budget: int = typer.Option(5, "--query-budget", help="Queries per target user an attack with query access may ask."),
     top_k: Optional[List[str]] = typer.Option(None, "--top-k", help="List lengths (default: 100)."),
     seed: Optional[List[str]] = typer.Option(None, "--seed", help="Master seeds, e.g. 0,1,2 (default: 0,1,2)."),
     utility_holdout: float = typer.Option(0.2, "--utility-holdout", help="Share of each target member's interactions held out of training to measure utility."),
@@ -518,6 +524,8 @@ def bench_defenses(
             defense=[None, *names], defense_params=sweeps,
             top_k=parse_list_flag(top_k, "--top-k", int) or [100], seed=parse_list_flag(seed, "--seed", int) or [0, 1, 2],
             target_params=recs, shadow_params=recs, attack_params=parse_scoped_params(attack_param, "--attack-param"),
+            attack=parse_list_flag(attack_model, "--attack") or ["mlp"],
+            service=parse_list_flag(service, "--service") or ["popular"], query_budget=query_budget,
             utility_holdout=utility_holdout, defense_targets={k: v for k, v in only.items() if v},
         )
         _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet)

@@ -38,6 +38,7 @@ class GridSpec:
     split: str = "interactions"
     min_interactions: int = 20
     utility_holdout: float = 0.0
+    query_budget: int = 5
     data_dir: str | None = None
     download: bool = False
     #: ``{name or "*": {key: value}}`` for each component kind; defense values are lists to sweep.
@@ -71,7 +72,7 @@ class GridSpec:
                             featurizer=featurizer, attack=attack, defense=defense, service=service,
                             service_params=_scoped(self.service_params, service), top_k=int(top_k), seed=int(seed),
                             split=self.split, min_interactions=int(self.min_interactions),
-                            utility_holdout=float(self.utility_holdout),
+                            utility_holdout=float(self.utility_holdout), query_budget=int(self.query_budget),
                             target_params=_scoped(self.target_params, target),
                             shadow_params=_scoped(self.shadow_params, shadow),
                             featurizer_params=_scoped(self.featurizer_params, featurizer),

@@ -31,6 +31,7 @@ class AttackConfig:
     split: str = "interactions"
     min_interactions: int = 20
     utility_holdout: float = 0.0
+    query_budget: int = 5  # queries per target user an attack of threat "queries" may ask the target service
     target_params: dict[str, Any] = field(default_factory=dict)
     shadow_params: dict[str, Any] = field(default_factory=dict)
     featurizer_params: dict[str, Any] = field(default_factory=dict)
@@ -51,6 +52,8 @@ class AttackConfig:
             raise MiarsError(f"--min-interactions must be >= 1, got {self.min_interactions}")
         if not 0.0 <= float(self.utility_holdout) < 1.0:
             raise MiarsError(f"--utility-holdout must be in [0, 1), got {self.utility_holdout}; e.g. 0.2")
+        if isinstance(self.query_budget, bool) or not isinstance(self.query_budget, int) or self.query_budget < 0:
+            raise MiarsError(f"--query-budget must be an integer >= 0 (queries per target user), got {self.query_budget!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= 2**32 - 1:
             raise MiarsError(f"--seed must be an integer from 0 to {2**32 - 1} (2**32 - 1), got {self.seed}")
         return self
@@ -72,6 +75,8 @@ class AttackResult:
     cache: dict = field(default_factory=dict, repr=False)
     cell: dict | None = None
     utility: dict | None = None
+    queries: dict | None = None
+    interaction: dict | None = None
 
     def to_json(self) -> dict:
         out = {
@@ -87,6 +92,10 @@ class AttackResult:
             out["attackers"] = self.attackers
         if self.utility is not None:
             out["utility"] = self.utility
+        if self.queries:
+            out["queries"] = self.queries
+        if self.interaction:
+            out["interaction"] = self.interaction
         if self.cell is not None:
             out["cell"] = self.cell
         return out
@@ -190,10 +199,15 @@ def cell_result(cell) -> AttackResult:
         artifacts=artifacts,
         cache={"computed": dict(cell.computed), "cached": sorted(set(cell.hits) - set(cell.computed))},
         utility=cell.utility(),
+        queries={named[k] if config.defense else "attack": o.meta["queries"] for k, o in outputs.items()
+                 if "queries" in o.meta} or None,
+        interaction={named[k] if config.defense else "attack": o.meta["interaction"] for k, o in outputs.items()
+                     if "interaction" in o.meta} or None,
     )
 
 
 _TIMING_ORDER = ("load", "split", "shadow_recommender", "target_recommender", "defense", "featurize", "attack")
+
 
 
 def _transfer_split(cell) -> Split:

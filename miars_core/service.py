@@ -22,6 +22,10 @@ class Served:
     lists: np.ndarray  # (users of the part, k) item columns, rows aligned with part.interactions
     context: ServiceContext
     report: dict = field(default_factory=dict)
+    #: The fitted recommender and the members' data it was trained on (kept in memory, never stored):
+    #: what query access (:class:`~miars_core.threat.QueryAccess`) asks.
+    fitted: Any = field(default=None, repr=False)
+    train: Any = field(default=None, repr=False)
 
 
 def popularity_order(part: Part) -> np.ndarray:
@@ -61,6 +65,8 @@ def check_lists(lists: Any, shape: tuple[int, int], known, who: str, what: str =
     if arr.shape != shape:
         raise MiarsError(f"{who} {what} lists of shape {arr.shape}, expected {shape} (one row of k items per user)")
     arr = arr.astype(np.int64, copy=False)
+    if arr.size == 0:
+        return arr
     n_items = known.shape[1]
     if arr.size and (arr.min() < 0 or arr.max() >= n_items):
         bad = int(arr[(arr < 0) | (arr >= n_items)][0])
@@ -122,7 +128,9 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
     popularity = train.item_popularity()
     popular = np.argsort(-popularity, kind="stable")
     known_others = part.interactions.matrix[others]
-    if service is None:  # the paper's service
+    if not len(others):
+        other_lists = np.empty((0, k), dtype=np.int64)
+    elif service is None:  # the paper's service
         other_lists = top_k_popular(popularity, known_others, k)
     else:
         swho = _who("service", type(service).__name__, service)
@@ -146,7 +154,7 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
         privacy = getattr(defense, "privacy_", None)
         if privacy:
             report["privacy"] = dict(privacy)
-    return Served(lists, ServiceContext(part.interactions, part.is_member, popular, k), report)
+    return Served(lists, ServiceContext(part.interactions, part.is_member, popular, k), report, fitted, train)
 
 
 def _unknown_top_k(fitted: Any, trained, known, k: int, who: str) -> np.ndarray:

@@ -47,14 +47,15 @@ from .protocol import split_dataset
 from .seeds import stage_seed
 from .service import Served, defend, popularity_order, serve, stage_threads
 from .store import MemoryStore, Output
-from .types import Interactions, Part, ServiceContext, Split, binary_csr
+from .threat import AdversaryView, QueryAccess, level_of, threat_of
+from .types import Interactions, Part, ServiceContext, Split, binary_csr, random_row_ranks
 from .utility import holdout, utility_metrics
 
 #: Bump when a stage's computation changes in a way the module hash below would not see.
 STAGES_VERSION = "1"
 
 #: Core modules whose code decides stage outputs (their source is hashed into every key).
-STAGE_MODULES = ("stages", "protocol", "service", "ranking", "types", "seeds", "store", "utility", "defenses")
+STAGE_MODULES = ("stages", "protocol", "service", "ranking", "types", "seeds", "store", "utility", "defenses", "threat")
 
 #: Timing names reported in result.json (those of miars v0).
 TIMING = {"load": "load", "split": "split", "serve:shadow": "shadow_recommender", "serve:target": "target_recommender",
@@ -261,6 +262,10 @@ class Cell:
         elif stage == "attack":
             rec.update(shadow=self.key("features", "shadow", defended), target=self.key("features", "target", bool(c.defense)),
                        attack=self._ids["attack"], seed=stage_seed(seed, "attack"))
+            if self.threat == "queries":  # query access: the budget, and the reference model's data
+                rec.update(query_budget=c.query_budget, reference=self.key("split", "shadow"))
+            if self.level == "interaction":
+                rec.update(pairs_seed=stage_seed(seed, "pairs-target"))
         else:
             raise ValueError(f"unknown stage {stage!r}")
         return rec
@@ -343,20 +348,135 @@ class Cell:
         """Fit on the part's members and serve everyone; ``defended``: under a data or training defense."""
         name = self.specs[f"recommender:{part}"][0]
         defense = self.create("defense") if defended else None
-        seed = self.config.seed
-
-        holdout = self.config.utility_holdout if part == "target" else 0.0
 
         def compute(p: Part):
-            service = self.create("service")
-            s = serve(p, self.create(f"recommender:{part}"), name, self.config.top_k, stage_seed(seed, part),
-                      defense=defense, defense_seed=stage_seed(seed, f"defense-{part}"),
-                      holdout_fraction=holdout, holdout_seed=stage_seed(seed, "holdout"), service=service)
+            s = self._serve(p, part, defense)
             return {"lists": s.lists}, {"report": s.report}
 
         under = f" under defense {self.config.defense}" if defended else ""
         return self._run("serve", self.key("serve", part, defended), f"serve:{part}",
                          f"training {part} recommender {name}{under}", lambda: (self.part(part),), compute)
+
+    def _serve(self, p: Part, part: str, defense: Any) -> Served:
+        """Fit the part's recommender (under a data or training defense) and serve; the fit is kept in memory."""
+        seed, name = self.config.seed, self.specs[f"recommender:{part}"][0]
+        holdout_fraction = self.config.utility_holdout if part == "target" else 0.0
+        s = serve(p, self.create(f"recommender:{part}"), name, self.config.top_k, stage_seed(seed, part),
+                  defense=defense, defense_seed=stage_seed(seed, f"defense-{part}"),
+                  holdout_fraction=holdout_fraction, holdout_seed=stage_seed(seed, "holdout"),
+                  service=self.create("service"))
+        self._memo[f"fitted:{part}:{defense is not None}"] = s
+        return s
+
+    def access(self, part: str, defended: bool, budget: int | None = None) -> QueryAccess:
+        """Query access to the service of ``part`` (with the cell's defense when ``defended``).
+
+        Fitted models are not stored, so a cell whose lists came from the cache fits the
+        recommender again (same data, same seed) and checks that it serves the stored lists.
+        """
+        c = self.config
+        under_fit = defended and self.defense_point in ("data", "training")
+        key = f"fitted:{part}:{under_fit}"
+        stored = self.served(part, under_fit).arrays["lists"]
+        if key not in self._memo:
+            start = time.perf_counter()
+            if self.progress:
+                self.progress(f"fitting the {part} recommender again for query access")
+            s = self._serve(self.part(part), part, self.create("defense") if under_fit else None)
+            self.timings["oracle_refit"] = round(self.timings.get("oracle_refit", 0.0) + time.perf_counter() - start, 3)
+            agree = float((s.lists == stored).mean())
+            if agree < 0.9:
+                raise MiarsError(f"the {part} recommender fitted again for query access serves other lists than the "
+                                 f"cached ones ({agree:.1%} of positions agree): its training is not deterministic; "
+                                 "run with --no-cache")
+        s = self._memo[key]
+        defense = self.create("defense") if defended and self.defense_point == "lists" else None
+        return QueryAccess(s.fitted, s.train, self.create("service"), c.top_k, defense=defense,
+                           defense_seed=stage_seed(c.seed, f"defense-query-{part}"), seed=stage_seed(c.seed, f"query-{part}"),
+                           budget=budget, name=part)
+
+    def reference_access(self, side: str) -> QueryAccess:
+        """A reference model the adversary trains on its own data, served like the target.
+
+        The shadow recommender, fitted on the side's vectorization part restricted to users
+        with at least ``min_interactions`` interactions and sampled to as many users as the
+        target part has members (the service's training set's size and filter).
+        """
+        def build() -> QueryAccess:
+            from .types import Part as _Part
+
+            c = self.config
+            vec = self.split(side).vectorization
+            counts = np.diff(vec.matrix.indptr)
+            eligible = np.flatnonzero(counts >= c.min_interactions)
+            n = min(len(eligible), int(self.part("target").is_member.sum()))
+            if n < 2:
+                raise MiarsError(f"the vectorization part has {len(eligible)} users with >= {c.min_interactions} "
+                                 "interactions: too few to train a reference model; use a larger dataset")
+            rng = np.random.default_rng(stage_seed(c.seed, "reference"))
+            rows = np.sort(rng.choice(eligible, size=n, replace=False))
+            p = _Part("reference", vec.rows(rows), np.ones(n, dtype=bool))
+            start = time.perf_counter()
+            if self.progress:
+                self.progress(f"training the reference model on the {side} side's vectorization part")
+            name = self.specs["recommender:shadow"][0]
+            s = serve(p, self.create("recommender:shadow"), name, c.top_k, stage_seed(c.seed, "reference"),
+                      service=self.create("service"))
+            self.timings["reference_fit"] = round(self.timings.get("reference_fit", 0.0) + time.perf_counter() - start, 3)
+            return QueryAccess(s.fitted, s.train, self.create("service"), c.top_k, seed=stage_seed(c.seed, "reference-query"),
+                               name="reference")
+
+        return self._once(f"reference:{self.key('split', side)}", build)  # one per dataset when both sides share it
+
+    def view(self, part: str, defended: bool, features: np.ndarray, threat: str) -> AdversaryView:
+        """What the adversary sees of ``part`` (labels on the shadow part only)."""
+        c, p = self.config, self.part(part)
+        featurizer = self.featurizer(part)
+        vectors = getattr(featurizer, "item_vectors_", None)
+        view = AdversaryView(
+            histories=p.interactions.matrix, lists=self.lists(part, defended), k=c.top_k, features=features,
+            item_vectors=np.asarray(vectors) if vectors is not None else None,
+            popular=np.argsort(-self.split(part).vectorization.item_popularity(), kind="stable"),
+            labels=p.is_member.copy() if part == "shadow" else None)
+        if threat == "queries":
+            budget = c.query_budget * p.interactions.n_users if part == "target" else None
+            view.query = self.access(part, defended, budget)
+            view.reference = lambda: self.reference_access(part)
+        if self.level == "interaction":
+            view.pairs = self.pairs(part)
+            if part == "shadow":
+                view.pair_labels = self.pair_labels(part, defended, view.pairs)
+        return view
+
+    @property
+    def level(self) -> str:
+        """``user`` or ``interaction``: what the cell's attack infers membership of."""
+        return self._once("level", lambda: level_of(self.create("attack")))
+
+    def pairs(self, part: str) -> np.ndarray:
+        """(user row, item column) pairs an interaction-level attack scores: up to the attack's ``pairs`` per user,
+        drawn (seeded) from each user's history."""
+        per_user = int(get_params(self.create("attack")).get("pairs", 5))
+        h = self.part(part).interactions.matrix
+        rows, rank = random_row_ranks(h, stage_seed(self.config.seed, f"pairs-{part}"))
+        keep = rank < per_user
+        return np.column_stack([rows[keep], h.indices[keep]]).astype(np.int64)
+
+    def pair_labels(self, part: str, defended: bool, pairs: np.ndarray) -> np.ndarray:
+        """Whether each pair was in the data the part's recommender was trained on (members' rows, after any
+        hold-out or data defense)."""
+        under_fit = defended and self.defense_point in ("data", "training")
+        if f"fitted:{part}:{under_fit}" not in self._memo:
+            self.access(part, defended)
+        train = self._memo[f"fitted:{part}:{under_fit}"].train.matrix
+        is_member = self.part(part).is_member
+        position = np.full(len(is_member), -1)
+        position[is_member] = np.arange(int(is_member.sum()))
+        rows, items = pairs[:, 0], pairs[:, 1]
+        labels = np.zeros(len(pairs), dtype=bool)
+        m = position[rows] >= 0
+        labels[m] = np.asarray(train[position[rows[m]], items[m]]).ravel() > 0
+        return labels
 
     def context(self, part: str) -> ServiceContext:
         p = self.part(part)
@@ -458,21 +578,68 @@ class Cell:
                          lambda: (self.featurizer(part), self.part(part).interactions, self.lists(part, defended)),
                          compute).arrays["X"]
 
+    @property
+    def threat(self) -> str:
+        """What the cell's attack needs: ``features``, ``lists`` or ``queries`` (:mod:`miars_core.threat`)."""
+        return self._once("threat", lambda: threat_of(self.create("attack")))
+
     def attack_scores(self, defended_shadow: bool) -> Output:
         c = self.config
 
         def compute(x_shadow: np.ndarray, y_shadow: np.ndarray, x_target: np.ndarray):
+            meta: dict[str, Any] = {}
+            seed = stage_seed(c.seed, "attack")
             with stage_threads():
-                model = self.create("attack").fit(x_shadow, y_shadow, seed=stage_seed(c.seed, "attack"))
-                scores = np.asarray(model.decision_function(x_target), dtype=np.float64)
-                predicted = np.asarray(model.predict(x_target)).astype(bool)
+                model = self.create("attack")
+                if self.threat == "features":
+                    model.fit(x_shadow, y_shadow, seed=seed)
+                    target: Any = x_target
+                else:
+                    model.fit(self.view("shadow", defended_shadow, x_shadow, self.threat), seed=seed)
+                    target = self.view("target", bool(c.defense), x_target, self.threat)
+                scores = np.asarray(model.decision_function(target), dtype=np.float64)
+                predicted = np.asarray(model.predict(target)).astype(bool)
+                arrays: dict[str, np.ndarray] = {}
+                if self.level == "interaction":
+                    scores, predicted, arrays, meta["interaction"] = self._pair_outcome(
+                        target, scores, predicted, bool(c.defense))
+                if self.threat == "queries":
+                    meta["queries"] = {"per_target_user": c.query_budget, **target.query.record(),
+                                       "target_users": target.n_users}
+            n = self.part("target").interactions.n_users
+            if scores.shape != (n,) or predicted.shape != (n,):
+                raise MiarsError(f"attack {c.attack!r} returned scores of shape {scores.shape}, expected one per target "
+                                 f"user ({n},)")
             if not np.isfinite(scores).all():
                 raise MiarsError(f"attack {c.attack!r} produced non-finite scores; check its inputs and parameters")
-            return {"scores": scores, "predicted": predicted}, {}
+            return {"scores": scores, "predicted": predicted, **arrays}, meta
 
         return self._run("attack", self.key("attack", "", defended_shadow), "attack", f"training attack {c.attack}",
                          lambda: (self.features("shadow", defended_shadow), self.part("shadow").is_member,
                                   self.features("target", bool(c.defense))), compute)
+
+    def _pair_outcome(self, view: AdversaryView, scores: np.ndarray, predicted: np.ndarray, defended: bool):
+        """Pair scores -> per-user scores (mean over the user's pairs) and the interaction-level metrics."""
+        c, pairs = self.config, view.pairs
+        if scores.shape != (len(pairs),) or predicted.shape != (len(pairs),):
+            raise MiarsError(f"attack {c.attack!r} returned {scores.shape} scores for {len(pairs)} pairs; an "
+                             "interaction-level attack scores each pair of view.pairs")
+        if not np.isfinite(scores).all():
+            raise MiarsError(f"attack {c.attack!r} produced non-finite pair scores; check its inputs and parameters")
+        labels = self.pair_labels("target", defended, pairs)
+        n = view.n_users
+        per_user = np.bincount(pairs[:, 0], minlength=n)
+        user_scores = np.bincount(pairs[:, 0], weights=scores, minlength=n) / np.maximum(per_user, 1)
+        members = self.part("target").is_member[pairs[:, 0]]
+        report = {"pairs": int(len(pairs)), "trained_pairs": int(labels.sum())}
+        if labels.any() and not labels.all():
+            report["all_pairs"] = membership_metrics(labels, scores, predicted)
+        held = members & ~labels  # members' pairs left out of training (hold-out, data defense)
+        if held.any() and labels[members].any():
+            report["members_pairs"] = membership_metrics(labels[members], scores[members], predicted[members])
+            report["members_pairs"]["untrained_pairs"] = int(held.sum())
+        arrays = {"pair_rows": pairs[:, 0], "pair_items": pairs[:, 1], "pair_scores": scores, "pair_labels": labels}
+        return user_scores, user_scores > 0, arrays, report
 
     # -- all of it -----------------------------------------------------------------------------
     def attackers(self) -> dict[str, Output]:

@@ -1,14 +1,16 @@
-"""Built-in featurizer and attack model of Zhang et al., CCS 2021: ``center-diff`` and ``mlp``."""
+"""Built-in featurizer and attacks: the CCS'21 ``center-diff`` + ``mlp``, and the attacks of other threat models."""
 
 from __future__ import annotations
 
 from miars_core.hookspecs import hookimpl
 
 from .features import CenterDiff, item_vectors
+from .metric import KMeansAttack, ReferenceRec, ShadowFree
 from .mlp import MLPAttack
+from .query import InteractionQuery, QueryRecall
 
 __version__ = "0.1.0"
-__all__ = ["CenterDiff", "MLPAttack", "item_vectors"]
+__all__ = ["CenterDiff", "InteractionQuery", "KMeansAttack", "MLPAttack", "QueryRecall", "ReferenceRec", "ShadowFree", "item_vectors"]
 
 
 @hookimpl
@@ -19,3 +21,8 @@ def register_featurizers(register):
 @hookimpl
 def register_attacks(register):
     register("mlp", MLPAttack)
+    register("kmeans", KMeansAttack)
+    register("shadow-free", ShadowFree)
+    register("reference-rec", ReferenceRec)
+    register("query-recall", QueryRecall)
+    register("interaction", InteractionQuery)

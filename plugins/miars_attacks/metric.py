@@ -1,0 +1,196 @@
+"""Attacks that score each user by a metric of their history and served list (no attack model to train).
+
+They see what :class:`miars_core.threat.AdversaryView` grants (``threat = "lists"``, or
+``"queries"`` for reference-rec) and score users vectorised over the whole part: sparse
+products of the histories and lists with the item vectors, one k-means, no per-user loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from miars_core.components import Component
+from miars_core.params import Interval, Options
+from miars_core.threat import AdversaryView
+
+#: Added to distances before dividing, so a zero distance gives a large, finite ratio.
+EPS = 1e-6
+
+
+def list_matrix(lists: np.ndarray, n_items: int, weights: np.ndarray | None = None) -> sp.csr_matrix:
+    """(users x items) sparse matrix of the served lists, each row summing to 1 (``weights`` by rank, or uniform)."""
+    n, k = lists.shape
+    w = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
+    return sp.csr_matrix((np.tile(w, n), lists.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n_items))
+
+
+def mean_vectors(rows: sp.csr_matrix, vectors: np.ndarray) -> np.ndarray:
+    """Mean item vector of each row of a 0/1 (or weighted) matrix; an empty row gives zeros."""
+    m = sp.csr_matrix(rows, dtype=np.float64)
+    sums = np.asarray(m.sum(axis=1)).ravel()
+    out = np.asarray(m @ vectors, dtype=np.float64)
+    return out / np.where(sums > 0, sums, 1.0)[:, None]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity (0 where a row is zero)."""
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    return (a * b).sum(axis=1) / np.maximum(na * nb, EPS)
+
+
+def distance(a: np.ndarray, b: np.ndarray, kind: str) -> np.ndarray:
+    """Row-wise ``euclidean`` or ``cosine`` (1 - cosine similarity) distance."""
+    if kind == "cosine":
+        return 1.0 - cosine(a, b)
+    return np.linalg.norm(a - b, axis=1)
+
+
+def orient_and_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(sign, threshold) chosen on shadow data: the sign that makes ROC-AUC >= 0.5 and the cut of best balanced accuracy."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    y = np.asarray(labels).astype(bool)
+    sign = 1.0 if roc_auc_score(y, scores) >= 0.5 else -1.0
+    fpr, tpr, thresholds = roc_curve(y, sign * scores)
+    best = int(np.argmax(tpr - fpr))
+    cut = float(thresholds[best]) if np.isfinite(thresholds[best]) else float(np.max(sign * scores)) + 1.0
+    # Score > 0 means member: put the cut halfway to the next lower score so ties fall on the right side.
+    below = (sign * scores)[(sign * scores) < cut]
+    return sign, (cut + float(below.max())) / 2 if len(below) else cut - 1.0
+
+
+class _ShadowCalibrated(Component):
+    """A metric whose orientation and threshold are chosen on the shadow part (never on target labels)."""
+
+    def _score(self, view: AdversaryView, seed: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def fit(self, view: AdversaryView, seed: int = 0):
+        view.require(type(self).__name__, "labels")
+        self.seed_ = int(seed)
+        self.sign_, self.threshold_ = orient_and_threshold(self._score(view, seed), view.labels)
+        return self
+
+    def decision_function(self, view: AdversaryView) -> np.ndarray:
+        return _scored(self, view, lambda: self.sign_ * self._score(view, self.seed_) - self.threshold_)
+
+    def predict(self, view: AdversaryView) -> np.ndarray:
+        return self.decision_function(view) > 0
+
+
+def _scored(attack, view: AdversaryView, compute) -> np.ndarray:
+    """Score a view once: ``predict`` after ``decision_function`` on the same view asks no more queries."""
+    last = getattr(attack, "_last", None)
+    if last is None or last[0] is not view:
+        attack._last = (view, compute())
+    return attack._last[1]
+
+
+class KMeansAttack(Component):
+    """Unsupervised attack: 2-means clustering of the target users' features, no shadow labels (Zhang et al., CCS 2021).
+
+    The authors' unsupervised variant of the CCS'21 attack: each user's feature is the mean
+    vector of their history minus the uniform mean vector of their list (their k-means
+    script weighs every position 0.01 for k = 100); the target users are split into two
+    clusters by k-means (``n_init`` restarts, seeded). With no labels to say which cluster is
+    which, the cluster whose centre lies nearer the origin (lists closest to their users'
+    histories) is called the members. Score: distance to the other centre minus distance to
+    the member centre. The shadow part is not used.
+    """
+
+    threat = "lists"
+    param_constraints = {"n_init": Interval(int, 1), "weights": Options(("uniform", "rank"))}
+
+    def __init__(self, n_init: int = 10, weights: str = "uniform"):
+        self.n_init = n_init
+        self.weights = weights
+
+    def fit(self, view: AdversaryView, seed: int = 0) -> "KMeansAttack":
+        self.seed_ = int(seed)
+        return self
+
+    def _features(self, view: AdversaryView) -> np.ndarray:
+        view.require("kmeans", "item_vectors")
+        v = view.item_vectors
+        w = np.arange(view.k, 0, -1, dtype=np.float64) if self.weights == "rank" else None
+        return mean_vectors(view.histories, v) - mean_vectors(list_matrix(view.lists, v.shape[0], w), v)
+
+    def decision_function(self, view: AdversaryView) -> np.ndarray:
+        return _scored(self, view, lambda: self._cluster(view))
+
+    def _cluster(self, view: AdversaryView) -> np.ndarray:
+        from sklearn.cluster import KMeans
+
+        x = self._features(view)
+        km = KMeans(n_clusters=2, n_init=int(self.n_init), random_state=self.seed_).fit(x)
+        centres = km.cluster_centers_
+        member = int(np.argmin(np.linalg.norm(centres, axis=1)))
+        d = np.linalg.norm(x[:, None, :] - centres[None, :, :], axis=2)
+        self.centres_ = centres
+        return d[:, 1 - member] - d[:, member]
+
+    def predict(self, view: AdversaryView) -> np.ndarray:
+        return self.decision_function(view) > 0
+
+
+class ShadowFree(Component):
+    """Shadow-free attack: is the served list nearer the user's history than the popular list? (after Salem et al., NDSS 2019)
+
+    A metric attack in the spirit of the shadow-free membership inference of Salem et al.
+    (NDSS 2019, "ML-Leaks", adversary 3) applied to recommendations: score = cosine(list,
+    history) - cosine(list, popular list), each a mean item vector (item vectors and item
+    popularity from the adversary's own data, the vectorization part). A member's list is
+    made from their history; a non-member's, under the paper's service, is the popular list.
+    Threshold 0, orientation fixed: no labels of any kind are used.
+    """
+
+    threat = "lists"
+
+    def __init__(self):
+        pass
+
+    def fit(self, view: AdversaryView, seed: int = 0) -> "ShadowFree":
+        return self
+
+    def decision_function(self, view: AdversaryView) -> np.ndarray:
+        view.require("shadow-free", "item_vectors", "popular")
+        v = view.item_vectors
+        listed = mean_vectors(list_matrix(view.lists, v.shape[0]), v)
+        history = mean_vectors(view.histories, v)
+        popular = v[view.popular[: view.k]].mean(axis=0, keepdims=True)
+        return cosine(listed, history) - cosine(listed, np.broadcast_to(popular, listed.shape))
+
+    def predict(self, view: AdversaryView) -> np.ndarray:
+        return self.decision_function(view) > 0
+
+
+class ReferenceRec(_ShadowCalibrated):
+    """Reference-recommendation attack: relative membership metric d(list, history) / d(list, reference list) (Chi et al., AAAI 2026).
+
+    X. Chi, X. Zhang, Y. Wang, H. Hu, W. Dou, "Reference Recommendation based Membership
+    Inference Attack against Hybrid-based Recommender Systems" (AAAI 2026). The adversary
+    queries the service once more for a reference list made without the user's history
+    (the paper uses the user's attributes only; miars datasets carry none, so the reference
+    is the list a fresh account with an empty history gets: one query for all users). With
+    v_t, v_h, v_r the mean item vectors of the served list, the history and the reference
+    list, the metric is rho = d(v_t, v_h) / d(v_t, v_r); a member's list lies nearer their
+    history than to the reference. Score: -log(rho); orientation and threshold are chosen on
+    the shadow part (the adversary's own service).
+    """
+
+    threat = "queries"
+    param_constraints = {"distance": Options(("euclidean", "cosine"))}
+
+    def __init__(self, distance: str = "euclidean"):
+        self.distance = distance
+
+    def _score(self, view: AdversaryView, seed: int) -> np.ndarray:
+        view.require("reference-rec", "item_vectors", "query")
+        v = view.item_vectors
+        reference = view.query.recommend(sp.csr_matrix((1, v.shape[0]), dtype=np.float32))  # an empty account
+        v_r = np.broadcast_to(v[reference[0]].mean(axis=0, keepdims=True), (view.n_users, v.shape[1]))
+        v_t = mean_vectors(list_matrix(view.lists, v.shape[0]), v)
+        v_h = mean_vectors(view.histories, v)
+        rho = (distance(v_t, v_h, self.distance) + EPS) / (distance(v_t, v_r, self.distance) + EPS)
+        return -np.log(rho)

@@ -1,0 +1,140 @@
+"""Query attacks: the adversary opens fresh accounts and reads what the service recommends to them."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from miars_core.components import Component
+from miars_core.params import Interval, Options
+from miars_core.threat import AdversaryView
+from miars_core.types import random_row_ranks
+
+from .metric import _ShadowCalibrated
+
+
+def half_splits(histories: sp.csr_matrix, queries: int, seed: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """``queries`` random halves of every history, stacked (query s of user u is row s * n + u).
+
+    Returns (query halves Q, held-out halves T): Q holds ``|H| // 2`` of the user's items
+    chosen at random, T the rest.
+    """
+    h = sp.csr_matrix(histories, dtype=np.float32)
+    h.data[:] = 1.0
+    counts = np.diff(h.indptr)
+    row_of = np.repeat(np.arange(h.shape[0]), counts)
+    qs, ts = [], []
+    for s in range(queries):  # a handful of vectorised passes, one per query
+        _, ranks = random_row_ranks(h, seed + 7919 * s)
+        in_query = ranks < (counts // 2)[row_of]
+        q = h.copy()
+        q.data = in_query.astype(np.float32)
+        q.eliminate_zeros()
+        t = h - q
+        t.eliminate_zeros()
+        qs.append(q)
+        ts.append(t)
+    return sp.vstack(qs, format="csr"), sp.vstack(ts, format="csr")
+
+
+def recall_of_lists(lists: np.ndarray, held: sp.csr_matrix) -> np.ndarray:
+    """Share of each row's held-out items found in its list (0 where nothing is held out)."""
+    n, k = lists.shape
+    hits = np.asarray(held[np.repeat(np.arange(n), k), lists.ravel()]).reshape(n, k).sum(axis=1)
+    size = np.diff(held.indptr)
+    return np.where(size > 0, hits / np.maximum(size, 1), 0.0)
+
+
+class QueryRecall(_ShadowCalibrated):
+    """Query attack: fresh accounts with half a user's history; how much of the other half does the service recommend? (LiRA-style calibration, Carlini et al., S&P 2022).
+
+    For each user, ``queries`` times: split the history at random into a query half Q
+    (``|H| // 2`` items) and a held-out half T, open a fresh account with history Q (one
+    query) and score recall@k: the share of T in the account's top-k. The user's score is
+    the mean over the queries. A model that memorised its members recommends their other
+    items back. ``calibration="reference"`` subtracts the same queries' recall on a
+    reference model the adversary trains offline on its own data (the vectorization part),
+    served the same way: what any model would recommend to this history (the per-example
+    calibration of N. Carlini, S. Chien, M. Nasr, S. Song, A. Terzis, F. Tramer, "Membership
+    Inference Attacks From First Principles", S&P 2022). Orientation and threshold are
+    chosen on the shadow part (the adversary's own service); the target is asked exactly
+    ``queries`` queries per user.
+    """
+
+    threat = "queries"
+    param_constraints = {"queries": Interval(int, 1), "calibration": Options(("none", "reference"))}
+
+    def __init__(self, queries: int = 5, calibration: str = "reference"):
+        self.queries = queries
+        self.calibration = calibration
+
+    def _score(self, view: AdversaryView, seed: int) -> np.ndarray:
+        view.require("query-recall", "query")
+        n = view.n_users
+        q, t = half_splits(view.histories, int(self.queries), seed)
+        recall = recall_of_lists(view.query.recommend(q), t).reshape(int(self.queries), n).mean(axis=0)
+        if self.calibration == "reference":
+            view.require("query-recall", "reference")
+            reference = recall_of_lists(view.reference().recommend(q), t).reshape(int(self.queries), n).mean(axis=0)
+            return recall - reference
+        return recall
+
+
+def rank_hits(lists: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """For each row: (k - position) / k of ``items[row]`` in ``lists[row]`` (1 at the top), 0 when absent."""
+    n, k = lists.shape
+    found = lists == items[:, None]
+    position = np.argmax(found, axis=1)
+    return np.where(found.any(axis=1), (k - position) / k, 0.0)
+
+
+class InteractionQuery(Component):
+    """Interaction-level query attack: was this (user, item) pair in the training data? Leave it out of a fresh account and see if it comes back (after Carlini et al., S&P 2022).
+
+    For each pair the engine draws from a user's history (``pairs`` per user), one fresh
+    account gets the user's history without that item; the pair scores (k - rank) / k of the
+    item in the account's top-k (0 when absent), minus the same on the reference model
+    (``calibration="reference"``, the adversary's own model: how predictable the item is
+    anyway). Orientation and threshold come from the shadow part's pairs. The target is asked
+    one query per pair. Metrics are per pair (``interaction`` in result.json: all pairs, and
+    members' trained against held-out pairs when the cell holds some out); the per-user
+    score is the mean over the user's pairs.
+    """
+
+    threat = "queries"
+    level = "interaction"
+    param_constraints = {"pairs": Interval(int, 1), "calibration": Options(("none", "reference"))}
+
+    def __init__(self, pairs: int = 5, calibration: str = "reference"):
+        self.pairs = pairs
+        self.calibration = calibration
+
+    def _score(self, view: AdversaryView) -> np.ndarray:
+        from miars_core.types import binary_csr
+
+        view.require("interaction", "query", "pairs")
+        rows, items = view.pairs[:, 0], view.pairs[:, 1]
+        h = sp.csr_matrix(view.histories, dtype=np.float32)[rows]
+        h.data[:] = 1.0
+        accounts = h - binary_csr(np.arange(len(rows)), items, h.shape)
+        accounts.eliminate_zeros()
+        score = rank_hits(view.query.recommend(accounts), items)
+        if self.calibration == "reference":
+            view.require("interaction", "reference")
+            score = score - rank_hits(view.reference().recommend(accounts), items)
+        return score
+
+    def fit(self, view: AdversaryView, seed: int = 0) -> "InteractionQuery":
+        from .metric import orient_and_threshold
+
+        view.require("interaction", "pair_labels")
+        self.sign_, self.threshold_ = orient_and_threshold(self._score(view), view.pair_labels)
+        return self
+
+    def decision_function(self, view: AdversaryView) -> np.ndarray:
+        from .metric import _scored
+
+        return _scored(self, view, lambda: self.sign_ * self._score(view) - self.threshold_)
+
+    def predict(self, view: AdversaryView) -> np.ndarray:
+        return self.decision_function(view) > 0
