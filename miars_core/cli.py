@@ -397,6 +397,7 @@ def grid(
     split: Optional[str] = typer.Option(None, help="interactions (the paper's) or users."),
     min_interactions: Optional[int] = typer.Option(None, "--min-interactions", help="Shadow/target users with fewer interactions are dropped (default: 20)."),
     query_budget: Optional[int] = typer.Option(None, "--query-budget", help="Queries per target user an attack with query access may ask (default: 5)."),
+    utility_holdout: Optional[float] = typer.Option(None, "--utility-holdout", help="Share of each target member's interactions held out of training to measure utility (default: 0)."),
     out: OutOpt = ...,
     cache: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -426,6 +427,7 @@ def grid(
             "split": split,
             "min_interactions": min_interactions,
             "query_budget": query_budget,
+            "utility_holdout": utility_holdout,
             "data_dir": data_dir,
             "download": download or None,
         }
