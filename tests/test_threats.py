@@ -193,3 +193,12 @@ def test_interaction_attack_scores_pairs_with_its_own_metrics(small_dataset, tmp
     train = cell._memo["fitted:target:False"].train.matrix
     assert labels.sum() == sum(train[int(np.flatnonzero(target.is_member).tolist().index(r)), i] > 0
                                for r, i in pairs[labels])
+
+
+def test_dp_itemknn_folds_in_and_brings_query_recall_toward_chance(small_dataset):
+    base = dict(dataset=str(small_dataset), target="item", top_k=10, service="foldin", attack="query-recall")
+    plain = run_attack(AttackConfig(**base))
+    private = run_attack(AttackConfig(**base, defense="dp-itemknn", defense_params={"epsilon": 0.5}))
+    assert plain.metrics["roc_auc"] > 0.9
+    assert private.metrics["roc_auc"] < plain.metrics["roc_auc"] - 0.2
+    assert private.recommenders["target"]["privacy"]["epsilon"] == 0.5

@@ -243,3 +243,12 @@ class _FittedKNN:
             return np.asarray((self.train_[index] @ self.w_).todense(), dtype=np.float32) + self.prior_[None, :]
 
         return top_k_excluding(rows, self.train_, k, batch_size=self.score_batch_size)
+
+    def recommend_for(self, histories, k: int, seed: int = 0) -> np.ndarray:
+        """Fold-in: accounts it was not trained on are scored from their histories against the private similarity."""
+        h = sp.csr_matrix(histories, dtype=np.float32)
+
+        def rows(index: np.ndarray) -> np.ndarray:
+            return np.asarray((h[index] @ self.w_).todense(), dtype=np.float32) + self.prior_[None, :]
+
+        return top_k_excluding(rows, h, k, batch_size=self.score_batch_size)

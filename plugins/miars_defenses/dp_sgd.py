@@ -138,6 +138,14 @@ class _FittedDP:
     def recommend(self, k: int) -> np.ndarray:
         return top_k_excluding(self.model_.score_rows, self.train_, k, batch_size=self.score_batch_size)
 
+    def recommend_for(self, histories, k: int, seed: int = 0) -> np.ndarray:
+        """Fold-in of accounts it was not trained on (BPR / lfm: a user vector against the private item factors)."""
+        from miars_recbole.foldin import foldin_scorer
+
+        histories = sp.csr_matrix(histories)
+        return top_k_excluding(foldin_scorer(self.model_, histories, seed), histories, k,
+                               batch_size=self.score_batch_size, scratch=True)
+
 
 def _build(model_name: str, train: sp.csr_matrix, overrides: dict, seed: int):
     """A fresh RecBole model (untrained) for the members in ``train``, with miars' id maps."""
