@@ -369,7 +369,8 @@ def _views(seed: int = 5, n: int = 80, n_items: int = 60, k: int = 6):
     def view(labels: bool) -> AdversaryView:
         access = QueryAccess(None, train, _Popular(), k, budget=None if labels else 6 * n)
         return AdversaryView(histories=histories, lists=lists.copy(), k=k, features=None, item_vectors=vectors,
-                             popular=popular, labels=is_member.copy() if labels else None, query=access,
+                             popular=popular, popularity=np.asarray(histories.sum(axis=0)).ravel(),
+                             labels=is_member.copy() if labels else None, query=access,
                              reference=lambda: QueryAccess(None, train, _Popular(), k), pairs=pairs.copy(),
                              pair_labels=is_member[pairs[:, 0]] if labels else None)
 

@@ -433,10 +433,11 @@ class Cell:
         c, p = self.config, self.part(part)
         featurizer = self.featurizer(part)
         vectors = getattr(featurizer, "item_vectors_", None)
+        popularity = np.asarray(self.split(part).vectorization.item_popularity())
         view = AdversaryView(
             histories=p.interactions.matrix, lists=self.lists(part, defended), k=c.top_k, features=features,
             item_vectors=np.asarray(vectors) if vectors is not None else None,
-            popular=np.argsort(-self.split(part).vectorization.item_popularity(), kind="stable"),
+            popular=np.argsort(-popularity, kind="stable"), popularity=popularity,
             labels=p.is_member.copy() if part == "shadow" else None)
         if threat == "queries":
             budget = c.query_budget * p.interactions.n_users if part == "target" else None

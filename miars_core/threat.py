@@ -129,6 +129,8 @@ class AdversaryView:
     item_vectors: np.ndarray | None = None
     #: Item columns from most to least popular in the adversary's own data (the vectorization part).
     popular: np.ndarray | None = None
+    #: Interaction count of each item in the adversary's own data (the vectorization part).
+    popularity: np.ndarray | None = None
     #: Membership of each user: on the shadow part (the adversary's own service) only, never on the target.
     labels: np.ndarray | None = None
     #: Query access to the service these users were served by (``threat = "queries"`` only).

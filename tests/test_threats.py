@@ -97,6 +97,7 @@ def test_query_recall_finds_item_knn_members_under_foldin_within_its_budget(smal
     n = foldin.split["target"]["users"]
     assert foldin.queries["attack"] == {"per_target_user": 5, "budget": 5 * n, "used": 5 * n, "calls": 1,
                                         "target_users": n}
+    assert foldin.components["attack"]["params"]["calibration"] == "zreg"
     raw = run_attack(AttackConfig(**base, service="foldin", attack_params={"calibration": "none", "queries": 2}))
     assert raw.queries["attack"]["used"] == 2 * n
     assert not np.array_equal(raw.artifacts["scores"], foldin.artifacts["scores"])
@@ -202,3 +203,21 @@ def test_dp_itemknn_folds_in_and_brings_query_recall_toward_chance(small_dataset
     assert plain.metrics["roc_auc"] > 0.9
     assert private.metrics["roc_auc"] < plain.metrics["roc_auc"] - 0.2
     assert private.recommenders["target"]["privacy"]["epsilon"] == 0.5
+
+
+def test_zreg_calibration_standardizes_the_recall_of_shadow_non_members():
+    class Shuffled:  # a service that serves random unknown items: its recall differs from the reference's
+        def serve_others(self, fitted, train, histories, k, seed=0):
+            from miars_core.ranking import top_k_excluding
+
+            scores = np.random.default_rng(seed).random(histories.shape).astype(np.float32)
+            return top_k_excluding(scores, sp.csr_matrix(histories), k)
+
+    shadow, target, _ = checks._views()
+    shadow.query = QueryAccess(None, shadow.query._train, Shuffled(), shadow.k)
+    attack = miars_attacks.QueryRecall(calibration="zreg").fit(shadow, seed=3)
+    raw = attack._raw(shadow, 3)
+    out = ~shadow.labels
+    assert abs(raw[out].mean()) < 1e-6 and raw[out].std() == pytest.approx(1.0, rel=1e-3)
+    plain = miars_attacks.QueryRecall(calibration="reference").fit(shadow, seed=3)
+    assert attack.coef_.shape == (4,) and not hasattr(plain, "coef_")

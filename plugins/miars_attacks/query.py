@@ -10,14 +10,15 @@ from miars_core.params import Interval, Options
 from miars_core.threat import AdversaryView
 from miars_core.types import random_row_ranks
 
-from .metric import _ShadowCalibrated
+from .metric import _ShadowCalibrated, orient_and_threshold
 
 
-def half_splits(histories: sp.csr_matrix, queries: int, seed: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """``queries`` random halves of every history, stacked (query s of user u is row s * n + u).
+def half_splits(histories: sp.csr_matrix, queries: int, seed: int,
+                fraction: float = 0.5) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """``queries`` random splits of every history, stacked (query s of user u is row s * n + u).
 
-    Returns (query halves Q, held-out halves T): Q holds ``|H| // 2`` of the user's items
-    chosen at random, T the rest.
+    Returns (query parts Q, held-out parts T): Q holds ``floor(fraction * |H|)`` of the user's
+    items chosen at random (half by default), T the rest.
     """
     h = sp.csr_matrix(histories, dtype=np.float32)
     h.data[:] = 1.0
@@ -26,7 +27,7 @@ def half_splits(histories: sp.csr_matrix, queries: int, seed: int) -> tuple[sp.c
     qs, ts = [], []
     for s in range(queries):  # a handful of vectorised passes, one per query
         _, ranks = random_row_ranks(h, seed + 7919 * s)
-        in_query = ranks < (counts // 2)[row_of]
+        in_query = ranks < np.floor(counts * fraction).astype(np.int64)[row_of]
         q = h.copy()
         q.data = in_query.astype(np.float32)
         q.eliminate_zeros()
@@ -52,32 +53,74 @@ class QueryRecall(_ShadowCalibrated):
     (``|H| // 2`` items) and a held-out half T, open a fresh account with history Q (one
     query) and score recall@k: the share of T in the account's top-k. The user's score is
     the mean over the queries. A model that memorised its members recommends their other
-    items back. ``calibration="reference"`` subtracts the same queries' recall on a
-    reference model the adversary trains offline on its own data (the vectorization part),
-    served the same way: what any model would recommend to this history (the per-example
-    calibration of N. Carlini, S. Chien, M. Nasr, S. Song, A. Terzis, F. Tramer, "Membership
-    Inference Attacks From First Principles", S&P 2022). Orientation and threshold are
-    chosen on the shadow part (the adversary's own service); the target is asked exactly
-    ``queries`` queries per user.
+    items back. Calibration against a reference model the adversary trains offline on its
+    own data (the vectorization part), served the same way and asked the same queries (what
+    any model would recommend to this history; the per-example calibration of N. Carlini,
+    S. Chien, M. Nasr, S. Song, A. Terzis, F. Tramer, "Membership Inference Attacks From First
+    Principles", S&P 2022):
+
+    * ``none``: the raw recall;
+    * ``reference``: recall minus the reference model's recall;
+    * ``zreg`` (default): the recall's standardized residual after a least-squares fit on the
+      shadow part's non-members of recall ~ [1, reference recall, log |H|, mean log
+      popularity of the user's items] (popularity in the adversary's own data).
+
+    Orientation and threshold are chosen on the shadow part (the adversary's own service);
+    the target is asked exactly ``queries`` queries per user.
     """
 
     threat = "queries"
-    param_constraints = {"queries": Interval(int, 1), "calibration": Options(("none", "reference"))}
+    param_constraints = {"queries": Interval(int, 1), "calibration": Options(("none", "reference", "zreg"))}
 
-    def __init__(self, queries: int = 5, calibration: str = "reference"):
+    def __init__(self, queries: int = 5, calibration: str = "zreg"):
         self.queries = queries
         self.calibration = calibration
 
-    def _score(self, view: AdversaryView, seed: int) -> np.ndarray:
+    def _recalls(self, view: AdversaryView, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Mean recall over the queries on the service and, when calibrating, on the reference model."""
         view.require("query-recall", "query")
-        n = view.n_users
-        q, t = half_splits(view.histories, int(self.queries), seed)
-        recall = recall_of_lists(view.query.recommend(q), t).reshape(int(self.queries), n).mean(axis=0)
+        n, s = view.n_users, int(self.queries)
+        q, t = half_splits(view.histories, s, seed)
+        recall = recall_of_lists(view.query.recommend(q), t).reshape(s, n).mean(axis=0)
+        if self.calibration == "none":
+            return recall, None
+        view.require("query-recall", "reference")
+        return recall, recall_of_lists(view.reference().recommend(q), t).reshape(s, n).mean(axis=0)
+
+    @staticmethod
+    def _covariates(view: AdversaryView, reference: np.ndarray) -> np.ndarray:
+        view.require("query-recall", "popularity")
+        h = sp.csr_matrix(view.histories, dtype=np.float64)
+        h.data[:] = 1.0
+        size = np.maximum(np.diff(h.indptr), 1)
+        log_pop = (h @ np.log1p(np.asarray(view.popularity, dtype=np.float64))) / size
+        return np.column_stack([np.ones(view.n_users), reference, np.log(size), log_pop])
+
+    def _raw(self, view: AdversaryView, seed: int) -> np.ndarray:
+        recall, reference = self._recalls(view, seed)
+        if self.calibration == "none":
+            return recall
         if self.calibration == "reference":
-            view.require("query-recall", "reference")
-            reference = recall_of_lists(view.reference().recommend(q), t).reshape(int(self.queries), n).mean(axis=0)
             return recall - reference
-        return recall
+        return (recall - self._covariates(view, reference) @ self.coef_) / self.scale_
+
+    def fit(self, view: AdversaryView, seed: int = 0) -> "QueryRecall":
+        view.require("query-recall", "labels")
+        self.seed_ = int(seed)
+        if self.calibration == "zreg":
+            recall, reference = self._recalls(view, seed)
+            x = self._covariates(view, reference)
+            out = ~np.asarray(view.labels).astype(bool)
+            self.coef_ = np.linalg.lstsq(x[out], recall[out], rcond=None)[0]
+            self.scale_ = float(max(np.std(recall[out] - x[out] @ self.coef_), 1e-9))
+            scores = (recall - x @ self.coef_) / self.scale_
+        else:
+            scores = self._raw(view, seed)
+        self.sign_, self.threshold_ = orient_and_threshold(scores, view.labels)
+        return self
+
+    def _score(self, view: AdversaryView, seed: int) -> np.ndarray:
+        return self._raw(view, seed)
 
 
 def rank_hits(lists: np.ndarray, items: np.ndarray) -> np.ndarray:
