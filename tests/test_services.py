@@ -56,7 +56,8 @@ def test_foldin_lfm_fits_new_users_against_frozen_factors(small_dataset):
 
 def test_a_recommender_that_cannot_fold_in_is_a_one_line_error(small_dataset):
     with pytest.raises(MiarsError, match="cannot serve new users.*--service popular"):
-        run_attack(AttackConfig(dataset=str(small_dataset), target="ncf", shadow="ncf", top_k=10, service="foldin",
+        run_attack(AttackConfig(dataset=str(small_dataset), target="recbole:LightGCN", shadow="recbole:LightGCN", top_k=10,
+                                service="foldin",
                                 target_params={"epochs": 1}, shadow_params={"epochs": 1}, **FAST))
 
 
@@ -83,3 +84,25 @@ def test_the_popular_service_keeps_v0_cache_keys(small_dataset):
     assert a.key("split", "target") == b.key("split", "target")
     assert a.key("serve", "target") != b.key("serve", "target")
     assert miars_services.__version__
+
+
+def test_foldin_ncf_fits_neumf_user_embeddings_against_the_frozen_item_side(small_dataset):
+    from miars_recbole.foldin import foldin_scorer
+
+    result = run_attack(AttackConfig(dataset=str(small_dataset), target="ncf", shadow="ncf", top_k=10, service="foldin",
+                                     target_params={"epochs": 3}, shadow_params={"epochs": 3}, **FAST))
+    lists = result.artifacts["target_lists"]
+    target = result.artifacts["split"].target
+    others = lists[~target.is_member]
+    assert len({tuple(sorted(r)) for r in others}) > len(others) // 2  # personal lists, not the popular one
+    known = target.interactions.matrix
+    assert not np.asarray(known[np.repeat(np.arange(len(lists)), 10), lists.ravel()]).any()
+    rec = get_plugins().create("recommender", "ncf", epochs=3)
+    from miars_core.types import Interactions
+
+    members = Interactions(known[target.is_member], target.interactions.user_ids[target.is_member],
+                           target.interactions.item_ids)
+    rec.fit(members, seed=0)
+    scores = foldin_scorer(rec.model_, known[~target.is_member][:4], seed=1)(np.arange(4))
+    again = foldin_scorer(rec.model_, known[~target.is_member][:4], seed=1)(np.arange(4))
+    assert np.isfinite(scores.numpy()).any() and np.array_equal(scores.numpy(), again.numpy())  # same seed, same fold-in

@@ -2,9 +2,10 @@
 
 Deployed services serve new or logged-out users without retraining. For RecBole's ItemKNN the
 scores are the history times the trained item-item similarity (what the model computes for a
-member); for BPR (matrix factorization) the user's vector is fitted against the frozen item
-factors by ridge regression on the 0/1 history, ``u = h V (V'V + l2 I)^-1``, then scored as a
-member would be (``u . v_i``). Items the model never saw cannot be scored (-inf).
+member); for BPR (matrix factorization) the user's vector is fitted with the BPR loss against
+the frozen item factors (full-batch Adam), then scored as a member would be (``u . v_i``); for
+NeuMF both user embeddings (GMF and MLP) are fitted with NeuMF's BCE loss against the frozen
+item embeddings and layers. Items the model never saw cannot be scored (-inf).
 """
 
 from __future__ import annotations
@@ -79,5 +80,68 @@ def foldin_scorer(fitted, histories: sp.csr_matrix, seed: int = 0) -> Callable[[
             return place((u[torch.as_tensor(np.asarray(rows))] @ v.T).numpy())
 
         return scores
-    raise MiarsError(f"RecBole {name} cannot serve new users from their history yet (fold-in exists for ItemKNN "
-                     "and BPR: item, lfm); use --service popular")
+    if name == "NeuMF" and model.mf_train and model.mlp_train:
+        from .session import neumf_logits_for
+
+        u_mf, u_mlp = _neumf_user_vectors(model, h_rb, seed)
+
+        def neumf_scores(rows):
+            index = torch.as_tensor(np.asarray(rows))
+            with torch.no_grad():
+                block = neumf_logits_for(model, u_mf[index], u_mlp[index])
+            if block is None:
+                raise MiarsError("NeuMF with batch normalisation cannot fold in new users; use --service popular")
+            return place(block.numpy())
+
+        return neumf_scores
+    raise MiarsError(f"RecBole {name} cannot serve new users from their history yet (fold-in exists for ItemKNN, "
+                     "BPR and NeuMF: item, lfm, ncf); use --service popular")
+
+
+def _neumf_user_vectors(model, h_rb: sp.csr_matrix, seed: int):
+    """GMF and MLP user embeddings fitted with NeuMF's own loss (BCE, one sampled negative per positive)
+    against the frozen item side and layers, warm-started at the mean embeddings of the history's items."""
+    import torch
+
+    coo = h_rb.tocoo()
+    users = torch.as_tensor(coo.row.astype(np.int64))
+    pos = torch.as_tensor(coo.col.astype(np.int64))
+    gen = torch.Generator().manual_seed(int(seed))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        i_mf = model.item_mf_embedding.weight.detach().to(torch.float32)
+        i_mlp = model.item_mlp_embedding.weight.detach().to(torch.float32)
+    counts = torch.clamp(torch.as_tensor(np.diff(h_rb.indptr), dtype=torch.float32), min=1)[:, None]
+    u_mf = torch.zeros((h_rb.shape[0], i_mf.shape[1]))
+    u_mlp = torch.zeros((h_rb.shape[0], i_mlp.shape[1]))
+    if len(users):
+        u_mf.index_add_(0, users, i_mf[pos])
+        u_mlp.index_add_(0, users, i_mlp[pos])
+        u_mf /= counts
+        u_mlp /= counts
+    u_mf.requires_grad_(True)
+    u_mlp.requires_grad_(True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        opt = torch.optim.Adam([u_mf, u_mlp], lr=FOLDIN_LR)
+
+        def logits(items):
+            mf = u_mf[users] * i_mf[items]
+            mlp = model.mlp_layers(torch.cat([u_mlp[users], i_mlp[items]], dim=1))
+            return model.predict_layer(torch.cat([mf, mlp], dim=1)).squeeze(-1)
+
+        for _ in range(FOLDIN_STEPS):
+            neg = torch.randint(1, i_mf.shape[0], (len(users),), generator=gen)
+            loss = (torch.nn.functional.softplus(-logits(pos)) + torch.nn.functional.softplus(logits(neg))).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.train(was_training)
+    if not (torch.isfinite(u_mf).all() and torch.isfinite(u_mlp).all()):
+        raise MiarsError("fold-in of new users diverged (non-finite user vectors); the service cannot serve them")
+    return u_mf.detach(), u_mlp.detach()

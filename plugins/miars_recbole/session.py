@@ -88,18 +88,26 @@ def _neumf_logits(m, users, max_elements: int = 1 << 24):
     """
     import torch
 
+    return neumf_logits_for(m, m.user_mf_embedding(users), m.user_mlp_embedding(users), max_elements)
+
+
+def neumf_logits_for(m, user_mf, user_mlp, max_elements: int = 1 << 24):
+    """NeuMF's logits (users x all items) for given user embeddings (GMF and MLP parts), or None
+    when the MLP has batch normalisation (then RecBole's own scoring is used)."""
+    import torch
+
     layers = list(m.mlp_layers.mlp_layers)
     if any("BatchNorm" in type(layer).__name__ for layer in layers):
         return None
     first = next(i for i, layer in enumerate(layers) if isinstance(layer, torch.nn.Linear))
     w, b = layers[first].weight, layers[first].bias
-    d = m.user_mlp_embedding.weight.shape[1]
-    hu = m.user_mlp_embedding(users) @ w[:, :d].T + b  # (B, h)
+    d = user_mlp.shape[1]
+    hu = user_mlp @ w[:, :d].T + b  # (B, h)
     hi = m.item_mlp_embedding.weight @ w[:, d:].T  # (I, h)
     wp, bp = m.predict_layer.weight[0], m.predict_layer.bias
-    d_mf = m.user_mf_embedding.weight.shape[1]
-    out = (m.user_mf_embedding(users) * wp[:d_mf]) @ m.item_mf_embedding.weight.T + bp  # GMF branch
-    chunk = max(1, max_elements // max(1, len(users) * hu.shape[1]))
+    d_mf = user_mf.shape[1]
+    out = (user_mf * wp[:d_mf]) @ m.item_mf_embedding.weight.T + bp  # GMF branch
+    chunk = max(1, max_elements // max(1, len(user_mf) * hu.shape[1]))
     for start in range(0, hi.shape[0], chunk):
         x = hu[:, None, :] + hi[None, start : start + chunk, :]
         for layer in layers[first + 1 :]:

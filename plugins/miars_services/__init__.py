@@ -37,8 +37,9 @@ class FoldInService(Component):
     The threat model of "personalized lists for everyone": the CCS'21 attack then separates
     members from non-members only by what the model memorized, not by popular vs personalized
     lists (see docs/protocol.md, the known confound). Needs a recommender with
-    ``recommend_for(histories, k)``: ``item`` (history x item-item similarity) and ``lfm``
-    (user vectors fitted with the BPR loss against the frozen item factors).
+    ``recommend_for(histories, k)``: ``item`` (history x item-item similarity), ``lfm`` (user
+    vectors fitted with the BPR loss against the frozen item factors) and ``ncf`` (NeuMF's
+    user embeddings fitted with its BCE loss against the frozen item side).
     """
 
     def __init__(self):
@@ -48,7 +49,7 @@ class FoldInService(Component):
         fold = getattr(fitted, "recommend_for", None)
         if fold is None:
             raise MiarsError(f"recommender {type(fitted).__name__} cannot serve new users from their history (no "
-                             "recommend_for); use --service popular, or a recommender that folds in (item, lfm)")
+                             "recommend_for); use --service popular, or a recommender that folds in (item, lfm, ncf)")
         return fold(histories, k, seed=seed)
 
 
