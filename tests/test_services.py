@@ -106,3 +106,16 @@ def test_foldin_ncf_fits_neumf_user_embeddings_against_the_frozen_item_side(smal
     scores = foldin_scorer(rec.model_, known[~target.is_member][:4], seed=1)(np.arange(4))
     again = foldin_scorer(rec.model_, known[~target.is_member][:4], seed=1)(np.arange(4))
     assert np.isfinite(scores.numpy()).any() and np.array_equal(scores.numpy(), again.numpy())  # same seed, same fold-in
+
+
+def test_foldin_fit_is_a_service_parameter(small_dataset):
+    base = dict(dataset=str(small_dataset), target="lfm", shadow="lfm", top_k=10, service="foldin",
+                target_params={"epochs": 5}, shadow_params={"epochs": 5}, **FAST)
+    loose = run_attack(AttackConfig(**base, service_params={"steps": 1}))
+    tight = run_attack(AttackConfig(**base))
+    members = loose.artifacts["split"].target.is_member
+    assert np.array_equal(loose.artifacts["target_lists"][members], tight.artifacts["target_lists"][members])
+    assert not np.array_equal(loose.artifacts["target_lists"][~members], tight.artifacts["target_lists"][~members])
+    assert tight.components["service"]["params"] == {"steps": 50, "learning_rate": 0.005}
+    with pytest.raises(MiarsError, match="steps"):
+        run_attack(AttackConfig(**base, service_params={"steps": 0}))

@@ -244,7 +244,7 @@ class _FittedKNN:
 
         return top_k_excluding(rows, self.train_, k, batch_size=self.score_batch_size)
 
-    def recommend_for(self, histories, k: int, seed: int = 0) -> np.ndarray:
+    def recommend_for(self, histories, k: int, seed: int = 0, **fit) -> np.ndarray:
         """Fold-in: accounts it was not trained on are scored from their histories against the private similarity."""
         h = sp.csr_matrix(histories, dtype=np.float32)
 

@@ -138,12 +138,12 @@ class _FittedDP:
     def recommend(self, k: int) -> np.ndarray:
         return top_k_excluding(self.model_.score_rows, self.train_, k, batch_size=self.score_batch_size)
 
-    def recommend_for(self, histories, k: int, seed: int = 0) -> np.ndarray:
+    def recommend_for(self, histories, k: int, seed: int = 0, **fit) -> np.ndarray:
         """Fold-in of accounts it was not trained on (BPR / lfm: a user vector against the private item factors)."""
         from miars_recbole.foldin import foldin_scorer
 
         histories = sp.csr_matrix(histories)
-        return top_k_excluding(foldin_scorer(self.model_, histories, seed), histories, k,
+        return top_k_excluding(foldin_scorer(self.model_, histories, seed, **fit), histories, k,
                                batch_size=self.score_batch_size, scratch=True)
 
 

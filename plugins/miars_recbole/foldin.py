@@ -22,7 +22,7 @@ FOLDIN_STEPS = 50
 FOLDIN_LR = 0.005
 
 
-def _bpr_user_vectors(h_rb: sp.csr_matrix, v, seed: int):
+def _bpr_user_vectors(h_rb: sp.csr_matrix, v, seed: int, steps: int = FOLDIN_STEPS, lr: float = FOLDIN_LR):
     """User vectors that minimise the BPR loss of their histories against frozen item factors ``v``."""
     import torch
 
@@ -35,8 +35,8 @@ def _bpr_user_vectors(h_rb: sp.csr_matrix, v, seed: int):
         u.index_add_(0, users, v[pos])
         u /= torch.clamp(torch.as_tensor(np.diff(h_rb.indptr), dtype=torch.float32), min=1)[:, None]
     u.requires_grad_(True)
-    opt = torch.optim.Adam([u], lr=FOLDIN_LR)
-    for _ in range(FOLDIN_STEPS):
+    opt = torch.optim.Adam([u], lr=lr)
+    for _ in range(steps):
         neg = torch.randint(1, v.shape[0], (len(users),), generator=gen)
         diff = (u[users] * (v[pos] - v[neg])).sum(dim=1)
         loss = -torch.nn.functional.logsigmoid(diff).mean()
@@ -48,8 +48,12 @@ def _bpr_user_vectors(h_rb: sp.csr_matrix, v, seed: int):
     return u.detach()
 
 
-def foldin_scorer(fitted, histories: sp.csr_matrix, seed: int = 0) -> Callable[[np.ndarray], "object"]:
-    """``rows -> scores`` (len(rows) x all items, torch) for the accounts with these ``histories``."""
+def foldin_scorer(fitted, histories: sp.csr_matrix, seed: int = 0, steps: int = FOLDIN_STEPS,
+                  learning_rate: float = FOLDIN_LR) -> Callable[[np.ndarray], "object"]:
+    """``rows -> scores`` (len(rows) x all items, torch) for the accounts with these ``histories``.
+
+    ``steps`` and ``learning_rate``: the Adam fit of the folded-in user vectors (BPR, NeuMF).
+    """
     import torch
 
     model = fitted.model
@@ -74,7 +78,7 @@ def foldin_scorer(fitted, histories: sp.csr_matrix, seed: int = 0) -> Callable[[
     if name == "BPR":
         with torch.no_grad():
             v = model.item_embedding.weight.detach().to(torch.float32)
-        u = _bpr_user_vectors(h_rb, v, seed)
+        u = _bpr_user_vectors(h_rb, v, seed, steps, learning_rate)
 
         def scores(rows):
             return place((u[torch.as_tensor(np.asarray(rows))] @ v.T).numpy())
@@ -83,7 +87,7 @@ def foldin_scorer(fitted, histories: sp.csr_matrix, seed: int = 0) -> Callable[[
     if name == "NeuMF" and model.mf_train and model.mlp_train:
         from .session import neumf_logits_for
 
-        u_mf, u_mlp = _neumf_user_vectors(model, h_rb, seed)
+        u_mf, u_mlp = _neumf_user_vectors(model, h_rb, seed, steps, learning_rate)
 
         def neumf_scores(rows):
             index = torch.as_tensor(np.asarray(rows))
@@ -98,7 +102,7 @@ def foldin_scorer(fitted, histories: sp.csr_matrix, seed: int = 0) -> Callable[[
                      "BPR and NeuMF: item, lfm, ncf); use --service popular")
 
 
-def _neumf_user_vectors(model, h_rb: sp.csr_matrix, seed: int):
+def _neumf_user_vectors(model, h_rb: sp.csr_matrix, seed: int, steps: int = FOLDIN_STEPS, lr: float = FOLDIN_LR):
     """GMF and MLP user embeddings fitted with NeuMF's own loss (BCE, one sampled negative per positive)
     against the frozen item side and layers, warm-started at the mean embeddings of the history's items."""
     import torch
@@ -125,14 +129,14 @@ def _neumf_user_vectors(model, h_rb: sp.csr_matrix, seed: int):
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        opt = torch.optim.Adam([u_mf, u_mlp], lr=FOLDIN_LR)
+        opt = torch.optim.Adam([u_mf, u_mlp], lr=lr)
 
         def logits(items):
             mf = u_mf[users] * i_mf[items]
             mlp = model.mlp_layers(torch.cat([u_mlp[users], i_mlp[items]], dim=1))
             return model.predict_layer(torch.cat([mf, mlp], dim=1)).squeeze(-1)
 
-        for _ in range(FOLDIN_STEPS):
+        for _ in range(steps):
             neg = torch.randint(1, i_mf.shape[0], (len(users),), generator=gen)
             loss = (torch.nn.functional.softplus(-logits(pos)) + torch.nn.functional.softplus(logits(neg))).mean()
             opt.zero_grad()

@@ -168,12 +168,15 @@ class RecBoleModel(Component):
     def recommend(self, k: int) -> np.ndarray:
         return top_k_excluding(self.model_.score_rows, self.train_, k, batch_size=self.score_batch_size, scratch=True)
 
-    def recommend_for(self, histories, k: int, seed: int = 0) -> np.ndarray:
-        """Top-k for accounts the model was not trained on, from their histories, without retraining (fold-in)."""
+    def recommend_for(self, histories, k: int, seed: int = 0, **fit) -> np.ndarray:
+        """Top-k for accounts the model was not trained on, from their histories, without retraining (fold-in).
+
+        ``fit``: ``steps`` and ``learning_rate`` of the folded-in user vectors' fit.
+        """
         from .foldin import foldin_scorer
 
         histories = sp.csr_matrix(histories)
-        score = foldin_scorer(self.model_, histories, seed)
+        score = foldin_scorer(self.model_, histories, seed, **fit)
         return top_k_excluding(score, histories, k, batch_size=self.score_batch_size, scratch=True)
 
 
@@ -272,7 +275,7 @@ class Popularity(Component):
     def recommend(self, k: int) -> np.ndarray:
         return top_k_popular(self.popularity_, self.train_, k)
 
-    def recommend_for(self, histories, k: int, seed: int = 0) -> np.ndarray:
+    def recommend_for(self, histories, k: int, seed: int = 0, **fit) -> np.ndarray:
         """The popular items each new account does not know (popularity needs no fold-in)."""
         return top_k_popular(self.popularity_, sp.csr_matrix(histories), k)
 

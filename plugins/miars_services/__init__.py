@@ -15,6 +15,7 @@ import scipy.sparse as sp
 from miars_core.components import Component
 from miars_core.errors import MiarsError
 from miars_core.hookspecs import hookimpl
+from miars_core.params import Interval
 from miars_core.ranking import top_k_popular
 from miars_core.types import Interactions
 
@@ -42,15 +43,32 @@ class FoldInService(Component):
     user embeddings fitted with its BCE loss against the frozen item side).
     """
 
-    def __init__(self):
-        pass
+    param_constraints = {"steps": Interval(int, 1), "learning_rate": Interval(float, 0, 10, closed="right")}
+
+    def __init__(self, steps: int = 50, learning_rate: float = 0.005):
+        self.steps = steps
+        self.learning_rate = learning_rate
 
     def serve_others(self, fitted, train: Interactions, histories: sp.csr_matrix, k: int, seed: int = 0) -> np.ndarray:
         fold = getattr(fitted, "recommend_for", None)
+        if fold is not None and _takes_fit_options(fold):
+            return fold(histories, k, seed=seed, steps=int(self.steps), learning_rate=float(self.learning_rate))
         if fold is None:
             raise MiarsError(f"recommender {type(fitted).__name__} cannot serve new users from their history (no "
                              "recommend_for); use --service popular, or a recommender that folds in (item, lfm, ncf)")
         return fold(histories, k, seed=seed)
+
+
+def _takes_fit_options(method) -> bool:
+    """Whether a third-party ``recommend_for`` accepts ``steps`` / ``learning_rate`` (or ``**kwargs``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    names = {p.name for p in params}
+    return {"steps", "learning_rate"} <= names or any(p.kind is p.VAR_KEYWORD for p in params)
 
 
 @hookimpl
