@@ -371,7 +371,7 @@ def _views(seed: int = 5, n: int = 80, n_items: int = 60, k: int = 6):
         return AdversaryView(histories=histories, lists=lists.copy(), k=k, features=None, item_vectors=vectors,
                              popular=popular, popularity=np.asarray(histories.sum(axis=0)).ravel(),
                              labels=is_member.copy() if labels else None, query=access,
-                             reference=lambda: QueryAccess(None, train, _Popular(), k), pairs=pairs.copy(),
+                             reference=lambda index=0: QueryAccess(None, train, _Popular(), k), pairs=pairs.copy(),
                              pair_labels=is_member[pairs[:, 0]] if labels else None)
 
     return view(True), view(False), is_member

@@ -396,13 +396,15 @@ class Cell:
                            defense_seed=stage_seed(c.seed, f"defense-query-{part}"), seed=stage_seed(c.seed, f"query-{part}"),
                            budget=budget, name=part)
 
-    def reference_access(self, side: str) -> QueryAccess:
-        """A reference model the adversary trains on its own data, served like the target.
+    def reference_access(self, side: str, index: int = 0) -> QueryAccess:
+        """Reference model number ``index``, which the adversary trains on its own data, served like the target.
 
         The shadow recommender, fitted on the side's vectorization part restricted to users
         with at least ``min_interactions`` interactions and sampled to as many users as the
-        target part has members (the service's training set's size and filter).
+        target part has members (the service's training set's size and filter); each index
+        draws its own sample and fit seed.
         """
+        tag = "reference" if index == 0 else f"reference-{index}"
         def build() -> QueryAccess:
             c = self.config
             vec = self.split(side).vectorization
@@ -412,20 +414,21 @@ class Cell:
             if n < 2:
                 raise MiarsError(f"the vectorization part has {len(eligible)} users with >= {c.min_interactions} "
                                  "interactions: too few to train a reference model; use a larger dataset")
-            rng = np.random.default_rng(stage_seed(c.seed, "reference"))
+            rng = np.random.default_rng(stage_seed(c.seed, tag))
             rows = np.sort(rng.choice(eligible, size=n, replace=False))
             p = Part("reference", vec.rows(rows), np.ones(n, dtype=bool))
             start = time.perf_counter()
             if self.progress:
                 self.progress(f"training the reference model on the {side} side's vectorization part")
             name = self.specs["recommender:shadow"][0]
-            s = serve(p, self.create("recommender:shadow"), name, c.top_k, stage_seed(c.seed, "reference"),
+            s = serve(p, self.create("recommender:shadow"), name, c.top_k, stage_seed(c.seed, tag),
                       service=self.create("service"))
             self._refit_seconds += time.perf_counter() - start
-            return QueryAccess(s.fitted, s.train, self.create("service"), c.top_k, seed=stage_seed(c.seed, "reference-query"),
+            return QueryAccess(s.fitted, s.train, self.create("service"), c.top_k, seed=stage_seed(c.seed, f"{tag}-query"),
                                name="reference")
 
-        return self._once(f"reference:{self.key('split', side)}", build)  # one per dataset when both sides share it
+        # one per dataset and index: shared by both sides when they share the dataset
+        return self._once(f"reference:{self.key('split', side)}:{index}", build)
 
     def view(self, part: str, defended: bool, features: np.ndarray, threat: str) -> AdversaryView:
         """What the adversary sees of ``part`` (labels on the shadow part only)."""
@@ -441,7 +444,7 @@ class Cell:
         if threat == "queries":
             budget = c.query_budget * p.interactions.n_users if part == "target" else None
             view.query = self.access(part, defended, budget)
-            view.reference = lambda: self.reference_access(part)
+            view.reference = lambda index=0: self.reference_access(part, index)
         if self.level == "interaction":
             view.pairs = self.pairs(part)
             if part == "shadow":

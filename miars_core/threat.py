@@ -135,8 +135,9 @@ class AdversaryView:
     labels: np.ndarray | None = None
     #: Query access to the service these users were served by (``threat = "queries"`` only).
     query: QueryAccess | None = None
-    #: ``reference()`` builds query access to a reference model the adversary trained on its own data.
-    reference: Callable[[], QueryAccess] | None = None
+    #: ``reference(index=0)`` builds query access to a reference model the adversary trained on its own
+    #: data; each index is another model (its own sample of that data and its own seed).
+    reference: Callable[..., QueryAccess] | None = None
     #: Interaction-level attacks (``level = "interaction"``): (n_pairs, 2) rows of (user row, item column)
     #: taken from the users' histories; was each pair in the training data?
     pairs: np.ndarray | None = None

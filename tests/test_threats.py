@@ -222,3 +222,29 @@ def test_zreg_calibration_standardizes_the_recall_of_shadow_non_members():
     assert abs(raw[out].mean()) < 1e-6 and raw[out].std() == pytest.approx(1.0, rel=1e-3)
     plain = miars_attacks.QueryRecall(calibration="reference").fit(shadow, seed=3)
     assert attack.coef_.shape == (4,) and not hasattr(plain, "coef_")
+
+
+def test_query_recall_averages_its_reference_models_each_asked_the_same_queries():
+    shadow, _, _ = checks._views()
+    asked = []
+    make = shadow.reference
+
+    def reference(index=0):
+        access = make(index)
+        asked.append((index, access))
+        return access
+
+    shadow.reference = reference
+    miars_attacks.QueryRecall(calibration="reference", references=3, queries=2).fit(shadow, seed=0)
+    assert [i for i, _ in asked] == [0, 1, 2]
+    assert all(a.used_ == 2 * shadow.n_users for _, a in asked)
+
+
+def test_each_reference_index_is_its_own_model(small_dataset):
+    from miars_core.stages import Cell
+
+    cell = Cell(AttackConfig(dataset=str(small_dataset), target="item", top_k=10, service="foldin",
+                             attack="query-recall"), get_plugins())
+    first, again, other = cell.reference_access("target"), cell.reference_access("target", 0), cell.reference_access("target", 1)
+    assert first is again and other is not first
+    assert (first._train.matrix != other._train.matrix).nnz > 0  # another sample of the adversary's data

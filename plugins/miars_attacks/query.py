@@ -60,9 +60,10 @@ class QueryRecall(_ShadowCalibrated):
     Principles", S&P 2022):
 
     * ``none``: the raw recall;
-    * ``reference``: recall minus the reference model's recall;
+    * ``reference``: recall minus the reference models' mean recall (``references`` models,
+      each trained on its own sample of the adversary's data: more models, less noise);
     * ``zreg`` (default): the recall's standardized residual after a least-squares fit on the
-      shadow part's non-members of recall ~ [1, reference recall, log |H|, mean log
+      shadow part's non-members of recall ~ [1, mean reference recall, log |H|, mean log
       popularity of the user's items] (popularity in the adversary's own data).
 
     Orientation and threshold are chosen on the shadow part (the adversary's own service);
@@ -70,11 +71,13 @@ class QueryRecall(_ShadowCalibrated):
     """
 
     threat = "queries"
-    param_constraints = {"queries": Interval(int, 1), "calibration": Options(("none", "reference", "zreg"))}
+    param_constraints = {"queries": Interval(int, 1), "calibration": Options(("none", "reference", "zreg")),
+                         "references": Interval(int, 1)}
 
-    def __init__(self, queries: int = 5, calibration: str = "zreg"):
+    def __init__(self, queries: int = 5, calibration: str = "zreg", references: int = 3):
         self.queries = queries
         self.calibration = calibration
+        self.references = references
 
     def _recalls(self, view: AdversaryView, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean recall over the queries on the service and, when calibrating, on the reference model."""
@@ -85,7 +88,9 @@ class QueryRecall(_ShadowCalibrated):
         if self.calibration == "none":
             return recall, None
         view.require("query-recall", "reference")
-        return recall, recall_of_lists(view.reference().recommend(q), t).reshape(s, n).mean(axis=0)
+        reference = [recall_of_lists(view.reference(i).recommend(q), t).reshape(s, n).mean(axis=0)
+                     for i in range(int(self.references))]
+        return recall, np.mean(reference, axis=0)
 
     @staticmethod
     def _covariates(view: AdversaryView, reference: np.ndarray) -> np.ndarray:
