@@ -22,30 +22,48 @@ FOLDIN_STEPS = 50
 FOLDIN_LR = 0.005
 
 
-def _bpr_user_vectors(h_rb: sp.csr_matrix, v, seed: int, steps: int = FOLDIN_STEPS, lr: float = FOLDIN_LR):
-    """User vectors that minimise the BPR loss of their histories against frozen item factors ``v``."""
+def _fit_user_vectors(h_rb: sp.csr_matrix, item_tables: list, loss, seed: int, steps: int, lr: float) -> list:
+    """New users' vectors, one per item table, fitted by full-batch Adam against frozen item tables.
+
+    Each starts at the mean of its table's rows over the user's history (a warm start); every
+    step draws one uniform negative item per (user, positive) pair and minimises
+    ``loss(vectors, users, pos, neg)``. Non-finite vectors fail in one line.
+    """
     import torch
 
     coo = h_rb.tocoo()
     users = torch.as_tensor(coo.row.astype(np.int64))
     pos = torch.as_tensor(coo.col.astype(np.int64))
     gen = torch.Generator().manual_seed(int(seed))
-    u = torch.zeros((h_rb.shape[0], v.shape[1]), dtype=torch.float32)
-    if len(users):  # start from the mean vector of the history's items, as a warm start
-        u.index_add_(0, users, v[pos])
-        u /= torch.clamp(torch.as_tensor(np.diff(h_rb.indptr), dtype=torch.float32), min=1)[:, None]
-    u.requires_grad_(True)
-    opt = torch.optim.Adam([u], lr=lr)
+    counts = torch.clamp(torch.as_tensor(np.diff(h_rb.indptr), dtype=torch.float32), min=1)[:, None]
+    vectors = []
+    for table in item_tables:
+        u = torch.zeros((h_rb.shape[0], table.shape[1]), dtype=torch.float32)
+        if len(users):
+            u.index_add_(0, users, table[pos])
+            u /= counts
+        vectors.append(u.requires_grad_(True))
+    opt = torch.optim.Adam(vectors, lr=lr)
     for _ in range(steps):
-        neg = torch.randint(1, v.shape[0], (len(users),), generator=gen)
-        diff = (u[users] * (v[pos] - v[neg])).sum(dim=1)
-        loss = -torch.nn.functional.logsigmoid(diff).mean()
+        neg = torch.randint(1, item_tables[0].shape[0], (len(users),), generator=gen)
+        value = loss(vectors, users, pos, neg)
         opt.zero_grad()
-        loss.backward()
+        value.backward()
         opt.step()
-    if not torch.isfinite(u).all():
+    if not all(torch.isfinite(u).all() for u in vectors):
         raise MiarsError("fold-in of new users diverged (non-finite user vectors); the service cannot serve them")
-    return u.detach()
+    return [u.detach() for u in vectors]
+
+
+def _bpr_user_vectors(h_rb: sp.csr_matrix, v, seed: int, steps: int = FOLDIN_STEPS, lr: float = FOLDIN_LR):
+    """User vectors that minimise the BPR loss of their histories against frozen item factors ``v``."""
+    import torch
+
+    def bpr(vectors, users, pos, neg):
+        u = vectors[0]
+        return -torch.nn.functional.logsigmoid((u[users] * (v[pos] - v[neg])).sum(dim=1)).mean()
+
+    return _fit_user_vectors(h_rb, [v], bpr, seed, steps, lr)[0]
 
 
 def foldin_scorer(fitted, histories: sp.csr_matrix, seed: int = 0, steps: int = FOLDIN_STEPS,
@@ -107,45 +125,28 @@ def _neumf_user_vectors(model, h_rb: sp.csr_matrix, seed: int, steps: int = FOLD
     against the frozen item side and layers, warm-started at the mean embeddings of the history's items."""
     import torch
 
-    coo = h_rb.tocoo()
-    users = torch.as_tensor(coo.row.astype(np.int64))
-    pos = torch.as_tensor(coo.col.astype(np.int64))
-    gen = torch.Generator().manual_seed(int(seed))
     was_training = model.training
     model.eval()
     with torch.no_grad():
         i_mf = model.item_mf_embedding.weight.detach().to(torch.float32)
         i_mlp = model.item_mlp_embedding.weight.detach().to(torch.float32)
-    counts = torch.clamp(torch.as_tensor(np.diff(h_rb.indptr), dtype=torch.float32), min=1)[:, None]
-    u_mf = torch.zeros((h_rb.shape[0], i_mf.shape[1]))
-    u_mlp = torch.zeros((h_rb.shape[0], i_mlp.shape[1]))
-    if len(users):
-        u_mf.index_add_(0, users, i_mf[pos])
-        u_mlp.index_add_(0, users, i_mlp[pos])
-        u_mf /= counts
-        u_mlp /= counts
-    u_mf.requires_grad_(True)
-    u_mlp.requires_grad_(True)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        opt = torch.optim.Adam([u_mf, u_mlp], lr=lr)
+
+    def bce(vectors, users, pos, neg):
+        u_mf, u_mlp = vectors
 
         def logits(items):
             mf = u_mf[users] * i_mf[items]
             mlp = model.mlp_layers(torch.cat([u_mlp[users], i_mlp[items]], dim=1))
             return model.predict_layer(torch.cat([mf, mlp], dim=1)).squeeze(-1)
 
-        for _ in range(steps):
-            neg = torch.randint(1, i_mf.shape[0], (len(users),), generator=gen)
-            loss = (torch.nn.functional.softplus(-logits(pos)) + torch.nn.functional.softplus(logits(neg))).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        return (torch.nn.functional.softplus(-logits(pos)) + torch.nn.functional.softplus(logits(neg))).mean()
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        u_mf, u_mlp = _fit_user_vectors(h_rb, [i_mf, i_mlp], bce, seed, steps, lr)
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
         model.train(was_training)
-    if not (torch.isfinite(u_mf).all() and torch.isfinite(u_mlp).all()):
-        raise MiarsError("fold-in of new users diverged (non-finite user vectors); the service cannot serve them")
-    return u_mf.detach(), u_mlp.detach()
+    return u_mf, u_mlp
