@@ -187,6 +187,12 @@ def cell_result(cell) -> AttackResult:
         "scores": lambda: outputs[main].arrays["scores"],
         "attacker_scores": lambda: {named[k] if config.defense else "attack": o.arrays["scores"] for k, o in outputs.items()},
     })
+
+    def by_attacker(record: str) -> dict | None:
+        """A record the attack stage wrote (query use, interaction metrics), by attacker; None if none did."""
+        out = {named[k] if config.defense else "attack": o.meta[record] for k, o in outputs.items() if record in o.meta}
+        return out or None
+
     return AttackResult(
         config=config,
         metrics=attackers[main],
@@ -199,16 +205,12 @@ def cell_result(cell) -> AttackResult:
         artifacts=artifacts,
         cache={"computed": dict(cell.computed), "cached": sorted(set(cell.hits) - set(cell.computed))},
         utility=cell.utility(),
-        queries={named[k] if config.defense else "attack": o.meta["queries"] for k, o in outputs.items()
-                 if "queries" in o.meta} or None,
-        interaction={named[k] if config.defense else "attack": o.meta["interaction"] for k, o in outputs.items()
-                     if "interaction" in o.meta} or None,
+        queries=by_attacker("queries"),
+        interaction=by_attacker("interaction"),
     )
 
 
 _TIMING_ORDER = ("load", "split", "shadow_recommender", "target_recommender", "defense", "featurize", "attack")
-
-
 
 def _transfer_split(cell) -> Split:
     raise MiarsError("--export-miars is not available for a dataset-transfer run (shadow and target items differ); "
