@@ -61,15 +61,21 @@ def orient_and_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float,
 
 
 class _ShadowCalibrated(Component):
-    """A metric whose orientation and threshold are chosen on the shadow part (never on target labels)."""
+    """A metric whose orientation and threshold are chosen on the shadow part (never on target labels).
+
+    ``labels``: the view field holding the shadow's truth (``labels`` for users,
+    ``pair_labels`` for interaction-level attacks).
+    """
+
+    labels = "labels"
 
     def _score(self, view: AdversaryView, seed: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def fit(self, view: AdversaryView, seed: int = 0):
-        view.require(type(self).__name__, "labels")
+        view.require(type(self).__name__, self.labels)
         self.seed_ = int(seed)
-        self.sign_, self.threshold_ = orient_and_threshold(self._score(view, seed), view.labels)
+        self.sign_, self.threshold_ = orient_and_threshold(self._score(view, seed), getattr(view, self.labels))
         return self
 
     def decision_function(self, view: AdversaryView) -> np.ndarray:
