@@ -1,16 +1,18 @@
-"""Built-in featurizer and attacks: the CCS'21 ``center-diff`` + ``mlp``, and the attacks of other threat models."""
+"""Built-in featurizer and attacks: the CCS'21 ``center-diff`` + ``mlp``, the attacks of other threat models, and controls."""
 
 from __future__ import annotations
 
 from miars_core.hookspecs import hookimpl
 
+from .controls import OverlapControl
 from .features import CenterDiff, item_vectors
 from .metric import KMeansAttack, ReferenceRec, ShadowFree
 from .mlp import MLPAttack
 from .query import InteractionQuery, QueryRecall
 
 __version__ = "0.1.0"
-__all__ = ["CenterDiff", "InteractionQuery", "KMeansAttack", "MLPAttack", "QueryRecall", "ReferenceRec", "ShadowFree", "item_vectors"]
+__all__ = ["CenterDiff", "InteractionQuery", "KMeansAttack", "MLPAttack", "OverlapControl", "QueryRecall", "ReferenceRec",
+           "ShadowFree", "item_vectors"]
 
 
 @hookimpl
@@ -26,3 +28,4 @@ def register_attacks(register):
     register("reference-rec", ReferenceRec)
     register("query-recall", QueryRecall)
     register("interaction", InteractionQuery)
+    register("overlap", OverlapControl)
