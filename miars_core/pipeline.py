@@ -167,6 +167,10 @@ def cell_result(cell) -> AttackResult:
                "vectorization": target_split["summary"]["vectorization"], "items": target_split["summary"]["items"]}
     split_info = {"mode": config.split, "min_interactions": config.min_interactions, **summary,
                   "dataset": target_split["dataset"]}
+    if config.utility_holdout > 0:  # the users' future, removed from both parts before anything saw them
+        split_info["holdout"] = {"fraction": config.utility_holdout,
+                                 **{p: {"held_out": int(cell.future(p).nnz), "visible": cell.part(p).interactions.n_interactions}
+                                    for p in ("shadow", "target")}}
     if config.shadow_dataset:
         split_info["shadow_dataset"] = {**shadow_split["dataset"], "vectorization": shadow_split["summary"]["vectorization"],
                                         "items": shadow_split["summary"]["items"]}
@@ -180,7 +184,7 @@ def cell_result(cell) -> AttackResult:
     timings = {k: timings[k] for k in _TIMING_ORDER if k in timings}
     timings["total"] = round(sum(timings.values()), 3)
     artifacts = _LazyArtifacts({
-        "split": lambda: cell.split("target") if not config.shadow_dataset else _transfer_split(cell),
+        "split": lambda: cell.visible_split() if not config.shadow_dataset else _transfer_split(cell),
         "shadow_lists": lambda: cell.lists("shadow", bool(config.defense)),
         "target_lists": lambda: cell.lists("target", bool(config.defense)),
         "item_vectors": lambda: getattr(cell.featurizer("target"), "item_vectors_", None),
@@ -198,7 +202,7 @@ def cell_result(cell) -> AttackResult:
         metrics=attackers[main],
         timings=timings,
         split=split_info,
-        recommenders={"shadow": cell.report("shadow"), "target": cell.report("target")},
+        recommenders={"shadow": cell.report("shadow"), "target": {**cell.report("target"), "utility": cell.signal()}},
         components=components,
         versions=versions(cell.plugins),
         attackers={named[k]: v for k, v in attackers.items()} if config.defense else {},

@@ -220,49 +220,14 @@ def _non_finite(value, path: str = "") -> str | None:
 
 
 def flag_no_signal(result: AttackResult) -> str | None:
-    """Flag a target whose lists carry no signal: members' lists hit their held-out items no more
-    often than random items would (drawn among the items the members interacted with, minus the
-    user's own).
+    """The warning of the no-signal check when the target's lists carry no signal, else None.
 
-    With the interaction split, every user's other interactions land in the vectorization
-    part: a working recommender's lists hit them well above chance. The measure is stored in
-    ``recommenders.target.utility``; the returned warning (None when fine) is also stored there.
+    Every cell computes the check (:meth:`miars_core.stages.Cell.signal`) into
+    ``recommenders.target.utility``: its ``method``, ``hits`` against ``expected_by_chance``,
+    ``lift``, ``no_signal`` and, for a flagged target, the ``warning`` returned here.
     """
-    split = result.artifacts.get("split")
-    lists = result.artifacts.get("target_lists")
-    if split is None or lists is None or result.config.split != "interactions":
-        return None
-    target = split.target
-    members = np.flatnonzero(target.is_member)
-    if len(members) == 0:
-        return None
-    held = split.vectorization.rows(_rows_of(split, target.interactions.user_ids[members])).matrix
-    known = target.interactions.matrix[members]
-    recs = np.asarray(lists)[members]
-    k = recs.shape[1]
-    rows = np.repeat(np.arange(len(members)), k)
-    hits = float(np.asarray(held[rows, recs.ravel()]).sum())
-    # Chance: k random items among those the service knows (some member interacted with them)
-    # that the user does not know yet.
-    catalog = (np.asarray(known.sum(axis=0)).ravel() > 0).astype(np.float64)
-    n_unknown = catalog.sum() - np.asarray(known @ catalog).ravel()
-    n_held = np.asarray(held @ catalog).ravel() - np.asarray(held.multiply(known) @ catalog).ravel()
-    chance = float((k * n_held / np.maximum(n_unknown, 1)).sum())
-    utility = {"held_out_hits": int(hits), "expected_by_chance": round(chance, 2),
-               "lift": round(hits / chance, 3) if chance > 0 else None}
-    warning = None
-    if chance >= 20 and hits <= 1.5 * chance:
-        warning = (f"the target's lists carry no signal: members' top-{k} hit {int(hits)} of their held-out items, "
-                   f"about what random items would ({chance:.0f}); the recommender is probably untrained or broken, "
-                   "so the attack metrics do not measure a leak")
-        utility["warning"] = warning
-    result.recommenders.setdefault("target", {})["utility"] = utility
-    return warning
-
-
-def _rows_of(split, user_ids) -> np.ndarray:
-    index = {u: i for i, u in enumerate(split.vectorization.user_ids.tolist())}
-    return np.array([index[u] for u in user_ids.tolist()], dtype=np.int64)
+    utility = (result.recommenders.get("target") or {}).get("utility") or {}
+    return utility.get("warning")
 
 
 def write_result(result: AttackResult, out_dir: str | Path, text: str | None = None) -> Path:

@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from .components import get_params
 from .defenses import acts_on
 from .errors import MiarsError
 from .ranking import check_k, top_k_popular
 from .types import Part, ServiceContext
-from .utility import holdout, utility_metrics
+from .utility import utility_metrics
 
 
 @dataclass
@@ -85,15 +86,16 @@ def check_lists(lists: Any, shape: tuple[int, int], known, who: str, what: str =
 
 
 def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: Any = None, defense_seed: int = 0,
-          holdout_fraction: float = 0.0, holdout_seed: int = 0, service: Any = None) -> Served:
+          heldout: sp.spmatrix | None = None, service: Any = None) -> Served:
     """Fit ``recommender`` on the part's members; members get its top-k, non-members the popular top-k.
 
     A ``data`` defense rewrites the members' training data first; a ``training`` defense fits
     the recommender its own way (``defense.fit(recommender, members, seed)``). Members' lists
     never hold an item the member knows, even one a data defense left out of training.
-    With ``holdout_fraction`` > 0 that share of each member's interactions is held out of
-    training (the service never saw them, so they may be served) and the report's ``utility``
-    says how well the members' lists find them (Recall / NDCG / HR at k).
+    ``part`` holds what the service knows of its users. ``heldout`` (members x items, rows
+    aligned with ``part.members``) is the members' future: interactions the service never saw
+    (:func:`miars_core.utility.holdout`, applied to the whole part before serving); the
+    report's ``utility`` says how well the members' lists find them (Recall / NDCG / HR at k).
     ``service`` decides the non-members' lists (``serve_others``; default: the popular top-k).
     The lists are validated (:func:`check_lists`); a failure names the recommender and its
     plugin. Non-finite training losses in ``fit_info_`` fail the run.
@@ -103,9 +105,7 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
     others = np.flatnonzero(~part.is_member)
     who = _who("recommender", name, recommender)
     point = acts_on(defense) if defense is not None else None
-    seen, held = part.members, None
-    if holdout_fraction > 0:
-        seen, held = holdout(part.members, holdout_fraction, holdout_seed)
+    seen = part.members
     train = seen
     with stage_threads():
         if point == "data":
@@ -147,8 +147,8 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
         "fit_info": info,
         "members_popular_overlap": round(float(overlap), 4),
     }
-    if held is not None:
-        report["utility"] = {"holdout": holdout_fraction, **utility_metrics(member_lists, held, k)}
+    if heldout is not None:
+        report["utility"] = utility_metrics(member_lists, heldout, k)
     if point in ("data", "training"):
         report["trained_interactions"] = int(train.n_interactions)
         privacy = getattr(defense, "privacy_", None)
@@ -194,17 +194,16 @@ def _call(method, who: str, what: str, *args, **kwargs):
         raise MiarsError(f"{who} failed in {what}: {type(exc).__name__}: {text}{hint}") from None
 
 
-def defend(served: Served, defense: Any, seed: int, name: str | None = None, known=None) -> np.ndarray:
+def defend(served: Served, defense: Any, seed: int, name: str | None = None) -> np.ndarray:
     """The lists after ``defense`` rewrote them (validated like a recommender's, naming the defense).
 
-    ``known`` is what the service knows of each user (default: the part's interactions; less
-    when members' interactions were held out of training to measure utility).
+    A defended list never holds an item the service knows the user has (the part's interactions).
     """
     name = name or getattr(defense, "name", None) or type(defense).__name__
     who = _who("defense", name, defense)
     with stage_threads():
         out = _call(defense.apply, who, "apply", served.lists.copy(), served.context, seed=seed)
-    return check_lists(out, served.lists.shape, served.context.interactions.matrix if known is None else known, who)
+    return check_lists(out, served.lists.shape, served.context.interactions.matrix, who)
 
 
 def stage_threads():

@@ -9,11 +9,12 @@ One cell is one :class:`~miars_core.pipeline.AttackConfig`. Its stages, in the o
     serve     split, part (shadow | target)           recommender name, all its hyperparameters and version,
                                                       top-k, seed(part)     -- fit on members + serve lists;
                                                       with a data or training defense also the defense
-                                                      (name, hyperparameters, version, seed): another fit
+                                                      (name, hyperparameters, version, seed): another fit;
+                                                      with a utility hold-out its fraction, seed("holdout-<part>")
     defend    serve                                   a defense acting on lists: name, hyperparameters,
                                                       version, seed("defense-<part>")
     vectors   split (vectorization part)              featurizer name, hyperparameters, version, seed("featurizer")
-    features  vectors, serve or defend                (nothing else: a pure function of its inputs)
+    features  vectors, serve or defend                the utility hold-out (fraction, seed), if any: the histories
     attack    features of shadow and of target        attack name, hyperparameters, version, seed("attack")
     metrics   attack                                  not stored: milliseconds
 
@@ -25,6 +26,15 @@ paper's dataset transfer): each side then has its own load, split and item vecto
 
 Components keep their plugin contracts (a recommender only fits and recommends): this module
 does the caching around them. Seeds are those of miars v0, so results did not change.
+
+**The utility hold-out is the users' future.** With ``utility_holdout`` = f > 0, a seeded share
+f of *every* user's interactions in the shadow and the target part (members and non-members
+alike, :func:`~miars_core.utility.holdout`, seed("holdout-<part>")) is removed from the part
+before any stage sees it: :meth:`Cell.part` returns the rest (the visible history), which is
+what the service trains on and knows, and what the adversary sees (views, features, histories
+of query attacks, interaction pairs). :meth:`Cell.future` keeps the removed interactions; only
+the target members' rows are read, to score utility. Without a hold-out the parts are the
+split's, unchanged.
 """
 
 from __future__ import annotations
@@ -48,8 +58,8 @@ from .seeds import stage_seed
 from .service import Served, defend, popularity_order, serve, stage_threads
 from .store import MemoryStore, Output
 from .threat import AdversaryView, QueryAccess, level_of, threat_of
-from .types import Interactions, Part, ServiceContext, Split, binary_csr, random_row_ranks
-from .utility import holdout, utility_metrics
+from .types import Interactions, Part, ServiceContext, Split, random_row_ranks
+from .utility import holdout, list_signal, utility_metrics
 
 #: Bump when a stage's computation changes in a way the module hash below would not see.
 STAGES_VERSION = "1"
@@ -251,15 +261,14 @@ class Cell:
                        seed=stage_seed(seed, s))
             if defended:  # a data or training defense: another fit
                 rec.update(defense=self._ids["defense"], defense_seed=stage_seed(seed, f"defense-{s}"))
-            if s == "target" and c.utility_holdout > 0:
-                rec.update(holdout=c.utility_holdout, holdout_seed=stage_seed(seed, "holdout"))
+            rec.update(self._holdout_record(s))
             rec.update(service=self._ids["service"])
         elif stage == "defend":
             rec.update(serve=self.key("serve", s), defense=self._ids["defense"], seed=stage_seed(seed, f"defense-{s}"))
         elif stage == "vectors":
             rec.update(split=self.key("split", s), featurizer=self._ids["featurizer"], seed=stage_seed(seed, "featurizer"))
         elif stage == "features":
-            rec.update(vectors=self.key("vectors", s), lists=self.lists_key(s, defended))
+            rec.update(vectors=self.key("vectors", s), lists=self.lists_key(s, defended), **self._holdout_record(s))
         elif stage == "attack":
             rec.update(shadow=self.key("features", "shadow", defended), target=self.key("features", "target", bool(c.defense)),
                        attack=self._ids["attack"], seed=stage_seed(seed, "attack"))
@@ -270,6 +279,11 @@ class Cell:
         else:
             raise ValueError(f"unknown stage {stage!r}")
         return rec
+
+    def _holdout_record(self, part: str) -> dict:
+        """What the utility hold-out adds to the keys of stages that read ``part``'s users (nothing without one)."""
+        f = self.config.utility_holdout
+        return {"holdout": f, "holdout_seed": stage_seed(self.config.seed, f"holdout-{part}")} if f > 0 else {}
 
     @property
     def defense_point(self) -> str | None:
@@ -343,7 +357,31 @@ class Cell:
         return self._once(f"split:{side}", lambda: split_from_arrays(self.split_output(side).arrays))
 
     def part(self, part: str) -> Part:
-        return getattr(self.split(part), part)
+        """The shadow or target part as the service and the adversary know it: without its future (hold-out)."""
+        return self._visible(part)[0]
+
+    def future(self, part: str) -> sp.csr_matrix | None:
+        """The part's held-out interactions (rows aligned with :meth:`part`), or None without a hold-out."""
+        return self._visible(part)[1]
+
+    def _visible(self, part: str) -> tuple[Part, sp.csr_matrix | None]:
+        def build():
+            p, f = getattr(self.split(part), part), self.config.utility_holdout
+            if f <= 0:
+                return p, None
+            visible, held = holdout(p.interactions, f, stage_seed(self.config.seed, f"holdout-{part}"))
+            return Part(p.name, visible, p.is_member), held
+
+        return self._once(f"visible:{part}", build)
+
+    def visible_split(self) -> Split:
+        """The target side's split with both parts as :meth:`part` gives them (export, scores.tsv); one dataset only."""
+        split = self.split("target")
+        if self.config.utility_holdout <= 0:
+            return split
+        if self.config.shadow_dataset:
+            raise MiarsError("a dataset-transfer cell has no single split of both parts")
+        return Split(self.part("shadow"), self.part("target"), split.vectorization, split.item_ids)
 
     def served(self, part: str, defended: bool = False) -> Output:
         """Fit on the part's members and serve everyone; ``defended``: under a data or training defense."""
@@ -361,11 +399,10 @@ class Cell:
     def _serve(self, p: Part, part: str, defense: Any) -> Served:
         """Fit the part's recommender (under a data or training defense) and serve; the fit is kept in memory."""
         seed, name = self.config.seed, self.specs[f"recommender:{part}"][0]
-        holdout_fraction = self.config.utility_holdout if part == "target" else 0.0
+        future = self.future(part) if part == "target" else None  # utility is scored on the target members only
         s = serve(p, self.create(f"recommender:{part}"), name, self.config.top_k, stage_seed(seed, part),
                   defense=defense, defense_seed=stage_seed(seed, f"defense-{part}"),
-                  holdout_fraction=holdout_fraction, holdout_seed=stage_seed(seed, "holdout"),
-                  service=self.create("service"))
+                  heldout=future[p.is_member] if future is not None else None, service=self.create("service"))
         self._memo[f"fitted:{part}:{defense is not None}"] = s
         return s
 
@@ -487,19 +524,12 @@ class Cell:
 
     def defended(self, part: str) -> Output:
         def compute(lists: np.ndarray, context: ServiceContext):
-            seed = stage_seed(self.config.seed, f"defense-{part}")
-            if part == "target" and self.config.utility_holdout > 0:
-                p = self.part(part)
-                _, held = holdout(p.members, self.config.utility_holdout, stage_seed(self.config.seed, "holdout"))
-                h = held.tocoo()
-                members = np.flatnonzero(p.is_member)
-                # What the service knows: everything but the members' held-out items (they may be served).
-                known = p.interactions.matrix - binary_csr(members[h.row], h.col, p.interactions.matrix.shape)
-                known.eliminate_zeros()
-                out = defend(Served(lists, context), self.create("defense"), seed, known=known)
-                return {"lists": out}, {"utility": {"holdout": self.config.utility_holdout,
-                                                    **utility_metrics(out[p.is_member], held, self.config.top_k)}}
-            return {"lists": defend(Served(lists, context), self.create("defense"), seed)}, {}
+            out = defend(Served(lists, context), self.create("defense"), stage_seed(self.config.seed, f"defense-{part}"))
+            future = self.future(part) if part == "target" else None
+            if future is None:
+                return {"lists": out}, {}
+            members = self.part(part).is_member
+            return {"lists": out}, {"utility": utility_metrics(out[members], future[members], self.config.top_k)}
 
         return self._run("defend", self.key("defend", part), "defend",
                          f"applying defense {self.config.defense} to the {part} part",
@@ -513,22 +543,67 @@ class Cell:
 
     def utility(self) -> dict | None:
         """Recall / NDCG / HR of the target members' lists on their held-out items, without and with the defense."""
-        if self.config.utility_holdout <= 0:
+        f = self.config.utility_holdout
+        if f <= 0:
             return None
-        out = {"undefended": self.served("target").meta["report"]["utility"]}
+        out = {"undefended": {"holdout": f, **self.served("target").meta["report"]["utility"]}}
         if self.defense_point == "lists":
-            out["defended"] = self.defended("target").meta["utility"]
+            out["defended"] = {"holdout": f, **self.defended("target").meta["utility"]}
         elif self.defense_point:
-            out["defended"] = self.served("target", True).meta["report"]["utility"]
+            out["defended"] = {"holdout": f, **self.served("target", True).meta["report"]["utility"]}
+        return out
+
+    def signal(self) -> dict:
+        """The no-signal check of the target's lists (those the attack sees): do members' lists find their items?
+
+        ``method`` says what a list is scored against (:func:`~miars_core.utility.list_signal`):
+
+        * ``vectorization`` (``--split interactions``): each member's interactions in the
+          vectorization part, which the target never saw;
+        * ``holdout`` (``--split users`` with a utility hold-out): each member's held-out future;
+        * ``popularity`` (``--split users`` without one): the listed items' popularity in the
+          vectorization part (other users, never seen by the target), which separates
+          random-like lists from trained ones but not personal from popular ones.
+
+        A flagged target (``no_signal``) carries a ``warning``: its lists are about what random
+        items would give, so the attack metrics do not measure a leak.
+        """
+        c = self.config
+        p = self.part("target")
+        members = p.is_member
+        lists = self.lists("target", bool(c.defense))[members]
+        known = p.interactions.matrix[members]
+        k = lists.shape[1]
+        vectorization = self.split("target").vectorization
+        if c.split == "interactions":
+            method, whose = "vectorization", "their interactions in the vectorization part"
+            reference: Any = vectorization.matrix[_positions(vectorization.user_ids, p.interactions.user_ids[members])]
+        elif c.utility_holdout > 0:
+            method, whose = "holdout", "their held-out items"
+            reference = self.future("target")[members]
+        else:
+            method, whose = "popularity", None
+            reference = vectorization.item_popularity()
+        out = {"method": method, "lists": "defended" if c.defense else "undefended", **list_signal(lists, known, reference)}
+        if float(out["hits"]).is_integer():
+            out["hits"] = int(out["hits"])
+        if out["no_signal"]:
+            found = (f"members' top-{k} hit {out['hits']} of {whose}, about what random items would "
+                     f"({out['expected_by_chance']:.0f})" if whose else
+                     f"the items of members' top-{k} are about as popular, in data the target never saw, as random "
+                     f"items (lift {out['lift']})")
+            out["warning"] = (f"the target's lists carry no signal: {found}; the recommender is probably untrained or "
+                              "broken, so the attack metrics do not measure a leak")
         return out
 
     def report(self, part: str) -> dict:
         """What result.json says about the recommender of ``part`` (the defended fit, when there is one)."""
         defended = self.defense_point in ("data", "training")
         out = self.served(part, defended)
-        report = {**out.meta["report"], "fit_seconds": out.meta["seconds"]}
+        # utility on the held-out items is the result's own ``utility`` block, not the recommender's
+        report = {**{k: v for k, v in out.meta["report"].items() if k != "utility"}, "fit_seconds": out.meta["seconds"]}
         if defended:
-            report["undefended"] = {k: v for k, v in self.served(part).meta["report"].items() if k != "params"}
+            report["undefended"] = {k: v for k, v in self.served(part).meta["report"].items() if k not in ("params", "utility")}
         return report
 
     def _fit_featurizer(self, vectorization: Interactions) -> Any:
@@ -710,6 +785,15 @@ class Cell:
         if self.defense_point in ("data", "training"):
             keys.update({f"serve-defended:{part}": self.key("serve", part, True) for part in self.SIDES})
         return keys
+
+
+def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Row of each id of ``wanted`` in ``ids`` (every wanted id is in ``ids``); vectorised."""
+    order = np.argsort(ids, kind="stable")
+    at = order[np.minimum(np.searchsorted(ids[order], wanted), max(len(ids) - 1, 0))]
+    if not np.array_equal(ids[at], wanted):
+        raise MiarsError("the target part holds users the vectorization part does not list; the split is inconsistent")
+    return at
 
 
 def dataset_identity(name: str, data_dir: str | None, plugins) -> dict:

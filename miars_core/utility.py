@@ -23,7 +23,12 @@ import scipy.sparse as sp
 from .errors import MiarsError
 from .types import Interactions, binary_csr, random_row_ranks
 
-__all__ = ["holdout", "utility_metrics"]
+__all__ = ["holdout", "list_signal", "utility_metrics"]
+
+#: A list carries no signal when it hits its reference items at most this many times as often as chance...
+NO_SIGNAL_LIFT = 1.5
+#: ...and chance expects at least this many hits (fewer: too little evidence to judge either way).
+NO_SIGNAL_MIN_EXPECTED = 20.0
 
 
 def holdout(members: Interactions, fraction: float = 0.2, seed: int = 0) -> tuple[Interactions, sp.csr_matrix]:
@@ -88,3 +93,36 @@ def utility_metrics(lists: np.ndarray, heldout: sp.spmatrix, k: int) -> dict:
         f"hr{name}": float(np.mean(hits[users] > 0)),
         "users": int(users.sum()),
     }
+
+
+def list_signal(lists: np.ndarray, known: sp.spmatrix, reference: sp.spmatrix | np.ndarray) -> dict:
+    """Do ``lists`` find ``reference`` items more often than random items the users do not know would?
+
+    ``lists`` (users x k item columns) are scored against ``reference``: a (users x items)
+    matrix of each user's own items the service never saw (her interactions in another part,
+    or her future), or one weight per item shared by every user (e.g. its popularity in data
+    the service never saw). ``hits`` = sum over users and listed items of the reference
+    weight; ``expected_by_chance`` = the same sum for ``k`` items drawn uniformly from the
+    *catalogue* (items some row of ``known`` has, i.e. what the service trained on) minus the
+    items the user knows; ``lift`` = hits / chance. ``no_signal`` is True when
+    ``lift <= NO_SIGNAL_LIFT`` with at least ``NO_SIGNAL_MIN_EXPECTED`` expected hits.
+    Vectorised: sparse products, no loop over users.
+    """
+    lists = np.asarray(lists, dtype=np.int64)
+    known = sp.csr_matrix(known, dtype=np.float64)
+    n, k = lists.shape
+    catalog = (np.asarray(known.sum(axis=0)).ravel() > 0).astype(np.float64)
+    n_unknown = catalog.sum() - np.asarray(known @ catalog).ravel()
+    if isinstance(reference, np.ndarray) and reference.ndim == 1:
+        weight = reference.astype(np.float64)
+        hits = float(weight[lists].sum()) if lists.size else 0.0
+        reachable = float(weight @ catalog) - np.asarray(known @ (weight * catalog)).ravel()
+    else:
+        ref = sp.csr_matrix(reference, dtype=np.float64)
+        rows = np.repeat(np.arange(n), k)
+        hits = float(np.asarray(ref[rows, lists.ravel()]).sum()) if lists.size else 0.0
+        reachable = np.asarray(ref @ catalog).ravel() - np.asarray(ref.multiply(known) @ catalog).ravel()
+    chance = float((k * reachable / np.maximum(n_unknown, 1)).sum())
+    return {"hits": round(hits, 6), "expected_by_chance": round(chance, 2),
+            "lift": round(hits / chance, 3) if chance > 0 else None,
+            "no_signal": bool(chance >= NO_SIGNAL_MIN_EXPECTED and hits <= NO_SIGNAL_LIFT * chance)}

@@ -185,14 +185,21 @@ def test_interaction_attack_scores_pairs_with_its_own_metrics(small_dataset, tmp
     assert report["pairs"] == 5 * n and result.queries["attack"]["used"] == 5 * n
     assert 0 < report["trained_pairs"] < report["pairs"]
     assert report["all_pairs"]["roc_auc"] > 0.85  # fold-in ItemKNN gives its training pairs back
-    assert report["members_pairs"]["untrained_pairs"] > 0 and 0.0 <= report["members_pairs"]["roc_auc"] <= 1.0
-    # the labels are the training data: members' pairs minus the held-out ones, never a non-member's
+    # the pairs come from what the adversary sees: never a held-out (future) item, so every member's pair was trained on
     cell = Cell(config, get_plugins())
     pairs = cell.pairs("target")
-    labels = cell.pair_labels("target", False, pairs)
-    target = cell.part("target")
+    target, future = cell.part("target"), cell.future("target")
+    assert not np.asarray(future[pairs[:, 0], pairs[:, 1]]).any()
+    assert "members_pairs" not in report and report["trained_pairs"] == int(target.is_member[pairs[:, 0]].sum())
+    # the labels are the training data, never a non-member's pair: with a data defense some members' pairs are untrained
+    defended = AttackConfig(**{**config.__dict__, "defense": "subsample", "defense_params": {"fraction": 0.5}})
+    report = run_attack(defended).interaction["defense_aware"]
+    assert report["members_pairs"]["untrained_pairs"] > 0 and 0.0 <= report["members_pairs"]["roc_auc"] <= 1.0
+    cell = Cell(defended, get_plugins())
+    labels = cell.pair_labels("target", True, pairs)
     assert not labels[~target.is_member[pairs[:, 0]]].any()
-    train = cell._memo["fitted:target:False"].train.matrix
+    train = cell._memo["fitted:target:True"].train.matrix
+    assert 0 < labels.sum() < target.is_member[pairs[:, 0]].sum()
     assert labels.sum() == sum(train[int(np.flatnonzero(target.is_member).tolist().index(r)), i] > 0
                                for r, i in pairs[labels])
 
