@@ -397,7 +397,8 @@ def grid(
     split: Optional[str] = typer.Option(None, help="interactions (the paper's) or users."),
     min_interactions: Optional[int] = typer.Option(None, "--min-interactions", help="Shadow/target users with fewer interactions are dropped (default: 20)."),
     query_budget: Optional[int] = typer.Option(None, "--query-budget", help="Queries per target user an attack with query access may ask (default: 5)."),
-    utility_holdout: Optional[float] = typer.Option(None, "--utility-holdout", help="Share of each target member's interactions held out of training to measure utility (default: 0)."),
+    utility_holdout: Optional[float] = typer.Option(None, "--utility-holdout", help="Share of every shadow and target user's interactions held out as her future: never trained on nor shown to the adversary; the target members' future scores utility (default: 0)."),
+    controls: bool = typer.Option(False, "--controls", help="Add the control recommenders random (random unknown items) and pop (popular items) as targets, reported beside the real ones."),
     out: OutOpt = ...,
     cache: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -430,6 +431,7 @@ def grid(
             "utility_holdout": utility_holdout,
             "data_dir": data_dir,
             "download": download or None,
+            "controls": controls or None,
         }
         values.update({k: v for k, v in flags.items() if v is not None})
         for key, flag, given, sweep in (("defense_params", "--defense-param", defense_param, True),
@@ -491,7 +493,8 @@ def bench_defenses(
     query_budget: int = typer.Option(5, "--query-budget", help="Queries per target user an attack with query access may ask."),
     top_k: Optional[List[str]] = typer.Option(None, "--top-k", help="List lengths (default: 100)."),
     seed: Optional[List[str]] = typer.Option(None, "--seed", help="Master seeds, e.g. 0,1,2 (default: 0,1,2)."),
-    utility_holdout: float = typer.Option(0.2, "--utility-holdout", help="Share of each target member's interactions held out of training to measure utility."),
+    utility_holdout: float = typer.Option(0.2, "--utility-holdout", help="Share of every shadow and target user's interactions held out as her future: never trained on nor shown to the adversary; the target members' future scores utility."),
+    controls: bool = typer.Option(False, "--controls", help="Add the control recommenders random and pop as targets (each its own shadow), crossed with the defenses like any target."),
     out: OutOpt = ...,
     cache: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -528,7 +531,7 @@ def bench_defenses(
             target_params=recs, shadow_params=recs, attack_params=parse_scoped_params(attack_param, "--attack-param"),
             attack=parse_list_flag(attack_model, "--attack") or ["mlp"],
             service=parse_list_flag(service, "--service") or ["popular"], query_budget=query_budget,
-            utility_holdout=utility_holdout, defense_targets={k: v for k, v in only.items() if v},
+            utility_holdout=utility_holdout, defense_targets={k: v for k, v in only.items() if v}, controls=controls,
         )
         _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet)
 

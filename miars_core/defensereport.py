@@ -14,7 +14,8 @@ import html
 import math
 from dataclasses import dataclass, field
 
-from .gridreport import CellRecord, Estimate, _fmt_estimate, _img, bootstrap_ci
+from .gridreport import (CONTROLS_NOTE, NO_SIGNAL_NOTE, CellRecord, Estimate, _fmt_estimate, _img, bootstrap_ci,
+                         row_markers)
 
 LEAKAGE = [("roc_auc", "ROC-AUC"), ("roc_auc_distance", "|ROC-AUC - 0.5|"), ("balanced_accuracy", "balanced accuracy"),
            ("tpr_at_fpr_0.01", "TPR@1%FPR"), ("advantage", "advantage")]
@@ -30,12 +31,17 @@ class DefenseRow:
     k: int
     values: dict[str, list[float]] = field(default_factory=dict)
     estimates: dict[str, Estimate] = field(default_factory=dict)
+    #: the target is a control recommender (random, pop)
+    control: bool = False
+    #: ids of the row's cells whose target lists carry no signal
+    flagged: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
-        if not self.params:
-            return self.defense
-        return f"{self.defense} ({', '.join(f'{k}={v}' for k, v in sorted(self.params.items()))})"
+        text = self.defense
+        if self.params:
+            text += f" ({', '.join(f'{k}={v}' for k, v in sorted(self.params.items()))})"
+        return " ".join([text, *row_markers(False, bool(self.flagged))])
 
 
 def _attacker_metrics(rec: CellRecord, attacker: str) -> dict:
@@ -75,7 +81,9 @@ def defense_rows(records: list[CellRecord]) -> list[DefenseRow]:
         key = (c["dataset"], c["target"], c.get("defense", "none"), repr(sorted((c.get("defense_params") or {}).items())),
                int(c["top_k"]))
         row = rows.setdefault(key, DefenseRow(c["dataset"], c["target"], c.get("defense", "none"),
-                                              dict(c.get("defense_params") or {}), int(c["top_k"])))
+                                              dict(c.get("defense_params") or {}), int(c["top_k"]), control=rec.control))
+        if rec.no_signal:
+            row.flagged.append(rec.id)
         for attacker in ATTACKERS:
             m = dict(_attacker_metrics(rec, attacker))
             if "roc_auc" in m:
@@ -89,7 +97,8 @@ def defense_rows(records: list[CellRecord]) -> list[DefenseRow]:
         cost = _cost(rec)
         if cost is not None:
             row.values.setdefault("cost:seconds", []).append(cost)
-    out = sorted(rows.values(), key=lambda r: (r.dataset, r.target, r.defense != "none", r.defense, _params_key(r.params)))
+    out = sorted(rows.values(), key=lambda r: (r.dataset, r.control, r.target, r.defense != "none", r.defense,
+                                               _params_key(r.params)))
     for row in out:
         row.estimates = {k: bootstrap_ci(v) for k, v in row.values.items()}
     return out
@@ -111,6 +120,26 @@ def _label(column: str) -> str:
     return "cost (s)"
 
 
+def _title(rows: list[DefenseRow], dataset: str, target: str) -> str:
+    """``ml-100k: target random [control: random items]``."""
+    from .grid import CONTROLS
+
+    control = any(r.control for r in rows if (r.dataset, r.target) == (dataset, target))
+    return f"{dataset}: target {target}" + (f" [control: {CONTROLS.get(target, 'no signal by construction')}]"
+                                            if control else "")
+
+
+def _notes(rows: list[DefenseRow]) -> list[str]:
+    """The lines under the tables: flagged cells by id, how to read controls."""
+    flagged = [cid for r in rows for cid in r.flagged]
+    out = []
+    if flagged:
+        out.append(f"{NO_SIGNAL_NOTE} No signal in: " + ", ".join(f"`{c}`" for c in flagged) + ".")
+    if any(r.control for r in rows):
+        out.append(CONTROLS_NOTE.replace("Rows marked [control] are", "Targets marked [control] are"))
+    return out
+
+
 def defenses_markdown(rows: list[DefenseRow]) -> str:
     cols = _columns(rows)
     lines = ["# Defense benchmark", "",
@@ -118,8 +147,10 @@ def defenses_markdown(rows: list[DefenseRow]) -> str:
              "attacker); `adaptive`: shadow trained and served under the defense. |ROC-AUC - 0.5| counts an inverted "
              "attack as leakage. Utility: the defended target service's lists on its members' held-out interactions. "
              "Cost: seconds to fit the defended service plus the defense itself.", ""]
+    for note in _notes(rows):
+        lines += [note, ""]
     for (dataset, target) in dict.fromkeys((r.dataset, r.target) for r in rows):
-        lines += [f"## {dataset}: target {target}", "", "| defense | " + " | ".join(_label(c) for c in cols) + " |",
+        lines += [f"## {_title(rows, dataset, target)}", "", "| defense | " + " | ".join(_label(c) for c in cols) + " |",
                   "|---|" + "---:|" * len(cols)]
         for r in rows:
             if (r.dataset, r.target) == (dataset, target):
@@ -129,13 +160,13 @@ def defenses_markdown(rows: list[DefenseRow]) -> str:
 
 
 def defenses_csv(rows: list[DefenseRow]) -> str:
-    out = ["dataset,target,defense,params,top_k,column,mean,ci_low,ci_high,n_seeds"]
+    out = ["dataset,target,defense,params,top_k,column,mean,ci_low,ci_high,n_seeds,control,no_signal_cells"]
     for r in rows:
         params = ";".join(f"{k}={v}" for k, v in sorted(r.params.items()))
         for col, est in sorted(r.estimates.items()):
             cells = [r.dataset, r.target, r.defense, params, str(r.k), col, repr(est.mean),
                      "" if est.ci_low is None else repr(est.ci_low), "" if est.ci_high is None else repr(est.ci_high),
-                     str(est.n_seeds)]
+                     str(est.n_seeds), str(r.control).lower(), str(len(r.flagged))]
             out.append(",".join(f'"{c}"' if "," in c else c for c in cells))
     return "\n".join(out) + "\n"
 
@@ -193,12 +224,14 @@ def defense_section(records: list[CellRecord], images: dict[str, bytes]) -> tupl
              "interactions. Cost: seconds to fit the defended service plus the defense.</p>"]
     from .gridreport import _slug
 
+    parts += [f'<p class="{"warn" if "No signal in" in note else "note"}">{e(note)}</p>' for note in _notes(rows)]
     for (dataset, target) in dict.fromkeys((r.dataset, r.target) for r in rows):
-        parts.append(f"<h3>{e(dataset)}: target {e(target)}</h3>")
+        parts.append(f"<h3>{e(_title(rows, dataset, target))}</h3>")
         parts.append('<table><tr><th class="l">defense</th>' + "".join(f"<th>{e(_label(c))}</th>" for c in cols) + "</tr>")
         for r in rows:
             if (r.dataset, r.target) == (dataset, target):
-                parts.append(f'<tr><td class="l">{e(r.label)}</td>'
+                css = " ".join(c for c, on in (("control", r.control), ("nosignal", bool(r.flagged))) if on)
+                parts.append(f'<tr{f" class={chr(34)}{css}{chr(34)}" if css else ""}><td class="l">{e(r.label)}</td>'
                              + "".join(f"<td>{e(_fmt_estimate(r.estimates.get(c)))}</td>" for c in cols) + "</tr>")
         parts.append("</table>")
         name = f"frontier-{_slug(dataset.rsplit('/', 1)[-1])}-{_slug(target)}.png"

@@ -19,6 +19,13 @@ from .pipeline import AttackConfig
 from .stages import digest
 
 NONE_DEFENSE = "none"
+#: Control recommenders (``--controls`` adds them as targets): what they stand for in reports.
+CONTROLS = {"random": "random items", "pop": "popular items"}
+
+
+def is_control(target: str) -> bool:
+    """Whether a target recommender is a control (its lists carry no membership signal by construction)."""
+    return target in CONTROLS
 
 
 @dataclass
@@ -51,14 +58,19 @@ class GridSpec:
     #: ``{defense: [recommenders]}``: cross that defense only with these targets (training defenses
     #: that can train only some recommenders); other defenses cross with every target.
     defense_targets: dict[str, list[str]] = field(default_factory=dict)
+    #: Add the control recommenders (:data:`CONTROLS`) as targets, crossed with everything like any target.
+    controls: bool = False
 
     def to_json(self) -> dict:
         return asdict(self)
 
     def configs(self) -> list[AttackConfig]:
         """Every cell of the grid, in a stable order (datasets, recommenders, defenses, top-k, seeds)."""
+        if not isinstance(self.controls, bool):
+            raise MiarsError(f"controls must be true or false, got {self.controls!r}; e.g. controls = true")
+        targets = list(self.target) + ([c for c in CONTROLS if c not in self.target] if self.controls else [])
         out = []
-        for dataset, shadow_dataset, target in itertools.product(self.dataset, self.shadow_dataset, self.target):
+        for dataset, shadow_dataset, target in itertools.product(self.dataset, self.shadow_dataset, targets):
             for shadow in (self.shadow if self.shadow is not None else [target]):
                 for defense, dparams in self._defenses():
                     allowed = self.defense_targets.get(defense or "")
@@ -73,8 +85,8 @@ class GridSpec:
                             service_params=_scoped(self.service_params, service), top_k=int(top_k), seed=int(seed),
                             split=self.split, min_interactions=int(self.min_interactions),
                             utility_holdout=float(self.utility_holdout), query_budget=int(self.query_budget),
-                            target_params=_scoped(self.target_params, target),
-                            shadow_params=_scoped(self.shadow_params, shadow),
+                            target_params=_scoped(self.target_params, target, is_control(target)),
+                            shadow_params=_scoped(self.shadow_params, shadow, is_control(shadow)),
                             featurizer_params=_scoped(self.featurizer_params, featurizer),
                             attack_params=_scoped(self.attack_params, attack),
                             defense_params=dparams,
@@ -97,9 +109,10 @@ class GridSpec:
         return out
 
 
-def _scoped(params: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
-    """Parameters for component ``name``: those given for every component ("*") then its own."""
-    return {**params.get("*", {}), **params.get(name, {})}
+def _scoped(params: dict[str, dict[str, Any]], name: str, own_only: bool = False) -> dict[str, Any]:
+    """Parameters for component ``name``: those given for every component ("*") then its own
+    (``own_only``: its own alone; a control recommender takes no parameter meant for the real ones)."""
+    return {**({} if own_only else params.get("*", {})), **params.get(name, {})}
 
 
 # -- cell names ----------------------------------------------------------------------------------
@@ -118,6 +131,7 @@ def cell_record(config: AttackConfig) -> dict:
         "seed": config.seed,
         "featurizer": config.featurizer,
         "attack": config.attack,
+        "control": is_control(config.target),
     }
 
 

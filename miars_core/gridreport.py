@@ -73,6 +73,24 @@ class CellRecord:
     error: str | None = None
 
     @property
+    def control(self) -> bool:
+        """Whether the cell's target is a control recommender (``--controls``: random, pop)."""
+        from .grid import is_control
+
+        return bool(self.cell.get("control", is_control(self.cell.get("target", ""))))
+
+    @property
+    def signal(self) -> dict:
+        """The no-signal check of the cell's target (``recommenders.target.utility``), {} when absent."""
+        found = ((self.result or {}).get("recommenders") or {}).get("target", {}).get("utility")
+        return found if isinstance(found, dict) else {}
+
+    @property
+    def no_signal(self) -> bool:
+        """Whether the cell's target lists carry no signal (the check's warning)."""
+        return bool(self.signal.get("no_signal") or self.signal.get("warning"))
+
+    @property
     def attackers(self) -> dict[str, dict]:
         """Metrics per attacker: {"headline": metrics}, or the defense-aware and -unaware ones."""
         if not self.result:
@@ -263,6 +281,15 @@ class Group:
     estimates: dict
     #: (target, shadow) -> ids of the cells averaged
     cell_ids: dict
+    #: targets that are control recommenders
+    controls: set = field(default_factory=set)
+    #: (target, shadow) -> ids of the cells whose target lists carry no signal
+    flagged: dict = field(default_factory=dict)
+
+    def row_label(self, target) -> str:
+        """The target's name with its markers: ``[control]``, ``[no signal]`` (any of its cells flagged)."""
+        return str(target) + "".join(f" {m}" for m in row_markers(target in self.controls,
+                                                                    any(self.flagged.get((target, s)) for s in self.shadows)))
 
     @property
     def fields(self) -> dict:
@@ -288,16 +315,49 @@ class Group:
         return _slug("-".join(str(x) for x in self.key if x != ""))
 
 
+#: Markers of a table row (a target): a control recommender, a target whose lists carry no signal.
+CONTROL_MARK, NO_SIGNAL_MARK = "[control]", "[no signal]"
+
+
+def row_markers(control: bool, no_signal: bool) -> list[str]:
+    return [m for m, on in ((CONTROL_MARK, control), (NO_SIGNAL_MARK, no_signal)) if on]
+
+
+#: How to read the control rows (tables.md, report.html, the defense report).
+CONTROLS_NOTE = ("Rows marked [control] are control recommenders whose lists carry no membership signal by "
+                 "construction: `random` serves every member k random items she does not know, `pop` the popular "
+                 "items. Under the paper's service (non-members get the popular list) `random` reads ROC-AUC ~1.0: "
+                 "that is the \"personalized vs popular list\" confound, not a leak, and a real target's number "
+                 "means membership leakage only as far as it exceeds what the controls read. Under `foldin` "
+                 "(everyone gets the model's lists) both controls should read ~0.5; `pop` reads ~0.5 under both.")
+#: What a [no signal] marker means.
+NO_SIGNAL_NOTE = ("Rows marked [no signal]: the target's lists do no better than random unknown items at finding "
+                  "the members' own items the target never saw (with `--split users` and no hold-out: items popular "
+                  "in data the target never saw); see `recommenders.target.utility` in each cell's result.json. "
+                  "The recommender is probably untrained or broken, so those metrics do not measure a leak.")
+
+
+def flagged_cells(records: list[CellRecord]) -> list[CellRecord]:
+    """Finished cells whose target lists carry no signal, by id."""
+    return [r for r in records if r.status == "ok" and r.no_signal]
+
+
 def build_groups(records: list[CellRecord]) -> list[Group]:
     """Aggregate finished cells over seeds into groups (deterministic order)."""
     values: dict[tuple, dict[tuple, dict[str, list]]] = {}
     ids: dict[tuple, dict[tuple, list]] = {}
+    controls: dict[tuple, set] = {}
+    flagged: dict[tuple, dict[tuple, list]] = {}
     for rec in records:
         if rec.status != "ok":
             continue
         for attacker, metrics in rec.attackers.items():
             gk = _group_key(rec.cell, attacker)
             cellkey = (rec.cell["target"], rec.cell["shadow"])
+            if rec.control:
+                controls.setdefault(gk, set()).add(rec.cell["target"])
+            if rec.no_signal:
+                flagged.setdefault(gk, {}).setdefault(cellkey, []).append(rec.id)
             slot = values.setdefault(gk, {}).setdefault(cellkey, {})
             seed = rec.cell["seed"]
             ids.setdefault(gk, {}).setdefault(cellkey, []).append((_sort_key(seed), rec.id))
@@ -318,7 +378,8 @@ def build_groups(records: list[CellRecord]) -> list[Group]:
         targets = sorted({t for t, _ in cells}, key=_sort_key)
         shadows = sorted({s for _, s in cells}, key=_sort_key)
         cell_ids = {ck: [i for _, i in sorted(v)] for ck, v in ids[gk].items()}
-        groups.append(Group(gk, targets, shadows, estimates, cell_ids))
+        groups.append(Group(gk, targets, shadows, estimates, cell_ids, controls.get(gk, set()),
+                            {ck: sorted(v) for ck, v in flagged.get(gk, {}).items()}))
     return groups
 
 
@@ -344,6 +405,7 @@ def tables_markdown(groups: list[Group], records: list[CellRecord]) -> str:
              f"({BOOTSTRAP_RESAMPLES:,} resamples of the seeds, seed {BOOTSTRAP_SEED}). "
              "With one seed the value is shown without a CI. Rows: target recommender; columns: shadow recommender. "
              "Balanced accuracy is what the CCS'21 paper calls \"AUC\".", ""]
+    lines += checks_markdown(groups, records)
     for g in groups:
         n = sorted({e.n_seeds for per in g.estimates.values() for e in per.values()})
         lines += [f"## {g.title}", "", f"Seeds per entry: {', '.join(map(str, n))}.", ""]
@@ -353,7 +415,8 @@ def tables_markdown(groups: list[Group], records: list[CellRecord]) -> str:
                       "|---|" + "---:|" * len(g.shadows)]
             for t in g.targets:
                 row = [_fmt_estimate(g.estimates.get((t, s), {}).get(metric)) for s in g.shadows]
-                lines.append(f"| **{t}** | " + " | ".join(row) + " |")
+                marks = g.row_label(t)[len(str(t)):]
+                lines.append(f"| **{t}**{marks} | " + " | ".join(row) + " |")
             lines.append("")
     bad = [r for r in records if r.status != "ok"]
     if bad:
@@ -364,7 +427,24 @@ def tables_markdown(groups: list[Group], records: list[CellRecord]) -> str:
     return "\n".join(lines)
 
 
-CSV_COLUMNS = list(GROUP_KEYS[:-1]) + ["attacker", "target", "shadow", "metric", "mean", "ci_low", "ci_high", "n_seeds", "seeds", "cells"]
+def checks_markdown(groups: list[Group], records: list[CellRecord]) -> list[str]:
+    """The "Controls and checks" section of tables.md: flagged cells by id, how to read the control rows."""
+    flagged = flagged_cells(records)
+    has_controls = any(g.controls for g in groups)
+    if not flagged and not has_controls:
+        return []
+    lines = ["## Controls and checks", ""]
+    if flagged:
+        lines += [NO_SIGNAL_NOTE, "", f"No signal in {len(flagged)} cell(s):", ""]
+        lines += [f"- `{r.id}` ({r.signal.get('method', '?')}: lift {r.signal.get('lift')})" for r in flagged]
+        lines.append("")
+    if has_controls:
+        lines += [CONTROLS_NOTE, ""]
+    return lines
+
+
+CSV_COLUMNS = list(GROUP_KEYS[:-1]) + ["attacker", "target", "shadow", "metric", "mean", "ci_low", "ci_high", "n_seeds", "seeds", "cells",
+                                       "control", "no_signal_cells"]
 
 
 def tables_csv(groups: list[Group]) -> str:
@@ -383,7 +463,8 @@ def tables_csv(groups: list[Group]) -> str:
                     if e is None or e.n_seeds == 0:
                         continue
                     w.writerow(list(g.key) + [t, s, metric, _csvnum(e.mean), _csvnum(e.ci_low), _csvnum(e.ci_high), e.n_seeds,
-                                              " ".join(map(str, e.seeds)), " ".join(g.cell_ids[(t, s)])])
+                                              " ".join(map(str, e.seeds)), " ".join(g.cell_ids[(t, s)]),
+                                              str(t in g.controls).lower(), len(g.flagged.get((t, s), []))])
     return buf.getvalue()
 
 
@@ -602,6 +683,7 @@ caption{text-align:left;font-weight:600;padding:.2rem 0}.tables{display:flex;fle
 .figs{display:flex;flex-wrap:wrap;gap:1rem}.figs img{max-width:100%;border:1px solid #eee}
 .err{color:#a00}code{background:#f5f5f5;padding:0 .2rem}
 details{margin:.5rem 0}summary{cursor:pointer}
+tr.control th{font-style:italic}tr.nosignal th{color:#a00}.warn{color:#a00}
 """.strip()
 
 
@@ -617,7 +699,9 @@ def _html_table(g: Group, metric: str, label: str) -> str:
             '<tr><th class="l">target \\ shadow</th>' + "".join(f"<th>{e(str(s))}</th>" for s in g.shadows) + "</tr>"]
     for t in g.targets:
         cells = "".join(f"<td>{e(_fmt_estimate(g.estimates.get((t, s), {}).get(metric)))}</td>" for s in g.shadows)
-        rows.append(f'<tr><th class="l">{e(str(t))}</th>{cells}</tr>')
+        flagged = any(g.flagged.get((t, s)) for s in g.shadows)
+        css = " ".join(c for c, on in (("control", t in g.controls), ("nosignal", flagged)) if on)
+        rows.append(f'<tr{f" class={chr(34)}{css}{chr(34)}" if css else ""}><th class="l">{e(g.row_label(t))}</th>{cells}</tr>')
     rows.append("</table>")
     return "\n".join(rows)
 
@@ -673,6 +757,15 @@ def _html(root, grid, records, groups, heatmaps, rocs, images, extra: str = "") 
             parts.append(f'<tr><td class="l">{e(r.id)}</td><td class="l">{e(r.status)}</td><td class="l">{e(r.stage or "")}</td>'
                          f'<td class="l err">{e(r.error or "")}</td></tr>')
         parts.append("</table>")
+    flagged = flagged_cells(records)
+    if flagged or any(g.controls for g in groups):
+        parts.append('<h2 id="checks">Controls and checks</h2>')
+        if flagged:
+            parts.append(f'<p class="warn">{e(NO_SIGNAL_NOTE)}</p><p>No signal in {len(flagged)} cell(s):</p><ul>' + "".join(
+                f'<li class="nosignal"><code>{e(r.id)}</code>: {e(str(r.signal.get("warning", "")))}</li>' for r in flagged)
+                + "</ul>")
+        if any(g.controls for g in groups):
+            parts.append(f'<p class="note">{e(CONTROLS_NOTE)}</p>')
     if not groups:
         parts.append("<p>No finished cell: no table.</p>")
     else:

@@ -1,6 +1,6 @@
 """Built-in recommenders: RecBole models (ItemKNN, BPR, NeuMF, any general model) and popularity.
 
-Registers ``item``, ``lfm``, ``ncf``, ``pop`` and the namespace ``recbole:<Name>``. Importing this
+Registers ``item``, ``lfm``, ``ncf``, ``pop``, the control ``random`` and the namespace ``recbole:<Name>``. Importing this
 module is cheap: RecBole and torch load only when a model is fitted.
 """
 
@@ -14,11 +14,11 @@ from pathlib import Path
 from miars_core.errors import MiarsError
 from miars_core.hookspecs import hookimpl
 
-from .models import ItemKNN, LatentFactorModel, NeuralCF, Popularity, RecBoleModel, TUNED
+from .models import ItemKNN, LatentFactorModel, NeuralCF, Popularity, RandomItems, RecBoleModel, TUNED
 
 __version__ = "0.1.0"
-__all__ = ["ItemKNN", "LatentFactorModel", "NeuralCF", "Popularity", "RecBoleModel", "UNSUPPORTED", "general_model_names",
-           "supported_model_names"]
+__all__ = ["ItemKNN", "LatentFactorModel", "NeuralCF", "Popularity", "RandomItems", "RecBoleModel", "UNSUPPORTED",
+           "general_model_names", "supported_model_names"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -110,6 +110,7 @@ def register_recommenders(register):
     register("lfm", LatentFactorModel)
     register("ncf", NeuralCF)
     register("pop", Popularity)
+    register("random", RandomItems)
 
 
 @hookimpl

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from miars_core.components import Component
 from miars_core.errors import MiarsError
 from miars_core.params import AnyOf, Interval, ListOf, Mapping, Options, OrNone  # noqa: F401 - param_constraints
-from miars_core.ranking import top_k_excluding, top_k_popular
+from miars_core.ranking import check_k, top_k_excluding, top_k_popular
 from miars_core.types import Interactions
 
 
@@ -261,7 +261,11 @@ class NeuralCF(RecBoleModel):
 
 
 class Popularity(Component):
-    """Most popular items among the members (non-personalized baseline: the attack should read chance)."""
+    """Control: the most popular items among the members, for members and new accounts alike (the attack should read chance).
+
+    Non-personalized: members get what non-members get under the paper's service, so the lists
+    carry no membership signal beyond which popular items each user already knows.
+    """
 
     def __init__(self):
         pass
@@ -278,6 +282,53 @@ class Popularity(Component):
     def recommend_for(self, histories, k: int, seed: int = 0, **fit) -> np.ndarray:
         """The popular items each new account does not know (popularity needs no fold-in)."""
         return top_k_popular(self.popularity_, sp.csr_matrix(histories), k)
+
+
+class RandomItems(Component):
+    """Control: every user gets k random items she does not know (seeded); a recommender that learned nothing.
+
+    Items are drawn uniformly among those of the training data (the catalogue the service
+    knows) that the user does not know; only when fewer than k remain do other unknown items
+    fill the list. ``recommend_for`` serves new accounts the same way, so the control runs
+    under ``--service foldin`` too. What the attack reads against it is what the protocol gives
+    away without any memorization: under the paper's service (non-members get the popular
+    list) ROC-AUC ~1.0, the "personalized vs popular list" confound; under fold-in ~0.5.
+    """
+
+    #: Users x items random keys drawn per block (bounds memory on large catalogues).
+    block_elements = 1 << 24
+
+    def __init__(self):
+        pass
+
+    def fit(self, train: Interactions, seed: int = 0) -> "RandomItems":
+        self.train_ = sp.csr_matrix(train.matrix)
+        self.catalog_ = train.item_popularity() > 0
+        self.seed_ = int(seed)
+        self.fit_info_ = {"epochs_run": 0}
+        return self
+
+    def recommend(self, k: int) -> np.ndarray:
+        return self._draw(self.train_, k, self.seed_)
+
+    def recommend_for(self, histories, k: int, seed: int = 0, **fit) -> np.ndarray:
+        """k random unknown items for each new account (nothing to fold in)."""
+        return self._draw(sp.csr_matrix(histories), k, int(seed))
+
+    def _draw(self, known: sp.csr_matrix, k: int, seed: int) -> np.ndarray:
+        """One uniform key per (user, item): catalogue items in [0, 1), others in [1, 2), known items never."""
+        n, m = known.shape
+        check_k(k, known)
+        rng = np.random.default_rng(seed)
+        out = np.empty((n, k), dtype=np.int64)
+        step = max(1, self.block_elements // max(m, 1))
+        for start in range(0, n, step):  # blocks of users, not a loop over users
+            rows = known[start:start + step]
+            keys = rng.random((rows.shape[0], m)) + (~self.catalog_)[None, :]
+            keys[np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr)), rows.indices] = np.inf
+            top = np.argpartition(keys, k - 1, axis=1)[:, :k]
+            out[start:start + step] = np.take_along_axis(top, np.argsort(np.take_along_axis(keys, top, axis=1), axis=1), axis=1)
+        return out
 
 
 #: ``recbole:<Name>`` resolves these names to the tuned wrappers above.
