@@ -185,6 +185,7 @@ def cell_result(cell) -> AttackResult:
     timings["total"] = round(sum(timings.values()), 3)
     artifacts = _LazyArtifacts({
         "split": lambda: cell.visible_split() if not config.shadow_dataset else _transfer_split(cell),
+        "target_part": lambda: cell.part("target"),
         "shadow_lists": lambda: cell.lists("shadow", bool(config.defense)),
         "target_lists": lambda: cell.lists("target", bool(config.defense)),
         "item_vectors": lambda: getattr(cell.featurizer("target"), "item_vectors_", None),

@@ -242,7 +242,7 @@ def write_result(result: AttackResult, out_dir: str | Path, text: str | None = N
     """
     out = Path(out_dir).expanduser()
     text = render_result(result) if text is None else text
-    target = result.artifacts["split"].target
+    target = result.artifacts["target_part"]
     scores = scores_tsv(target.interactions.user_ids, target.is_member, result.artifacts["scores"])
     files = {"scores.tsv": scores.encode("utf-8"), "result.json": text.encode("utf-8")}
     _publish(out, files, "--out")

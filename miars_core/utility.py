@@ -1,9 +1,11 @@
 """Recommendation utility of served lists: a seeded per-user hold-out and Recall / NDCG / HR at k.
 
 A defense is a trade: the leakage it removes against the recommendation quality it costs. The
-quality is measured the usual way for implicit feedback: hold out part of each member's
-interactions from training (:func:`holdout`), serve the lists, and count how many held-out
-items the lists find (:func:`utility_metrics`). Both are vectorised (no loop over users).
+quality is measured the usual way for implicit feedback: hold out part of each user's
+interactions as her future (:func:`holdout`; every user of both parts, so that members and
+non-members look alike to the adversary), serve the lists, and count how many of the members'
+held-out items the lists find (:func:`utility_metrics`). :func:`list_signal` is the no-signal
+check: do lists find a user's unseen items better than random items would? All vectorised.
 
 Definitions (binary relevance; ``L_u`` = the first ``k`` items served to user ``u``,
 ``T_u`` = her held-out items, ``h_u = |L_u ∩ T_u|``; users with ``T_u`` empty are excluded
@@ -31,19 +33,20 @@ NO_SIGNAL_LIFT = 1.5
 NO_SIGNAL_MIN_EXPECTED = 20.0
 
 
-def holdout(members: Interactions, fraction: float = 0.2, seed: int = 0) -> tuple[Interactions, sp.csr_matrix]:
-    """Split each member's interactions into training and held-out ones, seeded.
+def holdout(interactions: Interactions, fraction: float = 0.2, seed: int = 0) -> tuple[Interactions, sp.csr_matrix]:
+    """Split each user's interactions into kept and held-out ones (her future), seeded.
 
-    A member with ``n`` interactions holds out ``min(n - 1, round(fraction * n))`` of them,
-    drawn uniformly without replacement, so she keeps at least one training interaction.
-    Returns ``(train, heldout)``: ``train`` has the same users, items and ids as ``members``;
-    ``heldout`` is the binary CSR matrix (same shape) of the held-out interactions. Disjoint,
-    and their sum is ``members.matrix``.
+    A user with ``n`` interactions holds out ``min(n - 1, round(fraction * n))`` of them,
+    drawn uniformly without replacement, so she keeps at least one. Returns ``(kept, heldout)``:
+    ``kept`` has the same users, items and ids as ``interactions``; ``heldout`` is the binary
+    CSR matrix (same shape) of the held-out interactions. Disjoint, and their sum is
+    ``interactions.matrix``. The engine applies it to every user of the shadow and the target
+    part before any stage sees them (:mod:`miars_core.stages`).
     """
     fraction = float(fraction)
     if not 0.0 <= fraction < 1.0 or not np.isfinite(fraction):
         raise MiarsError(f"holdout fraction must be in [0, 1), got {fraction}; e.g. 0.2")
-    m = sp.csr_matrix(members.matrix, copy=True)
+    m = sp.csr_matrix(interactions.matrix, copy=True)
     m.sum_duplicates()
     m.eliminate_zeros()
     counts = np.diff(m.indptr)
@@ -52,7 +55,7 @@ def holdout(members: Interactions, fraction: float = 0.2, seed: int = 0) -> tupl
     out = rank < n_out[rows]
     train = binary_csr(rows[~out], m.indices[~out], m.shape)
     held = binary_csr(rows[out], m.indices[out], m.shape)
-    return Interactions(train, members.user_ids, members.item_ids), held
+    return Interactions(train, interactions.user_ids, interactions.item_ids), held
 
 
 def utility_metrics(lists: np.ndarray, heldout: sp.spmatrix, k: int) -> dict:

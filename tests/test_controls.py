@@ -133,3 +133,21 @@ def test_bench_defenses_reports_controls_and_flags(small_dataset, tmp_path):
     assert {r["target"] for r in rows if r["control"] == "true"} == {"random", "pop"}
     assert any(r["target"] == "random" and r["no_signal_cells"] == "1" for r in rows)
     assert "[control: random items]" in (out / "report" / "report.html").read_text()
+
+
+def test_a_single_run_prints_and_writes_the_flag_also_for_a_dataset_transfer(small_dataset, tmp_path):
+    from conftest import write_clustered_interactions
+
+    from miars_core.cli import _attack_app
+
+    other = write_clustered_interactions(tmp_path / "other.tsv", n_users=240, n_items=120, seed=7)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(_attack_app(), [
+        "--dataset", str(small_dataset), "--shadow-dataset", str(other), "--target", "random", "--shadow", "item",
+        "--top-k", "10", "--min-interactions", "5", "--featurizer-param", "dim=8", "--attack-param", "epochs=50",
+        "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.stderr
+    utility = json.loads((out / "result.json").read_text())["recommenders"]["target"]["utility"]
+    assert utility["no_signal"] and f"miars: warning: {utility['warning']}" in " ".join(res.stderr.split())
+    assert len((out / "scores.tsv").read_text().splitlines()) == 1 + json.loads((out / "result.json").read_text())[
+        "split"]["target"]["users"]
