@@ -273,7 +273,7 @@ def test_a_grid_killed_at_any_moment_resumes_to_the_same_results(small_dataset, 
     after = {p: p.stat().st_mtime_ns for p in cache.rglob("meta.json")}
     assert metrics_of(out) == reference
     assert all(after[p] == t for p, t in before.items())  # nothing finished was computed again
-    assert len(list((cache / "v1" / "serve").rglob("meta.json"))) == 8  # 2 recommenders x 2 parts x 2 seeds
+    assert len(list((cache / "v2" / "serve").rglob("meta.json"))) == 8  # 2 recommenders x 2 parts x 2 seeds
 
 
 def test_cli_grid_end_to_end_and_exit_codes(small_dataset, tmp_path):

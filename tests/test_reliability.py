@@ -414,10 +414,10 @@ def test_sigterm_during_training_removes_recbole_temporary_files(small_dataset, 
         deadline = time.monotonic() + 120
         # RecBole's temporary folder lives while it builds its dataset; the split is stored just before
         while time.monotonic() < deadline and not (list(tmp.glob("miars-recbole-*"))
-                                                   or list(cache.glob("stages/v1/split/*/*/meta.json"))):
+                                                   or list(cache.glob("stages/v2/split/*/*/meta.json"))):
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.05)
-        assert list(cache.glob("stages/v1/split/*/*/meta.json")), "training never started"
+        assert list(cache.glob("stages/v2/split/*/*/meta.json")), "training never started"
         time.sleep(3.0)  # inside the recommender's training loop (100,000 epochs)
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=60)
