@@ -53,7 +53,7 @@ def test_outputs_are_one_set_with_the_normal_file_mode(small_dataset, tmp_path):
     assert len(files) == 8
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o640, path  # 0666 minus the umask, like any new file
-    assert sorted(p.name for p in out.iterdir()) == ["result.json", "scores.tsv"]  # no staging left
+    assert sorted(p.name for p in out.iterdir()) == [".miars.json", "result.json", "scores.tsv"]  # marker, no staging
     json.loads((out / "result.json").read_text())
 
 
