@@ -57,11 +57,18 @@ def run_task(task: dict, plugins=None, store=None) -> dict:
                     "users": list(target.interactions.user_ids), "is_member": target.is_member.tolist(),
                     "scores": {k: v.tolist() for k, v in result.artifacts["attacker_scores"].items()}}
     except Exception as exc:  # noqa: BLE001 - reported per cell; the grid goes on
-        line = str(exc) if isinstance(exc, MiarsError) else f"{type(exc).__name__}: {exc}"
-        return {"ok": False, "error": " ".join(line.split()) or type(exc).__name__,
+        line = " ".join((str(exc) if isinstance(exc, MiarsError) else f"{type(exc).__name__}: {exc}").split())
+        return {"ok": False, "error": line or type(exc).__name__,
                 "stage": getattr(cell, "stage", None) or task.get("what") or "setup",
                 "traceback": traceback.format_exc(), "computed": getattr(cell, "computed", {}),
-                "problems": store.problems[seen:]}
+                # a broken file the error already names is not reported twice
+                "problems": [p for p in store.problems[seen:] if _quoted(p) not in line]}
+
+
+def _quoted(line: str) -> str:
+    """The first quoted text of a line (the file a store problem names), or the whole line."""
+    parts = line.split("'")
+    return parts[1] if len(parts) > 2 else line
 
 
 # -- planning ---------------------------------------------------------------------------------------
@@ -217,6 +224,7 @@ def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, execu
     try:
         store.clean_partial()
         tasks = plan(cells, store, store_root, threads)
+        store.on_problem = None  # from here on, tasks report what they find (once per file, see _execute)
         if marker is None or marker.get("command") != command:
             write_marker(run_dir, new_marker(command, marker))
         (run_dir / "cells").mkdir(parents=True, exist_ok=True)

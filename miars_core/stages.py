@@ -377,7 +377,16 @@ class Cell:
             if self.progress:
                 self.progress(message)
             start = time.perf_counter()
-            arrays, meta = compute(*args)
+            try:
+                arrays, meta = compute(*args)
+            except Exception as exc:
+                broken = getattr(self.store, "broken", {}).get((stage, key))
+                if broken is None:
+                    raise
+                # the stored output was broken and cannot be computed again: the cell fails naming the file
+                line = str(exc) if isinstance(exc, MiarsError) else f"{type(exc).__name__}: {exc}"
+                raise MiarsError(f"cached file {broken[0]!r} {broken[1]}, and computing the {stage} stage again failed: "
+                                 f"{' '.join(line.split())}") from exc
             meta = {**meta, "seconds": round(time.perf_counter() - start, 3)}
             out = self.store.put(stage, key, arrays, meta)
             self.computed[timing] = round(self.computed.get(timing, 0.0) + meta["seconds"], 3)
