@@ -197,8 +197,9 @@ def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, execu
     """Run every cell of ``spec`` into ``out``; reuse stored stages; return what ran and failed.
 
     ``out`` must be new, empty, or a run folder of ``command`` (``force``: any folder;
-    :mod:`miars_core.rundir`). Broken stored outputs are computed again and reported through
-    ``progress`` as ``("warning", task, {"message": line})``, once per file.
+    :mod:`miars_core.rundir`). Planning treats a broken stored output as missing; the task that
+    reads it computes it again and reports it through ``progress`` as ``("warning", task,
+    {"message": line})``, once per file (unless the task fails: its error names the file).
     """
     from .plugins import get_plugins
     from .rundir import new_marker, write_marker
@@ -218,13 +219,12 @@ def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, execu
         tmp_cache = None
         store_root = str(Path(cache).expanduser())
     notify = _once_per_message(progress)
-    store = DiskStore(store_root, on_problem=lambda line: notify("warning", "plan", {"message": line}))
+    store = DiskStore(store_root)
     executor = executor or SerialExecutor()
     grid_record: dict | None = None
     try:
         store.clean_partial()
         tasks = plan(cells, store, store_root, threads)
-        store.on_problem = None  # from here on, tasks report what they find (once per file, see _execute)
         if marker is None or marker.get("command") != command:
             write_marker(run_dir, new_marker(command, marker))
         (run_dir / "cells").mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,7 @@ Every read is verified. ``meta.json`` records, for each array, its dtype, shape,
 a SHA-256 checksum of its bytes, plus a checksum of the record itself. An output that does not
 match (a file edited, truncated, swapped or missing, a record that is not JSON or was edited, an
 entry written before checksums existed) is treated as missing: it is moved out of the way, one
-line naming the file goes to :attr:`DiskStore.problems` (and to ``on_problem``), and the stage
-is computed again. Checksums protect against accidents (disks, copies, hand edits, bugs), not
+line naming the file goes to :attr:`DiskStore.problems`, and the stage is computed again. Checksums protect against accidents (disks, copies, hand edits, bugs), not
 against someone who rewrites both an array and its record on purpose.
 """
 
@@ -26,7 +25,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -133,12 +132,11 @@ class DiskStore:
 
     persistent = True
 
-    def __init__(self, root: str | Path, memo_bytes: int = 1 << 30, on_problem: Callable[[str], None] | None = None):
+    def __init__(self, root: str | Path, memo_bytes: int = 1 << 30):
         self.root = Path(root).expanduser()
         self._memo = MemoryStore(max_bytes=memo_bytes)  # recently read or written outputs of this process
         #: One line per stored output found broken in this process (and moved away to be computed again).
         self.problems: list[str] = []
-        self.on_problem = on_problem
         #: (stage, key) -> (file, reason) of every broken output found by this process.
         self.broken: dict[tuple[str, str], tuple[str, str]] = {}
         self._stuck: set[tuple[str, str]] = set()  # broken outputs that could not be moved away (not stored again)
@@ -176,7 +174,8 @@ class DiskStore:
         """A stored output's JSON record, without reading its arrays (None when not stored or broken).
 
         The record's checksum and every array file's size are checked (cheap); the arrays'
-        checksums are checked when they are read (:meth:`get`).
+        checksums are checked when they are read (:meth:`get`). A broken output is left for the
+        reader that computes it again (:meth:`get` moves it away and reports it once).
         """
         hit = self._memo.get(stage, key)
         if hit is not None:
@@ -188,8 +187,7 @@ class DiskStore:
                 return None
             for name, spec in record[ARRAYS].items():
                 self._check_size(folder / f"{name}.npy", spec)
-        except _Corrupt as bad:
-            self._broken(stage, key, bad.file, bad.reason)
+        except _Corrupt:
             return None
         return {k: v for k, v in record.items() if k not in (ARRAYS, RECORD)}
 
@@ -279,8 +277,6 @@ class DiskStore:
             line = (f"cached file {str(file)!r} {reason} and cannot be moved away ({exc.strerror or exc}); computing the "
                     f"{stage} stage again for this run only (fix that folder's permissions to store it again)")
         self.problems.append(line)
-        if self.on_problem is not None:
-            self.on_problem(line)
 
     # -- writing -------------------------------------------------------------------------------
     def put(self, stage: str, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Output:
