@@ -282,7 +282,7 @@ def _store(cache: Optional[str], no_cache: bool):
         if cache:
             raise MiarsError("pass either --cache DIR or --no-cache, not both")
         return MemoryStore()
-    return DiskStore(check_cache_dir(cache or default_cache_dir(), "--cache" if cache else "the default --cache ($MIARS_CACHE)"))
+    return DiskStore(check_cache_dir(cache or default_cache_dir(), given=bool(cache)))
 
 
 def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool, store=None, force: bool = False) -> None:
@@ -472,7 +472,7 @@ def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_loca
     if report:
         check_report_dir(Path(out) / "report", force)
     if not no_cache:
-        cache = str(check_cache_dir(cache or default_cache_dir(), "--cache" if cache else "the default --cache ($MIARS_CACHE)"))
+        cache = str(check_cache_dir(cache or default_cache_dir(), given=bool(cache)))
     executor = make_executor(workers, threads, scheduler, dask_local)
     err = Console(stderr=True, quiet=quiet)
     with GridProgress(err) as progress:

@@ -352,25 +352,29 @@ class DiskStore:
         return n
 
 
-def check_cache_dir(root: str | Path, flag: str = "--cache") -> Path:
-    """Before any work: the cache folder exists or can be created, is a folder, and can be written."""
+def check_cache_dir(root: str | Path, given: bool = True) -> Path:
+    """Before any work: the cache folder exists or can be created, is a folder, and can be written.
+
+    ``given``: the user passed ``--cache`` (else it is the default, from ``$MIARS_CACHE`` or ``~/.cache``).
+    """
     p = Path(root).expanduser()
-    shown = repr(os.fsdecode(p))
-    fix = f"pass a writable folder as {flag}, or --no-cache"
+    shown = repr(os.fsdecode(p).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+    what = f"--cache {shown}" if given else f"the default stage cache {shown} ($MIARS_CACHE/stages or ~/.cache/miars/stages)"
+    fix = "pass a writable folder as --cache DIR, or --no-cache"
     try:
         if p.exists() and not p.is_dir():
-            raise MiarsError(f"{flag} {shown} is a file, not a folder; {fix}")
+            raise MiarsError(f"{what} is a file, not a folder; {fix}")
         p.mkdir(parents=True, exist_ok=True)
     except MiarsError:
         raise
     except OSError as exc:
-        raise MiarsError(f"{flag} {shown} cannot be created ({exc.strerror or exc}); {fix}") from None
+        raise MiarsError(f"{what} cannot be created ({exc.strerror or exc}); {fix}") from None
     try:
         fd, probe = tempfile.mkstemp(dir=p, prefix=".miars-write-test-")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise MiarsError(f"{flag} {shown} is not writable ({exc.strerror or exc}); {fix}") from None
+        raise MiarsError(f"{what} is not writable ({exc.strerror or exc}); {fix}") from None
     return p
 
 
