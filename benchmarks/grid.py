@@ -52,7 +52,7 @@ def main() -> None:
     record = json.loads((out / "grid.json").read_text())
     second = run(cmd + ["-q"])
     work = record["fit_seconds"] + record["attack_seconds"]
-    fits = sum(1 for p in (cache / "v1" / "serve").rglob("meta.json"))
+    fits = sum(1 for p in (cache / "v2" / "serve").rglob("meta.json"))
     summary = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{os.cpu_count()} cores",

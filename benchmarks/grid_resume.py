@@ -39,7 +39,7 @@ def wait_for(moment: str, proc: subprocess.Popen, out: Path, cache: Path, n_fits
     deadline = time.time() + rng.uniform(20, 120) if moment == "random" else None
     while proc.poll() is None:
         if moment == "fit":
-            done = len(list((cache / "v1" / "serve").rglob("meta.json"))) if (cache / "v1" / "serve").exists() else 0
+            done = len(list((cache / "v2" / "serve").rglob("meta.json"))) if (cache / "v2" / "serve").exists() else 0
             if 0 < done < n_fits:
                 time.sleep(rng.uniform(1, 5))  # inside the next fit
                 return f"during fits ({done} of {n_fits} stored)"
@@ -75,7 +75,7 @@ def main() -> None:
            "--shadow", args.shadow, "--seed", args.seed, "--out", str(out), "--cache", str(cache), "-q", "--no-report"]
     reference = metrics(Path(args.reference))
     n_fits = len(json.loads((Path(args.reference) / "grid.json").read_text())["cells"])  # upper bound
-    n_fits = sum(1 for _ in (Path(args.reference).with_name(Path(args.reference).name + "-cache") / "v1" / "serve").rglob("meta.json")) or n_fits
+    n_fits = sum(1 for _ in (Path(args.reference).with_name(Path(args.reference).name + "-cache") / "v2" / "serve").rglob("meta.json")) or n_fits
     rng = random.Random(args.rng)
     log = []
     for moment in args.moments.split(","):

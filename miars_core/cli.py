@@ -237,18 +237,19 @@ def attack(
     cache: Optional[str] = typer.Option(None, "--cache", help="Folder of cached stage outputs (default: $MIARS_CACHE/stages or ~/.cache/miars/stages)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Compute every stage afresh and store nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
+    force: bool = typer.Option(False, "--force", help="Write into an --out folder that is not empty and not a miars-attack output folder (only result.json and scores.tsv are replaced there)."),
 ) -> None:
     """Run the CCS'21 membership inference attack end to end and print its metrics."""
     with guarded():
         _attack(dataset, data_dir, download, target, shadow, featurizer, attack_model, defense, top_k, seed, split,
                 min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
-                out, export_miars, quiet, shadow_dataset, cache, no_cache, service, service_param, query_budget)
+                out, export_miars, quiet, shadow_dataset, cache, no_cache, service, service_param, query_budget, force)
 
 
 def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_model, defense, top_k, seed, split,
             min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
             out, export_miars, quiet, shadow_dataset=None, cache=None, no_cache=False, service="popular",
-            service_param=None, query_budget=5) -> None:
+            service_param=None, query_budget=5, force=False) -> None:
     from .pipeline import AttackConfig
 
     dataset, data_dir, out, export_miars = _expand(dataset), _expand(data_dir), _expand(out), _expand(export_miars)
@@ -267,7 +268,7 @@ def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_mode
         defense_params=parse_params(defense_param, "--defense-param"),
         service=service, service_params=parse_params(service_param, "--service-param"), query_budget=query_budget,
     ).validate()
-    _run(config, out, export_miars, quiet, _store(cache, no_cache))
+    _run(config, out, export_miars, quiet, _store(cache, no_cache), force)
 
 
 attack.__doc__ = f"{attack.__doc__}\n\n{METRICS_HELP}"
@@ -275,16 +276,16 @@ attack.__doc__ = f"{attack.__doc__}\n\n{METRICS_HELP}"
 
 def _store(cache: Optional[str], no_cache: bool):
     """The stage store the flags ask for: a folder (default under the user cache), or memory only."""
-    from .store import DiskStore, MemoryStore, default_cache_dir
+    from .store import DiskStore, MemoryStore, check_cache_dir, default_cache_dir
 
     if no_cache:
         if cache:
             raise MiarsError("pass either --cache DIR or --no-cache, not both")
         return MemoryStore()
-    return DiskStore(cache or default_cache_dir())
+    return DiskStore(check_cache_dir(cache or default_cache_dir(), given=bool(cache)))
 
 
-def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool, store=None) -> None:
+def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool, store=None, force: bool = False) -> None:
     """Check the outputs can be written, run, write the outputs, then print the metrics.
 
     Outputs are written before anything is printed, so a closed or full standard output
@@ -295,10 +296,12 @@ def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool, sto
     from .pipeline import run_attack
     from .report import check_outputs, export_miars, flag_no_signal, metrics_table, render_result, write_result
 
-    check_outputs(config, out, export_dir)
+    check_outputs(config, out, export_dir, force)
     err = Console(stderr=True, quiet=quiet, log_path=False)
     with err.status("starting") as status:
         result = run_attack(config, progress=lambda msg: (err.log(msg), status.update(msg)), store=store)
+    for line in dict.fromkeys(getattr(store, "problems", None) or []):  # broken stored outputs, computed again
+        _echo_warning(line)
     warning = flag_no_signal(result)
     text = render_result(result)  # refuses NaN / infinity: never a number from a broken run
     problem = None
@@ -371,6 +374,7 @@ ThreadsOpt = Annotated[int, typer.Option("--threads", help="Torch/BLAS threads p
 SchedulerOpt = Annotated[Optional[str], typer.Option("--scheduler", help="Run on an existing dask.distributed scheduler, e.g. tcp://HOST:8786 (workers must share --cache).")]
 DaskLocalOpt = Annotated[Optional[int], typer.Option("--dask-local", help="Start a local dask.distributed cluster of N workers.")]
 NoReportOpt = Annotated[bool, typer.Option("--no-report", help="Do not write RUN_DIR/report/ at the end.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Write into an --out folder that is not empty and not a run folder of this command (miars replaces only the files it writes).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 
 
@@ -408,6 +412,7 @@ def grid(
     dask_local: DaskLocalOpt = None,
     no_report: NoReportOpt = False,
     quiet: QuietOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Run a grid of attack cells (cached, resumable), then write tables, plots and report.html."""
     with guarded():
@@ -446,30 +451,40 @@ def grid(
                     merged[name] = {**merged.get(name, {}), **params}
                 values[key] = merged
         spec = GridSpec(**values)
-        _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet)
+        _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
+                  "grid", force)
 
 
-def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, report, quiet) -> None:
+def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, report, quiet,
+              command: str = "grid", force: bool = False) -> None:
+    from pathlib import Path
+
     from rich.console import Console
 
     from .engine import FAILED_EXIT, run_grid
     from .executors import make_executor
     from .gridprogress import GridProgress
-    from .store import default_cache_dir
+    from .rundir import check_report_dir, claim
+    from .store import check_cache_dir, default_cache_dir
 
     if no_cache and cache:
         raise MiarsError("pass either --cache DIR or --no-cache, not both")
     spec.configs()  # check the lists before starting workers
+    claim(out, command, "--out", force)  # the run folder, its report folder and the cache, before any work
+    if report:
+        check_report_dir(Path(out) / "report", force)
+    if not no_cache:
+        cache = str(check_cache_dir(cache or default_cache_dir(), given=bool(cache)))
     executor = make_executor(workers, threads, scheduler, dask_local)
     err = Console(stderr=True, quiet=quiet)
     with GridProgress(err) as progress:
-        summary = run_grid(spec, out, cache=None if no_cache else (cache or default_cache_dir()), executor=executor,
-                           threads=threads, progress=progress)
+        summary = run_grid(spec, out, cache=None if no_cache else cache, executor=executor,
+                           threads=threads, progress=progress, command=command, force=force)
     err.print(progress.summary_table(summary))
     if report:
         from .gridreport import write_report
 
-        err.print(f"wrote {write_report(summary.run_dir)}")
+        err.print(f"wrote {write_report(summary.run_dir, force)}")
     if summary.failed:
         first_id, first = next(iter(sorted(summary.failed.items())))
         _fail(f"{len(summary.failed)} of {len(summary.cells)} cells failed (first: {first}); "
@@ -504,6 +519,7 @@ def bench_defenses(
     dask_local: DaskLocalOpt = None,
     no_report: NoReportOpt = False,
     quiet: QuietOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Benchmark defenses: privacy for a static and an adaptive attacker, utility and cost, with a privacy-utility frontier."""
     with guarded():
@@ -533,19 +549,23 @@ def bench_defenses(
             service=parse_list_flag(service, "--service") or ["popular"], query_budget=query_budget,
             utility_holdout=utility_holdout, defense_targets={k: v for k, v in only.items() if v}, controls=controls,
         )
-        _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet)
+        _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
+                  "bench-defenses", force)
 
 
 @app.command("report")
 def report_command(
     run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="Folder written by `miars grid --out` (or `miars-attack --out`)."),
+    force: bool = typer.Option(False, "--force", help="Write RUN_DIR/report/ even where it holds files miars did not write (they are replaced)."),
 ) -> None:
     """Write RUN_DIR/report/: tables (markdown, CSV) with bootstrap 95% CIs over seeds, heatmaps, ROC curves, report.html."""
     from .gridreport import write_report
 
+    from .rundir import display
+
     with guarded():
-        path = write_report(_expand(run_dir))
-    typer.echo(f"wrote {path}")
+        path = write_report(_expand(run_dir), force)
+    typer.echo(f"wrote {display(path)}")
 
 
 @app.command("plugins")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import MiarsError
-from .executors import SerialExecutor, pinned_threads
+from .executors import SerialExecutor, WorkerDied, pinned_threads
 from .grid import GridSpec, cell_id, cell_record
 from .pipeline import AttackConfig, cell_result
 from .store import DiskStore, MemoryStore
@@ -38,28 +38,37 @@ def run_task(task: dict, plugins=None, store=None) -> dict:
     from .stages import Cell
 
     cell = None
+    if store is None:
+        store = DiskStore(task["cache"]) if task.get("cache") else MemoryStore()
+    seen = len(store.problems)  # broken stored outputs this task found (and computed again)
     try:
         with pinned_threads(task.get("threads")):
             plugins = plugins or get_plugins()
-            if store is None:
-                store = DiskStore(task["cache"]) if task.get("cache") else MemoryStore()
             cell = Cell(AttackConfig(**task["config"]), plugins, store)
             if task["kind"] == "prepare":
                 cell.prepare(task["what"])
-                return {"ok": True, "computed": cell.computed}
+                return {"ok": True, "computed": cell.computed, "problems": store.problems[seen:]}
             result = cell_result(cell)
             result.cell = cell_record(result.config)
             payload = result.to_json()
             json.dumps(payload, allow_nan=False)  # a NaN anywhere fails the cell, never the JSON
             target = cell.part("target")
-            return {"ok": True, "computed": cell.computed, "result": payload,
+            return {"ok": True, "computed": cell.computed, "result": payload, "problems": store.problems[seen:],
                     "users": list(target.interactions.user_ids), "is_member": target.is_member.tolist(),
                     "scores": {k: v.tolist() for k, v in result.artifacts["attacker_scores"].items()}}
     except Exception as exc:  # noqa: BLE001 - reported per cell; the grid goes on
-        line = str(exc) if isinstance(exc, MiarsError) else f"{type(exc).__name__}: {exc}"
-        return {"ok": False, "error": " ".join(line.split()) or type(exc).__name__,
+        line = " ".join((str(exc) if isinstance(exc, MiarsError) else f"{type(exc).__name__}: {exc}").split())
+        return {"ok": False, "error": line or type(exc).__name__,
                 "stage": getattr(cell, "stage", None) or task.get("what") or "setup",
-                "traceback": traceback.format_exc(), "computed": getattr(cell, "computed", {})}
+                "traceback": traceback.format_exc(), "computed": getattr(cell, "computed", {}),
+                # a broken file the error already names is not reported twice
+                "problems": [p for p in store.problems[seen:] if _quoted(p) not in line]}
+
+
+def _quoted(line: str) -> str:
+    """The first quoted text of a line (the file a store problem names), or the whole line."""
+    parts = line.split("'")
+    return parts[1] if len(parts) > 2 else line
 
 
 # -- planning ---------------------------------------------------------------------------------------
@@ -101,43 +110,67 @@ def _atomic_json(path: Path, data: dict) -> None:
 
 
 def write_cell(run_dir: Path, cid: str, outcome: dict, config: AttackConfig) -> None:
-    """Write one cell's folder as a set: stage it beside the final folder, then swap it in."""
-    from .report import file_mode, scores_tsv
+    """Write one cell's files as a set into ``cells/<id>/``, replacing only the files miars writes there.
 
+    The files are staged in a folder beside it; then the old commit files (result.json,
+    error.json) go first, the other files miars wrote there before go, the new files are renamed
+    in and the new commit file last: a result.json always describes the scores beside it, and
+    files that are not miars' (:data:`~miars_core.rundir.CELL_FILES`) are never touched.
+    """
+    from .report import file_mode, scores_tsv
+    from .rundir import CELL_COMMIT, CELL_FILES
+
+    files: dict[str, str] = {}
+    if outcome["ok"]:
+        scores = outcome["scores"]
+        main = "defense_aware" if config.defense else "attack"
+        files["scores.tsv"] = scores_tsv(outcome["users"], outcome["is_member"], scores[main])
+        for name, values in scores.items():
+            if name != main:
+                files[f"scores_{name}.tsv"] = scores_tsv(outcome["users"], outcome["is_member"], values)
+        files["result.json"] = json.dumps(outcome["result"], indent=2, allow_nan=False) + "\n"
+    else:
+        record = {"cell": cell_record(config), "stage": outcome["stage"], "error": outcome["error"]}
+        files["traceback.txt"] = outcome.get("traceback", "")
+        files["error.json"] = json.dumps(record, indent=2) + "\n"
     cells = run_dir / "cells"
+    final = cells / cid
     staging = Path(tempfile.mkdtemp(dir=cells, prefix=f".{cid}.", suffix=".tmp"))
     try:
-        if outcome["ok"]:
-            (staging / "result.json").write_text(json.dumps(outcome["result"], indent=2, allow_nan=False) + "\n", encoding="utf-8")
-            scores = outcome["scores"]
-            main = "defense_aware" if config.defense else "attack"
-            (staging / "scores.tsv").write_text(scores_tsv(outcome["users"], outcome["is_member"], scores[main]), encoding="utf-8")
-            for name, values in scores.items():
-                if name != main:
-                    (staging / f"scores_{name}.tsv").write_text(scores_tsv(outcome["users"], outcome["is_member"], values), encoding="utf-8")
-        else:
-            record = {"cell": cell_record(config), "stage": outcome["stage"], "error": outcome["error"]}
-            (staging / "error.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-            (staging / "traceback.txt").write_text(outcome.get("traceback", ""), encoding="utf-8")
-        for f in staging.iterdir():
-            os.chmod(f, file_mode())
-        os.chmod(staging, file_mode() | ((file_mode() & 0o444) >> 2))  # a folder: readable means listable
-        final = cells / cid
-        old = None
-        if final.exists():
-            old = Path(tempfile.mkdtemp(dir=cells, prefix=f".{cid}.", suffix=".old"))
-            os.rename(final, old / "x")
-        os.rename(staging, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+        for name, text in files.items():
+            (staging / name).write_bytes(text.encode("utf-8", "surrogateescape"))
+            os.chmod(staging / name, file_mode())
+        if not final.is_dir():
+            os.chmod(staging, file_mode() | ((file_mode() & 0o444) >> 2))  # a folder: readable means listable
+            os.rename(staging, final)  # a new cell folder: all at once
+            return
+        owned = set(CELL_FILES) | set(files)
+        for name in [*CELL_COMMIT, *sorted(owned - set(CELL_COMMIT))]:  # commit files first
+            if name not in files or name in CELL_COMMIT:
+                (final / name).unlink(missing_ok=True)
+        for name in files:  # the commit file is the last key
+            os.replace(staging / name, final / name)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
-def _clean_stale(run_dir: Path) -> None:
-    """Remove staging folders of a grid that was killed while writing a cell."""
-    for stale in list((run_dir / "cells").glob(".*.tmp")) + list((run_dir / "cells").glob(".*.old")):
+def _clean_stale(run_dir: Path, ids: list[str]) -> None:
+    """Remove the staging folders of this grid's cells that a killed grid left behind (and nothing else).
+
+    A ``.old`` folder (earlier versions swapped whole cell folders) goes back into place when the
+    kill came between the two renames, so no file of the cell folder is lost.
+    """
+    import re
+
+    wanted = set(ids)
+    cells = run_dir / "cells"
+    for entry in os.listdir(cells):
+        m = re.fullmatch(r"\.(.+)\.[a-z0-9_]{8}\.(tmp|old)", entry)
+        if not m or m.group(1) not in wanted:
+            continue
+        stale = cells / entry
+        if m.group(2) == "old" and (stale / "x").is_dir() and not (cells / m.group(1)).exists():
+            os.rename(stale / "x", cells / m.group(1))
         shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -160,9 +193,16 @@ Progress = Callable[[str, str, dict], None]  # (event, task name, info)
 
 
 def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, executor=None, threads: int | None = 1,
-             plugins=None, progress: Progress | None = None) -> GridSummary:
-    """Run every cell of ``spec`` into ``out``; reuse stored stages; return what ran and failed."""
+             plugins=None, progress: Progress | None = None, command: str = "grid", force: bool = False) -> GridSummary:
+    """Run every cell of ``spec`` into ``out``; reuse stored stages; return what ran and failed.
+
+    ``out`` must be new, empty, or a run folder of ``command`` (``force``: any folder;
+    :mod:`miars_core.rundir`). Planning treats a broken stored output as missing; the task that
+    reads it computes it again and reports it through ``progress`` as ``("warning", task,
+    {"message": line})``, once per file (unless the task fails: its error names the file).
+    """
     from .plugins import get_plugins
+    from .rundir import new_marker, write_marker
     from .stages import Cell
 
     start = time.perf_counter()
@@ -171,20 +211,24 @@ def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, execu
     run_dir = Path(out).expanduser()
     ids = [cell_id(c) for c in configs]
     cells = {cid: Cell(c, plugins) for cid, c in zip(ids, configs)}  # bad names and parameters fail before any write
-    _check_run_dir(run_dir, ids)
+    marker = _check_run_dir(run_dir, ids, command, force)
     if cache is None:
         tmp_cache = tempfile.mkdtemp(prefix="miars-grid-cache-")
         store_root = tmp_cache
     else:
         tmp_cache = None
         store_root = str(Path(cache).expanduser())
+    notify = _once_per_message(progress)
     store = DiskStore(store_root)
     executor = executor or SerialExecutor()
+    grid_record: dict | None = None
     try:
         store.clean_partial()
         tasks = plan(cells, store, store_root, threads)
+        if marker is None or marker.get("command") != command:
+            write_marker(run_dir, new_marker(command, marker))
         (run_dir / "cells").mkdir(parents=True, exist_ok=True)
-        _clean_stale(run_dir)
+        _clean_stale(run_dir, ids)
         by_id = dict(zip(ids, configs))
         runs = _previous_runs(run_dir)
         grid_record = {"spec": spec.to_json(), "cells": ids, "status": "running", "executor": executor.describe(), "runs": runs}
@@ -194,7 +238,11 @@ def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, execu
             executor = SerialExecutor()
         local = executor.in_process
         failed, stage_seconds = _execute(tasks, executor, by_id, run_dir, plugins if local else None,
-                                         store if local else None, progress)
+                                         store if local else None, notify)
+    except BaseException as exc:
+        if grid_record is not None:  # never left "running" by a process that ended on an error
+            _record_end(run_dir, grid_record, exc)
+        raise
     finally:
         executor.close()
         if tmp_cache:
@@ -208,6 +256,32 @@ def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, execu
     grid_record.update(status="finished", **this_run, runs=[*grid_record["runs"], this_run])
     _atomic_json(run_dir / "grid.json", grid_record)
     return GridSummary(run_dir, ids, failed, wall, stage_seconds, executor.describe())
+
+
+def _once_per_message(progress: Progress | None) -> Progress:
+    """``progress``, passing each warning line once (several tasks may find the same broken file)."""
+    seen: set[str] = set()
+    forward = progress or (lambda *a: None)
+
+    def notify(event: str, name: str, info: dict) -> None:
+        if event == "warning":
+            if info["message"] in seen:
+                return
+            seen.add(info["message"])
+        forward(event, name, info)
+
+    return notify
+
+
+def _record_end(run_dir: Path, grid_record: dict, exc: BaseException) -> None:
+    from .errors import Terminated
+
+    status = "interrupted" if isinstance(exc, (KeyboardInterrupt, Terminated)) else "failed"
+    line = " ".join(str(exc).split()) or type(exc).__name__
+    try:
+        _atomic_json(run_dir / "grid.json", {**grid_record, "status": status, "error": line[:500]})
+    except BaseException:  # noqa: BLE001 - the original error is what the user must see
+        pass
 
 
 def _all_cached(tasks: dict[str, Task], cells: dict[str, Any], store) -> bool:
@@ -231,24 +305,36 @@ def _previous_runs(run_dir: Path) -> list[dict]:
     return []
 
 
-def _check_run_dir(run_dir: Path, ids: list[str]) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise MiarsError(f"--out {str(run_dir)!r} is a file, not a folder; pass a folder path")
+def _check_run_dir(run_dir: Path, ids: list[str], command: str = "grid", force: bool = False) -> dict | None:
+    """Before any work: ``run_dir`` is new, empty or this grid's run folder (:func:`miars_core.rundir.claim`),
+    its grid.json (if any) is a grid record of the same cells, and it can be written. Returns its marker."""
+    from .rundir import claim, shown
+
+    marker = claim(run_dir, command, "--out", force)
     record = run_dir / "grid.json"
-    if record.is_file():
+    if os.path.lexists(record):
         try:
-            previous = json.loads(record.read_text()).get("cells", [])
-        except (OSError, ValueError):
-            previous = None
-        if previous is not None and sorted(previous) != sorted(ids):
-            raise MiarsError(f"--out {str(run_dir)!r} holds a different grid (grid.json); pass a new --out folder, "
+            data = json.loads(record.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        except OSError as exc:
+            raise MiarsError(f"--out {shown(run_dir)}: grid.json cannot be read ({exc.strerror or exc}); move it away or "
+                             "pass another --out folder") from None
+        previous = data.get("cells") if isinstance(data, dict) else None
+        if not isinstance(previous, list) or not all(isinstance(c, str) for c in previous):
+            if not force:
+                raise MiarsError(f"--out {shown(run_dir)}: grid.json is not a grid record of miars (a JSON object with a "
+                                 "list of cells); move it away, pass another --out folder, or --force to replace it")
+        elif sorted(previous) != sorted(ids):
+            raise MiarsError(f"--out {shown(run_dir)} holds a different grid (grid.json); pass a new --out folder, "
                              "or the same arguments to resume that grid")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=run_dir, prefix=".probe-")
         probe.close()
     except OSError as exc:
-        raise MiarsError(f"--out {str(run_dir)!r} is not writable ({exc.strerror}); pass a writable folder") from None
+        raise MiarsError(f"--out {shown(run_dir)} is not writable ({exc.strerror}); pass a writable folder") from None
+    return marker
 
 
 def _execute(tasks: dict[str, Task], executor, by_id: dict[str, AttackConfig], run_dir: Path, plugins, store,
@@ -270,6 +356,8 @@ def _execute(tasks: dict[str, Task], executor, by_id: dict[str, AttackConfig], r
         return executor.submit(run_task, task.spec)
 
     def finish(task: Task, outcome: dict) -> None:
+        for line in outcome.get("problems") or []:
+            notify("warning", task.name, {"message": line})
         for stage, secs in (outcome.get("computed") or {}).items():
             stage_seconds[stage] = round(stage_seconds.get(stage, 0.0) + secs, 3)
         if task.spec["kind"] == "cell":
@@ -303,7 +391,9 @@ def _execute(tasks: dict[str, Task], executor, by_id: dict[str, AttackConfig], r
             name = running.pop(future)
             try:
                 outcome = future.result()
-            except BaseException as exc:  # noqa: BLE001 - a worker died
+            except WorkerDied as exc:  # killed by the kernel or a signal: this task fails, the others go on
+                outcome = {"ok": False, "error": str(exc), "stage": "worker"}
+            except BaseException as exc:  # noqa: BLE001 - a worker failed otherwise
                 outcome = {"ok": False, "error": f"worker failed: {type(exc).__name__}: {exc}", "stage": "worker"}
             finish(tasks[name], outcome)
     return failed_cells, stage_seconds

@@ -78,30 +78,156 @@ class SerialExecutor:
         return {"executor": self.name, "workers": 1}
 
 
+class WorkerDied(Exception):
+    """The process running a task ended without returning (killed by the kernel, a signal, a crash)."""
+
+
+def _worker_main(conn) -> None:
+    """A pool worker: run each ``(fn, args)`` received, send back ``(ok, value)``; stop on None or a closed pipe."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the grid, which ends its workers
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        fn, args = message
+        try:
+            reply = (True, fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - delivered through the future
+            reply = (False, exc)
+        try:
+            conn.send(reply)
+        except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled
+            conn.send((False, RuntimeError(f"the task's result could not be sent back ({type(exc).__name__}: {exc})")))
+
+
+class _Worker:
+    def __init__(self, ctx) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_main, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+
+
 class PoolExecutor(SerialExecutor):
-    """A local pool of ``workers`` processes (spawned, so no forked torch state)."""
+    """A local pool of ``workers`` processes (spawned, so no forked torch state).
+
+    Each worker runs one task at a time over its own pipe, so when a worker dies (the kernel's
+    out-of-memory killer, ``kill -9``, a crash in native code) exactly its task fails, with
+    :class:`WorkerDied`; a new worker takes the next task and the other tasks go on.
+    (``concurrent.futures.ProcessPoolExecutor`` breaks as a whole when one worker dies.)
+    """
 
     name = "local"
     in_process = False
 
     def __init__(self, workers: int):
         import multiprocessing as mp
+        from collections import deque
 
         self.workers = workers
-        self._pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        self._ctx = mp.get_context("spawn")
+        self._queue: deque = deque()  # (future, fn, args) not sent yet
+        self._idle: list[_Worker] = []
+        self._busy: dict[_Worker, cf.Future] = {}
 
     def submit(self, fn: Callable, *args: Any) -> cf.Future:
-        return self._pool.submit(fn, *args)
+        future: cf.Future = cf.Future()
+        self._queue.append((future, fn, args))
+        self._dispatch()
+        return future
+
+    def _dispatch(self) -> None:
+        while self._queue and (self._idle or len(self._busy) < self.workers):
+            worker = self._idle.pop() if self._idle else _Worker(self._ctx)
+            future, fn, args = self._queue.popleft()
+            try:
+                worker.conn.send((fn, args))
+            except (OSError, EOFError):  # died while idle: retire it, the task goes to another worker
+                self._retire(worker)
+                self._queue.appendleft((future, fn, args))
+                continue
+            except Exception as exc:  # noqa: BLE001 - arguments that cannot be pickled
+                future.set_exception(exc)
+                self._idle.append(worker)
+                continue
+            self._busy[worker] = future
+
+    def _retire(self, worker: _Worker, kill: bool = False) -> None:
+        if kill and worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join(timeout=10)
+        worker.conn.close()
 
     def wait_any(self, futures: Iterable) -> tuple[set, set]:
-        done, pending = cf.wait(set(futures), return_when=cf.FIRST_COMPLETED)
-        return done, pending
+        from multiprocessing.connection import wait
+
+        futures = set(futures)
+        while True:
+            done = {f for f in futures if f.done()}
+            if done or not self._busy:
+                return done, futures - done
+            busy = list(self._busy)
+            wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+            for worker in busy:
+                reply = None
+                try:
+                    if worker.conn.poll():
+                        reply = worker.conn.recv()
+                except (EOFError, OSError):
+                    reply = None
+                if reply is not None:
+                    future = self._busy.pop(worker)
+                    ok, value = reply
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+                    self._idle.append(worker)
+                elif not worker.process.is_alive():
+                    future = self._busy.pop(worker)
+                    self._retire(worker)
+                    future.set_exception(WorkerDied(_death(worker.process.exitcode)))
+            self._dispatch()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for future, _, _ in self._queue:
+            future.cancel()
+        self._queue.clear()
+        for worker in self._idle:
+            try:
+                worker.conn.send(None)
+            except (OSError, EOFError):
+                pass
+        for worker in list(self._busy):  # closed while tasks run (an error, Ctrl-C, SIGTERM): stop them
+            self._retire(worker, kill=True)
+        for worker in self._idle:
+            self._retire(worker)
+        self._idle, self._busy = [], {}
 
     def describe(self) -> dict:
         return {"executor": self.name, "workers": self.workers}
+
+
+def _death(exitcode: int | None) -> str:
+    import signal
+
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        how = f"was killed by {name}"
+        if -exitcode == signal.SIGKILL:
+            how += " (the kernel's out-of-memory killer, or kill -9)"
+    else:
+        how = f"exited with status {exitcode} without returning a result"
+    return (f"the worker process running this task {how}; the other tasks went on; run the grid again to retry it "
+            "(with fewer --workers if memory is short)")
 
 
 class DaskExecutor(SerialExecutor):

@@ -45,6 +45,18 @@ class GridProgress:
                 self.tasks[kind] = self.progress.add_task(LABELS[kind], total=total)
                 self._describe(kind)
             return
+        if event == "warning":  # a broken stored output, computed again: shown even with --quiet
+            line = f"miars: warning: {' '.join(str(info['message']).split())}"
+            if self.console.quiet:
+                import sys
+
+                try:
+                    print(line, file=sys.stderr, flush=True)
+                except (OSError, ValueError):
+                    pass
+            else:
+                self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            return
         kind = self._kind(info)
         if event == "start":
             self.running[kind] += 1

@@ -120,7 +120,19 @@ def _read_json(path: Path) -> dict:
         data = json.load(fh)
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
-    return data
+    return _printable(data)
+
+
+def _printable(value):
+    """Strings as printable UTF-8 text: bytes of a path that were not UTF-8 (kept by JSON as lone
+    surrogates) become ``\\xNN``, so tables, plots and report.html can show them."""
+    if isinstance(value, str):
+        return value if value.isascii() else value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    return value
 
 
 def _cell_from_config(config: dict, cell_id: str) -> dict:
@@ -207,7 +219,7 @@ def load_cells(run_dir: str | Path) -> list[CellRecord]:
     root = _check_run_dir(run_dir)
     cells_dir = root / "cells"
     if not cells_dir.is_dir():
-        return [_load_one(root, root.resolve().name or "cell")]
+        return [_load_one(root, _printable(root.resolve().name) or "cell")]
     records = {d.name: _load_one(d, d.name) for d in sorted(cells_dir.iterdir()) if d.is_dir() and not d.name.startswith(".")}
     grid = load_grid(root) or {}
     for entry in list(grid.get("cells") or []) + list(grid.get("failed") or []):
@@ -559,6 +571,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
     atomic_write(path, data)
 
 
+def _utf8(text: str) -> bytes:
+    """UTF-8 text; bytes of a path or name that were not UTF-8 (surrogate escapes) become ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").encode("utf-8")
+
+
 def _cell_title(rec: CellRecord) -> str:
     c = rec.cell
     text = f"{rec.id}: {c['dataset']}"
@@ -603,12 +620,16 @@ def _read_digests(img: Path) -> dict[str, str]:
     return data if isinstance(data, dict) else {}
 
 
-def write_report(run_dir: str | Path) -> Path:
+def write_report(run_dir: str | Path, force: bool = False) -> Path:
     """Write ``RUN_DIR/report/`` (tables.md, tables.csv, img/*.png, report.html); return the path of report.html.
 
     Failed and missing cells are listed, never fatal; a cell whose scores cannot be read has no
-    ROC plot and a note saying why. Raises :class:`MiarsError` when ``run_dir`` is not a run folder.
+    ROC plot and a note saying why. Raises :class:`MiarsError` when ``run_dir`` is not a run folder,
+    or when report/ holds files miars did not write at the paths it writes (unless ``force``);
+    only files the previous report wrote (its marker lists them) are replaced or removed.
     """
+    from .rundir import MARKER, check_report_dir, new_marker, read_marker, write_marker
+
     root = _check_run_dir(run_dir)
     records = load_cells(root)
     if not records:
@@ -617,8 +638,7 @@ def write_report(run_dir: str | Path) -> Path:
     groups = build_groups(records)
     out = root / "report"
     img = out / "img"
-    _atomic_write(out / "tables.md", tables_markdown(groups, records).encode())
-    _atomic_write(out / "tables.csv", tables_csv(groups).encode())
+    files: dict[str, bytes] = {"tables.md": _utf8(tables_markdown(groups, records)), "tables.csv": _utf8(tables_csv(groups))}
 
     images: dict[str, bytes] = {}
     heatmaps: dict[str, list[tuple[str, str]]] = {}
@@ -654,20 +674,27 @@ def write_report(run_dir: str | Path) -> Path:
     from .defensereport import defense_section
 
     defenses_html, defenses_md, defenses_csv = defense_section(records, images)
-    for name, data in images.items():
-        _atomic_write(img / name, data)
-    if img.is_dir():
-        for stale in img.glob("*.png"):
-            if stale.name not in images:
-                stale.unlink()
-    _atomic_write(img / DIGESTS, json.dumps(digests, sort_keys=True, indent=0).encode())
+    files.update({f"img/{name}": data for name, data in images.items()})
+    files[f"img/{DIGESTS}"] = json.dumps(digests, sort_keys=True, indent=0).encode()
     if defenses_html:
-        _atomic_write(out / "defenses.md", defenses_md.encode())
-        _atomic_write(out / "defenses.csv", defenses_csv.encode())
-    page = _html(root, grid, records, groups, heatmaps, rocs, images, defenses_html)
-    path = out / "report.html"
-    _atomic_write(path, page.encode())
-    return path
+        files["defenses.md"] = _utf8(defenses_md)
+        files["defenses.csv"] = _utf8(defenses_csv)
+    files["report.html"] = _utf8(_html(root, grid, records, groups, heatmaps, rocs, images, defenses_html))
+    # Only what miars wrote is replaced: the marker lists the report's files before they are written
+    # (so a killed report still owns them) and, at the end, exactly the files of this report.
+    owned = check_report_dir(out, force, writing=list(files))
+    before = read_marker(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, new_marker("report", before, files=sorted(owned | set(files))))
+    for name, data in files.items():
+        _atomic_write(out / name, data)
+    for stale in sorted(owned - set(files) - {MARKER}):
+        try:
+            (out / stale).unlink()
+        except FileNotFoundError:
+            pass
+    write_marker(out, new_marker("report", before, files=sorted(files)))
+    return out / "report.html"
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -718,8 +745,8 @@ def _html(root, grid, records, groups, heatmaps, rocs, images, extra: str = "") 
     failed = [r for r in records if r.status == "failed"]
     missing = [r for r in records if r.status == "missing"]
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>miars report: {e(root.resolve().name)}</title>", f"<style>{CSS}</style></head><body>",
-             f"<h1>miars report: <code>{e(root.resolve().name)}</code></h1>",
+             f"<title>miars report: {e(_printable(root.resolve().name))}</title>", f"<style>{CSS}</style></head><body>",
+             f"<h1>miars report: <code>{e(_printable(root.resolve().name))}</code></h1>",
              f'<p>{len(ok)} cells finished, {len(failed)} failed, {len(missing)} missing. '
              "Entries are the mean over seeds with a percentile bootstrap 95% CI of the mean in brackets "
              f"({BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}); with one seed, the value and no CI. "

@@ -113,9 +113,12 @@ def _only_escapes(text: str) -> bool:
     return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
 
 
-def check_outputs(config, out: str | Path | None, export_dir: str | Path | None) -> None:
+def check_outputs(config, out: str | Path | None, export_dir: str | Path | None, force: bool = False) -> None:
     """Before any work: each output folder can be created and written, holds no folder where a
-    result file goes, and no output file would overwrite the input dataset."""
+    result file goes, and no output file would overwrite the input dataset; ``--out`` is new,
+    empty or an output folder of miars-attack (:func:`miars_core.rundir.claim`; ``force``: any)."""
+    from .rundir import claim
+
     inputs = _input_files(config)
     dirs = {}
     for flag, folder, names in (("--out", out, OUT_FILES), ("--export-miars", export_dir, EXPORT_FILES)):
@@ -139,6 +142,8 @@ def check_outputs(config, out: str | Path | None, export_dir: str | Path | None)
                                      f"pass another {flag} folder or move the input")
     if len(dirs) == 2 and _same_file(dirs["--out"], dirs["--export-miars"]):
         pass  # different file names: both sets fit in one folder
+    if out:
+        claim(dirs["--out"], "attack", "--out", force)
 
 
 def _input_files(config) -> list[Path]:
@@ -244,7 +249,11 @@ def write_result(result: AttackResult, out_dir: str | Path, text: str | None = N
     text = render_result(result) if text is None else text
     target = result.artifacts["target_part"]
     scores = scores_tsv(target.interactions.user_ids, target.is_member, result.artifacts["scores"])
-    files = {"scores.tsv": scores.encode("utf-8"), "result.json": text.encode("utf-8")}
+    from .rundir import MARKER, marker_bytes, new_marker, read_marker
+
+    # The marker first (a killed write still leaves a folder miars-attack recognises), result.json last.
+    files = {MARKER: marker_bytes(new_marker("attack", read_marker(out))), "scores.tsv": scores.encode("utf-8"),
+             "result.json": text.encode("utf-8")}
     _publish(out, files, "--out")
     return out / "result.json"
 

@@ -171,6 +171,72 @@ def split_from_arrays(a: dict[str, np.ndarray]) -> Split:
     return Split(parts[0], parts[1], inter("vectorization"), a["item_ids"])
 
 
+# -- checks of outputs read back (a stage's output must be usable before anything indexes with it) -------
+def _index_problem(arr: np.ndarray | None, name: str, upper: int, shape: tuple | None = None) -> tuple[str, str] | None:
+    """``arr`` holds integer indices in ``0..upper-1`` (and has ``shape``, -1 meaning any)."""
+    if arr is None:
+        return name, "is missing"
+    if arr.dtype.kind not in "iu":
+        return name, f"holds {arr.dtype} values, not integer indices"
+    if shape is not None and (arr.ndim != len(shape) or any(want not in (-1, got) for want, got in zip(shape, arr.shape))):
+        return name, f"has shape {list(arr.shape)}, expected {[('any' if d == -1 else d) for d in shape]}"
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= upper):
+        return name, f"holds indices outside 0..{upper - 1}"
+    return None
+
+
+def _csr_problem(a: dict[str, np.ndarray], prefix: str, n_rows: int, n_items: int) -> tuple[str, str] | None:
+    indptr, indices = a.get(f"{prefix}_indptr"), a.get(f"{prefix}_indices")
+    bad = _index_problem(indptr, f"{prefix}_indptr", (len(indices) + 1) if indices is not None else 1, (n_rows + 1,))
+    if bad:
+        return bad
+    if indptr[0] != 0 or indptr[-1] != len(indices) or (np.diff(indptr) < 0).any():
+        return f"{prefix}_indptr", "is not a valid row index of its matrix"
+    return _index_problem(indices, f"{prefix}_indices", n_items, (-1,))
+
+
+def _flags_problem(arr: np.ndarray | None, name: str, n: int) -> tuple[str, str] | None:
+    if arr is None:
+        return name, "is missing"
+    if arr.dtype != np.bool_ or arr.shape != (n,):
+        return name, f"holds {arr.dtype} {list(arr.shape)}, expected bool [{n}]"
+    return None
+
+
+def _finite_problem(arr: np.ndarray | None, name: str, shape: tuple) -> tuple[str, str] | None:
+    if arr is None:
+        return name, "is missing"
+    if arr.dtype.kind != "f" or arr.ndim != len(shape) or any(want not in (-1, got) for want, got in zip(shape, arr.shape)):
+        return name, f"holds {arr.dtype} {list(arr.shape)}, expected floats of shape {[('any' if d == -1 else d) for d in shape]}"
+    if not np.isfinite(arr).all():
+        return name, "holds non-finite values"
+    return None
+
+
+def interactions_problem(a: dict[str, np.ndarray]) -> tuple[str, str] | None:
+    """What is wrong with a stored ``load`` output (None: usable)."""
+    if "user_ids" not in a or "item_ids" not in a:
+        return "user_ids" if "user_ids" not in a else "item_ids", "is missing"
+    return _csr_problem(a, "m", len(a["user_ids"]), len(a["item_ids"]))
+
+
+def split_problem(a: dict[str, np.ndarray]) -> tuple[str, str] | None:
+    """What is wrong with a stored ``split`` output (None: usable)."""
+    if "item_ids" not in a:
+        return "item_ids", "is missing"
+    n_items = len(a["item_ids"])
+    for name in ("shadow", "target", "vectorization"):
+        users = a.get(f"{name}_user_ids")
+        if users is None:
+            return f"{name}_user_ids", "is missing"
+        bad = _csr_problem(a, name, len(users), n_items)
+        if bad is None and name != "vectorization":
+            bad = _flags_problem(a.get(f"{name}_is_member"), f"{name}_is_member", len(users))
+        if bad:
+            return bad
+    return None
+
+
 def learned_state(component: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     """A fitted component's learned state (attributes ending in ``_``) as arrays + JSON, or None.
 
@@ -212,6 +278,7 @@ class Cell:
         self.stage: str | None = None  # the stage being computed (named in a failed cell's error)
         self._memo: dict[str, Any] = {}
         self._counted: set[tuple[str, str]] = set()
+        self._checked: set[tuple[str, str]] = set()  # outputs read back that passed their check
         self._refit_seconds = 0.0  # fits done again for query access (models are not stored), and reference fits
         c = config
         #: (name, hyperparameters) of every component of the cell, by role.
@@ -300,16 +367,40 @@ class Cell:
 
     # -- running a stage ---------------------------------------------------------------------
     def _run(self, stage: str, key: str, timing: str, message: str, inputs: Callable[[], tuple],
-             compute: Callable[..., tuple[dict, dict]]) -> Output:
-        """Read a stage's output, or gather its ``inputs()`` (upstream stages) and ``compute`` it."""
+             compute: Callable[..., tuple[dict, dict]],
+             check: Callable[[Output], tuple[str, str] | None] | None = None) -> Output:
+        """Read a stage's output, or gather its ``inputs()`` (upstream stages) and ``compute`` it.
+
+        An output read back is checked first (``check``: ids and indices in range, shapes, finite
+        values); one that fails is treated as broken (:meth:`DiskStore.reject`) and computed again.
+        """
         out = self.store.get(stage, key)
+        if out is not None and check is not None and (stage, key) not in self._checked:
+            try:
+                problem = check(out)
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+                problem = ("", f"cannot be used ({type(exc).__name__}: {exc})")
+            if problem:
+                self.store.reject(stage, key, problem[1], problem[0] or None)
+                out = None
+            else:
+                self._checked.add((stage, key))
         if out is None:
             args = inputs()
             self.stage = timing
             if self.progress:
                 self.progress(message)
             start = time.perf_counter()
-            arrays, meta = compute(*args)
+            try:
+                arrays, meta = compute(*args)
+            except Exception as exc:
+                broken = getattr(self.store, "broken", {}).get((stage, key))
+                if broken is None:
+                    raise
+                # the stored output was broken and cannot be computed again: the cell fails naming the file
+                line = str(exc) if isinstance(exc, MiarsError) else f"{type(exc).__name__}: {exc}"
+                raise MiarsError(f"cached file {broken[0]!r} {broken[1]}, and computing the {stage} stage again failed: "
+                                 f"{' '.join(line.split())}") from exc
             meta = {**meta, "seconds": round(time.perf_counter() - start, 3)}
             out = self.store.put(stage, key, arrays, meta)
             self.computed[timing] = round(self.computed.get(timing, 0.0) + meta["seconds"], 3)
@@ -337,7 +428,7 @@ class Cell:
 
         return self._once(f"data:{side}", lambda: interactions_from_arrays(
             self._run("load", self.key("load", side), "load", f"loading {self.dataset_of(side)}",
-                      lambda: (), compute).arrays))
+                      lambda: (), compute, lambda out: interactions_problem(out.arrays)).arrays))
 
     def split_output(self, side: str) -> Output:
         c = self.config
@@ -351,7 +442,7 @@ class Cell:
 
         return self._run("split", self.key("split", side), "split",
                          f"splitting {self.dataset_of(side)} into shadow / target / vectorization",
-                         lambda: (self.data(side),), compute)
+                         lambda: (self.data(side),), compute, lambda out: split_problem(out.arrays))
 
     def split(self, side: str) -> Split:
         return self._once(f"split:{side}", lambda: split_from_arrays(self.split_output(side).arrays))
@@ -394,7 +485,16 @@ class Cell:
 
         under = f" under defense {self.config.defense}" if defended else ""
         return self._run("serve", self.key("serve", part, defended), f"serve:{part}",
-                         f"training {part} recommender {name}{under}", lambda: (self.part(part),), compute)
+                         f"training {part} recommender {name}{under}", lambda: (self.part(part),), compute,
+                         self._lists_check(part))
+
+    def _lists_check(self, part: str) -> Callable[[Output], tuple[str, str] | None]:
+        """Stored lists must be one row of ``top_k`` item indices per user of ``part``."""
+        def check(out: Output) -> tuple[str, str] | None:
+            p = self.part(part)
+            return _index_problem(out.arrays.get("lists"), "lists", p.interactions.n_items,
+                                  (p.interactions.n_users, self.config.top_k))
+        return check
 
     def _serve(self, p: Part, part: str, defense: Any) -> Served:
         """Fit the part's recommender (under a data or training defense) and serve; the fit is kept in memory."""
@@ -533,7 +633,7 @@ class Cell:
 
         return self._run("defend", self.key("defend", part), "defend",
                          f"applying defense {self.config.defense} to the {part} part",
-                         lambda: (self.served(part).arrays["lists"], self.context(part)), compute)
+                         lambda: (self.served(part).arrays["lists"], self.context(part)), compute, self._lists_check(part))
 
     def lists(self, part: str, defended: bool) -> np.ndarray:
         if not defended:
@@ -624,9 +724,17 @@ class Cell:
                     return {}, {"storable": False}
                 return state[0], {"storable": True, "plain": state[1]}
 
+            def check(out: Output) -> tuple[str, str] | None:
+                if not isinstance(out.meta.get("plain", {}), dict):
+                    return "meta.json", "has no valid learned state"
+                for name, arr in out.arrays.items():
+                    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+                        return name, "holds non-finite values"
+                return None
+
             out = self._run("vectors", self.key("vectors", side), "vectors",
                             f"fitting featurizer {self.config.featurizer} on the {side} side's vectorization part",
-                            lambda: (self.split(side).vectorization,), compute)
+                            lambda: (self.split(side).vectorization,), compute, check)
             if fitted:
                 return fitted[0]
             if not out.meta.get("storable"):
@@ -654,7 +762,8 @@ class Cell:
 
         return self._run("features", self.key("features", part, defended), "features", f"featurizing the {part} part",
                          lambda: (self.featurizer(part), self.part(part).interactions, self.lists(part, defended)),
-                         compute).arrays["X"]
+                         compute, lambda out: _finite_problem(out.arrays.get("X"), "X",
+                                                              (self.part(part).interactions.n_users, -1))).arrays["X"]
 
     @property
     def threat(self) -> str:
@@ -693,9 +802,21 @@ class Cell:
                 raise MiarsError(f"attack {c.attack!r} produced non-finite scores; check its inputs and parameters")
             return {"scores": scores, "predicted": predicted, **arrays}, meta
 
+        def check(out: Output) -> tuple[str, str] | None:
+            a, target = out.arrays, self.part("target").interactions
+            bad = _finite_problem(a.get("scores"), "scores", (target.n_users,)) or \
+                _flags_problem(a.get("predicted"), "predicted", target.n_users)
+            if bad or "pair_rows" not in a:
+                return bad
+            n = len(a["pair_rows"])
+            return (_index_problem(a["pair_rows"], "pair_rows", target.n_users, (n,))
+                    or _index_problem(a.get("pair_items"), "pair_items", target.n_items, (n,))
+                    or _finite_problem(a.get("pair_scores"), "pair_scores", (n,))
+                    or _flags_problem(a.get("pair_labels"), "pair_labels", n))
+
         return self._run("attack", self.key("attack", "", defended_shadow), "attack", f"training attack {c.attack}",
                          lambda: (self.features("shadow", defended_shadow), self.part("shadow").is_member,
-                                  self.features("target", bool(c.defense))), compute)
+                                  self.features("target", bool(c.defense))), compute, check)
 
     def _pair_outcome(self, view: AdversaryView, scores: np.ndarray, predicted: np.ndarray, defended: bool):
         """Pair scores -> per-user scores (mean over the user's pairs) and the interaction-level metrics."""

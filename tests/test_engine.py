@@ -213,23 +213,27 @@ def test_a_run_folder_of_another_grid_is_refused(small_dataset, tmp_path):
         run_grid(other, tmp_path / "run", cache=tmp_path / "cache")
 
 
-def test_a_crash_while_swapping_a_cell_folder_in_is_repaired_by_the_next_run(small_dataset, tmp_path, monkeypatch):
+def test_a_crash_while_replacing_a_cell_is_repaired_by_the_next_run(small_dataset, tmp_path, monkeypatch):
     spec = GridSpec(dataset=[str(small_dataset)], target=["pop"], top_k=[10], attack_params={"*": {"epochs": 20}})
     run_grid(spec, tmp_path / "run", cache=tmp_path / "cache")
     expected = metrics_of(tmp_path / "run")
-    real_rename = os.rename
+    (cid,) = expected
+    real_replace = os.replace
     calls = []
 
-    def dies_after_moving_the_old_folder(src, dst):
-        calls.append(src)
-        real_rename(src, dst)
-        if len(calls) == 1:
-            raise KeyboardInterrupt  # killed between the two renames
+    def dies_after_the_first_file(src, dst):
+        real_replace(src, dst)
+        if Path(dst).parent.name == cid:
+            calls.append(dst)
+            raise KeyboardInterrupt  # killed after scores.tsv came in, before result.json
 
-    monkeypatch.setattr(os, "rename", dies_after_moving_the_old_folder)
+    monkeypatch.setattr(os, "replace", dies_after_the_first_file)
     with pytest.raises(KeyboardInterrupt):
         run_grid(spec, tmp_path / "run", cache=tmp_path / "cache")
-    monkeypatch.setattr(os, "rename", real_rename)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert [Path(p).name for p in calls] == ["scores.tsv"]
+    assert not (tmp_path / "run" / "cells" / cid / "result.json").exists()  # no result.json beside other scores
+    assert json.loads((tmp_path / "run" / "grid.json").read_text())["status"] == "interrupted"
     run_grid(spec, tmp_path / "run", cache=tmp_path / "cache")
     assert metrics_of(tmp_path / "run") == expected
     assert not [p for p in (tmp_path / "run" / "cells").iterdir() if p.name.startswith(".")]
@@ -273,7 +277,7 @@ def test_a_grid_killed_at_any_moment_resumes_to_the_same_results(small_dataset, 
     after = {p: p.stat().st_mtime_ns for p in cache.rglob("meta.json")}
     assert metrics_of(out) == reference
     assert all(after[p] == t for p, t in before.items())  # nothing finished was computed again
-    assert len(list((cache / "v1" / "serve").rglob("meta.json"))) == 8  # 2 recommenders x 2 parts x 2 seeds
+    assert len(list((cache / "v2" / "serve").rglob("meta.json"))) == 8  # 2 recommenders x 2 parts x 2 seeds
 
 
 def test_cli_grid_end_to_end_and_exit_codes(small_dataset, tmp_path):

@@ -53,7 +53,7 @@ def test_outputs_are_one_set_with_the_normal_file_mode(small_dataset, tmp_path):
     assert len(files) == 8
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o640, path  # 0666 minus the umask, like any new file
-    assert sorted(p.name for p in out.iterdir()) == ["result.json", "scores.tsv"]  # no staging left
+    assert sorted(p.name for p in out.iterdir()) == [".miars.json", "result.json", "scores.tsv"]  # marker, no staging
     json.loads((out / "result.json").read_text())
 
 
@@ -414,10 +414,10 @@ def test_sigterm_during_training_removes_recbole_temporary_files(small_dataset, 
         deadline = time.monotonic() + 120
         # RecBole's temporary folder lives while it builds its dataset; the split is stored just before
         while time.monotonic() < deadline and not (list(tmp.glob("miars-recbole-*"))
-                                                   or list(cache.glob("stages/v1/split/*/*/meta.json"))):
+                                                   or list(cache.glob("stages/v2/split/*/*/meta.json"))):
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.05)
-        assert list(cache.glob("stages/v1/split/*/*/meta.json")), "training never started"
+        assert list(cache.glob("stages/v2/split/*/*/meta.json")), "training never started"
         time.sleep(3.0)  # inside the recommender's training loop (100,000 epochs)
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=60)
