@@ -63,11 +63,50 @@ class _OneLineErrors:
         except _ABORTS:
             _echo_error("aborted")
             code = 1
+        except OSError as exc:  # help or usage text that standard output refused (commands catch their own)
+            _silence_stdout()
+            _echo_error(stdout_error(exc, "the help"))
+            code = 2
+        except SystemExit as exc:
+            if exc.code != 1 or not _PACIFIED():  # click's quiet exit 1 on a broken pipe: one line instead
+                raise
+            _echo_error(stdout_error(BrokenPipeError(32, "Broken pipe"), "the help"))
+            code = 2
         else:
             code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+        try:  # anything still buffered: a full disk shows here, not as a traceback at exit
+            sys.stdout.flush()
+        except (OSError, ValueError) as exc:
+            _silence_stdout()
+            if isinstance(exc, OSError):
+                _echo_error(stdout_error(exc, "the output"))
+                code = 2
         if not standalone_mode:
             return code
         sys.exit(code)
+
+
+def _PACIFIED() -> bool:
+    """Whether click or rich met a broken standard output and chose to exit 1 without a word.
+
+    click swaps standard output for its ``PacifyFlushWrapper``; rich points its descriptor at
+    the null device. No miars command calls ``sys.exit`` itself.
+    """
+    if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+        return True
+    try:
+        out, null = os.fstat(sys.stdout.fileno()), os.stat(os.devnull)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (out.st_ino, out.st_dev, out.st_rdev) == (null.st_ino, null.st_dev, null.st_rdev)
+
+
+def stdout_error(exc: OSError, what: str, where: str = "") -> str:
+    """The one-line message for ``what`` that standard output refused (closed pipe, full disk)."""
+    if isinstance(exc, BrokenPipeError) or getattr(exc, "errno", None) == 32:
+        return f"standard output was closed before {what} was printed (broken pipe){where}"
+    return (f"cannot write {what} to standard output ({getattr(exc, 'strerror', None) or exc}){where or '; '}"
+            + ("" if where else "redirect it to a writable file with free space"))
 
 
 def _given_value(exc: BaseException, args: list) -> Optional[str]:
@@ -187,10 +226,15 @@ def guarded() -> Iterator[None]:
         where = _short(exc.filename) if exc.filename else "a file"
         _fail(f"cannot access {where} ({exc.strerror or exc}); check the path, its permissions and free space")
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
-        if os.environ.get("MIARS_DEBUG"):
+        if debugging():
             raise
         _fail(f"unexpected {type(exc).__name__}: {_one_line(exc)[:300]}; this is a bug in miars or a plugin, "
               "please report it (rerun with MIARS_DEBUG=1 for the traceback)")
+
+
+def debugging() -> bool:
+    """``MIARS_DEBUG=1`` keeps tracebacks; any other value (``0``, empty, ``yes``) means off."""
+    return os.environ.get("MIARS_DEBUG", "").strip() == "1"
 
 
 def _expand(path: Optional[str]) -> Optional[str]:
@@ -319,6 +363,16 @@ def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool, sto
 
 
 def _print_stdout(renderable, out: Optional[str]) -> None:
+    where = f"; results were written to {out}" if out else "; pass --out DIR to keep the results in files"
+    write_stdout(renderable, "the metrics", where)
+
+
+def write_stdout(renderable, what: str, where: str = "") -> None:
+    """Print a rich renderable (or plain text, written as is) on standard output and flush it.
+
+    A closed pipe or a full disk becomes one :class:`MiarsError` line naming ``what`` was lost
+    (``where`` says where the results are kept), never a traceback.
+    """
     from rich.console import Console
 
     class _Stdout(Console):
@@ -326,16 +380,15 @@ def _print_stdout(renderable, out: Optional[str]) -> None:
             self.quiet = True
             raise BrokenPipeError(32, "Broken pipe")
 
-    where = f"; results were written to {out}" if out else "; pass --out DIR to keep the results in files"
     try:
-        _Stdout().print(renderable)
+        if isinstance(renderable, str):
+            sys.stdout.write(renderable if renderable.endswith("\n") else renderable + "\n")
+        else:
+            _Stdout().print(renderable)
         sys.stdout.flush()
-    except BrokenPipeError:
-        _silence_stdout()
-        raise MiarsError("standard output was closed before the metrics were printed (broken pipe)" + where) from None
     except OSError as exc:
         _silence_stdout()
-        raise MiarsError(f"cannot write the metrics to standard output ({exc.strerror or exc}){where}") from None
+        raise MiarsError(stdout_error(exc, what, where)) from None
 
 
 def _echo_warning(message: str) -> None:
@@ -542,25 +595,25 @@ def report_command(
 
     with guarded():
         path = write_report(_expand(run_dir))
-    typer.echo(f"wrote {path}")
+        write_stdout(f"wrote {path}", "the report's path", f"; the report was written to {path}")
 
 
 @app.command("plugins")
 def plugins_command(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List installed plugins: name, version, hooks, what each provides, load status."""
+    with guarded():
+        _plugins(as_json)
+
+
+def _plugins(as_json: bool) -> None:
     from dataclasses import asdict
 
     from .plugins import get_plugins
 
-    try:
-        plugins = get_plugins()
-    except MiarsError as exc:
-        _fail(str(exc))
-    rows = [asdict(info) for _, info in sorted(plugins.info.items())]
+    rows = [asdict(info) for _, info in sorted(get_plugins().info.items())]
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        write_stdout(json.dumps(rows, indent=2), "the plugin list")
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="miars plugins")
@@ -569,7 +622,7 @@ def plugins_command(as_json: bool = typer.Option(False, "--json", help="Print JS
     for r in rows:
         provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(r["provides"].items()))
         table.add_row(r["name"], r["version"], r["status"], ", ".join(r["hooks"]), provides)
-    Console().print(table)
+    write_stdout(table, "the plugin list")
 
 
 @app.command("list")
@@ -578,22 +631,23 @@ def list_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List the components of one kind: name, owning plugin, summary."""
+    with guarded():
+        _list(kind, as_json)
+
+
+def _list(kind: str, as_json: bool) -> None:
     from .plugins import get_plugins
 
     kinds = {k: k for k in KINDS} | {k + "s": k for k in KINDS}
     if kind not in kinds:
-        _fail(f"unknown kind {kind!r}; choose from: {', '.join(KINDS)}")
-    try:
-        registry = get_plugins().registry(kinds[kind])
-    except MiarsError as exc:
-        _fail(str(exc))
+        raise MiarsError(f"unknown kind {kind!r}; choose from: {', '.join(KINDS)}")
+    registry = get_plugins().registry(kinds[kind])
     rows = [{"name": e.name, "plugin": e.plugin, "summary": e.summary} for e in map(registry.get, registry.names())]
     rows += [{"name": f"{p}:<Name>", "plugin": ns.plugin, "summary": f"any of: {', '.join(_safe_choices(ns))}"}
              for p, ns in sorted(registry.namespaces.items())]
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        write_stdout(json.dumps(rows, indent=2), f"the list of {kinds[kind]}s")
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"miars {kinds[kind]}s")
@@ -601,7 +655,7 @@ def list_command(
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(r["name"], r["plugin"], r["summary"])
-    Console().print(table)
+    write_stdout(table, f"the list of {kinds[kind]}s")
 
 
 def _safe_choices(ns) -> list[str]:
