@@ -161,7 +161,11 @@ Progress = Callable[[str, str, dict], None]  # (event, task name, info)
 
 def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, executor=None, threads: int | None = 1,
              plugins=None, progress: Progress | None = None) -> GridSummary:
-    """Run every cell of ``spec`` into ``out``; reuse stored stages; return what ran and failed."""
+    """Run every cell of ``spec`` into ``out``; reuse stored stages; return what ran and failed.
+
+    ``executor`` is an executor or a function returning one (called once every cell is checked,
+    so a bad name or folder never starts a cluster).
+    """
     from .plugins import get_plugins
     from .stages import Cell
 
@@ -179,8 +183,11 @@ def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, execu
         tmp_cache = None
         store_root = str(Path(cache).expanduser())
     store = DiskStore(store_root)
-    executor = executor or SerialExecutor()
+    given, executor = executor, None
     try:
+        if given is not None and not hasattr(given, "submit"):  # a factory: start workers only now, after the checks
+            given = given()
+        executor = given or SerialExecutor()
         store.clean_partial()
         tasks = plan(cells, store, store_root, threads)
         (run_dir / "cells").mkdir(parents=True, exist_ok=True)
@@ -196,7 +203,10 @@ def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, execu
         failed, stage_seconds = _execute(tasks, executor, by_id, run_dir, plugins if local else None,
                                          store if local else None, progress)
     finally:
-        executor.close()
+        if executor is not None:
+            executor.close()
+        elif given is not None and hasattr(given, "close"):
+            given.close()
         if tmp_cache:
             shutil.rmtree(tmp_cache, ignore_errors=True)
     wall = round(time.perf_counter() - start, 3)
