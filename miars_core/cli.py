@@ -6,6 +6,7 @@ so ``miars --help``, ``miars plugins`` and ``miars list`` stay fast.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -391,6 +392,14 @@ def write_stdout(renderable, what: str, where: str = "") -> None:
         raise MiarsError(stdout_error(exc, what, where)) from None
 
 
+def _echo_note(message: str) -> None:
+    """A ``miars: note:`` line on stderr (shown with --quiet too): work the command left out, and why."""
+    try:
+        typer.echo(f"miars: note: {_one_line(message)}", err=True)
+    except (OSError, UnicodeError):
+        pass
+
+
 def _echo_warning(message: str) -> None:
     try:
         typer.echo(f"miars: warning: {_one_line(message)}", err=True)
@@ -425,6 +434,10 @@ SchedulerOpt = Annotated[Optional[str], typer.Option("--scheduler", help="Run on
 DaskLocalOpt = Annotated[Optional[int], typer.Option("--dask-local", help="Start a local dask.distributed cluster of N workers.")]
 NoReportOpt = Annotated[bool, typer.Option("--no-report", help="Do not write RUN_DIR/report/ at the end.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+MaxCellsOpt = Annotated[Optional[int], typer.Option("--max-cells", help="Refuse a grid of more cells than this, before any work (default: 2,000; TOML key max_cells): a typo in a list must not start days of computing.")]
+
+#: Grids at least this large say "planning N cells" before planning (it takes a few seconds per 10,000 cells).
+PLANNING_NOTE_CELLS = 500
 
 
 def grid(
@@ -460,12 +473,15 @@ def grid(
     dask_local: DaskLocalOpt = None,
     no_report: NoReportOpt = False,
     quiet: QuietOpt = False,
+    max_cells: MaxCellsOpt = None,
 ) -> None:
     """Run a grid of attack cells (cached, resumable), then write tables, plots and report.html."""
     with guarded():
         from .grid import GridSpec, load_toml, parse_list_flag, parse_scoped_params
 
-        values = load_toml(config_file) if config_file else {}
+        values = load_toml(_expand(config_file)) if config_file is not None else {}
+        max_cells = max_cells if max_cells is not None else values.pop("max_cells", None)
+        values.pop("max_cells", None)
         flags = {
             "dataset": parse_list_flag(dataset, "--dataset"),
             "shadow_dataset": parse_list_flag(shadow_dataset, "--shadow-dataset"),
@@ -497,24 +513,47 @@ def grid(
                     merged[name] = {**merged.get(name, {}), **params}
                 values[key] = merged
         spec = GridSpec(**values)
-        _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet)
+        _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
+                  max_cells)
 
 
-def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, report, quiet) -> None:
+def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, report, quiet, max_cells=None,
+              skippable=None) -> None:
+    """Check everything, then run the grid and write its report.
+
+    In order, before any work: the flags and every grid value (type, range, nothing dropped),
+    the executor flags, the grid's size (``--max-cells``), then (after a "planning" line for a
+    large grid) the defense settings each dataset's catalogue cannot serve: those in
+    ``skippable`` (default sweep values of ``bench-defenses``) are left out with a note, any
+    other one is an error. Workers start only once every cell is built.
+    """
     from rich.console import Console
 
     from .engine import FAILED_EXIT, run_grid
-    from .executors import make_executor
+    from .executors import check_executor_args, make_executor
+    from .grid import MAX_CELLS, catalogue_problems
     from .gridprogress import GridProgress
     from .store import default_cache_dir
 
     if no_cache and cache:
         raise MiarsError("pass either --cache DIR or --no-cache, not both")
-    spec.configs()  # check the lists before starting workers
-    executor = make_executor(workers, threads, scheduler, dask_local)
+    if max_cells is not None and (isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 1):
+        raise MiarsError(f"--max-cells must be an integer >= 1, got {max_cells!r}; e.g. --max-cells 5000")
+    check_executor_args(workers, threads, scheduler, dask_local)
+    spec.check()
+    n = spec.check_size(MAX_CELLS if max_cells is None else max_cells)
     err = Console(stderr=True, quiet=quiet)
+    if n >= PLANNING_NOTE_CELLS:
+        err.print(f"planning {n:,} cells ...")
+    for problem in catalogue_problems(spec):
+        key = (problem["defense"], tuple(sorted(problem["defense_params"].items())))
+        if skippable is None or key not in skippable:
+            raise MiarsError(problem["reason"])
+        spec.skipped.append(problem)
+        _echo_note(f"skipped {problem['reason']} (a default sweep value: the other values run, the report lists this one)")
     with GridProgress(err) as progress:
-        summary = run_grid(spec, out, cache=None if no_cache else (cache or default_cache_dir()), executor=executor,
+        summary = run_grid(spec, out, cache=None if no_cache else (cache or default_cache_dir()),
+                           executor=lambda: make_executor(workers, threads, scheduler, dask_local),
                            threads=threads, progress=progress)
     err.print(progress.summary_table(summary))
     if report:
@@ -554,6 +593,7 @@ def bench_defenses(
     dask_local: DaskLocalOpt = None,
     no_report: NoReportOpt = False,
     quiet: QuietOpt = False,
+    max_cells: MaxCellsOpt = None,
 ) -> None:
     """Benchmark defenses: privacy for a static and an adaptive attacker, utility and cost, with a privacy-utility frontier."""
     with guarded():
@@ -561,29 +601,63 @@ def bench_defenses(
         from .plugins import get_plugins
 
         registry = get_plugins().registry("defense")
-        names = parse_list_flag(defense, "--defense") or registry.names()
-        names = [n for n in names if n is not None]
-        sweeps: dict[str, dict] = {}
-        for name in names:
-            sweep = getattr(registry.get(name).factory, "sweep", None) or {}
-            sweeps[name] = {k: list(v) for k, v in dict(sweep).items()}
+        asked = parse_list_flag(defense, "--defense")
+        names = [n for n in (asked or registry.names()) if n is not None]
+        targets = parse_list_flag(target, "--target") or ["item", "lfm", "ncf"]
         overrides = parse_scoped_params(defense_param, "--defense-param", sweep=True)
+        factories = {name: registry.get(name).factory for name in names}  # an unknown name fails here
+        only = {name: list(getattr(f, "recommenders", None) or []) for name, f in factories.items()}
+        if not asked:  # every registered defense by default: one that trains none of the targets is left out, saying so
+            for name in [n for n in names if only[n] and not set(only[n]) & set(targets) and n not in overrides]:
+                names.remove(name)
+                _echo_note(f"defense {name} left out: it trains only {', '.join(only[name])}, not --target "
+                           f"{', '.join(targets)} (add one of them to --target, or name it with --defense)")
+        for name in overrides:
+            if name != "*" and name not in names:
+                raise MiarsError(f"--defense-param {name}.{next(iter(overrides[name]))}=... is for defense {name!r}, which "
+                                 f"is not benchmarked (--defense {', '.join(names) or 'none'}); add {name} to --defense or "
+                                 "drop the parameter")
+        for key in overrides.get("*", {}):  # an unscoped KEY: every benchmarked defense that takes KEY
+            if not [n for n in names if _takes(factories[n], key)]:
+                raise MiarsError(f"--defense-param {key}=...: none of the benchmarked defenses ({', '.join(names) or 'none'}) "
+                                 f"has a parameter {key!r}; check `miars list defense` or scope it as DEFENSE.{key}=...")
+        sweeps: dict[str, dict] = {}
+        skippable: set = set()
         for name in names:
-            sweeps[name].update(overrides.get("*", {}))
-            sweeps[name].update(overrides.get(name, {}))
-        only = {name: list(getattr(registry.get(name).factory, "recommenders", None) or []) for name in names}
+            sweep = getattr(factories[name], "sweep", None) or {}
+            sweeps[name] = {k: list(v) for k, v in dict(sweep).items()}
+            given = {k: v for k, v in overrides.get("*", {}).items() if _takes(factories[name], k)}
+            given.update(overrides.get(name, {}))
+            if not given:  # only documented sweep values: one the catalogue cannot serve is skipped, not fatal
+                keys = sorted(sweeps[name])
+                skippable |= {(name, tuple(zip(keys, combo))) for combo in itertools.product(*(sweeps[name][k] for k in keys))}
+            sweeps[name].update(given)
         recs = parse_scoped_params(target_param, "--target-param")
         spec = GridSpec(
             dataset=parse_list_flag(dataset, "--dataset") or ["ml-100k"], data_dir=data_dir,
-            target=parse_list_flag(target, "--target") or ["item", "lfm", "ncf"], shadow=None,
+            target=targets, shadow=None,
             defense=[None, *names], defense_params=sweeps,
             top_k=parse_list_flag(top_k, "--top-k", int) or [100], seed=parse_list_flag(seed, "--seed", int) or [0, 1, 2],
             target_params=recs, shadow_params=recs, attack_params=parse_scoped_params(attack_param, "--attack-param"),
             attack=parse_list_flag(attack_model, "--attack") or ["mlp"],
             service=parse_list_flag(service, "--service") or ["popular"], query_budget=query_budget,
-            utility_holdout=utility_holdout, defense_targets={k: v for k, v in only.items() if v},
+            utility_holdout=utility_holdout, defense_targets={k: v for k, v in only.items() if v and k in names},
         )
-        _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet)
+        _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
+                  max_cells, skippable)
+
+
+def _takes(factory, key: str) -> bool:
+    """Whether a component's factory takes hyperparameter ``key`` (its signature, or its documented sweep)."""
+    import inspect
+
+    if key in (getattr(factory, "sweep", None) or {}):
+        return True
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return True
+    return key in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 @app.command("report")
