@@ -7,6 +7,7 @@ a readable slug plus a hash of its whole configuration.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -144,7 +145,8 @@ class GridSpec:
 
     def _skips(self, config: AttackConfig) -> bool:
         for s in self.skipped:
-            if (s.get("dataset") in (config.dataset, config.shadow_dataset) and s.get("defense") == config.defense
+            if (s.get("dataset") is not None and s["dataset"] in (config.dataset, config.shadow_dataset)
+                    and s.get("defense") == config.defense
                     and s.get("defense_params") == config.defense_params and s.get("top_k") == config.top_k):
                 return True
         return False
@@ -173,7 +175,7 @@ class GridSpec:
                             featurizer_params=_scoped(self.featurizer_params, featurizer),
                             attack_params=_scoped(self.attack_params, attack),
                             defense_params=dparams,
-                        ).validate())
+                        ))  # every value was checked by check() with the same rules
         if self.skipped:
             out = [c for c in out if not self._skips(c)]
         ids = [cell_id(c) for c in out]
@@ -218,15 +220,21 @@ def cell_record(config: AttackConfig) -> dict:
     }
 
 
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict:
+    return asdict(AttackConfig())
+
+
 def cell_id(config: AttackConfig) -> str:
     """A folder name: a readable slug (dataset, target, shadow, defense, k, seed) plus a config hash.
 
     The hash covers every setting that differs from :class:`AttackConfig`'s defaults, plus the
     names, so a setting added to miars later (at its default) does not rename existing cells.
     """
-    defaults = asdict(AttackConfig())
+    defaults = _defaults()
     always = ("dataset", "target", "shadow", "seed", "top_k")
-    record = {k: v for k, v in asdict(config).items() if k in always or v != defaults.get(k)}
+    record = {k: v for k, v in ((f.name, getattr(config, f.name)) for f in fields(config))
+              if k in always or v != defaults.get(k)}
     h = digest(record)[:10]
 
     def slug(text: str) -> str:
@@ -437,5 +445,5 @@ def catalogue_problems(spec: GridSpec, plugins=None) -> list[dict[str, Any]]:
                 if reason:
                     out.append({"dataset": dataset, "defense": defense, "defense_params": dict(params), "top_k": int(k),
                                 "reason": f"{defense} {', '.join(f'{a}={b}' for a, b in sorted(params.items()))} on "
-                                          f"{Path(dataset).name if '/' in dataset else dataset} {reason}"})
+                                          f"{Path(dataset).name if '/' in dataset else dataset}: {reason}"})
     return out
