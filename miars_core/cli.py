@@ -550,7 +550,7 @@ def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_loca
         if skippable is None or key not in skippable:
             raise MiarsError(problem["reason"])
         spec.skipped.append(problem)
-        _echo_note(f"skipped {problem['reason']} (a default sweep value: the other values run, the report lists this one)")
+        _echo_note(f"left out {problem['reason']} (a default sweep value: the others run; the report lists it)")
     with GridProgress(err) as progress:
         summary = run_grid(spec, out, cache=None if no_cache else (cache or default_cache_dir()),
                            executor=lambda: make_executor(workers, threads, scheduler, dask_local),
@@ -607,11 +607,13 @@ def bench_defenses(
         overrides = parse_scoped_params(defense_param, "--defense-param", sweep=True)
         factories = {name: registry.get(name).factory for name in names}  # an unknown name fails here
         only = {name: list(getattr(f, "recommenders", None) or []) for name, f in factories.items()}
+        left_out = []
         if not asked:  # every registered defense by default: one that trains none of the targets is left out, saying so
             for name in [n for n in names if only[n] and not set(only[n]) & set(targets) and n not in overrides]:
                 names.remove(name)
-                _echo_note(f"defense {name} left out: it trains only {', '.join(only[name])}, not --target "
-                           f"{', '.join(targets)} (add one of them to --target, or name it with --defense)")
+                left_out.append({"defense": name, "reason": f"{name}: trains only {', '.join(only[name])}, not --target "
+                                                            f"{', '.join(targets)}"})
+                _echo_note(f"left out {left_out[-1]['reason']} (add one of them to --target, or name it with --defense)")
         for name in overrides:
             if name != "*" and name not in names:
                 raise MiarsError(f"--defense-param {name}.{next(iter(overrides[name]))}=... is for defense {name!r}, which "
@@ -642,6 +644,7 @@ def bench_defenses(
             attack=parse_list_flag(attack_model, "--attack") or ["mlp"],
             service=parse_list_flag(service, "--service") or ["popular"], query_budget=query_budget,
             utility_holdout=utility_holdout, defense_targets={k: v for k, v in only.items() if v and k in names},
+            skipped=left_out,
         )
         _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
                   max_cells, skippable)

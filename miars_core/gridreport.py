@@ -180,6 +180,14 @@ def load_grid(run_dir: str | Path) -> dict | None:
         return None
 
 
+def skipped_reasons(grid: dict | None) -> list[str]:
+    """Why requested work was left out of the grid (``spec.skipped``: default sweep values a catalogue
+    cannot serve, default defenses that train none of the targets), one line each."""
+    spec = (grid or {}).get("spec") if isinstance(grid, dict) else None
+    skipped = spec.get("skipped") if isinstance(spec, dict) else None
+    return [str(s["reason"]) for s in skipped or [] if isinstance(s, dict) and s.get("reason")]
+
+
 def load_cells(run_dir: str | Path) -> list[CellRecord]:
     """Every cell of a run, sorted by id: finished ("ok"), failed, and listed in grid.json but not written ("missing").
 
@@ -572,7 +580,7 @@ def write_report(run_dir: str | Path) -> Path:
         rocs.append((rec, name, None))
     from .defensereport import defense_section
 
-    defenses_html, defenses_md, defenses_csv = defense_section(records, images)
+    defenses_html, defenses_md, defenses_csv = defense_section(records, images, skipped_reasons(grid))
     for name, data in images.items():
         _atomic_write(img / name, data)
     if img.is_dir():
