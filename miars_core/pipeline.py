@@ -286,5 +286,6 @@ def versions(plugins: Plugins) -> dict:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:
             out[dist] = None
-    out["plugins"] = {name: {"version": info.version, "status": info.status} for name, info in sorted(plugins.info.items())}
+    out["plugins"] = {name: {"version": info.version, "status": info.status} for name, info in sorted(plugins.info.items())
+                      if not info.status.startswith("blocked")}  # a blocked plugin took no part in the run
     return out
