@@ -522,7 +522,8 @@ def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_loca
     """Check everything, then run the grid and write its report.
 
     In order, before any work: the flags and every grid value (type, range, nothing dropped),
-    the executor flags, the grid's size (``--max-cells``), then (after a "planning" line for a
+    the executor flags, the grid's size (``--max-cells``), each distinct component (names and
+    hyperparameters), then (after a "planning" line for a
     large grid) the defense settings each dataset's catalogue cannot serve: those in
     ``skippable`` (default sweep values of ``bench-defenses``) are left out with a note, any
     other one is an error. Workers start only once every cell is built.
@@ -542,6 +543,7 @@ def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_loca
     check_executor_args(workers, threads, scheduler, dask_local)
     spec.check()
     n = spec.check_size(MAX_CELLS if max_cells is None else max_cells)
+    spec.check_components()
     err = Console(stderr=True, quiet=quiet)
     if n >= PLANNING_NOTE_CELLS:
         err.print(f"planning {n:,} cells ...")

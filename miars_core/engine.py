@@ -254,9 +254,13 @@ def _check_run_dir(run_dir: Path, ids: list[str]) -> None:
     record = run_dir / "grid.json"
     if record.is_file():
         try:
-            previous = json.loads(record.read_text()).get("cells", [])
+            data = json.loads(record.read_text())
         except (OSError, ValueError):
-            previous = None
+            data = None
+        if data is not None and not isinstance(data, dict):
+            raise MiarsError(f"--out {str(run_dir)!r} holds a grid.json that is not a miars run record; pass a new "
+                             "--out folder")
+        previous = data.get("cells", []) if data is not None else None
         if previous is not None and sorted(previous) != sorted(ids):
             raise MiarsError(f"--out {str(run_dir)!r} holds a different grid (grid.json); pass a new --out folder, "
                              "or the same arguments to resume that grid")

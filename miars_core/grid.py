@@ -143,6 +143,22 @@ class GridSpec:
                              f"the limit with --max-cells {n}")
         return n
 
+    def check_components(self, plugins=None) -> None:
+        """Build each distinct component of the grid once, so a bad name or hyperparameter fails in one
+        line before planning (however many cells there are)."""
+        from .plugins import get_plugins
+
+        plugins = plugins or get_plugins()
+        shadows = self.shadow if self.shadow is not None else self.target
+        for kind, names, params in (("recommender", self.target, self.target_params), ("recommender", shadows, self.shadow_params),
+                                    ("featurizer", self.featurizer, self.featurizer_params),
+                                    ("attack", self.attack, self.attack_params), ("service", self.service, self.service_params)):
+            for name in dict.fromkeys(names):
+                plugins.create(kind, name, **_scoped(params, name))
+        for defense, dparams in self._defenses():
+            if defense is not None:
+                plugins.create("defense", defense, **dparams)
+
     def _skips(self, config: AttackConfig) -> bool:
         for s in self.skipped:
             if (s.get("dataset") is not None and s["dataset"] in (config.dataset, config.shadow_dataset)
