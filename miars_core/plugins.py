@@ -72,7 +72,7 @@ def new_plugin_manager() -> pluggy.PluginManager:
 
 
 #: Entry-point names of the built-in plugins: on a name conflict they keep their names.
-BUILTIN_PLUGINS = ("attacks", "datasets", "defenses", "recbole")
+BUILTIN_PLUGINS = ("attacks", "datasets", "defenses", "recbole", "services")
 
 _SPEC_NAMES = sorted(n for n in dir(hookspecs) if n.startswith("register_") and hasattr(getattr(hookspecs, n), "miars_spec"))
 
