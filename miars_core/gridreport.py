@@ -175,9 +175,10 @@ def _check_run_dir(run_dir: str | Path) -> Path:
 def load_grid(run_dir: str | Path) -> dict | None:
     """``RUN_DIR/grid.json`` as a dict, or None when absent or unreadable."""
     try:
-        return _read_json(Path(run_dir) / "grid.json")
+        record = _read_json(Path(run_dir) / "grid.json")
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None  # e.g. [1, 2, 3]: not a run record
 
 
 def skipped_reasons(grid: dict | None) -> list[str]:

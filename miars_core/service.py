@@ -106,6 +106,10 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
     seen, held = part.members, None
     if holdout_fraction > 0:
         seen, held = holdout(part.members, holdout_fraction, holdout_seed)
+        if held.nnz == 0:  # every utility number would be NaN
+            raise MiarsError(f"--utility-holdout {holdout_fraction} holds out no interaction of any member (each holds "
+                             f"out round({holdout_fraction} x her interactions), at most n - 1); raise it, e.g. "
+                             "--utility-holdout 0.2")
     train = seen
     with stage_threads():
         if point == "data":

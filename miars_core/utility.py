@@ -45,10 +45,6 @@ def holdout(members: Interactions, fraction: float = 0.2, seed: int = 0) -> tupl
     rows, rank = random_row_ranks(m, seed)
     n_out = np.minimum(np.maximum(counts - 1, 0), np.rint(fraction * counts).astype(np.int64))
     out = rank < n_out[rows]
-    if fraction > 0 and len(counts) and not out.any():  # every utility number would be NaN
-        raise MiarsError(f"--utility-holdout {fraction} holds out no interaction of any member (each holds out "
-                         f"round({fraction} x her interactions), and the largest history has {int(counts.max())}); "
-                         "raise it, e.g. --utility-holdout 0.2")
     train = binary_csr(rows[~out], m.indices[~out], m.shape)
     held = binary_csr(rows[out], m.indices[out], m.shape)
     return Interactions(train, members.user_ids, members.item_ids), held

@@ -423,3 +423,24 @@ def test_dask_local_scratch_space_is_removed_on_success_and_on_sigterm(box, tmp_
     _, stderr = p.communicate(timeout=120)
     assert_one_line(p.returncode - 141, stderr, "", ["terminated by SIGTERM"])  # 143 = 128 + SIGTERM
     assert _dask_leftovers(tmp) == []
+
+
+# --------------------------------------------------------------------------- values that pass the checks but cannot work
+
+
+def test_a_hold_out_of_nothing_fails_in_one_line_not_with_nan_utility(small_dataset):
+    from miars_core.pipeline import AttackConfig, run_attack
+
+    config = AttackConfig(dataset=str(small_dataset), target="pop", shadow="pop", top_k=5, min_interactions=5,
+                          utility_holdout=0.01, featurizer_params={"dim": 8}, attack_params={"epochs": 20})
+    with pytest.raises(MiarsError, match=r"--utility-holdout 0.01 holds out no interaction of any member.*e.g. --utility-holdout 0.2"):
+        run_attack(config)
+
+
+def test_report_of_a_run_folder_whose_grid_json_is_not_an_object(box):
+    (box / "run" / "cells").mkdir(parents=True)
+    (box / "run" / "grid.json").write_text("[1, 2, 3]\n")
+    before = _tree(box)
+    result = RUNNER.invoke(cli.app, ["report", "run"], env=ENV)
+    assert_one_line(result.exit_code, result.stderr, result.stdout, ["RUN_DIR 'run' has no cells yet"])
+    assert _tree(box) == before
