@@ -400,7 +400,6 @@ def _dask_leftovers(tmp: Path) -> list[str]:
     return sorted(p.name for p in tmp.iterdir() if p.name.startswith(("dask-", "miars-dask-")))
 
 
-@pytest.mark.slow
 def test_dask_local_scratch_space_is_removed_on_success_and_on_sigterm(box, tmp_path):
     pytest.importorskip("distributed")
     tmp = tmp_path / "tmp"
