@@ -6,6 +6,7 @@ so ``miars --help``, ``miars plugins`` and ``miars list`` stay fast.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -63,11 +64,50 @@ class _OneLineErrors:
         except _ABORTS:
             _echo_error("aborted")
             code = 1
+        except OSError as exc:  # help or usage text that standard output refused (commands catch their own)
+            _silence_stdout()
+            _echo_error(stdout_error(exc, "the help"))
+            code = 2
+        except SystemExit as exc:
+            if exc.code != 1 or not _PACIFIED():  # click's quiet exit 1 on a broken pipe: one line instead
+                raise
+            _echo_error(stdout_error(BrokenPipeError(32, "Broken pipe"), "the help"))
+            code = 2
         else:
             code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+        try:  # anything still buffered: a full disk shows here, not as a traceback at exit
+            sys.stdout.flush()
+        except (OSError, ValueError) as exc:
+            _silence_stdout()
+            if isinstance(exc, OSError):
+                _echo_error(stdout_error(exc, "the output"))
+                code = 2
         if not standalone_mode:
             return code
         sys.exit(code)
+
+
+def _PACIFIED() -> bool:
+    """Whether click or rich met a broken standard output and chose to exit 1 without a word.
+
+    click swaps standard output for its ``PacifyFlushWrapper``; rich points its descriptor at
+    the null device. No miars command calls ``sys.exit`` itself.
+    """
+    if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+        return True
+    try:
+        out, null = os.fstat(sys.stdout.fileno()), os.stat(os.devnull)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (out.st_ino, out.st_dev, out.st_rdev) == (null.st_ino, null.st_dev, null.st_rdev)
+
+
+def stdout_error(exc: OSError, what: str, where: str = "") -> str:
+    """The one-line message for ``what`` that standard output refused (closed pipe, full disk)."""
+    if isinstance(exc, BrokenPipeError) or getattr(exc, "errno", None) == 32:
+        return f"standard output was closed before {what} was printed (broken pipe){where}"
+    return (f"cannot write {what} to standard output ({getattr(exc, 'strerror', None) or exc}){where or '; '}"
+            + ("" if where else "redirect it to a writable file with free space"))
 
 
 def _given_value(exc: BaseException, args: list) -> Optional[str]:
@@ -187,10 +227,15 @@ def guarded() -> Iterator[None]:
         where = _short(exc.filename) if exc.filename else "a file"
         _fail(f"cannot access {where} ({exc.strerror or exc}); check the path, its permissions and free space")
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
-        if os.environ.get("MIARS_DEBUG"):
+        if debugging():
             raise
         _fail(f"unexpected {type(exc).__name__}: {_one_line(exc)[:300]}; this is a bug in miars or a plugin, "
               "please report it (rerun with MIARS_DEBUG=1 for the traceback)")
+
+
+def debugging() -> bool:
+    """``MIARS_DEBUG=1`` keeps tracebacks; any other value (``0``, empty, ``yes``) means off."""
+    return os.environ.get("MIARS_DEBUG", "").strip() == "1"
 
 
 def _expand(path: Optional[str]) -> Optional[str]:
@@ -322,6 +367,16 @@ def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool, sto
 
 
 def _print_stdout(renderable, out: Optional[str]) -> None:
+    where = f"; results were written to {out}" if out else "; pass --out DIR to keep the results in files"
+    write_stdout(renderable, "the metrics", where)
+
+
+def write_stdout(renderable, what: str, where: str = "") -> None:
+    """Print a rich renderable (or plain text, written as is) on standard output and flush it.
+
+    A closed pipe or a full disk becomes one :class:`MiarsError` line naming ``what`` was lost
+    (``where`` says where the results are kept), never a traceback.
+    """
     from rich.console import Console
 
     class _Stdout(Console):
@@ -329,16 +384,23 @@ def _print_stdout(renderable, out: Optional[str]) -> None:
             self.quiet = True
             raise BrokenPipeError(32, "Broken pipe")
 
-    where = f"; results were written to {out}" if out else "; pass --out DIR to keep the results in files"
     try:
-        _Stdout().print(renderable)
+        if isinstance(renderable, str):
+            sys.stdout.write(renderable if renderable.endswith("\n") else renderable + "\n")
+        else:
+            _Stdout().print(renderable)
         sys.stdout.flush()
-    except BrokenPipeError:
-        _silence_stdout()
-        raise MiarsError("standard output was closed before the metrics were printed (broken pipe)" + where) from None
     except OSError as exc:
         _silence_stdout()
-        raise MiarsError(f"cannot write the metrics to standard output ({exc.strerror or exc}){where}") from None
+        raise MiarsError(stdout_error(exc, what, where)) from None
+
+
+def _echo_note(message: str) -> None:
+    """A ``miars: note:`` line on stderr (shown with --quiet too): work the command left out, and why."""
+    try:
+        typer.echo(f"miars: note: {_one_line(message)}", err=True)
+    except (OSError, UnicodeError):
+        pass
 
 
 def _echo_warning(message: str) -> None:
@@ -376,6 +438,10 @@ DaskLocalOpt = Annotated[Optional[int], typer.Option("--dask-local", help="Start
 NoReportOpt = Annotated[bool, typer.Option("--no-report", help="Do not write RUN_DIR/report/ at the end.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write into an --out folder that is not empty and not a run folder of this command (miars replaces only the files it writes).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+MaxCellsOpt = Annotated[Optional[int], typer.Option("--max-cells", help="Refuse a grid of more cells than this, before any work (default: 2,000; TOML key max_cells): a typo in a list must not start days of computing.")]
+
+#: Grids at least this large say "planning N cells" before planning (it takes a few seconds per 10,000 cells).
+PLANNING_NOTE_CELLS = 500
 
 
 def grid(
@@ -413,12 +479,15 @@ def grid(
     no_report: NoReportOpt = False,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
+    max_cells: MaxCellsOpt = None,
 ) -> None:
     """Run a grid of attack cells (cached, resumable), then write tables, plots and report.html."""
     with guarded():
         from .grid import GridSpec, load_toml, parse_list_flag, parse_scoped_params
 
-        values = load_toml(config_file) if config_file else {}
+        values = load_toml(_expand(config_file)) if config_file is not None else {}
+        max_cells = max_cells if max_cells is not None else values.pop("max_cells", None)
+        values.pop("max_cells", None)
         flags = {
             "dataset": parse_list_flag(dataset, "--dataset"),
             "shadow_dataset": parse_list_flag(shadow_dataset, "--shadow-dataset"),
@@ -452,33 +521,56 @@ def grid(
                 values[key] = merged
         spec = GridSpec(**values)
         _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
-                  "grid", force)
+                  max_cells, command="grid", force=force)
 
 
-def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, report, quiet,
-              command: str = "grid", force: bool = False) -> None:
+def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, report, quiet, max_cells=None,
+              skippable=None, command: str = "grid", force: bool = False) -> None:
+    """Check everything, then run the grid and write its report.
+
+    In order, before any work: the flags and every grid value (type, range, nothing dropped),
+    the executor flags, the grid's size (``--max-cells``), each distinct component (names and
+    hyperparameters), the run folder, its report folder and the cache, then (after a "planning"
+    line for a large grid) the defense settings each dataset's catalogue cannot serve: those in
+    ``skippable`` (default sweep values of ``bench-defenses``) are left out with a note, any
+    other one is an error. Workers start only once every cell is built.
+    """
     from pathlib import Path
 
     from rich.console import Console
 
     from .engine import FAILED_EXIT, run_grid
-    from .executors import make_executor
+    from .executors import check_executor_args, make_executor
+    from .grid import MAX_CELLS, catalogue_problems
     from .gridprogress import GridProgress
     from .rundir import check_report_dir, claim
     from .store import check_cache_dir, default_cache_dir
 
     if no_cache and cache:
         raise MiarsError("pass either --cache DIR or --no-cache, not both")
-    spec.configs()  # check the lists before starting workers
+    if max_cells is not None and (isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 1):
+        raise MiarsError(f"--max-cells must be an integer >= 1, got {max_cells!r}; e.g. --max-cells 5000")
+    check_executor_args(workers, threads, scheduler, dask_local)
+    spec.check()
+    n = spec.check_size(MAX_CELLS if max_cells is None else max_cells)
+    spec.check_components()
     claim(out, command, "--out", force)  # the run folder, its report folder and the cache, before any work
     if report:
         check_report_dir(Path(out) / "report", force)
     if not no_cache:
         cache = str(check_cache_dir(cache or default_cache_dir(), given=bool(cache)))
-    executor = make_executor(workers, threads, scheduler, dask_local)
     err = Console(stderr=True, quiet=quiet)
+    if n >= PLANNING_NOTE_CELLS:
+        err.print(f"planning {n:,} cells ...")
+    for problem in catalogue_problems(spec):
+        key = (problem["defense"], tuple(sorted(problem["defense_params"].items())))
+        if skippable is None or key not in skippable:
+            raise MiarsError(problem["reason"])
+        spec.skipped.append(problem)
+        _echo_note(f"left out {problem['reason']} (a default sweep value: the others run; the report lists it)")
     with GridProgress(err) as progress:
-        summary = run_grid(spec, out, cache=None if no_cache else cache, executor=executor,
+        summary = run_grid(spec, out, cache=None if no_cache else cache,
+                           executor=lambda: make_executor(workers, threads, scheduler, dask_local),
                            threads=threads, progress=progress, command=command, force=force)
     err.print(progress.summary_table(summary))
     if report:
@@ -520,6 +612,7 @@ def bench_defenses(
     no_report: NoReportOpt = False,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
+    max_cells: MaxCellsOpt = None,
 ) -> None:
     """Benchmark defenses: privacy for a static and an adaptive attacker, utility and cost, with a privacy-utility frontier."""
     with guarded():
@@ -527,30 +620,66 @@ def bench_defenses(
         from .plugins import get_plugins
 
         registry = get_plugins().registry("defense")
-        names = parse_list_flag(defense, "--defense") or registry.names()
-        names = [n for n in names if n is not None]
-        sweeps: dict[str, dict] = {}
-        for name in names:
-            sweep = getattr(registry.get(name).factory, "sweep", None) or {}
-            sweeps[name] = {k: list(v) for k, v in dict(sweep).items()}
+        asked = parse_list_flag(defense, "--defense")
+        names = [n for n in (asked or registry.names()) if n is not None]
+        targets = parse_list_flag(target, "--target") or ["item", "lfm", "ncf"]
         overrides = parse_scoped_params(defense_param, "--defense-param", sweep=True)
+        factories = {name: registry.get(name).factory for name in names}  # an unknown name fails here
+        only = {name: list(getattr(f, "recommenders", None) or []) for name, f in factories.items()}
+        left_out = []
+        if not asked:  # every registered defense by default: one that trains none of the targets is left out, saying so
+            for name in [n for n in names if only[n] and not set(only[n]) & set(targets) and n not in overrides]:
+                names.remove(name)
+                left_out.append({"defense": name, "reason": f"{name}: trains only {', '.join(only[name])}, not --target "
+                                                            f"{', '.join(targets)}"})
+                _echo_note(f"left out {left_out[-1]['reason']} (add one of them to --target, or name it with --defense)")
+        for name in overrides:
+            if name != "*" and name not in names:
+                raise MiarsError(f"--defense-param {name}.{next(iter(overrides[name]))}=... is for defense {name!r}, which "
+                                 f"is not benchmarked (--defense {', '.join(names) or 'none'}); add {name} to --defense or "
+                                 "drop the parameter")
+        for key in overrides.get("*", {}):  # an unscoped KEY: every benchmarked defense that takes KEY
+            if not [n for n in names if _takes(factories[n], key)]:
+                raise MiarsError(f"--defense-param {key}=...: none of the benchmarked defenses ({', '.join(names) or 'none'}) "
+                                 f"has a parameter {key!r}; check `miars list defense` or scope it as DEFENSE.{key}=...")
+        sweeps: dict[str, dict] = {}
+        skippable: set = set()
         for name in names:
-            sweeps[name].update(overrides.get("*", {}))
-            sweeps[name].update(overrides.get(name, {}))
-        only = {name: list(getattr(registry.get(name).factory, "recommenders", None) or []) for name in names}
+            sweep = getattr(factories[name], "sweep", None) or {}
+            sweeps[name] = {k: list(v) for k, v in dict(sweep).items()}
+            given = {k: v for k, v in overrides.get("*", {}).items() if _takes(factories[name], k)}
+            given.update(overrides.get(name, {}))
+            if not given:  # only documented sweep values: one the catalogue cannot serve is skipped, not fatal
+                keys = sorted(sweeps[name])
+                skippable |= {(name, tuple(zip(keys, combo))) for combo in itertools.product(*(sweeps[name][k] for k in keys))}
+            sweeps[name].update(given)
         recs = parse_scoped_params(target_param, "--target-param")
         spec = GridSpec(
             dataset=parse_list_flag(dataset, "--dataset") or ["ml-100k"], data_dir=data_dir,
-            target=parse_list_flag(target, "--target") or ["item", "lfm", "ncf"], shadow=None,
+            target=targets, shadow=None,
             defense=[None, *names], defense_params=sweeps,
             top_k=parse_list_flag(top_k, "--top-k", int) or [100], seed=parse_list_flag(seed, "--seed", int) or [0, 1, 2],
             target_params=recs, shadow_params=recs, attack_params=parse_scoped_params(attack_param, "--attack-param"),
             attack=parse_list_flag(attack_model, "--attack") or ["mlp"],
             service=parse_list_flag(service, "--service") or ["popular"], query_budget=query_budget,
-            utility_holdout=utility_holdout, defense_targets={k: v for k, v in only.items() if v}, controls=controls,
+            utility_holdout=utility_holdout, defense_targets={k: v for k, v in only.items() if v and k in names},
+            skipped=left_out, controls=controls,
         )
         _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
-                  "bench-defenses", force)
+                  max_cells, skippable, command="bench-defenses", force=force)
+
+
+def _takes(factory, key: str) -> bool:
+    """Whether a component's factory takes hyperparameter ``key`` (its signature, or its documented sweep)."""
+    import inspect
+
+    if key in (getattr(factory, "sweep", None) or {}):
+        return True
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return True
+    return key in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 @app.command("report")
@@ -565,25 +694,25 @@ def report_command(
 
     with guarded():
         path = write_report(_expand(run_dir), force)
-    typer.echo(f"wrote {display(path)}")
+        write_stdout(f"wrote {display(path)}", "the report's path", f"; the report was written to {display(path)}")
 
 
 @app.command("plugins")
 def plugins_command(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List installed plugins: name, version, hooks, what each provides, load status."""
+    with guarded():
+        _plugins(as_json)
+
+
+def _plugins(as_json: bool) -> None:
     from dataclasses import asdict
 
     from .plugins import get_plugins
 
-    try:
-        plugins = get_plugins()
-    except MiarsError as exc:
-        _fail(str(exc))
-    rows = [asdict(info) for _, info in sorted(plugins.info.items())]
+    rows = [asdict(info) for _, info in sorted(get_plugins().info.items())]
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        write_stdout(json.dumps(rows, indent=2), "the plugin list")
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="miars plugins")
@@ -592,7 +721,7 @@ def plugins_command(as_json: bool = typer.Option(False, "--json", help="Print JS
     for r in rows:
         provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(r["provides"].items()))
         table.add_row(r["name"], r["version"], r["status"], ", ".join(r["hooks"]), provides)
-    Console().print(table)
+    write_stdout(table, "the plugin list")
 
 
 @app.command("list")
@@ -601,22 +730,23 @@ def list_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List the components of one kind: name, owning plugin, summary."""
+    with guarded():
+        _list(kind, as_json)
+
+
+def _list(kind: str, as_json: bool) -> None:
     from .plugins import get_plugins
 
     kinds = {k: k for k in KINDS} | {k + "s": k for k in KINDS}
     if kind not in kinds:
-        _fail(f"unknown kind {kind!r}; choose from: {', '.join(KINDS)}")
-    try:
-        registry = get_plugins().registry(kinds[kind])
-    except MiarsError as exc:
-        _fail(str(exc))
+        raise MiarsError(f"unknown kind {kind!r}; choose from: {', '.join(KINDS)}")
+    registry = get_plugins().registry(kinds[kind])
     rows = [{"name": e.name, "plugin": e.plugin, "summary": e.summary} for e in map(registry.get, registry.names())]
     rows += [{"name": f"{p}:<Name>", "plugin": ns.plugin, "summary": f"any of: {', '.join(_safe_choices(ns))}"}
              for p, ns in sorted(registry.namespaces.items())]
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        write_stdout(json.dumps(rows, indent=2), f"the list of {kinds[kind]}s")
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"miars {kinds[kind]}s")
@@ -624,7 +754,7 @@ def list_command(
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(r["name"], r["plugin"], r["summary"])
-    Console().print(table)
+    write_stdout(table, f"the list of {kinds[kind]}s")
 
 
 def _safe_choices(ns) -> list[str]:

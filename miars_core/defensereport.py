@@ -140,7 +140,7 @@ def _notes(rows: list[DefenseRow]) -> list[str]:
     return out
 
 
-def defenses_markdown(rows: list[DefenseRow]) -> str:
+def defenses_markdown(rows: list[DefenseRow], skipped: list[str] = ()) -> str:
     cols = _columns(rows)
     lines = ["# Defense benchmark", "",
              "Mean over seeds with a bootstrap 95% CI. `static`: shadow served without the defense (the CCS'21 paper's "
@@ -149,6 +149,8 @@ def defenses_markdown(rows: list[DefenseRow]) -> str:
              "Cost: seconds to fit the defended service plus the defense itself.", ""]
     for note in _notes(rows):
         lines += [note, ""]
+    if skipped:
+        lines += ["Left out of this benchmark (defaults that cannot run here):", ""] + [f"* {why}" for why in skipped] + [""]
     for (dataset, target) in dict.fromkeys((r.dataset, r.target) for r in rows):
         lines += [f"## {_title(rows, dataset, target)}", "", "| defense | " + " | ".join(_label(c) for c in cols) + " |",
                   "|---|" + "---:|" * len(cols)]
@@ -211,8 +213,11 @@ def frontier_png(rows: list[DefenseRow], dataset: str, target: str) -> bytes:
     return _png(fig)
 
 
-def defense_section(records: list[CellRecord], images: dict[str, bytes]) -> tuple[str, str, str]:
-    """HTML of the defense benchmark (and its markdown and CSV); adds the frontier PNGs to ``images``."""
+def defense_section(records: list[CellRecord], images: dict[str, bytes], skipped: list[str] = ()) -> tuple[str, str, str]:
+    """HTML of the defense benchmark (and its markdown and CSV); adds the frontier PNGs to ``images``.
+
+    ``skipped``: why requested defaults were left out (listed under the section's heading).
+    """
     rows = defense_rows(records)
     if not rows:
         return "", "", ""
@@ -222,6 +227,9 @@ def defense_section(records: list[CellRecord], images: dict[str, bytes]) -> tupl
              '<p class="note">static: shadow served without the defense (the paper\'s attacker); adaptive: shadow trained '
              "and served under the defense. Utility: the defended target service's lists on its members' held-out "
              "interactions. Cost: seconds to fit the defended service plus the defense.</p>"]
+    if skipped:
+        parts.append('<p class="note">Left out of this benchmark (defaults that cannot run here):</p><ul class="note">'
+                     + "".join(f"<li>{e(why)}</li>" for why in skipped) + "</ul>")
     from .gridreport import _slug
 
     parts += [f'<p class="{"warn" if "No signal in" in note else "note"}">{e(note)}</p>' for note in _notes(rows)]
@@ -237,4 +245,4 @@ def defense_section(records: list[CellRecord], images: dict[str, bytes]) -> tupl
         name = f"frontier-{_slug(dataset.rsplit('/', 1)[-1])}-{_slug(target)}.png"
         images[name] = frontier_png(rows, dataset, target)
         parts.append(_img(name, images, f"privacy-utility frontier of {target}"))
-    return "\n".join(parts), defenses_markdown(rows), defenses_csv(rows)
+    return "\n".join(parts), defenses_markdown(rows, skipped), defenses_csv(rows)

@@ -12,13 +12,14 @@ grid killed at any moment and started again recomputes nothing it finished.
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import shutil
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -83,15 +84,20 @@ class Task:
 def plan(cells: dict[str, Any], store, cache: str | None, threads: int | None) -> dict[str, Task]:
     """Tasks for every unique split and fit, and one per cell; stages already stored are skipped."""
     tasks: dict[str, Task] = {}
+    stored: set[str] = set()  # each stage is looked up in the store once, however many cells share it
     for cid, cell in cells.items():
-        base = {"config": asdict(cell.config), "cache": cache, "threads": threads}
+        base = {"config": {f.name: getattr(cell.config, f.name) for f in fields(cell.config)}, "cache": cache,
+                "threads": threads}
         keys = cell.task_keys()
         needs = []
         for what in keys:
             kind, _, arg = what.partition(":")
             stage = "split" if kind == "split" else "serve"
             name = f"{stage}:{keys[what]}"
-            if store.meta(stage, keys[what]) is not None:
+            if name in stored:
+                continue
+            if name not in tasks and store.meta(stage, keys[what]) is not None:
+                stored.add(name)
                 continue  # stored by an earlier run
             if name not in tasks:
                 upstream = [f"split:{keys['split:' + arg]}"] if stage == "serve" else []
@@ -200,6 +206,9 @@ def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, execu
     :mod:`miars_core.rundir`). Planning treats a broken stored output as missing; the task that
     reads it computes it again and reports it through ``progress`` as ``("warning", task,
     {"message": line})``, once per file (unless the task fails: its error names the file).
+
+    ``executor`` is an executor or a function returning one (called once every cell is checked,
+    so a bad name or folder never starts a cluster).
     """
     from .plugins import get_plugins
     from .rundir import new_marker, write_marker
@@ -210,7 +219,8 @@ def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, execu
     configs = spec.configs()
     run_dir = Path(out).expanduser()
     ids = [cell_id(c) for c in configs]
-    cells = {cid: Cell(c, plugins) for cid, c in zip(ids, configs)}  # bad names and parameters fail before any write
+    shared: dict = {}  # component and dataset identities, computed once for all cells
+    cells = {cid: Cell(c, plugins, shared=shared) for cid, c in zip(ids, configs)}  # bad names fail before any write
     marker = _check_run_dir(run_dir, ids, command, force)
     if cache is None:
         tmp_cache = tempfile.mkdtemp(prefix="miars-grid-cache-")
@@ -220,9 +230,12 @@ def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, execu
         store_root = str(Path(cache).expanduser())
     notify = _once_per_message(progress)
     store = DiskStore(store_root)
-    executor = executor or SerialExecutor()
+    given, executor = executor, None
     grid_record: dict | None = None
     try:
+        if given is not None and not hasattr(given, "submit"):  # a factory: start workers only now, after the checks
+            given = given()
+        executor = given or SerialExecutor()
         store.clean_partial()
         tasks = plan(cells, store, store_root, threads)
         if marker is None or marker.get("command") != command:
@@ -244,7 +257,10 @@ def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, execu
             _record_end(run_dir, grid_record, exc)
         raise
     finally:
-        executor.close()
+        if executor is not None:
+            executor.close()
+        elif given is not None and hasattr(given, "close"):
+            given.close()
         if tmp_cache:
             shutil.rmtree(tmp_cache, ignore_errors=True)
     wall = round(time.perf_counter() - start, 3)
@@ -339,13 +355,25 @@ def _check_run_dir(run_dir: Path, ids: list[str], command: str = "grid", force: 
 
 def _execute(tasks: dict[str, Task], executor, by_id: dict[str, AttackConfig], run_dir: Path, plugins, store,
              progress: Progress | None) -> tuple[dict[str, str], dict[str, float]]:
-    """Submit tasks as their needs finish; write each cell as soon as it is done."""
+    """Submit tasks as their needs finish, in planning order; write each cell as soon as it is done.
+
+    Each task counts its unfinished needs, so finishing one task looks only at the tasks that
+    need it (an 80,000-cell grid is not rescanned after every task). A failed split or fit fails
+    every task downstream of it, with its error.
+    """
     done: set[str] = set()
     failed_tasks: dict[str, str] = {}
     failed_cells: dict[str, str] = {}
     stage_seconds: dict[str, float] = {}
     running: dict[Any, str] = {}
-    waiting = dict(tasks)
+    order = {name: i for i, name in enumerate(tasks)}
+    missing = {name: set(task.needs) for name, task in tasks.items()}
+    dependents: dict[str, list[str]] = {}
+    for name, task in tasks.items():
+        for need in task.needs:
+            dependents.setdefault(need, []).append(name)
+    ready = [(order[name], name) for name, needs in missing.items() if not needs]
+    heapq.heapify(ready)
     notify = progress or (lambda *a: None)
     notify("plan", "", {"tasks": {k: sum(1 for t in tasks.values() if t.spec["kind"] == "prepare" and t.spec["what"].startswith(k))
                                   for k in ("split", "serve")} | {"cell": len(by_id)}})
@@ -370,20 +398,24 @@ def _execute(tasks: dict[str, Task], executor, by_id: dict[str, AttackConfig], r
         done.add(task.name)
         notify("done", task.name, {"ok": outcome["ok"], "kind": task.spec["kind"], "what": task.spec.get("what", "cell"),
                                    "error": outcome.get("error")})
+        for name in dependents.get(task.name, ()):
+            if name in done:
+                continue
+            if outcome["ok"]:
+                missing[name].discard(task.name)
+                if not missing[name]:
+                    heapq.heappush(ready, (order[name], name))
+            else:  # the first failed need fails the task, with that error
+                finish(tasks[name], {"ok": False, "error": failed_tasks[task.name], "stage": task.name.split(":")[0]})
 
-    while waiting or running:
-        for name, task in list(waiting.items()):
-            upstream_failed = [n for n in task.needs if n in failed_tasks]
-            if upstream_failed:
-                del waiting[name]
-                first = upstream_failed[0]
-                finish(task, {"ok": False, "error": failed_tasks[first], "stage": first.split(":")[0]})
-                if task.spec["kind"] != "cell":
-                    failed_tasks[name] = failed_tasks[first]
-            elif all(n in done for n in task.needs) and len(running) < max(1, executor.workers) * 2:
-                del waiting[name]
-                notify("start", name, {"kind": task.spec["kind"], "what": task.spec.get("what", "cell")})
-                running[run(task)] = name
+    cap = max(1, executor.workers) * 2
+    while ready or running:
+        while ready and len(running) < cap:
+            _, name = heapq.heappop(ready)
+            if name in done:
+                continue
+            notify("start", name, {"kind": tasks[name].spec["kind"], "what": tasks[name].spec.get("what", "cell")})
+            running[run(tasks[name])] = name
         if not running:
             continue
         finished, _ = executor.wait_any(list(running))
@@ -396,4 +428,6 @@ def _execute(tasks: dict[str, Task], executor, by_id: dict[str, AttackConfig], r
             except BaseException as exc:  # noqa: BLE001 - a worker failed otherwise
                 outcome = {"ok": False, "error": f"worker failed: {type(exc).__name__}: {exc}", "stage": "worker"}
             finish(tasks[name], outcome)
+    for name in [n for n in tasks if n not in done]:  # cannot happen with a consistent plan; never drop a cell silently
+        finish(tasks[name], {"ok": False, "error": "not run: a task it needs never finished", "stage": "plan"})
     return failed_cells, stage_seconds

@@ -241,12 +241,16 @@ class DaskExecutor(SerialExecutor):
     in_process = False
 
     def __init__(self, scheduler: str | None = None, local_workers: int | None = None):
-        try:
-            from distributed import Client, LocalCluster
-        except ImportError:
-            raise MiarsError("--scheduler/--dask-local need dask.distributed; install it with "
-                             "pip install 'miars[dask]' (or pip install distributed)") from None
+        import logging
+        import tempfile
+
+        _distributed()
+        from distributed import Client, LocalCluster
+
         self._cluster = None
+        self._scratch: str | None = None
+        self._config = None
+        self._client = None
         if scheduler:
             try:
                 self._client = Client(scheduler, timeout="10s")
@@ -256,9 +260,22 @@ class DaskExecutor(SerialExecutor):
             self.workers = max(1, len(self._client.scheduler_info().get("workers", {})))
             self.address = scheduler
         else:
-            self._cluster = LocalCluster(n_workers=int(local_workers or 1), threads_per_worker=1, processes=True,
-                                         host="127.0.0.1", dashboard_address=None)
-            self._client = Client(self._cluster)
+            # The workers' scratch space lives in a folder of our own, removed by close() (success,
+            # failure or signal); dask's warnings (a task cancelled by a shutdown) stay quiet, errors show;
+            # its HTTP routes listen on loopback at a free port (8787 may be taken by another cluster).
+            import dask
+
+            self._scratch = tempfile.mkdtemp(prefix="miars-dask-")
+            # Scheduler, nannies and workers all take their scratch space from this setting.
+            self._config = dask.config.set({"temporary-directory": self._scratch})
+            try:
+                self._cluster = LocalCluster(n_workers=int(local_workers or 1), threads_per_worker=1, processes=True,
+                                             host="127.0.0.1", dashboard_address="127.0.0.1:0", local_directory=self._scratch,
+                                             silence_logs=logging.ERROR)
+                self._client = Client(self._cluster)
+            except BaseException:
+                self.close()
+                raise
             self.workers = int(local_workers or 1)
             self.address = "local"
 
@@ -272,28 +289,90 @@ class DaskExecutor(SerialExecutor):
         return set(done), set(pending)
 
     def close(self) -> None:
-        self._client.close()
-        if self._cluster is not None:
-            self._cluster.close()
+        """Stop the client and a cluster started here, and remove its scratch folder (idempotent)."""
+        import shutil
+
+        client, cluster, scratch, config = self._client, self._cluster, self._scratch, self._config
+        self._client = self._cluster = self._scratch = self._config = None
+        try:
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+        finally:
+            if config is not None:
+                config.__exit__(None, None, None)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
 
     def describe(self) -> dict:
         return {"executor": self.name, "workers": self.workers, "scheduler": self.address}
 
 
+def _distributed() -> None:
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise MiarsError("--scheduler/--dask-local need dask.distributed; install it with "
+                         "pip install 'miars[dask]' (or pip install distributed)") from None
+
+
+def check_address(address: str) -> None:
+    """Refuse a scheduler address dask cannot use, in one line (dask's own parser and comm backends decide)."""
+    _distributed()
+    from distributed.comm import addressing, registry
+
+    schemes = []
+    for scheme in sorted(registry.backends):
+        try:
+            if scheme != "inproc":  # in-process only: no scheduler of another process lives there
+                registry.get_backend(scheme).get_address_host_port("127.0.0.1:1")
+                schemes.append(scheme)
+        except Exception:  # noqa: BLE001 - a backend that cannot serve a host:port address here
+            pass
+    example = "; pass e.g. tcp://HOST:8786 or HOST:8786 (schemes: " + ", ".join(schemes) + ")"
+    if not address.strip():
+        raise MiarsError("--scheduler is empty; pass the address of a running dask scheduler, e.g. tcp://HOST:8786, "
+                         "or drop --scheduler (--dask-local N starts a cluster here)")
+    scheme = addressing.parse_address(address)[0] if "://" in address else "tcp"
+    if scheme not in schemes:
+        raise MiarsError(f"--scheduler {address!r}: scheme {scheme!r} is not a scheme dask can connect to from here{example}")
+    try:
+        host, port = addressing.get_address_host_port(address)
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        raise MiarsError(f"--scheduler {address!r} is not a valid address ({' '.join(str(exc).split())}){example}") from None
+    if not host or not 1 <= int(port) <= 65535:
+        raise MiarsError(f"--scheduler {address!r} needs a host and a port from 1 to 65535{example}")
+
+
+def check_executor_args(workers: int | None = None, threads: int = 1, scheduler: str | None = None,
+                        dask_local: int | None = None) -> None:
+    """Every executor flag checked by type and range before any work (no process started)."""
+    cap = max(64, 4 * available_cores())
+    for flag, value, low in (("--threads", threads, 1), ("--workers", workers, 1), ("--dask-local", dask_local, 1)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= cap:
+            raise MiarsError(f"{flag} must be an integer from {low} to {cap} (4 per core, at least 64), got {value!r}")
+    if scheduler is not None and dask_local is not None:
+        raise MiarsError("pass either --scheduler ADDRESS or --dask-local N, not both")
+    if workers is not None and (scheduler is not None or dask_local is not None):
+        which = "--scheduler" if scheduler is not None else "--dask-local"
+        raise MiarsError(f"--workers sets the local process pool, which {which} replaces (dask's workers run the tasks); "
+                         "drop --workers or drop " + which)
+    if scheduler is not None:
+        check_address(scheduler)
+    if dask_local is not None:
+        _distributed()
+
+
 def make_executor(workers: int | None = None, threads: int = 1, scheduler: str | None = None,
                   dask_local: int | None = None) -> SerialExecutor:
     """The executor the grid's flags ask for (``--workers``, ``--scheduler``, ``--dask-local``)."""
-    if threads < 1:
-        raise MiarsError(f"--threads must be >= 1, got {threads}")
-    if scheduler and dask_local:
-        raise MiarsError("pass either --scheduler ADDRESS or --dask-local N, not both")
-    if dask_local is not None and dask_local < 1:
-        raise MiarsError(f"--dask-local must be >= 1, got {dask_local}")
-    if scheduler or dask_local:
+    check_executor_args(workers, threads, scheduler, dask_local)
+    if scheduler is not None or dask_local is not None:
         return DaskExecutor(scheduler, dask_local)  # each task pins its own threads
     cores = available_cores()
     if workers is None:
         workers = max(1, cores // threads)
-    if workers < 1:
-        raise MiarsError(f"--workers must be >= 1, got {workers}")
     return SerialExecutor() if workers == 1 else PoolExecutor(workers)

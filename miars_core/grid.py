@@ -7,15 +7,18 @@ a readable slug plus a hash of its whole configuration.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import MiarsError
-from .params import parse_value
-from .pipeline import AttackConfig
+from .params import Anything, Constraint, Flag, Interval, ListOf, Mapping, OrNone, Table, Text, find_problem, parse_value
+from .pipeline import SETTINGS, AttackConfig, flag_of, shown
 from .stages import digest
 
 NONE_DEFENSE = "none"
@@ -26,6 +29,10 @@ CONTROLS = {"random": "random items", "pop": "popular items"}
 def is_control(target: str) -> bool:
     """Whether a target recommender is a control (its lists carry no membership signal by construction)."""
     return target in CONTROLS
+
+#: Cells a grid may have before it is refused (``--max-cells`` / ``max_cells`` raises it): a typo
+#: such as ``--seed 0,1,2000`` must not start computing for days.
+MAX_CELLS = 2_000
 
 
 @dataclass
@@ -60,18 +67,122 @@ class GridSpec:
     defense_targets: dict[str, list[str]] = field(default_factory=dict)
     #: Add the control recommenders (:data:`CONTROLS`) as targets, crossed with everything like any target.
     controls: bool = False
+    #: Cells left out, each ``{dataset, defense, defense_params, top_k, reason}`` (a default sweep
+    #: value that cannot run on that dataset's catalogue; ``miars bench-defenses`` fills it and the
+    #: report shows the reasons).
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return asdict(self)
 
+    def check(self) -> "GridSpec":
+        """Refuse, in one line naming the flag or key, any value of the wrong type or range, an empty
+        list or sweep, parameters for a component the grid does not select, and a defense that
+        applies to none of the targets. Nothing requested is dropped silently."""
+        for f in fields(self):
+            rule, example = GRID_RULES[f.name]
+            found = find_problem(rule, getattr(self, f.name))
+            if found is not None:
+                raise MiarsError(_flag_error(f.name, *found, example))
+        self._check_selected()
+        return self
+
+    def _shadows(self, target: str) -> list[str]:
+        return self.shadow if self.shadow is not None else [target]
+
+    def _check_selected(self) -> None:
+        defenses = [d for d in self.defense if d not in (None, NONE_DEFENSE)]
+        shown_defenses = ", ".join(d or NONE_DEFENSE for d in self.defense)
+        selected = {
+            "target_params": ("target", self.target), "shadow_params": ("shadow", self.shadow or self.target),
+            "featurizer_params": ("featurizer", self.featurizer), "attack_params": ("attack", self.attack),
+            "service_params": ("service", self.service), "defense_params": ("defense", defenses),
+        }
+        for key, (kind, names) in selected.items():
+            flag = flag_of(key)
+            for name, params in getattr(self, key).items():
+                if not params:
+                    continue
+                first = next(iter(params))
+                if name == "*":
+                    if not names:  # only defenses can be none
+                        raise MiarsError(f"{flag} {first}=... is given but no defense is selected (--defense {shown_defenses}), "
+                                         f"so nothing would use it; add --defense NAME (`miars list defense`) or drop {flag}")
+                    continue
+                if name not in names:
+                    listed = shown_defenses if kind == "defense" else ", ".join(names)
+                    default = " (each target is its own shadow)" if kind == "shadow" and self.shadow is None else ""
+                    raise MiarsError(f"{flag} {name}.{first}=... is for {kind} {name!r}, which the grid does not select "
+                                     f"(--{kind} {listed}{default}); add {name} to --{kind} or drop the parameter")
+        for name in self.defense_targets:
+            if name not in defenses:
+                raise MiarsError(f"defense_targets names defense {name!r}, which the grid does not select (--defense "
+                                 f"{shown_defenses}); add it to --defense or drop it from defense_targets")
+        for name in defenses:
+            allowed = self.defense_targets.get(name)
+            if allowed is not None and not any(t in allowed and s in allowed for t in self.target for s in self._shadows(t)):
+                shadows = "" if self.shadow is None else f" and --shadow {', '.join(self.shadow)}"
+                raise MiarsError(f"--defense {name} applies to none of the grid's recommenders: it works only with "
+                                 f"{', '.join(allowed)} (as target and shadow), and the grid has --target "
+                                 f"{', '.join(self.target)}{shadows}; add one of them to --target or drop {name} from --defense")
+
+    def size(self) -> int:
+        """How many cells :meth:`configs` gives (before ``skipped``), counted without building them."""
+        per_pair = 0
+        for defense in self.defense:
+            if defense in (None, NONE_DEFENSE):
+                combos, allowed = 1, None
+            else:
+                combos = math.prod(len(v) for v in _scoped(self.defense_params, defense).values())
+                allowed = self.defense_targets.get(defense)
+            pairs = sum(1 for t in self.target for s in self._shadows(t)
+                        if allowed is None or (t in allowed and s in allowed))
+            per_pair += combos * pairs
+        return per_pair * math.prod(len(getattr(self, k)) for k in
+                                    ("dataset", "shadow_dataset", "service", "top_k", "featurizer", "attack", "seed"))
+
+    def check_size(self, max_cells: int = MAX_CELLS) -> int:
+        """The number of cells; a :class:`MiarsError` when it exceeds ``max_cells``, naming the longest list."""
+        n = self.size()
+        if n > max_cells:
+            lists = {k: len(v) for k, v in ((k, getattr(self, k)) for k in LIST_KEYS) if isinstance(v, list)}
+            longest = max(lists, key=lists.get)
+            raise MiarsError(f"the grid has {n:,} cells, more than the limit of {max_cells:,} (the longest list is "
+                             f"{flag_of(longest)} with {lists[longest]:,} values); check the lists for a typo, or raise "
+                             f"the limit with --max-cells {n}")
+        return n
+
+    def check_components(self, plugins=None) -> None:
+        """Build each distinct component of the grid once, so a bad name or hyperparameter fails in one
+        line before planning (however many cells there are)."""
+        from .plugins import get_plugins
+
+        plugins = plugins or get_plugins()
+        shadows = self.shadow if self.shadow is not None else self.target
+        for kind, names, params in (("recommender", self.target, self.target_params), ("recommender", shadows, self.shadow_params),
+                                    ("featurizer", self.featurizer, self.featurizer_params),
+                                    ("attack", self.attack, self.attack_params), ("service", self.service, self.service_params)):
+            for name in dict.fromkeys(names):
+                plugins.create(kind, name, **_scoped(params, name))
+        for defense, dparams in self._defenses():
+            if defense is not None:
+                plugins.create("defense", defense, **dparams)
+
+    def _skips(self, config: AttackConfig) -> bool:
+        for s in self.skipped:
+            if (s.get("dataset") is not None and s["dataset"] in (config.dataset, config.shadow_dataset)
+                    and s.get("defense") == config.defense
+                    and s.get("defense_params") == config.defense_params and s.get("top_k") == config.top_k):
+                return True
+        return False
+
     def configs(self) -> list[AttackConfig]:
         """Every cell of the grid, in a stable order (datasets, recommenders, defenses, top-k, seeds)."""
-        if not isinstance(self.controls, bool):
-            raise MiarsError(f"controls must be true or false, got {self.controls!r}; e.g. controls = true")
+        self.check()
         targets = list(self.target) + ([c for c in CONTROLS if c not in self.target] if self.controls else [])
         out = []
         for dataset, shadow_dataset, target in itertools.product(self.dataset, self.shadow_dataset, targets):
-            for shadow in (self.shadow if self.shadow is not None else [target]):
+            for shadow in self._shadows(target):
                 for defense, dparams in self._defenses():
                     allowed = self.defense_targets.get(defense or "")
                     if allowed is not None and (target not in allowed or shadow not in allowed):
@@ -90,7 +201,9 @@ class GridSpec:
                             featurizer_params=_scoped(self.featurizer_params, featurizer),
                             attack_params=_scoped(self.attack_params, attack),
                             defense_params=dparams,
-                        ).validate())
+                        ))  # every value was checked by check() with the same rules
+        if self.skipped:
+            out = [c for c in out if not self._skips(c)]
         ids = [cell_id(c) for c in out]
         if len(set(ids)) != len(ids):
             raise MiarsError("the grid lists the same cell twice; remove repeated values from the lists")
@@ -135,15 +248,21 @@ def cell_record(config: AttackConfig) -> dict:
     }
 
 
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict:
+    return asdict(AttackConfig())
+
+
 def cell_id(config: AttackConfig) -> str:
     """A folder name: a readable slug (dataset, target, shadow, defense, k, seed) plus a config hash.
 
     The hash covers every setting that differs from :class:`AttackConfig`'s defaults, plus the
     names, so a setting added to miars later (at its default) does not rename existing cells.
     """
-    defaults = asdict(AttackConfig())
+    defaults = _defaults()
     always = ("dataset", "target", "shadow", "seed", "top_k")
-    record = {k: v for k, v in asdict(config).items() if k in always or v != defaults.get(k)}
+    record = {k: v for k, v in ((f.name, getattr(config, f.name)) for f in fields(config))
+              if k in always or v != defaults.get(k)}
     h = digest(record)[:10]
 
     def slug(text: str) -> str:
@@ -211,6 +330,11 @@ def parse_scoped_params(values: list[str] | None, flag: str, sweep: bool = False
         if not sep or not lhs.strip():
             raise MiarsError(f"{flag} {item!r} is not [NAME.]KEY=VALUE; write e.g. {flag} ratio=0.05,0.1")
         name, dot, key = lhs.strip().rpartition(".")
+        name, key = name.strip(), key.strip()
+        if (dot and not name) or not key:
+            part = "the component name before the dot" if dot and not name else "the key"
+            raise MiarsError(f"{flag} {item!r}: {part} is empty; write {flag} KEY=VALUE (every component) or "
+                             f"{flag} NAME.KEY=VALUE (one), e.g. {flag} lfm.epochs=5")
         name = name if dot else "*"
         value = [parse_value(v, f"{flag} {lhs}=...") for v in split_list(raw)] if sweep else parse_value(raw, f"{flag} {lhs}=...")
         if sweep and not value:
@@ -219,9 +343,63 @@ def parse_scoped_params(values: list[str] | None, flag: str, sweep: bool = False
     return out
 
 
-LIST_KEYS = {"dataset": str, "shadow_dataset": str, "target": str, "shadow": str, "featurizer": str, "attack": str,
-             "defense": str, "service": str, "top_k": int, "seed": int}
+#: Grid keys that are lists to cross (a TOML file may give a single value).
+LIST_KEYS = ("dataset", "shadow_dataset", "target", "shadow", "featurizer", "attack", "defense", "service", "top_k", "seed")
 PARAM_KEYS = ("target_params", "shadow_params", "featurizer_params", "attack_params", "defense_params", "service_params")
+#: TOML keys that are run options, not part of the grid (the command line pops them).
+TOML_OPTIONS: dict[str, tuple[Constraint, Any]] = {"max_cells": (Interval(int, 1), 20_000)}
+
+
+def _grid_rules() -> dict[str, tuple[Constraint, Any]]:
+    """Each :class:`GridSpec` key's rule and example, derived from the cell settings
+    (:data:`miars_core.pipeline.SETTINGS`): a list key holds at least one valid setting; a
+    ``*_params`` key is a table of ``NAME = {KEY = VALUE}`` (``defense_params`` values are
+    non-empty lists to sweep); ``defense_targets`` maps defenses to non-empty recommender lists."""
+    rules: dict[str, tuple[Constraint, Any]] = {}
+    for key in LIST_KEYS:
+        rule, example = SETTINGS[key]
+        if isinstance(rule, OrNone) and key not in ("shadow_dataset", "defense"):  # None only means something there
+            rule = rule.inner
+        rules[key] = (ListOf(rule, min_len=1), [example])
+    rules["shadow"] = (OrNone(rules["shadow"][0]), ["lfm"])
+    for key in ("split", "min_interactions", "utility_holdout", "query_budget", "data_dir", "download"):
+        rules[key] = SETTINGS[key]
+    for key in PARAM_KEYS:
+        sweep = key == "defense_params"
+        rules[key] = (Table(Table(ListOf(Anything(), min_len=1) if sweep else Anything())),
+                      "popularity-randomization.ratio=0.05,0.1" if sweep else "lfm.epochs=5")
+    rules["defense_targets"] = (Table(ListOf(Text(), min_len=1)), "dp-sgd = [\"lfm\", \"ncf\"]")
+    rules["skipped"] = (ListOf(Mapping()), [])
+    rules["controls"] = (Flag(), True)
+    return rules
+
+
+GRID_RULES = _grid_rules()
+assert set(GRID_RULES) == {f.name for f in fields(GridSpec)}, "every grid key needs a rule"
+
+
+def _flag_error(key: str, path: str, value: Any, problem: str, rule: Constraint, example: Any) -> str:
+    """A one-line error for a grid value given as a flag (or through the Python API)."""
+    flag = flag_of(key) if key not in ("defense_targets", "skipped") else key
+    if key in PARAM_KEYS:
+        where = f"{flag} {path.replace('*.', '')}={shown(value)}" if path else f"{flag} {shown(value)}"
+        return f"{where} {problem}; it must be {rule.describe()}, e.g. {flag} {example}"
+    if key in LIST_KEYS and isinstance(example, list):
+        example = ",".join(str(e) for e in example)
+    inner = f" {path}" if path else ""
+    must = "" if problem.startswith("has element") else f"; it must be {rule.describe()}"
+    return f"{flag}{inner} {shown(value)} {problem}{must}, e.g. {flag} {example}"
+
+
+def _toml_example(key: str, example: Any) -> str:
+    """An example line of a grid TOML file for ``key``."""
+    if key == "defense_params":
+        return "[defense_params.popularity-randomization] ratio = [0.05, 0.1]"
+    if key in PARAM_KEYS:
+        return f"[{key}.lfm] epochs = 5"
+    if key == "defense_targets":
+        return '[defense_targets] dp-sgd = ["lfm", "ncf"]'
+    return f"{key} = {json.dumps(example)}"
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -240,27 +418,61 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise MiarsError(f"--config {str(p)!r} cannot be read ({exc}); pass a readable TOML file") from None
     except tomllib.TOMLDecodeError as exc:
         raise MiarsError(f"--config {str(p)!r} is not valid TOML ({exc}); fix the file") from None
-    valid = set(LIST_KEYS) | set(PARAM_KEYS) | {f.name for f in fields(GridSpec)}
-    unknown = sorted(set(data) - valid)
+    keys = {**{k: v for k, v in GRID_RULES.items() if k != "skipped"}, **TOML_OPTIONS}
+    unknown = sorted(set(data) - set(keys))
     if unknown:
-        raise MiarsError(f"--config {str(p)!r}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
+        raise MiarsError(f"--config {str(p)!r}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(keys))}")
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if key in LIST_KEYS:
-            values = value if isinstance(value, list) else [value]
-            kind = LIST_KEYS[key]
-            if not values or not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
-                raise MiarsError(f"--config {str(p)!r}: {key} must be a {kind.__name__} or a list of them, got {value!r}")
-            out[key] = [None if (key == "defense" and v == NONE_DEFENSE) else v for v in values]
-        elif key in PARAM_KEYS:
-            if not isinstance(value, dict):
-                raise MiarsError(f"--config {str(p)!r}: {key} must be a table like [{key}.NAME]")
+        if key in LIST_KEYS and not isinstance(value, list):
+            value = [value]
+        elif key in PARAM_KEYS and isinstance(value, dict):  # flat KEY = VALUE: for every component ("*")
             flat = {k: v for k, v in value.items() if not isinstance(v, dict)}
-            scoped = {"*": flat} if flat else {}
-            scoped.update({k: v for k, v in value.items() if isinstance(v, dict)})
+            value = {**({"*": flat} if flat else {}), **{k: v for k, v in value.items() if isinstance(v, dict)}}
             if key == "defense_params":
-                scoped = {n: {k: (v if isinstance(v, list) else [v]) for k, v in d.items()} for n, d in scoped.items()}
-            out[key] = scoped
-        else:
-            out[key] = value
+                value = {n: {k: (v if isinstance(v, list) else [v]) for k, v in d.items()} for n, d in value.items()}
+        rule, example = keys[key]
+        found = find_problem(rule, value, key)
+        if found is not None:
+            path, bad, problem, inner = found
+            path = path.replace(".*.", ".")
+            shown_example = _toml_example(key, example)
+            must = "" if problem.startswith("has element") else f"; it must be {inner.describe()}"
+            raise MiarsError(f"--config {str(p)!r}: {path} = {shown(bad)} {problem}{must}, e.g. {shown_example}; fix the file")
+        if key == "defense":
+            value = [None if v == NONE_DEFENSE else v for v in value]
+        out[key] = value
+    return out
+
+
+# -- what a dataset's catalogue cannot serve ------------------------------------------------------
+def catalogue_problems(spec: GridSpec, plugins=None) -> list[dict[str, Any]]:
+    """Defense settings the grid asks for that cannot run on a dataset's catalogue, one record each.
+
+    A defense declares it with a method ``catalogue_problem(n_items, k)`` returning a one-line
+    reason or None (Popularity Randomization's pool of ``k / ratio`` popular items cannot be
+    larger than the catalogue). Each dataset of a cell (target and shadow side) is read once to
+    count its items; nothing is written. Records: ``{dataset, defense, defense_params, top_k, reason}``.
+    """
+    from .pipeline import load_named
+    from .plugins import get_plugins
+
+    plugins = plugins or get_plugins()
+    registry = plugins.registry("defense")
+    checked = [(d, p) for d, p in spec._defenses()
+               if d is not None and callable(getattr(registry.get(d).factory, "catalogue_problem", None))]
+    if not checked:
+        return []
+    out: list[dict[str, Any]] = []
+    datasets = list(dict.fromkeys([*spec.dataset, *(d for d in spec.shadow_dataset if d)]))
+    for dataset in datasets:
+        n_items = load_named(dataset, spec.data_dir, spec.download, plugins).n_items
+        for defense, params in checked:
+            component = registry.create(defense, **params)
+            for k in spec.top_k:
+                reason = component.catalogue_problem(n_items, int(k))
+                if reason:
+                    out.append({"dataset": dataset, "defense": defense, "defense_params": dict(params), "top_k": int(k),
+                                "reason": f"{defense} {', '.join(f'{a}={b}' for a, b in sorted(params.items()))} on "
+                                          f"{Path(dataset).name if '/' in dataset else dataset}: {reason}"})
     return out

@@ -21,11 +21,12 @@ class GridProgress:
         self.failed = {k: 0 for k in LABELS}
 
     def __enter__(self) -> "GridProgress":
-        self.progress.__enter__()
+        self.started = False  # the display starts with the plan: a grid refused before it prints nothing
         return self
 
     def __exit__(self, *exc) -> None:
-        self.progress.__exit__(*exc)
+        if self.started:
+            self.progress.__exit__(*exc)
 
     def _kind(self, info: dict) -> str:
         if info.get("kind") == "cell":
@@ -41,6 +42,9 @@ class GridProgress:
 
     def __call__(self, event: str, name: str, info: dict) -> None:
         if event == "plan":
+            if not self.started:
+                self.progress.__enter__()
+                self.started = True
             for kind, total in info["tasks"].items():
                 self.tasks[kind] = self.progress.add_task(LABELS[kind], total=total)
                 self._describe(kind)

@@ -205,9 +205,18 @@ def _check_run_dir(run_dir: str | Path) -> Path:
 def load_grid(run_dir: str | Path) -> dict | None:
     """``RUN_DIR/grid.json`` as a dict, or None when absent or unreadable."""
     try:
-        return _read_json(Path(run_dir) / "grid.json")
+        record = _read_json(Path(run_dir) / "grid.json")
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None  # e.g. [1, 2, 3]: not a run record
+
+
+def skipped_reasons(grid: dict | None) -> list[str]:
+    """Why requested work was left out of the grid (``spec.skipped``: default sweep values a catalogue
+    cannot serve, default defenses that train none of the targets), one line each."""
+    spec = (grid or {}).get("spec") if isinstance(grid, dict) else None
+    skipped = spec.get("skipped") if isinstance(spec, dict) else None
+    return [str(s["reason"]) for s in skipped or [] if isinstance(s, dict) and s.get("reason")]
 
 
 def load_cells(run_dir: str | Path) -> list[CellRecord]:
@@ -673,7 +682,7 @@ def write_report(run_dir: str | Path, force: bool = False) -> Path:
         rocs.append((rec, name, None))
     from .defensereport import defense_section
 
-    defenses_html, defenses_md, defenses_csv = defense_section(records, images)
+    defenses_html, defenses_md, defenses_csv = defense_section(records, images, skipped_reasons(grid))
     files.update({f"img/{name}": data for name, data in images.items()})
     files[f"img/{DIGESTS}"] = json.dumps(digests, sort_keys=True, indent=0).encode()
     if defenses_html:

@@ -87,15 +87,19 @@ class ListOf(Constraint):
         if not isinstance(value, (list, tuple)):
             return "is not a list"
         if len(value) < self.min_len:
-            return f"has {len(value)} elements"
+            return "is empty" if not value else f"has {len(value)} elements"
         for i, v in enumerate(value):
             if self.item.problem(v) is not None:
                 return f"has element {i} = {v!r}, not {self.item.describe()}"
         return None
 
     def describe(self) -> str:
-        n = f"at least {self.min_len} " if self.min_len else ""
-        return f"a list of {n}elements, each {self.item.describe()}"
+        n = "non-empty " if self.min_len == 1 else ""
+        if isinstance(self.item, Anything):
+            return f"a {n}list of values" if self.min_len <= 1 else f"a list of at least {self.min_len} values"
+        if self.min_len > 1:
+            return f"a list of at least {self.min_len} elements, each {self.item.describe()}"
+        return f"a {n}list of elements, each {self.item.describe()}"
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,8 @@ class Options(Constraint):
         return None if value in self.values else "is not allowed"
 
     def describe(self) -> str:
+        if len(self.values) == 1:
+            return repr(self.values[0])
         return "one of " + ", ".join(repr(v) for v in self.values)
 
 
@@ -161,6 +167,85 @@ class AnyOf(Constraint):
 
     def describe(self) -> str:
         return " or ".join(c.describe() for c in self.options)
+
+
+@dataclass(frozen=True)
+class Text(Constraint):
+    """A non-empty string (a name, a path); no NUL byte, which no file system accepts."""
+
+    def problem(self, value: Any) -> str | None:
+        if not isinstance(value, str):
+            return "is not a string"
+        if not value.strip():
+            return "is empty"
+        if "\x00" in value:
+            return "holds a NUL byte"
+        return None
+
+    def describe(self) -> str:
+        return "a non-empty string"
+
+
+@dataclass(frozen=True)
+class Flag(Constraint):
+    """``true`` or ``false`` (never 0/1 or a string)."""
+
+    def problem(self, value: Any) -> str | None:
+        return None if isinstance(value, bool) else "is not true or false"
+
+    def describe(self) -> str:
+        return "true or false"
+
+
+@dataclass(frozen=True)
+class Anything(Constraint):
+    """Any value (checked later, e.g. a hyperparameter checked by its component)."""
+
+    def problem(self, value: Any) -> str | None:
+        return None
+
+    def describe(self) -> str:
+        return "any value"
+
+
+@dataclass(frozen=True)
+class Table(Constraint):
+    """A dict keyed by non-empty names, each value fitting ``value`` (``[target_params.lfm]`` in TOML).
+
+    :func:`find_problem` descends into it, so an error names the innermost key.
+    """
+
+    value: Constraint = Anything()
+
+    def problem(self, value: Any) -> str | None:
+        found = find_problem(self, value)
+        return None if found is None else found[2]
+
+    def describe(self) -> str:
+        if isinstance(self.value, Anything):
+            return "a table of KEY = VALUE"
+        if isinstance(self.value, Table):
+            return "a table of tables"
+        return f"a table of NAME = {self.value.describe()}"
+
+
+def find_problem(rule: Constraint, value: Any, path: str = "") -> tuple[str, Any, str, Constraint] | None:
+    """``(path, value, problem, rule)`` of the first part of ``value`` that ``rule`` refuses, else None.
+
+    Tables are searched key by key (``path.key``), so the answer names the innermost key.
+    """
+    if isinstance(rule, Table):
+        if not isinstance(value, dict):
+            return path, value, "is not a table", rule
+        for key, inner in value.items():
+            if not isinstance(key, str) or not key.strip():
+                return path, value, f"has an empty name {key!r}", rule
+            found = find_problem(rule.value, inner, f"{path}.{key}" if path else key)
+            if found is not None:
+                return found
+        return None
+    problem = rule.problem(value)
+    return None if problem is None else (path, value, problem, rule)
 
 
 def non_finite_path(value: Any, path: str = "") -> str | None:

@@ -7,9 +7,49 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import MiarsError
+from .params import AnyOf, Constraint, Flag, Interval, Mapping, Options, OrNone, Text
 from .plugins import Plugins, get_plugins
+from .protocol import SPLIT_MODES
 from .store import Store
 from .types import Interactions, Split
+
+
+#: What each setting of a cell may be, with an example value: the one declaration that
+#: :meth:`AttackConfig.validate`, the grid's flags and its TOML keys (:mod:`miars_core.grid`) are
+#: checked against, by type and range, before any work.
+SETTINGS: dict[str, tuple[Constraint, Any]] = {
+    "dataset": (Text(), "ml-100k"),
+    "shadow_dataset": (OrNone(Text()), "ml-1m"),
+    "data_dir": (OrNone(Text()), "~/data"),
+    "download": (Flag(), True),
+    "target": (Text(), "item"),
+    "shadow": (OrNone(Text()), "lfm"),
+    "featurizer": (Text(), "center-diff"),
+    "attack": (Text(), "mlp"),
+    "defense": (OrNone(Text()), "popularity-randomization"),
+    "service": (Text(), "popular"),
+    "top_k": (Interval(int, 1), 100),
+    "seed": (Interval(int, 0, 2**32 - 1), 0),
+    "split": (Options(SPLIT_MODES), "interactions"),
+    "min_interactions": (Interval(int, 1), 20),
+    # 0: no hold-out; below 1%, no member of usual size holds out a single interaction (round(share x n) = 0)
+    "utility_holdout": (AnyOf((Interval(float, 0.01, 0.9), Options((0,)))), 0.2),
+    "query_budget": (Interval(int, 0), 5),
+    **{f"{kind}_params": (Mapping(), {"epochs": 5})
+       for kind in ("target", "shadow", "featurizer", "attack", "defense", "service")},
+}
+
+
+def flag_of(setting: str) -> str:
+    """The command-line flag of a setting (``top_k`` -> ``--top-k``, ``target_params`` -> ``--target-param``)."""
+    name = setting[:-1] if setting.endswith("_params") else setting
+    return "--" + name.replace("_", "-")
+
+
+def shown(value: Any) -> str:
+    """A value as an error message quotes it: repr, at most 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + "..." + text[-15:]
 
 
 @dataclass
@@ -42,20 +82,17 @@ class AttackConfig:
     def validate(self) -> "AttackConfig":
         """Reject impossible plain values before any component is built or data is read (fills the default shadow)."""
         self.shadow = self.shadow or self.target
-        from .protocol import SPLIT_MODES
-
-        if self.split not in SPLIT_MODES:
-            raise MiarsError(f"--split {self.split!r} is not valid; choose from: {', '.join(SPLIT_MODES)}")
-        if self.top_k < 1:
-            raise MiarsError(f"--top-k must be >= 1, got {self.top_k}")
-        if self.min_interactions < 1:
-            raise MiarsError(f"--min-interactions must be >= 1, got {self.min_interactions}")
-        if not 0.0 <= float(self.utility_holdout) < 1.0:
-            raise MiarsError(f"--utility-holdout must be in [0, 1), got {self.utility_holdout}; e.g. 0.2")
-        if isinstance(self.query_budget, bool) or not isinstance(self.query_budget, int) or self.query_budget < 0:
-            raise MiarsError(f"--query-budget must be an integer >= 0 (queries per target user), got {self.query_budget!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= 2**32 - 1:
-            raise MiarsError(f"--seed must be an integer from 0 to {2**32 - 1} (2**32 - 1), got {self.seed}")
+        for name, (rule, example) in SETTINGS.items():
+            value = getattr(self, name)
+            problem = rule.problem(value)
+            if problem is not None:
+                flag = flag_of(name)
+                shown_example = f"{flag} {example}" if not name.endswith("_params") else f"{flag} epochs=5"
+                raise MiarsError(f"{flag} {shown(value)} {problem}; it must be {rule.describe()}, e.g. {shown_example}")
+        if self.defense_params and not self.defense:
+            keys = ", ".join(f"{k}={shown(v)}" for k, v in sorted(self.defense_params.items()))
+            raise MiarsError(f"--defense-param {keys} is given without a defense, so nothing would use it; add "
+                             "--defense NAME (`miars list defense`) or drop --defense-param")
         return self
 
 
@@ -254,5 +291,6 @@ def versions(plugins: Plugins) -> dict:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:
             out[dist] = None
-    out["plugins"] = {name: {"version": info.version, "status": info.status} for name, info in sorted(plugins.info.items())}
+    out["plugins"] = {name: {"version": info.version, "status": info.status} for name, info in sorted(plugins.info.items())
+                      if not info.status.startswith("blocked")}  # a blocked plugin took no part in the run
     return out

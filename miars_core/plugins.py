@@ -21,6 +21,13 @@ from .registry import KINDS, Registry
 
 ENTRY_POINT_GROUP = "miars"
 
+#: ``MIARS_DISABLE_PLUGIN_AUTOLOAD=1`` loads only the plugins shipped with miars: every other
+#: distribution's entry point is blocked through pluggy's ``set_blocked`` and listed as blocked
+#: (a clean environment for tests and bug reports, like pytest's PYTEST_DISABLE_PLUGIN_AUTOLOAD).
+AUTOLOAD_VAR = "MIARS_DISABLE_PLUGIN_AUTOLOAD"
+#: The distribution whose entry points are the built-in plugins.
+DISTRIBUTION = "miars"
+
 _HOOK_FOR_KIND = {
     "dataset": "register_datasets",
     "recommender": "register_recommenders",
@@ -65,7 +72,7 @@ def new_plugin_manager() -> pluggy.PluginManager:
 
 
 #: Entry-point names of the built-in plugins: on a name conflict they keep their names.
-BUILTIN_PLUGINS = ("attacks", "datasets", "defenses", "recbole")
+BUILTIN_PLUGINS = ("attacks", "datasets", "defenses", "recbole", "services")
 
 _SPEC_NAMES = sorted(n for n in dir(hookspecs) if n.startswith("register_") and hasattr(getattr(hookspecs, n), "miars_spec"))
 
@@ -131,18 +138,35 @@ def register_plugin(pm: pluggy.PluginManager, plugin: ModuleType | object, name:
 
 
 def load_entry_point_plugins(pm: pluggy.PluginManager, info: dict[str, PluginInfo]) -> None:
-    """Import and register every plugin of the ``miars`` entry-point group; record failures."""
+    """Import and register every plugin of the ``miars`` entry-point group; record failures.
+
+    With ``MIARS_DISABLE_PLUGIN_AUTOLOAD=1`` only miars' own entry points load; the others are
+    blocked in the plugin manager (``pm.set_blocked``) and recorded with status ``blocked``.
+    """
+    import os
+
+    builtin_only = os.environ.get(AUTOLOAD_VAR, "").strip() == "1"
     for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         dist = getattr(ep, "dist", None)
         version = dist.version if dist is not None else ""
         if ep.name in info:
             continue  # the same distribution seen twice on sys.path
+        if builtin_only and (dist is None or _canonical(dist.metadata["Name"] or "") != DISTRIBUTION):
+            pm.set_blocked(ep.name)
+            info[ep.name] = PluginInfo(ep.name, version, ep.value, status=f"blocked ({AUTOLOAD_VAR}=1)")
+            continue
         try:
             plugin = ep.load()
         except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not fatal
             info[ep.name] = PluginInfo(ep.name, version, ep.value, status=f"failed: {_one_line(exc)}")
             continue
         register_plugin(pm, plugin, ep.name, info, version, ep.value)
+
+
+def _canonical(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def build(pm: pluggy.PluginManager, info: dict[str, PluginInfo]) -> Plugins:

@@ -267,8 +267,12 @@ class Cell:
 
     SIDES = ("shadow", "target")
 
-    def __init__(self, config, plugins, store=None, progress: Callable[[str], None] | None = None):
+    def __init__(self, config, plugins, store=None, progress: Callable[[str], None] | None = None,
+                 shared: dict | None = None):
         self.config = config.validate()
+        #: Identities computed once for all the cells of a grid (components, datasets): planning
+        #: 80,000 cells builds each distinct component once, not once per cell.
+        self._shared = shared if shared is not None else {}
         self.plugins = plugins
         self.store = store if store is not None else MemoryStore()
         self.progress = progress
@@ -295,9 +299,13 @@ class Cell:
     # -- component identities ---------------------------------------------------------------
     def _component_id(self, role: str) -> dict:
         """What identifies a component in keys: its name, every hyperparameter (defaults included), its version."""
-        kind, (name, _) = role.split(":")[0], self.specs[role]
-        entry = self.plugins.registry(kind).get(name)
-        return {"name": name, "params": get_params(self.create(role)), "version": _entry_version(entry, self.plugins)}
+        kind, (name, params) = role.split(":")[0], self.specs[role]
+        memo = ("component", kind, name, digest(params))
+        if memo not in self._shared:
+            entry = self.plugins.registry(kind).get(name)
+            self._shared[memo] = {"name": name, "params": get_params(self.create(role)),
+                                  "version": _entry_version(entry, self.plugins)}
+        return self._shared[memo]
 
     def create(self, role: str) -> Any:
         """A fresh, unfitted component of the cell (``recommender:shadow``, ``featurizer``, ...)."""
@@ -319,7 +327,10 @@ class Cell:
         c, seed = self.config, self.config.seed
         rec: dict[str, Any] = {"stage": stage, "core": core_version()}
         if stage == "load":
-            rec["dataset"] = dataset_identity(self.dataset_of(s), c.data_dir, self.plugins)
+            memo = ("dataset", self.dataset_of(s), c.data_dir)
+            if memo not in self._shared:
+                self._shared[memo] = dataset_identity(self.dataset_of(s), c.data_dir, self.plugins)
+            rec["dataset"] = self._shared[memo]
         elif stage == "split":
             rec.update(load=self.key("load", s), mode=c.split, min_interactions=c.min_interactions,
                        seed=stage_seed(seed, "split"))
@@ -461,6 +472,9 @@ class Cell:
             if f <= 0:
                 return p, None
             visible, held = holdout(p.interactions, f, stage_seed(self.config.seed, f"holdout-{part}"))
+            if part == "target" and held[p.is_member].nnz == 0:  # every utility number would be NaN
+                raise MiarsError(f"--utility-holdout {f} holds out no interaction of any target member (each holds out "
+                                 f"round({f} x her interactions), at most n - 1); raise it, e.g. --utility-holdout 0.2")
             return Part(p.name, visible, p.is_member), held
 
         return self._once(f"visible:{part}", build)

@@ -157,7 +157,7 @@ def test_toml_grid_file(tmp_path):
     with pytest.raises(MiarsError, match="unknown key.*targets"):
         load_toml(path)
     path.write_text('seed = ["zero"]\n')
-    with pytest.raises(MiarsError, match="seed must be a int"):
+    with pytest.raises(MiarsError, match="seed = .* not an integer"):
         load_toml(path)
 
 

@@ -211,7 +211,7 @@ def test_checks_name_the_broken_rule(example):
 # --------------------------------------------------------------------------- (b)-(c) entry points
 
 
-def test_entry_point_plugin_loads_without_core_changes(tmp_path, monkeypatch):
+def test_entry_point_plugin_loads_without_core_changes(tmp_path, monkeypatch, third_party_plugins):
     fake_distribution(tmp_path, "miars-example-plugin", {"example": "miars_example"})
     monkeypatch.syspath_prepend(str(EXAMPLE_SRC))
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -229,7 +229,7 @@ def test_entry_point_plugin_loads_without_core_changes(tmp_path, monkeypatch):
     assert plugins.create("defense", "popular-mix").get_params() == {"rate": 0.2, "chunk_size": 1024}
 
 
-def test_broken_plugin_is_reported_and_others_load(tmp_path, monkeypatch):
+def test_broken_plugin_is_reported_and_others_load(tmp_path, monkeypatch, third_party_plugins):
     fake_distribution(tmp_path, "miars-example-plugin", {"example": "miars_example"})
     fake_distribution(tmp_path, "miars-broken-plugin", {"broken": "miars_no_such_module_for_tests"})
     monkeypatch.syspath_prepend(str(EXAMPLE_SRC))

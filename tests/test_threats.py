@@ -104,7 +104,7 @@ def test_query_recall_finds_item_knn_members_under_foldin_within_its_budget(smal
     assert not np.array_equal(raw.artifacts["scores"], foldin.artifacts["scores"])
     with pytest.raises(MiarsError, match="over its budget"):
         run_attack(AttackConfig(**base, service="foldin", query_budget=3))
-    with pytest.raises(MiarsError, match="--query-budget must be an integer >= 0"):
+    with pytest.raises(MiarsError, match="--query-budget -1 is out of range; it must be an integer >= 0"):
         AttackConfig(**base, query_budget=-1).validate()
 
 

@@ -33,6 +33,18 @@ class PopularityRandomization(Component):
     def __init__(self, ratio: float = 0.1):
         self.ratio = ratio
 
+    def catalogue_problem(self, n_items: int, k: int) -> str | None:
+        """Why this ratio cannot serve top-``k`` lists from a catalogue of ``n_items`` items (None: it may).
+
+        The pool of ``round(k / ratio)`` popular items must fit in the catalogue (minus what a
+        user knows, which only the split tells: a pool that fits here can still fail a cell).
+        """
+        pool = int(round(k / float(self.ratio)))
+        if pool <= n_items:
+            return None
+        return (f"needs a pool of {pool:,} popular items for top-{k} lists, but the catalogue has {n_items:,} items; "
+                f"use ratio >= {k / n_items:.3g} or a smaller --top-k")
+
     def apply(self, recommendations: np.ndarray, context: ServiceContext, seed: int = 0) -> np.ndarray:
         ratio = _params.number("popularity-randomization", "ratio", self.ratio, low=0, high=1, low_open=True, example=0.1)
         recs = np.array(recommendations, dtype=np.int64, copy=True)
