@@ -525,7 +525,7 @@ def grid(
 
 
 def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, report, quiet, max_cells=None,
-              skippable=None, command: str = "grid", force: bool = False) -> None:
+              skippable=None, command: str = "grid", force: bool = False, notes: list[str] | None = None) -> None:
     """Check everything, then run the grid and write its report.
 
     In order, before any work: the flags and every grid value (type, range, nothing dropped),
@@ -533,7 +533,8 @@ def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_loca
     hyperparameters), the run folder, its report folder and the cache, then (after a "planning"
     line for a large grid) the defense settings each dataset's catalogue cannot serve: those in
     ``skippable`` (default sweep values of ``bench-defenses``) are left out with a note, any
-    other one is an error. Workers start only once every cell is built.
+    other one is an error. Notes (``notes``, and those sweep values left out) print only once
+    every check passed. Workers start only once every cell is built.
     """
     from pathlib import Path
 
@@ -554,20 +555,23 @@ def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_loca
     spec.check()
     n = spec.check_size(MAX_CELLS if max_cells is None else max_cells)
     spec.check_components()
-    claim(out, command, "--out", force)  # the run folder, its report folder and the cache, before any work
-    if report:
-        check_report_dir(Path(out) / "report", force)
-    if not no_cache:
-        cache = str(check_cache_dir(cache or default_cache_dir(), given=bool(cache)))
     err = Console(stderr=True, quiet=quiet)
     if n >= PLANNING_NOTE_CELLS:
         err.print(f"planning {n:,} cells ...")
+    claim(out, command, "--out", force)  # the run folder and its report folder, before any work
+    if report:
+        check_report_dir(Path(out) / "report", force)
+    notes = list(notes or [])
     for problem in catalogue_problems(spec):
         key = (problem["defense"], tuple(sorted(problem["defense_params"].items())))
         if skippable is None or key not in skippable:
             raise MiarsError(problem["reason"])
         spec.skipped.append(problem)
-        _echo_note(f"left out {problem['reason']} (a default sweep value: the others run; the report lists it)")
+        notes.append(f"left out {problem['reason']} (a default sweep value: the others run; the report lists it)")
+    if not no_cache:  # the last check: it may create the cache folder
+        cache = str(check_cache_dir(cache or default_cache_dir(), given=bool(cache)))
+    for note in notes:  # only once every check passed, so a refused run prints its error alone
+        _echo_note(note)
     with GridProgress(err) as progress:
         summary = run_grid(spec, out, cache=None if no_cache else cache,
                            executor=lambda: make_executor(workers, threads, scheduler, dask_local),
@@ -626,13 +630,13 @@ def bench_defenses(
         overrides = parse_scoped_params(defense_param, "--defense-param", sweep=True)
         factories = {name: registry.get(name).factory for name in names}  # an unknown name fails here
         only = {name: list(getattr(f, "recommenders", None) or []) for name, f in factories.items()}
-        left_out = []
+        left_out, notes = [], []
         if not asked:  # every registered defense by default: one that trains none of the targets is left out, saying so
             for name in [n for n in names if only[n] and not set(only[n]) & set(targets) and n not in overrides]:
                 names.remove(name)
                 left_out.append({"defense": name, "reason": f"{name}: trains only {', '.join(only[name])}, not --target "
                                                             f"{', '.join(targets)}"})
-                _echo_note(f"left out {left_out[-1]['reason']} (add one of them to --target, or name it with --defense)")
+                notes.append(f"left out {left_out[-1]['reason']} (add one of them to --target, or name it with --defense)")
         for name in overrides:
             if name != "*" and name not in names:
                 raise MiarsError(f"--defense-param {name}.{next(iter(overrides[name]))}=... is for defense {name!r}, which "
@@ -666,7 +670,7 @@ def bench_defenses(
             skipped=left_out, controls=controls,
         )
         _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
-                  max_cells, skippable, command="bench-defenses", force=force)
+                  max_cells, skippable, command="bench-defenses", force=force, notes=notes)
 
 
 def _takes(factory, key: str) -> bool:

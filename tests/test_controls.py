@@ -115,7 +115,7 @@ def test_controls_take_no_parameter_meant_for_the_real_targets_and_the_toml_key(
     bad = tmp_path / "grid.toml"
     bad.write_text('controls = "yes"\n')
     res = CliRunner().invoke(app, ["grid", "--config", str(bad), "--out", str(tmp_path / "x")])
-    assert res.exit_code == 2 and res.output.startswith("miars: error: controls must be true or false")
+    assert res.exit_code == 2 and res.output.startswith("miars: error: --config") and "controls = 'yes' is not true or false" in res.output
     assert not (tmp_path / "x").exists()
 
 
