@@ -26,7 +26,8 @@ trigger item ``a_i`` and a secret item ``b_i``, and a *probe* member whose only 
 way the canary is the only thing that links ``a_i`` to ``b_i``.
 
 **What the auditor observes**: only the fitted defense's public output, ``recommend(k)``
-(``k`` = :data:`READ_K`, or less when some member knows too many items), and from it the
+(``k`` = :data:`READ_K`, or less when some member knows too many items: ``k = n_items -`` the
+longest history, 945 on ml-100k), and from it the
 probe members' lists: the score of canary ``i`` is minus the rank of ``b_i`` in probe ``i``'s
 list (absent: ``-k``). The probes' data are the same in both worlds, so their lists are
 post-processing of what the defense released, which any DP guarantee of the defense covers.
@@ -57,8 +58,9 @@ from .types import Interactions
 
 #: Confidence of the lower bound.
 CONFIDENCE = 0.95
-#: List length read from the fitted defense (fewer when members know too many items).
-READ_K = 100
+#: Longest list read from the fitted defense (fewer when members know too many items): long lists rank
+#: more of the catalogue, so a canary's secret item is seldom absent from its probe's list.
+READ_K = 1000
 #: Fewest guesses that can show anything: 0.5 ** 5 < 0.05 (with 4, even all correct give p >= 0.0625).
 MIN_GUESSES = 5
 #: At most this share of the catalogue becomes canary items (2 per canary).
@@ -319,7 +321,7 @@ def audit_defense(defense_factory: Callable[[], Any], recommender_factory: Calla
     """
     from .seeds import stage_seed
     from .service import _call, check_lists, stage_threads
-    from .stages import digest
+    from .stages import core_version, digest
 
     say = progress or (lambda msg: None)
     timings: dict[str, float] = {}
@@ -334,7 +336,7 @@ def audit_defense(defense_factory: Callable[[], Any], recommender_factory: Calla
     audit = build_canaries(data, canaries, level, seed)
     timings["canaries"] = round(time.perf_counter() - start, 3)
     stage_key = digest({**(key or {}), "stage": "audit-dp", "level": level, "canaries": canaries, "seed": seed,
-                        "audit": _source_digest()}) if store is not None else None
+                        "audit": _source_digest(), "core": core_version()}) if store is not None else None
     cached = store.get("audit-dp", stage_key) if store is not None else None
     if cached is not None:
         scores = np.asarray(cached.arrays["scores"], dtype=np.float64)
