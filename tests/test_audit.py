@@ -2,9 +2,9 @@
 
 A training defense that claims epsilon = 1 but adds no noise is written here as a third party
 would write it, installed through a (fake) distribution's entry point, and must be caught;
-the built-in DP defenses at epsilon = 1 must not be. Every audit runs on the 300 x 150
-synthetic data set of ``conftest.py`` with 36 canaries: well under a second each (dp-sgd: a
-few seconds).
+the built-in DP defenses at epsilon = 1 must not be. The audits run on the 300 x 150
+synthetic data set of ``conftest.py`` with 36 canaries (well under a second each; dp-sgd a few
+seconds), the two acceptance cases on ml-100k `item` (seconds).
 """
 
 from __future__ import annotations
@@ -254,20 +254,30 @@ def _cli(args):
     return RUNNER.invoke(cli.app, ["audit-dp", *[str(a) for a in args]], env=ENV)
 
 
-def test_audit_dp_catches_a_third_party_defense_that_claims_dp_without_noise(third_party, small_dataset, tmp_path):
+def test_audit_dp_on_ml100k_item_catches_a_third_party_defense_that_claims_dp_without_noise(third_party, tmp_path):
+    """The acceptance case, on ml-100k itself (the copy shipped with the wheel; seconds on `item`)."""
     out = tmp_path / "audit"
-    res = _cli(["--dataset", small_dataset, "--target", "item", "--defense", "claims-dp", "--defense-param", "epsilon=1",
-                "--canaries", CANARIES, "--seed", 2, "--no-cache", "-q", "--out", out])
+    res = _cli(["--dataset", "ml-100k", "--target", "item", "--defense", "claims-dp", "--defense-param", "epsilon=1",
+                "--seed", 2, "--no-cache", "-q", "--out", out])
     assert res.exit_code == 0, res.output
     record = json.loads((out / "audit.json").read_text())
     assert record["violated"] is True and record["epsilon_lower"] > record["epsilon_claimed"] == 1.0
     for key in ("delta", "level", "canaries", "guesses", "correct", "method", "seed"):
         assert key in record
-    assert record["level"] == "user" and record["seed"] == 2 and record["canaries"] == CANARIES
+    assert record["level"] == "user" and record["seed"] == 2 and record["canaries"] == audit.DEFAULT_CANARIES
+    assert record["data"]["items"] == 1682 and record["guesses"] == audit.DEFAULT_CANARIES // 2
     assert "Steinke" in record["method"]["citation"] and "recommend(" in record["method"]["observation"]
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 1 and "claims-dp" in lines[0] and "VIOLATED" in lines[0]
     assert [p.name for p in out.iterdir()] == ["audit.json"]
+
+
+def test_audit_dp_on_ml100k_item_passes_dp_itemknn_at_epsilon_1(tmp_path):
+    res = _cli(["--dataset", "ml-100k", "--target", "item", "--defense", "dp-itemknn", "--defense-param", "epsilon=1",
+                "--no-cache", "-q", "--out", tmp_path])
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "audit.json").read_text())
+    assert record["violated"] is False and record["epsilon_claimed"] == 1.0 and record["level"] == "user"
 
 
 def test_audit_dp_passes_dp_itemknn_and_reuses_the_cached_fit(small_dataset, tmp_path):

@@ -166,6 +166,17 @@ def test_training_check_requires_privacy():
     with pytest.raises(AssertionError, match="privacy_"):
         checks.check_training_defense(NoPrivacy)
 
+    class LooseWords(NoPrivacy):
+        """Train the recommender as is (illustrative, not from a paper)."""
+
+        def fit(self, recommender, members, seed=0):
+            fitted = super().fit(recommender, members, seed=seed)
+            self.privacy_ = {"epsilon": 1.0, "delta": 0.0, "level": "user", "mechanism": "m", "outside": "everything"}
+            return fitted
+
+    with pytest.raises(AssertionError, match=r"privacy_\['outside'\] must be a list of sentences"):
+        checks.check_training_defense(LooseWords)
+
 
 # --------------------------------------------------------------------------- list defenses
 
