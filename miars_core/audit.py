@@ -338,6 +338,8 @@ def audit_defense(defense_factory: Callable[[], Any], recommender_factory: Calla
     stage_key = digest({**(key or {}), "stage": "audit-dp", "level": level, "canaries": canaries, "seed": seed,
                         "audit": _source_digest(), "core": core_version()}) if store is not None else None
     cached = store.get("audit-dp", stage_key) if store is not None else None
+    if cached is not None and not np.array_equal(np.asarray(cached.arrays["included"], dtype=bool), audit.included):
+        cached = None  # not these canaries: fit again
     if cached is not None:
         scores = np.asarray(cached.arrays["scores"], dtype=np.float64)
         privacy, k, fit_seconds = dict(cached.meta["privacy"]), int(cached.meta["k"]), cached.meta["fit_seconds"]
