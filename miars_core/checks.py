@@ -762,6 +762,11 @@ def _check_privacy(obj: Any, who: str) -> dict:
     assert isinstance(delta, (int, float)) and 0 <= delta < 1, f"{who}.privacy_['delta'] must be in [0, 1), got {delta!r}"
     assert privacy["level"] in ("record", "user"), f"{who}.privacy_['level'] must be 'record' or 'user', got {privacy['level']!r}"
     assert isinstance(privacy["mechanism"], str) and privacy["mechanism"], f"{who}.privacy_['mechanism'] must name the mechanism"
+    for key in ("covers", "outside", "public"):  # optional: what the guarantee covers, what it leaves out, what is public
+        if key in privacy:
+            value = privacy[key]
+            assert isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value), (
+                f"{who}.privacy_[{key!r}] must be a list of sentences, got {value!r}")
     return privacy
 
 

@@ -686,6 +686,39 @@ def _takes(factory, key: str) -> bool:
     return key in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+@app.command("audit-dp")
+def audit_dp(
+    dataset: str = typer.Option("ml-100k", "--dataset", help="Dataset name or path of an interactions file."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the dataset's original file."),
+    target: str = typer.Option(..., "--target", help="Recommender the defense wraps, e.g. item (dp-itemknn), lfm or ncf (dp-sgd)."),
+    target_param: Optional[List[str]] = typer.Option(None, "--target-param", help="KEY=VALUE for the recommender (repeatable)."),
+    defense: str = typer.Option(..., "--defense", help="Training defense that reports privacy_ (`miars list defense`)."),
+    defense_param: Optional[List[str]] = typer.Option(None, "--defense-param", help="KEY=VALUE for the defense (repeatable), e.g. epsilon=1."),
+    canaries: int = typer.Option(200, "--canaries", help="Canaries, each in the training data with probability 1/2 (2 canary items each)."),
+    guesses: Optional[int] = typer.Option(None, "--guesses", help="Guesses: half 'in' (highest scores), half 'out' (default: canaries / 2)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the canaries, the fit and the guesses' tie-breaks."),
+    out: str = typer.Option(..., "--out", help="Folder to write audit.json into."),
+    cache: Optional[str] = typer.Option(None, "--cache", help="Folder of cached stage outputs (default: $MIARS_CACHE/stages or ~/.cache/miars/stages); keeps the canaries' scores."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Fit afresh and store nothing."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
+) -> None:
+    """Audit a training defense's DP claim: a 95% lower bound on epsilon from canaries in one run (Steinke et al., NeurIPS 2023)."""
+    with guarded():
+        from rich.console import Console
+
+        from . import audit
+
+        _check_input_path("--dataset", _expand(dataset))
+        _check_input_path("--data-dir", _expand(data_dir))
+        err = Console(stderr=True, quiet=quiet, log_path=False)
+        record = audit.run(_expand(dataset), target, defense, target_params=parse_params(target_param, "--target-param"),
+                           defense_params=parse_params(defense_param, "--defense-param"), canaries=canaries,
+                           guesses=guesses, seed=seed, out=_expand(out), data_dir=_expand(data_dir),
+                           store=_store(_expand(cache), no_cache), progress=err.log)
+        err.print(f"wrote {Path(_expand(out)).expanduser() / audit.OUT_FILE}")
+        typer.echo(audit.verdict_line(record))
+
+
 @app.command("report")
 def report_command(
     run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="Folder written by `miars grid --out` (or `miars-attack --out`)."),

@@ -5,7 +5,10 @@ attackers' leakage, ``static`` (shadow served without the defense: the CCS'21 pa
 ``attackers.defense_unaware``) and ``adaptive`` (shadow trained and served under the defense,
 ``attackers.defense_aware``); the utility of the defended target service on its members'
 held-out items; and the cost in seconds of the defended service (its fit plus the defense).
-Undefended cells (``none``) give both attackers the same numbers.
+Undefended cells (``none``) give both attackers the same numbers. A defense that reports a
+differential-privacy guarantee (``privacy_``) adds its epsilon and the unit epsilon is counted
+in: ``record`` (one interaction) or ``user`` (a user with all her interactions); the two are
+not comparable, so every table has the unit as a column and the frontier labels it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ class DefenseRow:
     control: bool = False
     #: ids of the row's cells whose target lists carry no signal
     flagged: list[str] = field(default_factory=list)
+    #: The unit of the defense's DP epsilon: "record", "user", "" (no DP guarantee), or both joined
+    #: by "/" if cells disagree.
+    levels: list[str] = field(default_factory=list)
+
+    @property
+    def level(self) -> str:
+        return "/".join(sorted(set(self.levels)))
 
     @property
     def label(self) -> str:
@@ -63,6 +73,13 @@ def _cost(rec: CellRecord) -> float | None:
     if fit is None:
         return None
     return float(fit) + float((result.get("timings") or {}).get("defense", 0.0))
+
+
+def _privacy(rec: CellRecord) -> dict:
+    """The target's DP record (``privacy_`` as result.json copies it), or {}."""
+    report = ((rec.result or {}).get("recommenders") or {}).get("target") or {}
+    privacy = report.get("privacy")
+    return privacy if isinstance(privacy, dict) else {}
 
 
 def _params_key(params: dict) -> tuple:
@@ -97,6 +114,14 @@ def defense_rows(records: list[CellRecord]) -> list[DefenseRow]:
         cost = _cost(rec)
         if cost is not None:
             row.values.setdefault("cost:seconds", []).append(cost)
+        privacy = _privacy(rec)
+        level = str(privacy.get("level") or "")
+        if level and level not in row.levels:
+            row.levels.append(level)
+        for key in ("epsilon", "delta"):
+            value = privacy.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                row.values.setdefault(f"privacy:{key}", []).append(float(value))
     out = sorted(rows.values(), key=lambda r: (r.dataset, r.control, r.target, r.defense != "none", r.defense,
                                                _params_key(r.params)))
     for row in out:
@@ -107,7 +132,7 @@ def defense_rows(records: list[CellRecord]) -> list[DefenseRow]:
 def _columns(rows: list[DefenseRow]) -> list[str]:
     utility = sorted({k for r in rows for k in r.values if k.startswith("utility:")})
     leak = [f"{a}:{m}" for a in ATTACKERS for m, _ in LEAKAGE]
-    return leak + utility + ["cost:seconds"]
+    return ["privacy:epsilon"] + leak + utility + ["cost:seconds"]
 
 
 def _label(column: str) -> str:
@@ -117,6 +142,8 @@ def _label(column: str) -> str:
         return f"{kind} {names.get(name, name)}"
     if kind == "utility":
         return name
+    if kind == "privacy":
+        return "DP epsilon"
     return "cost (s)"
 
 
@@ -140,35 +167,47 @@ def _notes(rows: list[DefenseRow]) -> list[str]:
     return out
 
 
+#: Header of the column that gives epsilon's unit (record / user; "–": no DP guarantee).
+UNIT = "epsilon unit"
+
+
+def _unit(row: DefenseRow) -> str:
+    return row.level or "–"
+
+
 def defenses_markdown(rows: list[DefenseRow], skipped: list[str] = ()) -> str:
     cols = _columns(rows)
     lines = ["# Defense benchmark", "",
              "Mean over seeds with a bootstrap 95% CI. `static`: shadow served without the defense (the CCS'21 paper's "
              "attacker); `adaptive`: shadow trained and served under the defense. |ROC-AUC - 0.5| counts an inverted "
              "attack as leakage. Utility: the defended target service's lists on its members' held-out interactions. "
-             "Cost: seconds to fit the defended service plus the defense itself.", ""]
+             "Cost: seconds to fit the defended service plus the defense itself. DP epsilon: the guarantee the "
+             "defense reports (its accountant's epsilon), counted per `record` (one interaction) or per `user` (all "
+             "of a user's interactions): epsilons of different units are not comparable.", ""]
     for note in _notes(rows):
         lines += [note, ""]
     if skipped:
         lines += ["Left out of this benchmark (defaults that cannot run here):", ""] + [f"* {why}" for why in skipped] + [""]
     for (dataset, target) in dict.fromkeys((r.dataset, r.target) for r in rows):
-        lines += [f"## {_title(rows, dataset, target)}", "", "| defense | " + " | ".join(_label(c) for c in cols) + " |",
-                  "|---|" + "---:|" * len(cols)]
+        lines += [f"## {_title(rows, dataset, target)}", "",
+                  f"| defense | {UNIT} | " + " | ".join(_label(c) for c in cols) + " |",
+                  "|---|---|" + "---:|" * len(cols)]
         for r in rows:
             if (r.dataset, r.target) == (dataset, target):
-                lines.append(f"| {r.label} | " + " | ".join(_fmt_estimate(r.estimates.get(c)) for c in cols) + " |")
+                lines.append(f"| {r.label} | {_unit(r)} | "
+                             + " | ".join(_fmt_estimate(r.estimates.get(c)) for c in cols) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
 def defenses_csv(rows: list[DefenseRow]) -> str:
-    out = ["dataset,target,defense,params,top_k,column,mean,ci_low,ci_high,n_seeds,control,no_signal_cells"]
+    out = ["dataset,target,defense,params,top_k,column,mean,ci_low,ci_high,n_seeds,control,no_signal_cells,epsilon_unit"]
     for r in rows:
         params = ";".join(f"{k}={v}" for k, v in sorted(r.params.items()))
         for col, est in sorted(r.estimates.items()):
             cells = [r.dataset, r.target, r.defense, params, str(r.k), col, repr(est.mean),
                      "" if est.ci_low is None else repr(est.ci_low), "" if est.ci_high is None else repr(est.ci_high),
-                     str(est.n_seeds), str(r.control).lower(), str(len(r.flagged))]
+                     str(est.n_seeds), str(r.control).lower(), str(len(r.flagged)), r.level]
             out.append(",".join(f'"{c}"' if "," in c else c for c in cells))
     return "\n".join(out) + "\n"
 
@@ -196,13 +235,14 @@ def frontier_png(rows: list[DefenseRow], dataset: str, target: str) -> bytes:
                        facecolors=fill if r.defense != "none" else "black", edgecolors=colour if r.defense != "none" else "black",
                        zorder=3)
             if r.params and attacker == "adaptive":
-                ax.annotate(",".join(f"{v}" for _, v in sorted(r.params.items())), (x.mean, y.mean), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
+                ax.annotate(_point_label(r), (x.mean, y.mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    units = {r.defense: r.level for r in mine}
     for defense, colour in colours.items():
         if defense == "none":
             ax.scatter([], [], marker="*", color="black", s=90, label="none (undefended)")
         else:
-            ax.scatter([], [], color=colour, label=defense)
+            unit = units.get(defense)
+            ax.scatter([], [], color=colour, label=f"{defense} ({unit}-level epsilon)" if unit else defense)
     ax.scatter([], [], marker="o", color="gray", label="adaptive attacker (filled)")
     ax.scatter([], [], marker="s", facecolors="none", edgecolors="gray", label="static attacker (hollow)")
     ax.axhline(0.5, color="gray", lw=0.8, ls="--")
@@ -211,6 +251,15 @@ def frontier_png(rows: list[DefenseRow], dataset: str, target: str) -> bytes:
     ax.set_title(f"privacy-utility frontier: {target} on {dataset.rsplit('/', 1)[-1]}", fontsize=10)
     ax.legend(fontsize=7, loc="best")
     return _png(fig)
+
+
+def _point_label(row: DefenseRow) -> str:
+    """A frontier point's label: its parameter values, and for a DP defense epsilon with its unit (``eps=1 user``)."""
+    text = ",".join(f"{v}" for _, v in sorted(row.params.items()))
+    est = row.estimates.get("privacy:epsilon")
+    if row.level and est is not None and est.n_seeds:
+        return f"eps={est.mean:.3g} {row.level}" + (f" ({text})" if set(row.params) - {"epsilon"} else "")
+    return text
 
 
 def defense_section(records: list[CellRecord], images: dict[str, bytes], skipped: list[str] = ()) -> tuple[str, str, str]:
@@ -226,7 +275,9 @@ def defense_section(records: list[CellRecord], images: dict[str, bytes], skipped
     parts = ['<h2 id="defenses">Defense benchmark</h2>',
              '<p class="note">static: shadow served without the defense (the paper\'s attacker); adaptive: shadow trained '
              "and served under the defense. Utility: the defended target service's lists on its members' held-out "
-             "interactions. Cost: seconds to fit the defended service plus the defense.</p>"]
+             "interactions. Cost: seconds to fit the defended service plus the defense. DP epsilon: the guarantee the "
+             "defense reports, per <em>record</em> (one interaction) or per <em>user</em> (all of her interactions): "
+             "epsilons of different units are not comparable.</p>"]
     if skipped:
         parts.append('<p class="note">Left out of this benchmark (defaults that cannot run here):</p><ul class="note">'
                      + "".join(f"<li>{e(why)}</li>" for why in skipped) + "</ul>")
@@ -235,11 +286,13 @@ def defense_section(records: list[CellRecord], images: dict[str, bytes], skipped
     parts += [f'<p class="{"warn" if "No signal in" in note else "note"}">{e(note)}</p>' for note in _notes(rows)]
     for (dataset, target) in dict.fromkeys((r.dataset, r.target) for r in rows):
         parts.append(f"<h3>{e(_title(rows, dataset, target))}</h3>")
-        parts.append('<table><tr><th class="l">defense</th>' + "".join(f"<th>{e(_label(c))}</th>" for c in cols) + "</tr>")
+        parts.append(f'<table><tr><th class="l">defense</th><th class="l">{e(UNIT)}</th>'
+                     + "".join(f"<th>{e(_label(c))}</th>" for c in cols) + "</tr>")
         for r in rows:
             if (r.dataset, r.target) == (dataset, target):
                 css = " ".join(c for c, on in (("control", r.control), ("nosignal", bool(r.flagged))) if on)
                 parts.append(f'<tr{f" class={chr(34)}{css}{chr(34)}" if css else ""}><td class="l">{e(r.label)}</td>'
+                             f'<td class="l">{e(_unit(r))}</td>'
                              + "".join(f"<td>{e(_fmt_estimate(r.estimates.get(c)))}</td>" for c in cols) + "</tr>")
         parts.append("</table>")
         name = f"frontier-{_slug(dataset.rsplit('/', 1)[-1])}-{_slug(target)}.png"

@@ -12,7 +12,9 @@ A defense is a :class:`~miars_core.components.Component` with a class attribute 
     ``fit(recommender, members, seed) -> fitted``: trains in place of ``recommender.fit``; the
     returned object has ``recommend(k)`` (``(n_members, k)`` int item columns, best first, none
     known) and the defense then holds ``privacy_`` (``epsilon``, ``delta``, ``level`` "record" or
-    "user", ``mechanism``, and its parameters).
+    "user", ``mechanism``, and its parameters; the built-ins add ``covers``, ``outside`` and
+    ``public``: what the guarantee covers, what the service adds outside it, what is public).
+    ``miars audit-dp`` (:mod:`miars_core.audit`) measures a lower bound on that epsilon.
 
 Every defense also declares ``sweep: dict[str, list]``, its documented parameter sweep (>= 3
 values of its main parameter), which ``miars bench-defenses`` runs by default.

@@ -52,3 +52,54 @@ def test_utility_holdout_is_measured_on_items_the_service_never_saw(small_datase
     # a personalized recommender finds more of the held-out items than the popularity list
     assert u["recall@10"] > pop.utility["undefended"]["recall@10"]
     assert np.isfinite(list(v for v in u.values() if isinstance(v, float))).all()
+
+
+def _record(defense, params, privacy, seed, auc):
+    from pathlib import Path
+
+    from miars_core.gridreport import CellRecord
+
+    metrics = {"roc_auc": auc, "balanced_accuracy": 0.5}
+    result = {"metrics": metrics, "attackers": {"defense_aware": metrics, "defense_unaware": metrics},
+              "utility": {"defended": {"ndcg@10": 0.1, "holdout": 0.2, "users": 5}},
+              "recommenders": {"target": {"fit_seconds": 1.0, **({"privacy": privacy} if privacy else {})}}}
+    cell = {"dataset": "d", "target": "lfm", "defense": defense, "defense_params": params, "top_k": 10, "seed": seed}
+    return CellRecord(f"{defense}-{seed}", Path("."), cell, "ok", result)
+
+
+def test_epsilon_unit_is_a_column_of_every_defense_table_and_labels_the_frontier():
+    from miars_core.defensereport import _point_label, defenses_csv, defenses_markdown, frontier_png
+
+    records = [_record("none", {}, None, 0, 0.9)]
+    for seed, eps in ((0, 0.98), (1, 1.0)):
+        records.append(_record("dp-sgd", {"epsilon": 1.0}, {"epsilon": eps, "delta": 1e-6, "level": "record"}, seed, 0.6))
+        records.append(_record("dp-user", {"epsilon": 1.0}, {"epsilon": 1.0, "delta": 0.0, "level": "user"}, seed, 0.5))
+    rows = defense_rows(records)
+    by = {r.defense: r for r in rows}
+    assert (by["none"].level, by["dp-sgd"].level, by["dp-user"].level) == ("", "record", "user")
+    assert by["dp-sgd"].estimates["privacy:epsilon"].mean == np.mean([0.98, 1.0])
+    md = defenses_markdown(rows)
+    header = next(line for line in md.splitlines() if line.startswith("| defense |"))
+    assert header.split(" | ")[1] == "epsilon unit" and "DP epsilon" in header
+    assert "| dp-sgd (epsilon=1.0) | record |" in md and "| dp-user (epsilon=1.0) | user |" in md and "| none | – |" in md
+    csv = defenses_csv(rows).splitlines()
+    assert csv[0].endswith(",epsilon_unit")
+    assert {line.rsplit(",", 1)[1] for line in csv[1:] if line.startswith("d,lfm,dp-sgd,")} == {"record"}
+    assert _point_label(by["dp-sgd"]) == "eps=0.99 record" and _point_label(by["dp-user"]) == "eps=1 user"
+    assert frontier_png(rows, "d", "lfm")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_dp_cell_reports_its_guarantee_and_what_lies_outside_it(small_dataset, tmp_path):
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(app, [
+        "bench-defenses", "--dataset", str(small_dataset), "--target", "item", "--defense", "dp-itemknn",
+        "--defense-param", "epsilon=5", "--seed", "0", "--top-k", "10", "--attack-param", "epochs=20",
+        "--workers", "1", "-q", "--out", str(out), "--cache", str(tmp_path / "cache")])
+    assert res.exit_code == 0, res.output
+    cell = next(r for r in load_cells(out) if r.cell.get("defense") == "dp-itemknn")
+    privacy = cell.result["recommenders"]["target"]["privacy"]
+    assert privacy["level"] == "user" and privacy["epsilon"] == 5.0
+    assert any("cold-start" in line and "exact item counts" in line for line in privacy["outside"])
+    rows = [line for line in (out / "report" / "defenses.md").read_text().splitlines()
+            if line.startswith("| dp-itemknn (epsilon=5)")]  # a [no signal] marker may follow the label
+    assert len(rows) == 1 and rows[0].split(" | ")[1] == "user"

@@ -166,6 +166,17 @@ def test_training_check_requires_privacy():
     with pytest.raises(AssertionError, match="privacy_"):
         checks.check_training_defense(NoPrivacy)
 
+    class LooseWords(NoPrivacy):
+        """Train the recommender as is (illustrative, not from a paper)."""
+
+        def fit(self, recommender, members, seed=0):
+            fitted = super().fit(recommender, members, seed=seed)
+            self.privacy_ = {"epsilon": 1.0, "delta": 0.0, "level": "user", "mechanism": "m", "outside": "everything"}
+            return fitted
+
+    with pytest.raises(AssertionError, match=r"privacy_\['outside'\] must be a list of sentences"):
+        checks.check_training_defense(LooseWords)
+
 
 # --------------------------------------------------------------------------- list defenses
 
@@ -294,6 +305,8 @@ def test_dp_itemknn_approaches_itemknn_at_huge_epsilon_and_not_at_tiny_epsilon()
     assert _overlap(near, plain) > 0.85
     assert _overlap(far, plain) < 0.5
     assert big.privacy_["level"] == "user" and big.privacy_["neighbors"] == 20
+    assert big.privacy_["delta"] == pytest.approx(1 / (80 * math.log(80)))
+    assert any("cold-start" in line for line in big.privacy_["outside"])
     lap = DPItemKNN(epsilon=1.0, mechanism="laplace", max_per_user=10)
     lap.fit(ItemKNN(), data, seed=0)
     assert lap.privacy_["delta"] == 0.0 and lap.privacy_["noise_scale"] == pytest.approx(55.0)
@@ -340,13 +353,47 @@ def test_dp_sgd_epsilon_comes_from_the_accountant_and_grows_with_less_noise():
     for sigma in (4.0, 1.5, 0.7):
         d = DPSGD(epsilon=None, noise_multiplier=sigma, epochs=3, batch_size=64)
         d.fit(LatentFactorModel(embedding_size=8), data, seed=0)
-        assert d.privacy_["level"] == "record" and d.privacy_["delta"] == pytest.approx(1 / data.n_interactions)
+        n = data.n_interactions
+        assert d.privacy_["level"] == "record" and d.privacy_["delta"] == pytest.approx(1 / (n * math.log(n)))
         assert d.privacy_["steps"] > 3
         eps.append(d.privacy_["epsilon"])
     assert eps[0] < eps[1] < eps[2]
     target = DPSGD(epsilon=2.0, epochs=3, batch_size=64)
     target.fit(LatentFactorModel(embedding_size=8), data, seed=0)
     assert 1.5 < target.privacy_["epsilon"] <= 2.0 + 1e-6
+
+
+def test_dp_sgd_scores_the_public_catalogue_so_no_record_decides_what_can_be_served():
+    """Items no member touched are in the model and servable; removing an item's only record keeps it servable."""
+    import torch
+
+    from miars_recbole import LatentFactorModel
+
+    data = checks.make_interactions(n_users=50, n_items=60, seed=4)  # its last items have no interactions
+    pop = data.item_popularity()
+    untouched = np.flatnonzero(pop == 0)
+    assert len(untouched) > 0
+    one = sp.csr_matrix(([1.0], ([0], [untouched[0]])), shape=data.matrix.shape)
+    lone = Interactions(sp.csr_matrix(data.matrix + one), data.user_ids, data.item_ids)  # one untouched item, one record
+    for members in (data, lone):
+        d = DPSGD(epsilon=5.0, epochs=2, batch_size=64)
+        fitted = d.fit(LatentFactorModel(embedding_size=8), members, seed=0)
+        scores = fitted.model_.score_rows(np.arange(members.n_users))
+        assert scores.shape == (members.n_users, members.n_items) and bool(torch.isfinite(scores).all())
+        k = members.n_items - int(members.user_counts().max())
+        lists = fitted.recommend(k)
+        assert set(untouched[1:]) <= set(lists.ravel().tolist())  # every untouched item reaches some list
+        assert "the item catalogue" in " ".join(d.privacy_["public"]) and d.privacy_["level"] == "record"
+        assert any("popular" in line for line in d.privacy_["outside"]) and d.privacy_["covers"]
+
+
+def test_default_delta_is_well_below_one_over_n():
+    from miars_defenses._params import default_delta
+
+    for n in (10, 943, 100_000):
+        assert default_delta(n) == pytest.approx(1 / (n * math.log(n)))
+        assert default_delta(n) * n < 0.5  # under one in two units exposed, falling with n
+    assert default_delta(1) == 1.0 and default_delta(2) == 0.5  # ln n floored at 1
 
 
 def test_dp_sgd_refuses_item():

@@ -36,6 +36,19 @@ def number(defense: str, name: str, value, *, low: float | None = None, high: fl
     return int(v) if integer else v
 
 
+def default_delta(n: int) -> float:
+    """The default delta for ``n`` protected units (records or users): ``1 / (n ln n)``, well below ``1 / n``.
+
+    The usual rule is that delta must be much smaller than ``1 / n`` (Dwork & Roth, "The
+    Algorithmic Foundations of Differential Privacy", 2014, section 2.3: a delta of about
+    ``1 / n`` allows a mechanism that publishes a random record in full). ``1 / (n ln n)`` keeps
+    the expected number of exposed units, ``n * delta = 1 / ln n``, below one and falling with
+    ``n`` (ml-100k, 943 users: 0.15); ``ln n`` is floored at 1 for tiny ``n``.
+    """
+    n = max(int(n), 1)
+    return 1.0 / (n * max(math.log(n), 1.0))
+
+
 def choice(defense: str, name: str, value, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise MiarsError(f"{defense}: {name} must be one of {', '.join(choices)}, got {value!r}; "

@@ -62,6 +62,22 @@ def gaussian_sigma(epsilon: float, delta: float, sensitivity: float) -> float:
     return hi
 
 
+#: What the guarantee covers, what the service adds outside it, and what is public (``privacy_``).
+COVERS = (
+    "the released item-item similarity and the noisy item counts",
+    "every list computed from them and the list owner's own history (members' lists, fold-in lists)",
+)
+OUTSIDE = (
+    "the non-member popular list of the `popular` service and the cold-start list (an account with no "
+    "history): exact item counts over the members' data, computed by the service, not by this defense",
+    "a member's own list leaves out the items she knows: it shows her own history to whoever sees it",
+)
+PUBLIC = (
+    "the item catalogue",
+    "the number of members (sets the default delta)",
+)
+
+
 class DPItemKNN(Component):
     """Item-based kNN on differentially private item co-occurrence counts, each user's contribution bounded (McSherry & Mironov, KDD 2009).
 
@@ -76,7 +92,8 @@ class DPItemKNN(Component):
        so the L1 sensitivity is ``m (m + 1) / 2`` (``mechanism="laplace"``: Laplace noise of
        scale ``L1 / epsilon``, pure epsilon-DP, ``delta = 0``) and the L2 sensitivity is
        ``sqrt(m (m + 1) / 2)`` (``mechanism="gaussian"``, the default: the analytic Gaussian
-       mechanism of Balle & Wang, ICML 2018, at ``delta``, default ``1 / n_members``);
+       mechanism of Balle & Wang, ICML 2018, at ``delta``, default ``1 / (n ln n)`` for ``n``
+       members, well below ``1 / n``: :func:`miars_defenses._params.default_delta`);
     3. post-processing only: noisy pair counts below ``threshold`` noise standard deviations
        become 0 — without this, pure noise on the millions of zero pairs poses as strong
        similarity between rare items; the default sets it so that about one pure-noise pair in
@@ -87,8 +104,12 @@ class DPItemKNN(Component):
        member's scores are her history times that sparse similarity (like RecBole's ItemKNN).
 
     The guarantee is **user-level** (adding or removing one member with all her interactions)
-    for the released similarity; serving a member uses only her own history on top of it.
-    The item catalogue is treated as public. Wraps ``item`` / ``recbole:ItemKNN`` only.
+    for the released similarity and noisy item counts; serving a member uses only her own
+    history on top of them. The item catalogue and the number of members are public.
+    **Outside the guarantee**: under the ``popular`` service, non-members' lists and the
+    cold-start list (an account with no history) come from the *exact* item counts of the
+    members' data, computed by the service, not by this defense; ``privacy_["outside"]`` says
+    so in every result.json. Wraps ``item`` / ``recbole:ItemKNN`` only.
     """
 
     acts_on = "training"
@@ -142,7 +163,7 @@ class DPItemKNN(Component):
         if mech == "laplace":
             delta, scale = 0.0, l1 / eps
         else:
-            delta = 1.0 / max(n_users, 1) if delta is None else delta
+            delta = _params.default_delta(n_users) if delta is None else delta
             scale = gaussian_sigma(eps, delta, math.sqrt(l1))
         std = scale * math.sqrt(2.0) if mech == "laplace" else scale
         if threshold is None:  # about one pure-noise pair above the threshold among all n_items^2 / 2
@@ -151,6 +172,10 @@ class DPItemKNN(Component):
         w, noisy_counts = _noisy_cosine_knn(x, scale, mech, neighbors, shrink, seed, floor=threshold * std)
         self.privacy_ = {
             "epsilon": eps, "delta": delta, "level": "user",
+            "unit": f"one member with all her interactions (at most {m} counted)",
+            "delta_rule": ("pure epsilon-DP" if mech == "laplace" else
+                           "given" if self.delta is not None else "1 / (n ln n), n = members"),
+            "covers": list(COVERS), "outside": list(OUTSIDE), "public": list(PUBLIC),
             "mechanism": f"{mech} noise on item co-occurrence counts (McSherry & Mironov, KDD 2009)",
             "max_per_user": m, "neighbors": neighbors, "noise_scale": scale, "noise_std": std,
             "threshold": threshold,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 import warnings
 
@@ -21,6 +19,23 @@ from . import _params
 
 #: RecBole models dp-sgd knows how to train, and the miars names that wrap them.
 SUPPORTED = {"BPR": "lfm / recbole:BPR", "NeuMF": "ncf / recbole:NeuMF"}
+
+
+#: What the guarantee covers, what the service adds outside it, and what is public (``privacy_``).
+COVERS = (
+    "the trained model (user and item embeddings, NeuMF's layers)",
+    "every list computed from the model and the list owner's own history (members' lists, fold-in lists)",
+)
+OUTSIDE = (
+    "the non-member popular list of the `popular` service and the cold-start list (an account with no "
+    "history): exact item counts over the members' data, computed by the service, not by this defense",
+    "a member's own list leaves out the items she knows: it shows her own history to whoever sees it",
+)
+PUBLIC = (
+    "the item catalogue: every item of the data set is in the model and scored",
+    "the member accounts (one user embedding per member row)",
+    "the number of training records (sets the sampling rate and the default delta)",
+)
 
 
 class DPSGD(Component):
@@ -42,8 +57,16 @@ class DPSGD(Component):
     A member with many interactions is protected by group privacy only (roughly
     ``n * epsilon``). Give ``epsilon`` (the noise multiplier is then calibrated by opacus to
     reach it after all epochs) or ``noise_multiplier`` (epsilon is then what the accountant
-    reports). ``delta`` defaults to ``1 / n_records``. ``privacy_`` holds the accountant's
-    epsilon after training. The item catalogue is treated as public.
+    reports). ``delta`` defaults to ``1 / (n ln n)`` for ``n`` training records (well below
+    ``1 / n``; see :func:`miars_defenses._params.default_delta`). ``privacy_`` holds the
+    accountant's epsilon after training, the level, what the guarantee covers and what lies
+    outside it.
+
+    **What is public.** The item catalogue (every item of the data set, whether or not a
+    member interacted with it: the model has an embedding for each and scores them all, and
+    negatives are drawn uniformly from all of them), the member accounts (one user embedding
+    per member row) and the number of training records (it sets the sampling rate and the
+    default delta). So the set of items that can be served does not depend on any record.
     """
 
     acts_on = "training"
@@ -109,12 +132,15 @@ class DPSGD(Component):
         n_records = int(matrix.nnz)
         if n_records == 0:
             raise MiarsError("dp-sgd: the members have no interactions to train on")
-        delta = v["delta"] if v["delta"] is not None else 1.0 / n_records
+        delta = v["delta"] if v["delta"] is not None else _params.default_delta(n_records)
         fitted, info = _train(model_name, matrix, overrides, seed, epochs=epochs, batch_size=batch_size, lr=lr,
                               epsilon=v["epsilon"], noise_multiplier=v["noise_multiplier"],
                               max_grad_norm=v["max_grad_norm"], delta=delta, accountant=v["accountant"])
         self.privacy_ = {
             "epsilon": info["epsilon"], "delta": delta, "level": "record",
+            "unit": "one (member, item) interaction",
+            "delta_rule": "given" if v["delta"] is not None else "1 / (n ln n), n = training records",
+            "covers": list(COVERS), "outside": list(OUTSIDE), "public": list(PUBLIC),
             "mechanism": f"DP-SGD (opacus {info['opacus']}, {v['accountant']} accountant, Poisson sampling)",
             "noise_multiplier": info["noise_multiplier"], "max_grad_norm": v["max_grad_norm"],
             "sample_rate": info["sample_rate"], "steps": info["steps"], "epochs": epochs,
@@ -148,32 +174,24 @@ class _FittedDP:
 
 
 def _build(model_name: str, train: sp.csr_matrix, overrides: dict, seed: int):
-    """A fresh RecBole model (untrained) for the members in ``train``, with miars' id maps."""
-    from miars_recbole import compat
+    """A fresh RecBole model (untrained) over every member row and every item of the catalogue.
+
+    Internal ids are row + 1 and column + 1 (0 is RecBole's padding), whatever the data hold:
+    the model's shape, its initialisation and the negatives' range are fixed by the public
+    catalogue and the member accounts, never by which records exist.
+    """
+    from miars_recbole import compat, lean
 
     compat.apply()
-    from miars_recbole.session import _FIXED, _id_maps
-    from recbole.config import Config
-    from recbole.data import create_dataset
-    from recbole.utils import get_model, init_seed
-
+    n_rows, n_items = train.shape
+    config = lean.recbole_config(model_name, overrides, seed)
+    user_rb = np.arange(1, n_rows + 1, dtype=np.int64)
+    item_cols = np.concatenate([[0], np.arange(n_items, dtype=np.int64)])
     coo = train.tocoo()
-    with tempfile.TemporaryDirectory(prefix="miars-dpsgd-") as tmp:
-        os.makedirs(os.path.join(tmp, "members"))
-        order = np.lexsort((coo.col, coo.row))
-        with open(os.path.join(tmp, "members", "members.inter"), "w") as fh:
-            fh.write("user_id:token\titem_id:token\n")
-            np.savetxt(fh, np.column_stack([coo.row[order], coo.col[order]]), fmt="%d", delimiter="\t")
-        cfg = {**_FIXED, **overrides, "seed": int(seed), "data_path": tmp, "checkpoint_dir": os.path.join(tmp, "saved")}
-        try:
-            config = Config(model=model_name, dataset="members", config_dict=cfg)
-        except (ValueError, KeyError, AttributeError) as exc:
-            raise MiarsError(f"RecBole rejected model {model_name!r} or its settings: {exc}") from None
-        init_seed(int(seed), True)
-        dataset = create_dataset(config)
-        init_seed(int(seed), True)
-        model = get_model(model_name)(config, dataset).to("cpu")
-        user_rb, item_cols = _id_maps(dataset, train.shape[0])
+    matrix = sp.csr_matrix((np.ones(coo.nnz, dtype=np.float32), (coo.row + 1, coo.col + 1)), shape=(n_rows + 1, n_items + 1))
+    data = lean.LeanData(user=None, item=None, keys=None, n_users=n_rows + 1, n_items=n_items + 1, user_rb=user_rb,
+                         item_cols=item_cols, matrix=matrix)
+    model = lean.build_model(model_name, config, data, seed)
     return model, user_rb, item_cols
 
 
