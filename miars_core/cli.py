@@ -537,7 +537,7 @@ def bench_defenses(
 def report_command(
     run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="Folder written by `miars grid --out` (or `miars-attack --out`)."),
 ) -> None:
-    """Write RUN_DIR/report/: tables (markdown, CSV) with bootstrap 95% CIs over seeds, heatmaps, ROC curves, report.html."""
+    """Write RUN_DIR/report/: tables (markdown, CSV) with Student-t 95% CIs over seeds, heatmaps, ROC curves, report.html."""
     from .gridreport import write_report
 
     with guarded():
