@@ -153,7 +153,7 @@ def check_lists(lists: Any, shape: tuple[int, int], known, who: str, what: str =
 
 def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: Any = None, defense_seed: int = 0,
           holdout_fraction: float = 0.0, holdout_seed: int = 0, service: Any = None) -> Served:
-    """Fit ``recommender`` on the part's members; members get its top-k, non-members the popular top-k.
+    """Fit ``recommender`` on the part's members; members get its top-k, non-members what ``service`` serves new accounts.
 
     A ``data`` defense rewrites the members' training data first; a ``training`` defense fits
     the recommender its own way (``defense.fit(recommender, members, seed)``). Members' lists
@@ -169,6 +169,7 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
     plugin. Non-finite training losses in ``fit_info_`` fail the run.
     """
     check_k(k, part.interactions.matrix, who=f"{part.name} users")
+    fold_members = members_mode(service) == "foldin"
     members = np.flatnonzero(part.is_member)
     others = np.flatnonzero(~part.is_member)
     who = _who("recommender", name, recommender)
@@ -201,7 +202,7 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
     server = new_account_server(service, fitted, train, k, seed)
     with stage_threads():
         other_lists = server(known_others) if len(others) else np.empty((0, k), dtype=np.int64)
-        folded = server(seen.matrix) if members_mode(service) == "foldin" and len(members) else None
+        folded = server(seen.matrix) if fold_members and len(members) else None
     report = {"name": name, "params": get_params(recommender), "fit_info": info}
     if folded is not None:  # members served as new accounts: how much of their trained list they keep
         kept = (member_lists[:, :, None] == folded[:, None, :]).any(axis=2).mean()
