@@ -34,9 +34,11 @@ Then, per kind:
   (training data has items nobody interacted with, like a real member part);
 * defense: ``apply`` keeps the shape, returns int64 valid item columns, distinct per row;
 * featurizer: ``transform`` returns a finite float32 ``(n_users, d)`` array, ``d`` fixed;
-* attack: ``decision_function`` returns finite float64 scores of shape ``(n,)``;
-  ``predict(X) == (decision_function(X) > 0)``; on easily separable data members score
-  higher than non-members (the sign convention);
+* attack: ``decision_function`` returns finite float64 scores of shape ``(n,)``; the
+  engine calls it once per view and predicts ``scores > decision_threshold_`` (0 when the
+  attack has no such attribute), so an attack that also defines ``predict`` must agree:
+  ``predict(X) == (decision_function(X) > threshold)``; on easily separable data members
+  score higher than non-members (the sign convention);
 * dataset: ``load(data_dir, download=False)`` returns a binary :class:`Interactions`.
 """
 
@@ -61,6 +63,8 @@ __all__ = [
     "check_service",
     "check_attack",
     "check_view_attack",
+    "check_isolation",
+    "reachable",
     "check_dataset",
     "check_plugin",
     "check_list_defense",
@@ -318,10 +322,7 @@ def check_attack(factory: Callable[..., Any], /, **params: Any) -> None:
     assert scores.shape == (n,), f"{who}.decision_function returned shape {scores.shape}, expected ({n},)"
     assert scores.dtype == np.float64, f"{who}.decision_function returned dtype {scores.dtype}, expected float64"
     assert np.isfinite(scores).all(), f"{who}.decision_function returned non-finite scores"
-    assert callable(getattr(obj, "predict", None)), f"{who} has no predict method"
-    pred = np.asarray(obj.predict(X))
-    assert pred.shape == (n,) and pred.dtype == bool, f"{who}.predict must return a bool array of shape ({n},), got {pred.dtype} {pred.shape}"
-    assert np.array_equal(pred, scores > 0), f"{who}.predict(X) differs from decision_function(X) > 0"
+    _check_predict(obj, who, X, scores)
     assert scores[y].mean() > scores[~y].mean(), (
         f"{who}: on easily separable data members score lower than non-members; "
         "decision_function must be higher for members (y=1)"
@@ -331,6 +332,24 @@ def check_attack(factory: Callable[..., Any], /, **params: Any) -> None:
     assert np.array_equal(again.decision_function(X), scores), (
         f"{who}: two fits with seed=0 (bool and 0/1 labels) score differently; use the seed for all randomness"
     )
+
+
+def _check_predict(obj: Any, who: str, data: Any, scores: np.ndarray) -> None:
+    """The engine's predictions ``scores > decision_threshold_`` equal the attack's own ``predict``, if it has one."""
+    from .threat import decision_threshold
+
+    try:
+        threshold = decision_threshold(obj)
+    except Exception as exc:  # noqa: BLE001 - the check's message
+        raise AssertionError(f"{who}: {exc}") from None
+    if not callable(getattr(obj, "predict", None)):
+        return
+    pred = np.asarray(obj.predict(data))
+    n = len(scores)
+    assert pred.shape == (n,) and pred.dtype == bool, f"{who}.predict must return a bool array of shape ({n},), got {pred.dtype} {pred.shape}"
+    assert np.array_equal(pred, scores > threshold), (
+        f"{who}.predict differs from decision_function > {threshold:g} (its decision_threshold_, 0 without one): the "
+        "engine predicts from the scores, so predict must agree")
 
 
 def _views(seed: int = 5, n: int = 80, n_items: int = 60, k: int = 6):
@@ -367,11 +386,11 @@ def _views(seed: int = 5, n: int = 80, n_items: int = 60, k: int = 6):
     pairs = np.column_stack([coo.row, coo.col]).astype(np.int64)
 
     def view(labels: bool) -> AdversaryView:
-        access = QueryAccess(None, train, _Popular(), k, budget=None if labels else 6 * n)
+        access = QueryAccess.of(_Popular(), None, train, k, budget=None if labels else 6 * n)
         return AdversaryView(histories=histories, lists=lists.copy(), k=k, features=None, item_vectors=vectors,
                              popular=popular, popularity=np.asarray(histories.sum(axis=0)).ravel(),
                              labels=is_member.copy() if labels else None, query=access,
-                             reference=lambda index=0: QueryAccess(None, train, _Popular(), k), pairs=pairs.copy(),
+                             reference=lambda index=0: QueryAccess.of(_Popular(), None, train, k), pairs=pairs.copy(),
                              pair_labels=is_member[pairs[:, 0]] if labels else None)
 
     return view(True), view(False), is_member
@@ -381,10 +400,12 @@ def check_view_attack(factory: Callable[..., Any], /, **params: Any) -> None:
     """Check an attack of threat ``lists`` or ``queries``: ``fit(shadow_view, seed)``, ``decision_function(view)``.
 
     Scores are finite float64, one per user (per pair of ``view.pairs`` for ``level =
-    "interaction"``); ``predict == decision_function > 0``; the same
-    seed gives the same scores; the target view carries no labels and its queries stay
-    within the budget; for ``lists`` attacks, members (personalized lists) score higher
-    than non-members (the popular list) on average, except for controls (class attribute
+    "interaction"``); one ``decision_function`` call stays within the target's budget (the
+    engine scores a view once); ``predict``, if defined, equals ``decision_function >
+    decision_threshold_`` (checked on a fresh view, so a ``predict`` that scores again is not
+    charged to the first view's budget); the same seed gives the same scores; the target view
+    carries no labels; for ``lists`` attacks, members (personalized lists) score higher than
+    non-members (the popular list) on average, except for controls (class attribute
     ``control = True``: a rule meant to read chance on a sound protocol).
     """
     from .threat import threat_of
@@ -400,8 +421,6 @@ def check_view_attack(factory: Callable[..., Any], /, **params: Any) -> None:
     n = len(target.pairs) if level_of(obj) == "interaction" else target.n_users
     assert scores.shape == (n,), f"{who}.decision_function returned shape {scores.shape}, expected ({n},)"
     assert scores.dtype == np.float64 and np.isfinite(scores).all(), f"{who}.decision_function must return finite float64 scores"
-    pred = np.asarray(obj.predict(target))
-    assert pred.dtype == bool and np.array_equal(pred, scores > 0), f"{who}.predict(view) differs from decision_function(view) > 0"
     if threat == "queries":
         assert target.query.used_ <= target.query.budget, f"{who} asked more queries than its budget"
     else:
@@ -409,10 +428,123 @@ def check_view_attack(factory: Callable[..., Any], /, **params: Any) -> None:
         assert getattr(obj, "control", False) or scores[is_member].mean() > scores[~is_member].mean(), (
             f"{who}: members (personalized lists) score lower than non-members (popular list); "
             "decision_function must be higher for members")
+    _check_predict(obj, who, _views()[1], scores)
     again = _build(factory, params)
     _fit(again, who, _views()[0], seed=0)
     assert np.array_equal(np.asarray(again.decision_function(_views()[1])), scores), (
         f"{who}: two fits with seed=0 score differently; use the seed for all randomness")
+
+
+_LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), type(Ellipsis), range, slice)
+
+
+def reachable(*roots: Any, limit: int = 2_000_000):
+    """Every object reachable from ``roots`` through instance state, each once (an iterator).
+
+    Follows instance attributes (``__dict__`` and ``__slots__``), the items and keys of lists,
+    tuples, sets and dicts, bound methods' ``__self__`` and ``__func__``, functions' closure
+    cells, defaults and ``__dict__``, ``functools.partial``'s function, arguments and keywords,
+    and numpy arrays' ``base``. Not followed: classes, modules and module globals (a
+    function's ``__globals__``), which an attack can reach anyway by importing. Raises
+    ``AssertionError`` past ``limit`` objects.
+    """
+    import functools
+    import types
+
+    seen: set[int] = set()
+    stack = list(roots)
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, _LEAVES) or isinstance(obj, (type, types.ModuleType)):
+            continue
+        seen.add(id(obj))
+        assert len(seen) <= limit, f"more than {limit} objects reachable; raise limit"
+        yield obj
+        if isinstance(obj, np.ndarray):
+            if obj.base is not None:
+                stack.append(obj.base)
+            continue
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        if isinstance(obj, (types.MethodType, types.BuiltinMethodType)):
+            stack.append(getattr(obj, "__self__", None))
+            stack.append(getattr(obj, "__func__", None))
+        if isinstance(obj, types.FunctionType):
+            stack.extend(cell.cell_contents for cell in (obj.__closure__ or ()) if _cell_filled(cell))
+            stack.extend(obj.__defaults__ or ())
+            stack.extend((obj.__kwdefaults__ or {}).values())
+        if isinstance(obj, functools.partial):
+            stack.append(obj.func)
+            stack.extend(obj.args)
+            stack.extend(obj.keywords.values())
+        state = getattr(obj, "__dict__", None)
+        if isinstance(state, dict):
+            stack.append(state)
+        for klass in type(obj).__mro__:
+            slots = klass.__dict__.get("__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                if name not in ("__dict__", "__weakref__") and hasattr(obj, name):
+                    stack.append(getattr(obj, name))
+
+
+def _cell_filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:  # an empty closure cell
+        return False
+    return True
+
+
+def _as_array(obj: Any) -> np.ndarray | None:
+    """``obj`` as a numpy array when it is one or a torch tensor (else None)."""
+    if isinstance(obj, np.ndarray):
+        return obj
+    if type(obj).__module__.startswith("torch") and hasattr(obj, "detach") and hasattr(obj, "numpy"):
+        try:
+            return obj.detach().cpu().numpy()
+        except (RuntimeError, TypeError):
+            return None
+    return None
+
+
+def check_isolation(*roots: Any, is_member: np.ndarray | None, train: Any, forbidden: Any = (),
+                    forbidden_types: tuple[type, ...] = ()) -> int:
+    """Nothing reachable from ``roots`` (what an attack receives on the target part) holds membership or training data.
+
+    Fails when a reachable array (numpy or torch) equals ``is_member`` (as 0/1 values) or the
+    members' row indices, a reachable sparse or dense matrix equals ``train`` (the members'
+    training matrix) or has exactly its number of interactions (the same data re-indexed, as a
+    RecBole model holds it), or one of the ``forbidden`` objects (the fitted model, the engine's
+    cell, ...) or an instance of ``forbidden_types`` is reachable. Returns how many objects were walked (:func:`reachable` says what
+    is followed). ``is_member`` None: no labels to look for.
+    """
+    y = np.asarray(is_member if is_member is not None else np.zeros(0)).astype(bool)
+    rows = np.flatnonzero(y)
+    train = sp.csr_matrix(train)
+    banned = {id(x): x for x in forbidden}
+    walked = 0
+    for obj in reachable(*roots):
+        walked += 1
+        if id(obj) in banned or isinstance(obj, forbidden_types):
+            raise AssertionError(f"a {type(obj).__name__} the attack must not reach is reachable from what it receives")
+        if sp.issparse(obj):
+            if obj.nnz == train.nnz:
+                raise AssertionError(f"a sparse matrix {obj.shape} with exactly the members' {train.nnz} training "
+                                     "interactions is reachable")
+            continue
+        arr = _as_array(obj)
+        if arr is None or arr.dtype == object:
+            continue
+        if len(y) and arr.ndim == 1 and len(arr) == len(y) and np.isin(arr, (0, 1)).all() and np.array_equal(arr.astype(bool), y):
+            raise AssertionError(f"an array equal to the target's membership labels is reachable ({arr.dtype})")
+        if len(y) and arr.ndim == 1 and len(arr) == len(rows) and np.array_equal(arr, rows):
+            raise AssertionError("an array equal to the target members' row indices is reachable")
+        if arr.shape == train.shape and np.array_equal(arr != 0, train.toarray() != 0):
+            raise AssertionError("a dense array equal to the members' training matrix is reachable")
+    return walked
 
 
 def check_dataset(factory: Callable[..., Any], /, data_dir: Any = None, **params: Any) -> Interactions:
@@ -452,10 +584,20 @@ def check_service(factory: Callable[..., Any], /, **params: Any) -> None:
     assert not known[np.arange(others.n_users)[:, None], out].any(), f"{who}.serve_others served an item the user knows"
     again = _build(factory, params).serve_others(fitted, train, others.matrix, K, seed=0)
     assert np.array_equal(again, out), f"{who}: the same seed gives different lists"
+    if callable(getattr(obj, "new_accounts", None)):
+        server = obj.new_accounts(fitted, train, K, seed=0)
+        assert callable(server), f"{who}.new_accounts must return a callable histories -> lists"
+        assert np.array_equal(np.asarray(server(others.matrix)), out), (
+            f"{who}.new_accounts(...)(histories) serves other lists than serve_others")
+        try:
+            check_isolation(server, is_member=None, train=train.matrix, forbidden=[fitted, train])
+        except AssertionError as exc:
+            raise AssertionError(f"{who}.new_accounts holds the members' data: {exc}; keep only what serving new "
+                                 "accounts needs (popularity, the model's item side)") from None
 
 
 class _FoldInPopular:
-    """A stand-in fitted model that can serve new accounts (``recommend_for``)."""
+    """A stand-in fitted model that can serve new accounts (``recommend_for``; ``new_accounts()``: popularity only)."""
 
     def fit(self, train, seed=0):
         self.pop_ = train.item_popularity()
@@ -468,9 +610,22 @@ class _FoldInPopular:
         return top_k_popular(self.pop_, self.known_, k)
 
     def recommend_for(self, histories, k, seed=0):
+        return self.new_accounts().recommend_for(histories, k, seed)
+
+    def new_accounts(self) -> "_PopularSide":
+        return _PopularSide(self.pop_.copy())
+
+
+class _PopularSide:
+    """What :class:`_FoldInPopular` needs to serve new accounts: the popularity."""
+
+    def __init__(self, popularity: np.ndarray):
+        self.popularity = popularity
+
+    def recommend_for(self, histories, k, seed=0):
         from .ranking import top_k_popular
 
-        return top_k_popular(self.pop_, histories, k)
+        return top_k_popular(self.popularity, histories, k)
 
 
 _CHECKS = {

@@ -276,7 +276,7 @@ def attack(
     attack_param: Optional[List[str]] = typer.Option(None, "--attack-param", help="KEY=VALUE, e.g. epochs=200."),
     defense_param: Optional[List[str]] = typer.Option(None, "--defense-param", help="KEY=VALUE, e.g. ratio=0.1."),
     service_param: Optional[List[str]] = typer.Option(None, "--service-param", help="KEY=VALUE for the service model."),
-    query_budget: int = typer.Option(5, "--query-budget", help="Queries per target user an attack with query access may ask (recorded in result.json)."),
+    query_budget: int = typer.Option(5, "--query-budget", help="Queries per target user, on average, an attack with query access may ask: budget x target users in all (recorded in result.json); >= 1 for query attacks."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder to write result.json (metrics, timings, config, split, versions) and scores.tsv (per-user attack scores) into."),
     export_miars: Optional[str] = typer.Option(None, "--export-miars", help="Folder to write the authors' TSV files into (interactions, recommendations, item vectors)."),
     cache: Optional[str] = typer.Option(None, "--cache", help="Folder of cached stage outputs (default: $MIARS_CACHE/stages or ~/.cache/miars/stages)."),
@@ -313,6 +313,12 @@ def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_mode
         defense_params=parse_params(defense_param, "--defense-param"),
         service=service, service_params=parse_params(service_param, "--service-param"), query_budget=query_budget,
     ).validate()
+    if config.query_budget < 1:  # a query attack without queries: refused before any folder is made
+        from .plugins import get_plugins
+        from .threat import require_budget
+
+        require_budget(get_plugins().create("attack", config.attack, **config.attack_params), config.query_budget,
+                       config.attack)
     _run(config, out, export_miars, quiet, _store(cache, no_cache), force)
 
 
@@ -466,7 +472,7 @@ def grid(
     seed: Optional[List[str]] = typer.Option(None, "--seed", help="Master seeds, comma-separated, e.g. 0,1,2 (default: 0)."),
     split: Optional[str] = typer.Option(None, help="interactions (the paper's) or users."),
     min_interactions: Optional[int] = typer.Option(None, "--min-interactions", help="Shadow/target users with fewer interactions are dropped (default: 20)."),
-    query_budget: Optional[int] = typer.Option(None, "--query-budget", help="Queries per target user an attack with query access may ask (default: 5)."),
+    query_budget: Optional[int] = typer.Option(None, "--query-budget", help="Queries per target user, on average, an attack with query access may ask: budget x target users in all (default: 5); >= 1 for query attacks."),
     utility_holdout: Optional[float] = typer.Option(None, "--utility-holdout", help="Share of every shadow and target user's interactions held out as her future: never trained on nor shown to the adversary; the target members' future scores utility (default: 0)."),
     controls: bool = typer.Option(False, "--controls", help="Add the control recommenders random (random unknown items) and pop (popular items) as targets, reported beside the real ones."),
     out: OutOpt = ...,
@@ -601,7 +607,7 @@ def bench_defenses(
     attack_model: Optional[List[str]] = typer.Option(None, "--attack", help="Attacks, comma-separated (default: mlp)."),
     attack_param: Optional[List[str]] = typer.Option(None, "--attack-param", help="[NAME.]KEY=VALUE for the attack model."),
     service: Optional[List[str]] = typer.Option(None, "--service", help="Service models, comma-separated: popular (the paper's), foldin (default: popular)."),
-    query_budget: int = typer.Option(5, "--query-budget", help="Queries per target user an attack with query access may ask."),
+    query_budget: int = typer.Option(5, "--query-budget", help="Queries per target user, on average, an attack with query access may ask: budget x target users in all; >= 1 for query attacks."),
     top_k: Optional[List[str]] = typer.Option(None, "--top-k", help="List lengths (default: 100)."),
     seed: Optional[List[str]] = typer.Option(None, "--seed", help="Master seeds, e.g. 0,1,2 (default: 0,1,2)."),
     utility_holdout: float = typer.Option(0.2, "--utility-holdout", help="Share of every shadow and target user's interactions held out as her future: never trained on nor shown to the adversary; the target members' future scores utility."),
@@ -724,7 +730,7 @@ def report_command(
     run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="Folder written by `miars grid --out` (or `miars-attack --out`)."),
     force: bool = typer.Option(False, "--force", help="Write RUN_DIR/report/ even where it holds files miars did not write (they are replaced)."),
 ) -> None:
-    """Write RUN_DIR/report/: tables (markdown, CSV) with bootstrap 95% CIs over seeds, heatmaps, ROC curves, report.html."""
+    """Write RUN_DIR/report/: tables (markdown, CSV) with Student-t 95% CIs over seeds, heatmaps, ROC curves, report.html."""
     from .gridreport import write_report
 
     from .rundir import display

@@ -17,8 +17,9 @@ import html
 import math
 from dataclasses import dataclass, field
 
-from .gridreport import (CONTROLS_NOTE, NO_SIGNAL_NOTE, CellRecord, Estimate, _fmt_estimate, _img, bootstrap_ci,
-                         row_markers)
+from .gridreport import CONTROLS_NOTE, NO_SIGNAL_NOTE, CellRecord, _fmt_estimate, _img, _usual_n, row_markers, seeds_line
+from .intervals import DESCRIPTION as CI_DESCRIPTION
+from .intervals import Estimate, mean_ci
 
 LEAKAGE = [("roc_auc", "ROC-AUC"), ("roc_auc_distance", "|ROC-AUC - 0.5|"), ("balanced_accuracy", "balanced accuracy"),
            ("tpr_at_fpr_0.01", "TPR@1%FPR"), ("advantage", "advantage")]
@@ -125,8 +126,23 @@ def defense_rows(records: list[CellRecord]) -> list[DefenseRow]:
     out = sorted(rows.values(), key=lambda r: (r.dataset, r.control, r.target, r.defense != "none", r.defense,
                                                _params_key(r.params)))
     for row in out:
-        row.estimates = {k: bootstrap_ci(v) for k, v in row.values.items()}
+        row.estimates = {k: mean_ci(v, bounds=_bounds(k)) for k, v in row.values.items()}
     return out
+
+
+def _bounds(column: str) -> tuple[float, float] | None:
+    """The range a column's values can take (the interval is clipped to it): rates in [0, 1], seconds >= 0."""
+    if column == "cost:seconds":
+        return (0.0, math.inf)
+    if column.endswith(":roc_auc_distance"):
+        return (0.0, 0.5)
+    return (0.0, 1.0)  # leakage metrics and the utility's recall, NDCG and HR
+
+
+def _n(row: DefenseRow) -> str:
+    """The row's number of seeds (cells), as its tables show it."""
+    n = _usual_n(row.estimates.values())
+    return str(n) if n else "–"
 
 
 def _columns(rows: list[DefenseRow]) -> list[str]:
@@ -178,7 +194,7 @@ def _unit(row: DefenseRow) -> str:
 def defenses_markdown(rows: list[DefenseRow], skipped: list[str] = ()) -> str:
     cols = _columns(rows)
     lines = ["# Defense benchmark", "",
-             "Mean over seeds with a bootstrap 95% CI. `static`: shadow served without the defense (the CCS'21 paper's "
+             f"Mean over seeds with, in brackets, the {CI_DESCRIPTION}; `n`: seeds per row. `static`: shadow served without the defense (the CCS'21 paper's "
              "attacker); `adaptive`: shadow trained and served under the defense. |ROC-AUC - 0.5| counts an inverted "
              "attack as leakage. Utility: the defended target service's lists on its members' held-out interactions. "
              "Cost: seconds to fit the defended service plus the defense itself. DP epsilon: the guarantee the "
@@ -189,25 +205,27 @@ def defenses_markdown(rows: list[DefenseRow], skipped: list[str] = ()) -> str:
     if skipped:
         lines += ["Left out of this benchmark (defaults that cannot run here):", ""] + [f"* {why}" for why in skipped] + [""]
     for (dataset, target) in dict.fromkeys((r.dataset, r.target) for r in rows):
-        lines += [f"## {_title(rows, dataset, target)}", "",
-                  f"| defense | {UNIT} | " + " | ".join(_label(c) for c in cols) + " |",
-                  "|---|---|" + "---:|" * len(cols)]
-        for r in rows:
-            if (r.dataset, r.target) == (dataset, target):
-                lines.append(f"| {r.label} | {_unit(r)} | "
-                             + " | ".join(_fmt_estimate(r.estimates.get(c)) for c in cols) + " |")
+        mine = [r for r in rows if (r.dataset, r.target) == (dataset, target)]
+        lines += [f"## {_title(rows, dataset, target)}", "", seeds_line([e for r in mine for e in r.estimates.values()]), "",
+                  f"| defense | n | {UNIT} | " + " | ".join(_label(c) for c in cols) + " |",
+                  "|---|---:|---|" + "---:|" * len(cols)]
+        for r in mine:
+            n = _usual_n(r.estimates.values())
+            lines.append(f"| {r.label} | {_n(r)} | {_unit(r)} | "
+                         + " | ".join(_fmt_estimate(r.estimates.get(c), n) for c in cols) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
 def defenses_csv(rows: list[DefenseRow]) -> str:
-    out = ["dataset,target,defense,params,top_k,column,mean,ci_low,ci_high,n_seeds,control,no_signal_cells,epsilon_unit"]
+    out = ["dataset,target,defense,params,top_k,column,mean,ci_low,ci_high,ci_method,n_seeds,control,no_signal_cells,"
+           "epsilon_unit"]
     for r in rows:
         params = ";".join(f"{k}={v}" for k, v in sorted(r.params.items()))
         for col, est in sorted(r.estimates.items()):
             cells = [r.dataset, r.target, r.defense, params, str(r.k), col, repr(est.mean),
                      "" if est.ci_low is None else repr(est.ci_low), "" if est.ci_high is None else repr(est.ci_high),
-                     str(est.n_seeds), str(r.control).lower(), str(len(r.flagged)), r.level]
+                     est.method, str(est.n_seeds), str(r.control).lower(), str(len(r.flagged)), r.level]
             out.append(",".join(f'"{c}"' if "," in c else c for c in cells))
     return "\n".join(out) + "\n"
 
@@ -277,7 +295,8 @@ def defense_section(records: list[CellRecord], images: dict[str, bytes], skipped
              "and served under the defense. Utility: the defended target service's lists on its members' held-out "
              "interactions. Cost: seconds to fit the defended service plus the defense. DP epsilon: the guarantee the "
              "defense reports, per <em>record</em> (one interaction) or per <em>user</em> (all of her interactions): "
-             "epsilons of different units are not comparable.</p>"]
+             "epsilons of different units are not comparable. "
+             f"Entries: mean over seeds with, in brackets, the {e(CI_DESCRIPTION)}; n: seeds per row.</p>"]
     if skipped:
         parts.append('<p class="note">Left out of this benchmark (defaults that cannot run here):</p><ul class="note">'
                      + "".join(f"<li>{e(why)}</li>" for why in skipped) + "</ul>")
@@ -286,14 +305,15 @@ def defense_section(records: list[CellRecord], images: dict[str, bytes], skipped
     parts += [f'<p class="{"warn" if "No signal in" in note else "note"}">{e(note)}</p>' for note in _notes(rows)]
     for (dataset, target) in dict.fromkeys((r.dataset, r.target) for r in rows):
         parts.append(f"<h3>{e(_title(rows, dataset, target))}</h3>")
-        parts.append(f'<table><tr><th class="l">defense</th><th class="l">{e(UNIT)}</th>'
+        parts.append(f'<table><tr><th class="l">defense</th><th>n</th><th class="l">{e(UNIT)}</th>'
                      + "".join(f"<th>{e(_label(c))}</th>" for c in cols) + "</tr>")
         for r in rows:
             if (r.dataset, r.target) == (dataset, target):
+                n = _usual_n(r.estimates.values())
                 css = " ".join(c for c, on in (("control", r.control), ("nosignal", bool(r.flagged))) if on)
                 parts.append(f'<tr{f" class={chr(34)}{css}{chr(34)}" if css else ""}><td class="l">{e(r.label)}</td>'
-                             f'<td class="l">{e(_unit(r))}</td>'
-                             + "".join(f"<td>{e(_fmt_estimate(r.estimates.get(c)))}</td>" for c in cols) + "</tr>")
+                             f'<td>{_n(r)}</td><td class="l">{e(_unit(r))}</td>'
+                             + "".join(f"<td>{e(_fmt_estimate(r.estimates.get(c), n))}</td>" for c in cols) + "</tr>")
         parts.append("</table>")
         name = f"frontier-{_slug(dataset.rsplit('/', 1)[-1])}-{_slug(target)}.png"
         images[name] = frontier_png(rows, dataset, target)

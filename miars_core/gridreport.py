@@ -1,4 +1,4 @@
-"""Reports of a grid run: paper-style tables with bootstrap CIs, heatmaps, ROC curves, one HTML file.
+"""Reports of a grid run: paper-style tables with Student-t CIs over seeds, heatmaps, ROC curves, one HTML file.
 
 ``write_report(run_dir)`` reads what ``miars grid --out RUN_DIR`` wrote::
 
@@ -13,9 +13,9 @@ and writes ``RUN_DIR/report/``: ``tables.md``, ``tables.csv``, ``img/*.png`` and
 A folder written by ``miars-attack --out`` (``result.json`` at its top) reports as one cell.
 
 Cells that differ only in ``seed`` form a *setting*; each table shows, per setting, the mean of
-a metric over seeds and a percentile bootstrap 95% CI of that mean (10,000 resamples of the
-seeds, numpy's generator seeded with ``BOOTSTRAP_SEED``: same inputs, same numbers). A setting
-with one seed shows its value and no CI. Settings sharing dataset, shadow dataset, defense and
+a metric over seeds and the Student-t 95% CI of that mean (:func:`miars_core.intervals.mean_ci`,
+the interval of every report; exact for normal per-seed values, no resampling), with the
+number of seeds. A setting with one seed shows its value and no CI. Settings sharing dataset, shadow dataset, defense and
 its parameters, top-k, featurizer, attack and attacker form one *group*: one target x shadow
 matrix per metric, like the paper's tables.
 """
@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MiarsError
+from .intervals import DESCRIPTION as CI_DESCRIPTION
+from .intervals import Estimate, mean_ci
 
 #: Metrics shown in the tables: key, label. ``balanced_accuracy`` is what the CCS'21 paper calls "AUC".
 TABLE_METRICS = [
@@ -53,8 +55,6 @@ HEATMAP_METRICS = {"roc_auc": "ROC-AUC", "balanced_accuracy": "balanced accuracy
 GROUP_KEYS = ("dataset", "shadow_dataset", "service", "defense", "defense_params", "top_k", "featurizer", "attack", "attacker")
 #: Bump when roc_png draws differently: stored ROC images of earlier reports are then redrawn.
 REPORT_PLOT_VERSION = 1
-BOOTSTRAP_SEED = 0
-BOOTSTRAP_RESAMPLES = 10_000
 #: Attackers of a defended cell, in display order; "headline" is the only one of an undefended cell.
 ATTACKERS = ("defense_aware", "defense_unaware")
 SCORE_FILES = {"headline": "scores.tsv", "defense_aware": "scores.tsv", "defense_unaware": "scores_defense_unaware.tsv"}
@@ -99,17 +99,6 @@ class CellRecord:
         if self.cell.get("defense", "none") != "none" and found:
             return {name: found[name] for name in ATTACKERS if name in found}
         return {"headline": self.result.get("metrics", {})}
-
-
-@dataclass
-class Estimate:
-    """Mean over seeds and its bootstrap 95% CI (None with one seed)."""
-
-    mean: float
-    ci_low: float | None
-    ci_high: float | None
-    n_seeds: int
-    seeds: list = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -259,21 +248,6 @@ def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- statistics
 
 
-def bootstrap_ci(values, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> Estimate:
-    """Mean of ``values`` and the percentile bootstrap CI of the mean (deterministic; no CI for one value)."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
-        return Estimate(float("nan"), None, None, 0)
-    mean = float(v.mean())
-    if v.size == 1:
-        return Estimate(mean, None, None, 1)
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(resamples, v.size))].mean(axis=1)
-    alpha = (1 - level) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
-    return Estimate(mean, float(low), float(high), int(v.size))
-
-
 def _params_text(params: dict) -> str:
     return ",".join(f"{k}={json.dumps(params[k], sort_keys=True)}" for k in sorted(params)) if params else ""
 
@@ -393,7 +367,7 @@ def build_groups(records: list[CellRecord]) -> list[Group]:
             estimates[ck] = {}
             for metric, pairs in per_metric.items():
                 pairs = sorted(pairs, key=lambda p: _sort_key(p[0]))
-                est = bootstrap_ci([x for _, x in pairs])
+                est = mean_ci([x for _, x in pairs])  # every table metric is a rate in [0, 1]
                 est.seeds = [seed for seed, x in pairs if x is not None and math.isfinite(x)]
                 estimates[ck][metric] = est
         targets = sorted({t for t, _ in cells}, key=_sort_key)
@@ -411,31 +385,50 @@ def _fmt(x: float | None) -> str:
     return "" if x is None or not math.isfinite(x) else f"{x:.3f}"
 
 
-def _fmt_estimate(est: Estimate | None) -> str:
+def _fmt_estimate(est: Estimate | None, n_usual: int | None = None) -> str:
+    """``mean [low, high]``; the number of seeds is added when it is not ``n_usual`` (the table's)."""
     if est is None or est.n_seeds == 0:
         return "–"
     if est.ci_low is None:
         return f"{_fmt(est.mean)} (1 seed)"
-    return f"{_fmt(est.mean)} [{_fmt(est.ci_low)}, {_fmt(est.ci_high)}]"
+    n = "" if est.n_seeds == n_usual else f" (n={est.n_seeds})"
+    return f"{_fmt(est.mean)} [{_fmt(est.ci_low)}, {_fmt(est.ci_high)}]{n}"
+
+
+def _usual_n(estimates) -> int | None:
+    """The most common number of seeds among ``estimates`` (None when there are none)."""
+    counts = [e.n_seeds for e in estimates if e is not None and e.n_seeds]
+    return max(sorted(set(counts)), key=counts.count) if counts else None
+
+
+def seeds_line(estimates) -> str:
+    """One line for a table: how many seeds its entries average, and how the CI is made."""
+    counts = sorted({e.n_seeds for e in estimates if e is not None and e.n_seeds})
+    if not counts:
+        return "No entry."
+    n = ", ".join(map(str, counts))
+    method = "no CI (one seed)" if counts == [1] else "95% CI: Student-t over seeds"
+    return f"Seeds per entry (n): {n}; {method}."
 
 
 def tables_markdown(groups: list[Group], records: list[CellRecord]) -> str:
     """All tables as markdown: per group, per metric, a target (rows) x shadow (columns) matrix."""
     lines = ["# miars grid report: tables", "",
-             "Each entry is the mean over seeds and, in brackets, a percentile bootstrap 95% CI of that mean "
-             f"({BOOTSTRAP_RESAMPLES:,} resamples of the seeds, seed {BOOTSTRAP_SEED}). "
-             "With one seed the value is shown without a CI. Rows: target recommender; columns: shadow recommender. "
+             f"Each entry is the mean over seeds and, in brackets, the {CI_DESCRIPTION}. "
+             "An entry with another number of seeds than its table says so: (n=2). "
+             "Rows: target recommender; columns: shadow recommender. "
              "Balanced accuracy is what the CCS'21 paper calls \"AUC\".", ""]
     lines += checks_markdown(groups, records)
     for g in groups:
-        n = sorted({e.n_seeds for per in g.estimates.values() for e in per.values()})
-        lines += [f"## {g.title}", "", f"Seeds per entry: {', '.join(map(str, n))}.", ""]
+        every = [e for per in g.estimates.values() for e in per.values()]
+        n_usual = _usual_n(every)
+        lines += [f"## {g.title}", "", seeds_line(every), ""]
         for metric, label in TABLE_METRICS:
             lines += [f"### {label} (`{metric}`)", "",
                       "| target \\ shadow | " + " | ".join(map(str, g.shadows)) + " |",
                       "|---|" + "---:|" * len(g.shadows)]
             for t in g.targets:
-                row = [_fmt_estimate(g.estimates.get((t, s), {}).get(metric)) for s in g.shadows]
+                row = [_fmt_estimate(g.estimates.get((t, s), {}).get(metric), n_usual) for s in g.shadows]
                 marks = g.row_label(t)[len(str(t)):]
                 lines.append(f"| **{t}**{marks} | " + " | ".join(row) + " |")
             lines.append("")
@@ -464,8 +457,8 @@ def checks_markdown(groups: list[Group], records: list[CellRecord]) -> list[str]
     return lines
 
 
-CSV_COLUMNS = list(GROUP_KEYS[:-1]) + ["attacker", "target", "shadow", "metric", "mean", "ci_low", "ci_high", "n_seeds", "seeds", "cells",
-                                       "control", "no_signal_cells"]
+CSV_COLUMNS = list(GROUP_KEYS[:-1]) + ["attacker", "target", "shadow", "metric", "mean", "ci_low", "ci_high", "ci_method",
+                                       "n_seeds", "seeds", "cells", "control", "no_signal_cells"]
 
 
 def tables_csv(groups: list[Group]) -> str:
@@ -483,8 +476,8 @@ def tables_csv(groups: list[Group]) -> str:
                     e = per.get(metric)
                     if e is None or e.n_seeds == 0:
                         continue
-                    w.writerow(list(g.key) + [t, s, metric, _csvnum(e.mean), _csvnum(e.ci_low), _csvnum(e.ci_high), e.n_seeds,
-                                              " ".join(map(str, e.seeds)), " ".join(g.cell_ids[(t, s)]),
+                    w.writerow(list(g.key) + [t, s, metric, _csvnum(e.mean), _csvnum(e.ci_low), _csvnum(e.ci_high), e.method,
+                                              e.n_seeds, " ".join(map(str, e.seeds)), " ".join(g.cell_ids[(t, s)]),
                                               str(t in g.controls).lower(), len(g.flagged.get((t, s), []))])
     return buf.getvalue()
 
@@ -528,7 +521,10 @@ def heatmap_png(group: Group, metric: str, label: str) -> bytes:
     ax.set_yticks(range(len(group.targets)), [str(t) for t in group.targets])
     ax.set_xlabel("shadow recommender")
     ax.set_ylabel("target recommender")
-    ax.set_title(label, fontsize=10)
+    every = [e for per in group.estimates.values() for e in [per.get(metric)] if e is not None]
+    n_usual = _usual_n(every)
+    ax.set_title(f"{label}\nmean [Student-t 95% CI] over n={n_usual} seeds" if n_usual and n_usual > 1 else
+                 f"{label}\none seed: no CI", fontsize=9)
     for i, t in enumerate(group.targets):
         for j, s in enumerate(group.shadows):
             e = group.estimates.get((t, s), {}).get(metric)
@@ -536,6 +532,8 @@ def heatmap_png(group: Group, metric: str, label: str) -> bytes:
                 ax.text(j, i, "–", ha="center", va="center", color="black")
                 continue
             text = f"{e.mean:.3f}" + (f"\n[{e.ci_low:.3f}, {e.ci_high:.3f}]" if e.ci_low is not None else "")
+            if e.n_seeds != n_usual:
+                text += f"\nn={e.n_seeds}"
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if (e.mean - vmin) / (1.0 - vmin) < 0.6 else "black")
     fig.colorbar(im, ax=ax, shrink=0.9)
     return _png(fig)
@@ -730,11 +728,12 @@ def _img(name: str, images: dict[str, bytes], alt: str) -> str:
 
 def _html_table(g: Group, metric: str, label: str) -> str:
     e = html.escape
+    n_usual = _usual_n([x for per in g.estimates.values() for x in per.values()])
     rows = [f'<table class="metric" data-group="{e(g.slug)}" data-metric="{e(metric)}">',
             f'<caption class="l">{e(label)}</caption>',
             '<tr><th class="l">target \\ shadow</th>' + "".join(f"<th>{e(str(s))}</th>" for s in g.shadows) + "</tr>"]
     for t in g.targets:
-        cells = "".join(f"<td>{e(_fmt_estimate(g.estimates.get((t, s), {}).get(metric)))}</td>" for s in g.shadows)
+        cells = "".join(f"<td>{e(_fmt_estimate(g.estimates.get((t, s), {}).get(metric), n_usual))}</td>" for s in g.shadows)
         flagged = any(g.flagged.get((t, s)) for s in g.shadows)
         css = " ".join(c for c, on in (("control", t in g.controls), ("nosignal", flagged)) if on)
         rows.append(f'<tr{f" class={chr(34)}{css}{chr(34)}" if css else ""}><th class="l">{e(g.row_label(t))}</th>{cells}</tr>')
@@ -757,8 +756,8 @@ def _html(root, grid, records, groups, heatmaps, rocs, images, extra: str = "") 
              f"<title>miars report: {e(_printable(root.resolve().name))}</title>", f"<style>{CSS}</style></head><body>",
              f"<h1>miars report: <code>{e(_printable(root.resolve().name))}</code></h1>",
              f'<p>{len(ok)} cells finished, {len(failed)} failed, {len(missing)} missing. '
-             "Entries are the mean over seeds with a percentile bootstrap 95% CI of the mean in brackets "
-             f"({BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}); with one seed, the value and no CI. "
+             f"Entries are the mean over seeds with, in brackets, the {e(CI_DESCRIPTION)}; an entry with another number "
+             "of seeds than its group says so (n=2). "
              "Rows: target recommender; columns: shadow recommender. Balanced accuracy is what the CCS'21 paper "
              "calls &ldquo;AUC&rdquo;; ROC-AUC is the true area under the ROC curve.</p>"]
     if grid:
@@ -811,6 +810,7 @@ def _html(root, grid, records, groups, heatmaps, rocs, images, extra: str = "") 
         parts.append(extra)
     for g in groups:
         parts.append(f'<h2 id="{e(g.slug)}">{e(g.title)}</h2>')
+        parts.append(f'<p class="note seeds">{e(seeds_line([x for per in g.estimates.values() for x in per.values()]))}</p>')
         parts.append('<div class="figs">' + "".join(_img(n, images, f"{label}: {g.title}") for n, label in heatmaps.get(g.slug, [])) + "</div>")
         parts.append('<div class="tables">' + "".join(_html_table(g, metric, f"{label} ({metric})") for metric, label in TABLE_METRICS) + "</div>")
     if rocs:

@@ -44,7 +44,11 @@ def register_featurizers(register: Register) -> None:
 
 @hookspec
 def register_attacks(register: Register) -> None:
-    """Register attack models: ``register(name, factory)``; instances ``fit(X, y, seed)`` and ``decision_function(X)``."""
+    """Register attack models: ``register(name, factory)``; instances ``fit(X, y, seed)`` and ``decision_function(X)``.
+
+    The engine calls ``decision_function`` once per part and calls a user a member when the
+    score is above the attack's ``decision_threshold_`` (0 without one); ``predict`` is optional.
+    """
 
 
 @hookspec
@@ -54,7 +58,11 @@ def register_defenses(register: Register) -> None:
 
 @hookspec
 def register_services(register: Register) -> None:
-    """Register service models: ``register(name, factory)``; instances ``serve_others(fitted, train, histories, k, seed)``."""
+    """Register service models: ``register(name, factory)``; instances ``serve_others(fitted, train, histories, k, seed)``.
+
+    ``new_accounts(fitted, train, k, seed)`` returns the callable ``histories -> lists`` that
+    query access keeps: it must hold no members' data (``miars_core.checks.check_service``).
+    """
 
 
 @hookspec

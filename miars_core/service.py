@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -27,6 +28,72 @@ class Served:
     #: what query access (:class:`~miars_core.threat.QueryAccess`) asks.
     fitted: Any = field(default=None, repr=False)
     train: Any = field(default=None, repr=False)
+
+
+class PopularServer:
+    """The paper's service for accounts the model was not trained on: the k most popular items they do not know."""
+
+    __slots__ = ("popularity", "k")
+
+    def __init__(self, popularity: np.ndarray, k: int):
+        self.popularity = np.asarray(popularity).copy()
+        self.k = int(k)
+
+    def __call__(self, histories) -> np.ndarray:
+        return top_k_popular(self.popularity, histories, self.k)
+
+
+class NewAccountServer:
+    """Serves accounts the model was not trained on: ``server(histories) -> (accounts, k)`` item columns, validated.
+
+    Holds only ``serve``, what the service plugin's ``new_accounts`` returned (for the
+    built-in services: the item popularity, or the fitted model's item side), and names.
+    Query access (:class:`~miars_core.threat.QueryAccess`) keeps nothing else of the service.
+    """
+
+    __slots__ = ("_serve", "k", "who")
+
+    def __init__(self, serve: Callable[[Any], np.ndarray], k: int, who: str):
+        self._serve = serve
+        self.k = int(k)
+        self.who = who
+
+    def __call__(self, histories) -> np.ndarray:
+        raw = _call(self._serve, self.who, "serving new accounts", histories)
+        return check_lists(raw, (histories.shape[0], self.k), histories, self.who)
+
+
+def new_account_server(service: Any, fitted: Any, train: Any, k: int, seed: int) -> NewAccountServer:
+    """How ``service`` serves accounts ``fitted`` was not trained on, as a :class:`NewAccountServer`.
+
+    A service with ``new_accounts(fitted, train, k, seed)`` returns a callable ``histories ->
+    lists`` that keeps only what serving new accounts needs, never the members' data (both
+    built-in services do). Without it, the service's ``serve_others`` is called with the fitted
+    model and the training data, which the callable then holds (a third-party service's
+    choice; docs/threats.md says what that means for isolation). ``service`` None: the paper's
+    popular top-k.
+    """
+    if service is None:  # the paper's service
+        return NewAccountServer(PopularServer(train.item_popularity(), k), k, "the popular service")
+    who = _who("service", type(service).__name__, service)
+    make = getattr(service, "new_accounts", None)
+    if make is not None:
+        serve = _call(make, who, "new_accounts", fitted, train, k, seed=seed)
+        if not callable(serve):
+            raise MiarsError(f"{who} new_accounts returned {type(serve).__name__}; it must return a callable "
+                             "histories -> lists")
+    else:
+        serve = functools.partial(service.serve_others, fitted, train, k=k, seed=seed)
+    return NewAccountServer(serve, k, who)
+
+
+def members_mode(service: Any) -> str:
+    """How ``service`` serves members: ``trained`` (the model's own top-k, the default) or ``foldin`` (as a new
+    account with the member's known history)."""
+    mode = getattr(service, "members", "trained") if service is not None else "trained"
+    if mode not in ("trained", "foldin"):
+        raise MiarsError(f"service {type(service).__name__} declares members={mode!r}; allowed: trained, foldin")
+    return mode
 
 
 def popularity_order(part: Part) -> np.ndarray:
@@ -87,7 +154,7 @@ def check_lists(lists: Any, shape: tuple[int, int], known, who: str, what: str =
 
 def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: Any = None, defense_seed: int = 0,
           heldout: sp.spmatrix | None = None, service: Any = None) -> Served:
-    """Fit ``recommender`` on the part's members; members get its top-k, non-members the popular top-k.
+    """Fit ``recommender`` on the part's members; members get its top-k, non-members what ``service`` serves new accounts.
 
     A ``data`` defense rewrites the members' training data first; a ``training`` defense fits
     the recommender its own way (``defense.fit(recommender, members, seed)``). Members' lists
@@ -96,11 +163,15 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
     aligned with ``part.members``) is the members' future: interactions the service never saw
     (:func:`miars_core.utility.holdout`, applied to the whole part before serving); the
     report's ``utility`` says how well the members' lists find them (Recall / NDCG / HR at k).
-    ``service`` decides the non-members' lists (``serve_others``; default: the popular top-k).
+    ``service`` decides the non-members' lists (:func:`new_account_server`; default: the popular
+    top-k) and, with ``members="foldin"``, the members' too: each member is then served like a
+    new account with its known (training) history, and the report's ``members_foldin_overlap``
+    is the mean share of a member's trained top-k that its folded-in list keeps.
     The lists are validated (:func:`check_lists`); a failure names the recommender and its
     plugin. Non-finite training losses in ``fit_info_`` fail the run.
     """
     check_k(k, part.interactions.matrix, who=f"{part.name} users")
+    fold_members = members_mode(service) == "foldin"
     members = np.flatnonzero(part.is_member)
     others = np.flatnonzero(~part.is_member)
     who = _who("recommender", name, recommender)
@@ -128,25 +199,20 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
     popularity = train.item_popularity()
     popular = np.argsort(-popularity, kind="stable")
     known_others = part.interactions.matrix[others]
-    if not len(others):
-        other_lists = np.empty((0, k), dtype=np.int64)
-    elif service is None:  # the paper's service
-        other_lists = top_k_popular(popularity, known_others, k)
-    else:
-        swho = _who("service", type(service).__name__, service)
-        with stage_threads():
-            raw = _call(service.serve_others, swho, "serve_others", fitted, train, known_others, k, seed=seed)
-        other_lists = check_lists(raw, (len(others), k), known_others, swho)
+    server = new_account_server(service, fitted, train, k, seed)
+    with stage_threads():
+        other_lists = server(known_others) if len(others) else np.empty((0, k), dtype=np.int64)
+        folded = server(seen.matrix) if fold_members and len(members) else None
+    report = {"name": name, "params": get_params(recommender), "fit_info": info}
+    if folded is not None:  # members served as new accounts: how much of their trained list they keep
+        kept = (member_lists[:, :, None] == folded[:, None, :]).any(axis=2).mean()
+        report.update(members_served="foldin", members_foldin_overlap=round(float(kept), 4))
+        member_lists = folded
     lists = np.empty((part.interactions.n_users, k), dtype=np.int64)
     lists[members] = member_lists
     lists[others] = other_lists
     overlap = np.isin(member_lists, popular[:k]).mean() if len(members) else 0.0
-    report = {
-        "name": name,
-        "params": get_params(recommender),
-        "fit_info": info,
-        "members_popular_overlap": round(float(overlap), 4),
-    }
+    report["members_popular_overlap"] = round(float(overlap), 4)
     if heldout is not None:
         report["utility"] = utility_metrics(member_lists, heldout, k)
     if point in ("data", "training"):

@@ -57,7 +57,8 @@ from .protocol import split_dataset
 from .seeds import stage_seed
 from .service import Served, defend, popularity_order, serve, stage_threads
 from .store import MemoryStore, Output
-from .threat import AdversaryView, QueryAccess, level_of, threat_of
+from .threat import (AdversaryView, QueryAccess, ReferenceModels, decision_threshold, level_of, require_budget,
+                     threat_of)
 from .types import Interactions, Part, ServiceContext, Split, random_row_ranks
 from .utility import holdout, list_signal, utility_metrics
 
@@ -295,6 +296,7 @@ class Cell:
             self.specs["defense"] = (c.defense, c.defense_params)
         # Build every component once now, so a bad name or parameter fails before any data is read.
         self._ids = {role: self._component_id(role) for role in self.specs}
+        require_budget(self.create("attack"), c.query_budget, c.attack)  # a query attack with no query: refused now
 
     # -- component identities ---------------------------------------------------------------
     def _component_id(self, role: str) -> dict:
@@ -543,43 +545,38 @@ class Cell:
                                  "run with --no-cache")
         s = self._memo[key]
         defense = self.create("defense") if defended and self.defense_point == "lists" else None
-        return QueryAccess(s.fitted, s.train, self.create("service"), c.top_k, defense=defense,
-                           defense_seed=stage_seed(c.seed, f"defense-query-{part}"), seed=stage_seed(c.seed, f"query-{part}"),
-                           budget=budget, name=part)
+        return QueryAccess.of(self.create("service"), s.fitted, s.train, c.top_k, defense=defense,
+                              defense_seed=stage_seed(c.seed, f"defense-query-{part}"),
+                              seed=stage_seed(c.seed, f"query-{part}"), budget=budget, name=part)
+
+    def references(self, side: str) -> ReferenceModels:
+        """The reference models the adversary trains on ``side``'s vectorization part (``view.reference``).
+
+        Each is the shadow recommender fitted on that part restricted to users with at least
+        ``min_interactions`` interactions and sampled to as many users as the target part has
+        members (the service's training set's size and filter); each index draws its own sample
+        and fit seed. One set per dataset: shared by both sides when they share the dataset.
+        The object holds the adversary's data and component factories, not this cell.
+        """
+        def build() -> ReferenceModels:
+            c = self.config
+            name, params = self.specs["recommender:shadow"]
+            service, service_params = self.specs["service"]
+            return ReferenceModels(
+                self.split(side).vectorization, int(self.part("target").is_member.sum()), c.min_interactions, c.top_k,
+                c.seed, functools.partial(self.plugins.create, "recommender", name, **params), name,
+                functools.partial(self.plugins.create, "service", service, **service_params), self.progress)
+
+        return self._once(f"references:{self.key('split', side)}", build)
 
     def reference_access(self, side: str, index: int = 0) -> QueryAccess:
-        """Reference model number ``index``, which the adversary trains on its own data, served like the target.
+        """Query access to reference model number ``index`` of ``side`` (:meth:`references`)."""
+        return self.references(side)(index)
 
-        The shadow recommender, fitted on the side's vectorization part restricted to users
-        with at least ``min_interactions`` interactions and sampled to as many users as the
-        target part has members (the service's training set's size and filter); each index
-        draws its own sample and fit seed.
-        """
-        tag = "reference" if index == 0 else f"reference-{index}"
-        def build() -> QueryAccess:
-            c = self.config
-            vec = self.split(side).vectorization
-            counts = np.diff(vec.matrix.indptr)
-            eligible = np.flatnonzero(counts >= c.min_interactions)
-            n = min(len(eligible), int(self.part("target").is_member.sum()))
-            if n < 2:
-                raise MiarsError(f"the vectorization part has {len(eligible)} users with >= {c.min_interactions} "
-                                 "interactions: too few to train a reference model; use a larger dataset")
-            rng = np.random.default_rng(stage_seed(c.seed, tag))
-            rows = np.sort(rng.choice(eligible, size=n, replace=False))
-            p = Part("reference", vec.rows(rows), np.ones(n, dtype=bool))
-            start = time.perf_counter()
-            if self.progress:
-                self.progress(f"training the reference model on the {side} side's vectorization part")
-            name = self.specs["recommender:shadow"][0]
-            s = serve(p, self.create("recommender:shadow"), name, c.top_k, stage_seed(c.seed, tag),
-                      service=self.create("service"))
-            self._refit_seconds += time.perf_counter() - start
-            return QueryAccess(s.fitted, s.train, self.create("service"), c.top_k, seed=stage_seed(c.seed, f"{tag}-query"),
-                               name="reference")
-
-        # one per dataset and index: shared by both sides when they share the dataset
-        return self._once(f"reference:{self.key('split', side)}:{index}", build)
+    def _query_seconds(self) -> float:
+        """Seconds spent fitting for query access: refits of the cell's recommenders and the reference models."""
+        refs = sum(v.seconds_ for k, v in self._memo.items() if k.startswith("references:"))
+        return self._refit_seconds + refs
 
     def view(self, part: str, defended: bool, features: np.ndarray, threat: str) -> AdversaryView:
         """What the adversary sees of ``part`` (labels on the shadow part only)."""
@@ -595,7 +592,7 @@ class Cell:
         if threat == "queries":
             budget = c.query_budget * p.interactions.n_users if part == "target" else None
             view.query = self.access(part, defended, budget)
-            view.reference = lambda index=0: self.reference_access(part, index)
+            view.reference = self.references(part)
         if self.level == "interaction":
             view.pairs = self.pairs(part)
             if part == "shadow":
@@ -798,16 +795,19 @@ class Cell:
                 else:
                     model.fit(self.view("shadow", defended_shadow, x_shadow, self.threat), seed=seed)
                     target = self.view("target", bool(c.defense), x_target, self.threat)
+                # Scored once: predictions come from these scores, never from a second pass (which would spend
+                # a query attack's budget twice).
                 scores = np.asarray(model.decision_function(target), dtype=np.float64)
-                predicted = np.asarray(model.predict(target)).astype(bool)
+                threshold = decision_threshold(model)
+                predicted = scores > threshold
                 arrays: dict[str, np.ndarray] = {}
                 if self.level == "interaction":
                     scores, predicted, arrays, meta["interaction"] = self._pair_outcome(
-                        target, scores, predicted, bool(c.defense))
+                        target, scores, threshold, bool(c.defense))
                 if self.threat == "queries":
                     meta["queries"] = {"per_target_user": c.query_budget, **target.query.record(),
                                        "target_users": target.n_users,
-                                       "refit_seconds": round(self._refit_seconds, 3)}
+                                       "refit_seconds": round(self._query_seconds(), 3)}
             n = self.part("target").interactions.n_users
             if scores.shape != (n,) or predicted.shape != (n,):
                 raise MiarsError(f"attack {c.attack!r} returned scores of shape {scores.shape}, expected one per target "
@@ -832,10 +832,11 @@ class Cell:
                          lambda: (self.features("shadow", defended_shadow), self.part("shadow").is_member,
                                   self.features("target", bool(c.defense))), compute, check)
 
-    def _pair_outcome(self, view: AdversaryView, scores: np.ndarray, predicted: np.ndarray, defended: bool):
+    def _pair_outcome(self, view: AdversaryView, scores: np.ndarray, threshold: float, defended: bool):
         """Pair scores -> per-user scores (mean over the user's pairs) and the interaction-level metrics."""
         c, pairs = self.config, view.pairs
-        if scores.shape != (len(pairs),) or predicted.shape != (len(pairs),):
+        predicted = scores > threshold
+        if scores.shape != (len(pairs),):
             raise MiarsError(f"attack {c.attack!r} returned {scores.shape} scores for {len(pairs)} pairs; an "
                              "interaction-level attack scores each pair of view.pairs")
         if not np.isfinite(scores).all():
@@ -853,7 +854,7 @@ class Cell:
             report["members_pairs"] = membership_metrics(labels[members], scores[members], predicted[members])
             report["members_pairs"]["untrained_pairs"] = int(held.sum())
         arrays = {"pair_rows": pairs[:, 0], "pair_items": pairs[:, 1], "pair_scores": scores, "pair_labels": labels}
-        return user_scores, user_scores > 0, arrays, report
+        return user_scores, user_scores > threshold, arrays, report
 
     # -- all of it -----------------------------------------------------------------------------
     def attackers(self) -> dict[str, Output]:

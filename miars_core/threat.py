@@ -10,12 +10,25 @@ them. Attacks of other threat models see more, and only through this module:
   with that history, served the way the cell's service serves accounts it was not trained
   on, through the cell's list defense when the attacker faces one. Scores and model internals
   are never exposed. Queries are counted; the target's access has a budget (queries per
-  target user) and both numbers go into result.json.
+  target user on average: budget x target users in all) and both numbers go into result.json.
+* :class:`ReferenceModels` -- ``reference(index)``: query access to models the adversary
+  trains on its own data.
 
 An attack declares what it needs with the class attribute ``threat``: ``"features"`` (the
-default: ``fit(X, y, seed)``, ``decision_function(X)``, ``predict(X)``), ``"lists"`` or
-``"queries"`` (``fit(shadow_view, seed)``, ``decision_function(target_view)``,
-``predict(target_view)``). Only ``"queries"`` attacks are given query access.
+default: ``fit(X, y, seed)``, ``decision_function(X)``), ``"lists"`` or ``"queries"``
+(``fit(shadow_view, seed)``, ``decision_function(target_view)``). Only ``"queries"`` attacks
+are given query access. The engine scores the target once: ``decision_function`` is called
+once per view and the predictions are ``scores > decision_threshold(attack)``
+(:func:`decision_threshold`); an attack's own ``predict`` is never called by the engine.
+
+What the target's objects hold: the view's arrays (histories, lists, features, item vectors,
+the adversary's popularity, pairs), a :class:`QueryAccess` holding only the service's
+new-account server (for the built-in services and recommenders: the item popularity and the
+model's item side) and the item popularity, and :class:`ReferenceModels` holding only the
+adversary's own data. No membership label, no members' training matrix, no fitted model and
+nothing that refers back to the engine's cell is reachable from them
+(``tests/test_threats.py`` walks every reference). Python cannot stop an attack from
+importing the engine's modules; the isolation is of the objects handed over, not a sandbox.
 """
 
 from __future__ import annotations
@@ -44,6 +57,29 @@ def level_of(attack: Any) -> str:
     return level
 
 
+def decision_threshold(attack: Any) -> float:
+    """The score above which ``attack`` calls a user a member: its learned ``decision_threshold_``, 0.0 without one.
+
+    Every built-in attack folds its threshold into ``decision_function`` (member iff score
+    > 0) and so has none; an attack that keeps a threshold outside its scores sets
+    ``decision_threshold_`` in ``fit``. Predictions are ``scores > decision_threshold(attack)``.
+    """
+    value = getattr(attack, "decision_threshold_", 0.0)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value):
+        raise MiarsError(f"attack {type(attack).__name__} has decision_threshold_={value!r}; it must be a finite number "
+                         "(the score above which a user is called a member)")
+    return float(value)
+
+
+def require_budget(attack: Any, budget: int, name: str) -> None:
+    """Refuse, in one line, a query attack given a budget that allows no query (before any work)."""
+    if threat_of(attack) == "queries" and budget < 1:
+        raise MiarsError(f"--query-budget {budget}: attack {name!r} queries the target service (threat 'queries') and a "
+                         "budget of 0 allows no query; give --query-budget >= 1 (queries per target user on average), "
+                         "or an attack without queries")
+
+
 def threat_of(attack: Any) -> str:
     """The threat model an attack declares (``features`` when it says nothing)."""
     threat = getattr(attack, "threat", "features")
@@ -56,36 +92,51 @@ class QueryAccess:
     """Black-box access to a recommendation service: ``recommend(histories)`` returns each account's top-k.
 
     Each row of ``histories`` is a fresh account with that history. It is served like every
-    account the model was not trained on (the service plugin's ``serve_others``); an account
-    with no history gets the popular top-k (cold start). ``defense`` (a list defense) then
-    rewrites the answers as it would a non-member's list. ``budget`` bounds the number of
-    accounts (queries) in all; ``used_`` counts them.
+    account the model was not trained on, by ``server`` (``histories -> lists``: the service's
+    new-account server, :func:`miars_core.service.new_account_server`); an account with no
+    history gets the popular top-k by ``popularity`` (cold start). ``defense`` (a list defense)
+    then rewrites the answers as it would a non-member's list. ``budget`` bounds the number of
+    accounts (queries) in all; ``used_`` counts them. Build it with :meth:`of` from a service
+    and a fitted model: it keeps neither the model nor its training data.
     """
 
-    def __init__(self, fitted: Any, train: Interactions, service: Any, k: int, *, defense: Any = None,
-                 defense_seed: int = 0, seed: int = 0, budget: int | None = None, name: str = "target"):
-        self._fitted = fitted
-        self._train = train
-        self._service = service
+    def __init__(self, server: Callable[[sp.csr_matrix], np.ndarray], popularity: np.ndarray, k: int, *,
+                 defense: Any = None, defense_seed: int = 0, budget: int | None = None, name: str = "target"):
+        from .service import NewAccountServer
+
+        self._server = server if isinstance(server, NewAccountServer) else NewAccountServer(server, k, f"the {name} service")
+        self._popularity = np.asarray(popularity).copy()
         self._defense = defense
         self._defense_seed = int(defense_seed)
-        self._seed = int(seed)
         self.k = int(k)
-        self.n_items = int(train.matrix.shape[1])
+        self.n_items = int(len(self._popularity))
         self.budget = budget
         self.name = name
         self.used_ = 0
         self.calls_ = 0
-        self._popularity = train.item_popularity()
+
+    @classmethod
+    def of(cls, service: Any, fitted: Any, train: Interactions, k: int, *, seed: int = 0, defense: Any = None,
+           defense_seed: int = 0, budget: int | None = None, name: str = "target") -> "QueryAccess":
+        """Query access to ``service`` serving new accounts from ``fitted`` (trained on ``train``).
+
+        Keeps only what the service's ``new_accounts`` returns (see :mod:`miars_services`) and the
+        item popularity of ``train`` (the cold-start list), not ``fitted`` nor ``train``.
+        """
+        from .service import new_account_server
+
+        return cls(new_account_server(service, fitted, train, k, seed), train.item_popularity(), k, defense=defense,
+                   defense_seed=defense_seed, budget=budget, name=name)
 
     def recommend(self, histories: sp.spmatrix | np.ndarray) -> np.ndarray:
         """Top-k item columns (best first) for each row of ``histories`` (accounts x items, 0/1)."""
-        from .service import _call, _who, check_lists, defend, Served
+        from .service import Served, defend
 
-        h = sp.csr_matrix(histories, dtype=np.float32)
+        h = sp.csr_matrix(histories, dtype=np.float32, copy=True)
         if h.shape[1] != self.n_items:
             raise MiarsError(f"a query to the {self.name} service has {h.shape[1]} item columns; the service has "
                              f"{self.n_items}")
+        h.eliminate_zeros()  # an explicit 0 is no interaction (the caller's matrix is never modified: copied above)
         h.data[:] = 1.0
         n = h.shape[0]
         if self.budget is not None and self.used_ + n > self.budget:
@@ -96,11 +147,7 @@ class QueryAccess:
         if empty.any():
             lists[empty] = top_k_popular(self._popularity, h[empty], self.k)
         if (~empty).any():
-            rows = h[~empty]
-            who = _who("service", type(self._service).__name__, self._service)
-            raw = _call(self._service.serve_others, who, "serve_others", self._fitted, self._train, rows, self.k,
-                        seed=self._seed)
-            lists[~empty] = check_lists(raw, (rows.shape[0], self.k), rows, who)
+            lists[~empty] = self._server(h[~empty])
         if self._defense is not None:
             context = ServiceContext(Interactions(h, np.arange(n), np.arange(self.n_items)), np.zeros(n, dtype=bool),
                                      np.argsort(-self._popularity, kind="stable"), self.k)
@@ -112,6 +159,68 @@ class QueryAccess:
     def record(self) -> dict:
         """What result.json says about this access: budget and queries used."""
         return {"budget": self.budget, "used": self.used_, "calls": self.calls_}
+
+
+class ReferenceModels:
+    """``reference(index=0)``: query access to reference model number ``index``, which the adversary trains on its own data.
+
+    Each model is the shadow recommender fitted on ``data`` (the adversary's own data, the
+    vectorization part) restricted to users with at least ``min_interactions`` interactions and
+    sampled (seeded per index) to ``n_users`` users (the service's training set's size and
+    filter), then served by a fresh ``make_service()`` like the target. Models are built on
+    first use and kept; ``seconds_`` sums their fit times. Holds nothing of the shadow or
+    target parts.
+    """
+
+    def __init__(self, data: Interactions, n_users: int, min_interactions: int, k: int, seed: int,
+                 make_recommender: Callable[[], Any], recommender_name: str, make_service: Callable[[], Any],
+                 progress: Callable[[str], None] | None = None):
+        self._data = data
+        self._n_users = int(n_users)
+        self._min_interactions = int(min_interactions)
+        self._k = int(k)
+        self._seed = int(seed)
+        self._make_recommender = make_recommender
+        self._recommender_name = recommender_name
+        self._make_service = make_service
+        self._progress = progress
+        self._built: dict[int, QueryAccess] = {}
+        self.seconds_ = 0.0
+
+    def __call__(self, index: int = 0) -> QueryAccess:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+            raise MiarsError(f"view.reference(index): index must be an integer >= 0, got {index!r}")
+        index = int(index)
+        if index not in self._built:
+            self._built[index] = self._build(index)
+        return self._built[index]
+
+    def _build(self, index: int) -> QueryAccess:
+        import time
+
+        from .seeds import stage_seed
+        from .service import serve
+        from .types import Part
+
+        tag = "reference" if index == 0 else f"reference-{index}"
+        counts = np.diff(self._data.matrix.indptr)
+        eligible = np.flatnonzero(counts >= self._min_interactions)
+        n = min(len(eligible), self._n_users)
+        if n < 2:
+            raise MiarsError(f"the vectorization part has {len(eligible)} users with >= {self._min_interactions} "
+                             "interactions: too few to train a reference model; use a larger dataset")
+        rng = np.random.default_rng(stage_seed(self._seed, tag))
+        rows = np.sort(rng.choice(eligible, size=n, replace=False))
+        part = Part("reference", self._data.rows(rows), np.ones(n, dtype=bool))
+        start = time.perf_counter()
+        if self._progress:
+            self._progress("training a reference model on the adversary's own data (the vectorization part)")
+        s = serve(part, self._make_recommender(), self._recommender_name, self._k, stage_seed(self._seed, tag),
+                  service=self._make_service())
+        access = QueryAccess.of(self._make_service(), s.fitted, s.train, self._k,
+                                seed=stage_seed(self._seed, f"{tag}-query"), name="reference")
+        self.seconds_ += time.perf_counter() - start
+        return access
 
 
 @dataclass
@@ -136,7 +245,7 @@ class AdversaryView:
     #: Query access to the service these users were served by (``threat = "queries"`` only).
     query: QueryAccess | None = None
     #: ``reference(index=0)`` builds query access to a reference model the adversary trained on its own
-    #: data; each index is another model (its own sample of that data and its own seed).
+    #: data; each index is another model (its own sample of that data and its own seed): :class:`ReferenceModels`.
     reference: Callable[..., QueryAccess] | None = None
     #: Interaction-level attacks (``level = "interaction"``): (n_pairs, 2) rows of (user row, item column)
     #: taken from the users' histories; was each pair in the training data?

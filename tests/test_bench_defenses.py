@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import numpy as np
@@ -31,7 +33,15 @@ def test_bench_defenses_runs_the_sweep_and_writes_table_and_frontier(small_datas
     assert none.values["static:roc_auc"] == none.values["adaptive:roc_auc"]
     # popularity randomization only rewrites non-members' lists: the members' utility is untouched
     assert defended.values["utility:ndcg@10"] == none.values["utility:ndcg@10"]
-    assert (out / "report" / "defenses.md").read_text().count("| popularity-randomization (ratio=") == 2
+    md = (out / "report" / "defenses.md").read_text()
+    assert md.count("| popularity-randomization (ratio=") == 2 and "| none | 2 | " in md and "| defense | n | " in md
+    assert "Student-t 95% CI" in md
+    table = list(csv.DictReader(io.StringIO((out / "report" / "defenses.csv").read_text())))
+    assert table and {r["ci_method"] for r in table} == {"student-t"} and {r["n_seeds"] for r in table} == {"2"}
+    by_row = {(x.defense, ";".join(f"{k}={v}" for k, v in sorted(x.params.items()))): x for x in rows}
+    for r in table:  # with 2 seeds the t-interval (t = 12.7) brackets both values
+        values = by_row[(r["defense"], r["params"])].values[r["column"]]
+        assert float(r["ci_low"]) <= min(values) + 1e-12 and max(values) - 1e-12 <= float(r["ci_high"])
     html = (out / "report" / "report.html").read_text()
     assert 'id="defenses"' in html and "privacy-utility frontier" in html
     png = next((out / "report" / "img").glob("frontier-*.png")).read_bytes()

@@ -98,6 +98,8 @@ CASES: dict[str, tuple[list[str], list[str], object]] = {
     "lfm-lr-zero": (["--target", "lfm", "--target-param", "learning_rate=0"], ["learning_rate", "> 0"], None),
     "lfm-lr-negative": (["--target", "lfm", "--target-param", "learning_rate=-0.1"], ["learning_rate", "> 0"], None),
     "lfm-epochs-zero": (["--target", "lfm", "--target-param", "epochs=0"], ["epochs=0", ">= 1"], None),
+    "query-budget-zero": (["--attack", "query-recall", "--service", "foldin", "--query-budget", "0"],
+                          ["--query-budget 0", "'query-recall'", "--query-budget >= 1"], None),
     "lfm-batch-zero": (["--target", "lfm", "--target-param", "batch_size=0"], ["batch_size=0", ">= 1"], None),
     "lfm-unknown-key": (["--target", "lfm", "--target-param", "embeding_size=8"], ["did you mean embedding_size?"], None),
     "ncf-mf-embedding-zero": (["--target", "ncf", "--target-param", "mf_embedding_size=0"], ["mf_embedding_size=0"], None),

@@ -116,6 +116,34 @@ def test_foldin_fit_is_a_service_parameter(small_dataset):
     members = loose.artifacts["split"].target.is_member
     assert np.array_equal(loose.artifacts["target_lists"][members], tight.artifacts["target_lists"][members])
     assert not np.array_equal(loose.artifacts["target_lists"][~members], tight.artifacts["target_lists"][~members])
-    assert tight.components["service"]["params"] == {"steps": 50, "learning_rate": 0.005}
+    assert tight.components["service"]["params"] == {"steps": 50, "learning_rate": 0.005, "members": "trained"}
     with pytest.raises(MiarsError, match="steps"):
         run_attack(AttackConfig(**base, service_params={"steps": 0}))
+
+
+def test_foldin_can_serve_members_like_new_accounts_and_reports_how_far_their_lists_move(small_dataset):
+    base = dict(dataset=str(small_dataset), top_k=10, service="foldin", **FAST)
+    lfm = dict(target="lfm", shadow="lfm", target_params={"epochs": 5}, shadow_params={"epochs": 5})
+    trained = run_attack(AttackConfig(**base, **lfm))
+    folded = run_attack(AttackConfig(**base, **lfm, service_params={"members": "foldin"}))
+    m = trained.artifacts["split"].target.is_member
+    t_lists, f_lists = trained.artifacts["target_lists"], folded.artifacts["target_lists"]
+    assert np.array_equal(t_lists[~m], f_lists[~m])  # non-members: the same fold-in either way
+    kept = (t_lists[m][:, :, None] == f_lists[m][:, None, :]).any(axis=2).mean()
+    report = folded.recommenders["target"]
+    assert report["members_served"] == "foldin" and report["members_foldin_overlap"] == pytest.approx(kept, abs=1e-4)
+    assert 0 < kept < 1  # BPR: a folded-in vector is not the trained one
+    assert "members_foldin_overlap" not in trained.recommenders["target"]
+    # item-kNN scores a member's row and a folded-in history the same way (its mechanism gap is zero), and a member
+    # served by fold-in gets exactly what a fresh account with the member's history gets through query access
+    from miars_core.stages import Cell
+
+    config = AttackConfig(dataset=str(small_dataset), top_k=10, service="foldin", target="item",
+                          service_params={"members": "foldin"}, attack="query-recall")
+    cell = Cell(config, get_plugins())
+    part = cell.part("target")
+    lists = cell.lists("target", False)
+    assert np.array_equal(cell.access("target", False).recommend(part.members.matrix), lists[part.is_member])
+    assert cell.served("target").meta["report"]["members_foldin_overlap"] == 1.0
+    with pytest.raises(MiarsError, match="members"):
+        run_attack(AttackConfig(**base, target="item", service_params={"members": "new"}))

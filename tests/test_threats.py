@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +17,7 @@ import miars_attacks
 from miars_attacks.metric import orient_and_threshold
 from miars_attacks.query import half_splits, recall_of_lists
 from miars_core import checks
+from miars_core import cli
 from miars_core.cli import app
 from miars_core.errors import MiarsError
 from miars_core.pipeline import AttackConfig, run_attack
@@ -60,7 +65,7 @@ def test_orientation_and_threshold_come_from_the_shadow_labels():
 
 def _access(small, budget=None, defense=None):
     train = Interactions(small.matrix, small.user_ids, small.item_ids)
-    return QueryAccess(None, train, PopularService(), 5, budget=budget, defense=defense)
+    return QueryAccess.of(PopularService(), None, train, 5, budget=budget, defense=defense)
 
 
 @pytest.fixture()
@@ -222,7 +227,8 @@ def test_zreg_calibration_standardizes_the_recall_of_shadow_non_members():
             return top_k_excluding(scores, sp.csr_matrix(histories), k)
 
     shadow, target, _ = checks._views()
-    shadow.query = QueryAccess(None, shadow.query._train, Shuffled(), shadow.k)
+    train = Interactions(shadow.histories, np.arange(shadow.n_users), np.arange(shadow.histories.shape[1]))
+    shadow.query = QueryAccess.of(Shuffled(), None, train, shadow.k)
     attack = miars_attacks.QueryRecall(calibration="zreg").fit(shadow, seed=3)
     raw = attack._raw(shadow, 3)
     out = ~shadow.labels
@@ -254,4 +260,115 @@ def test_each_reference_index_is_its_own_model(small_dataset):
                              attack="query-recall"), get_plugins())
     first, again, other = cell.reference_access("target"), cell.reference_access("target", 0), cell.reference_access("target", 1)
     assert first is again and other is not first
-    assert (first._train.matrix != other._train.matrix).nnz > 0  # another sample of the adversary's data
+    h = cell.part("target").interactions.matrix[:50]
+    assert (first.recommend(h) != other.recommend(h)).any()  # another sample of the adversary's data, another model
+
+
+def _docs_plugin(marker: str) -> tuple[types.ModuleType, str]:
+    """The plugin guide's example block holding ``marker``, loaded as a plugin module (the docs are the test), and its text."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if marker in b)
+    module = types.ModuleType("docs_plugin")
+    exec(compile(block, "docs/plugins.md", "exec"), module.__dict__)
+    return module, block
+
+
+def test_a_query_attack_written_like_the_docs_example_runs_at_one_query_per_target_user(small_dataset, monkeypatch):
+    module, block = _docs_plugin("class EvenOdd")
+    monkeypatch.setitem(sys.modules, module.__name__, module)  # the engine hashes a component's package
+    assert "return self.decision_function(view) > 0" in block  # its predict scores (and queries) again
+    plugins = get_plugins(extra=[module])
+    result = run_attack(AttackConfig(dataset=str(small_dataset), target="item", top_k=10, service="foldin",
+                                     attack="even-odd", query_budget=1), plugins=plugins)
+    n = result.split["target"]["users"]
+    record = result.queries["attack"]
+    assert (record["budget"], record["used"], record["calls"]) == (n, n, 1)  # scored once: one query per user
+    assert result.metrics["roc_auc"] > 0.6
+    scores = result.artifacts["scores"]
+    y = result.artifacts["split"].target.is_member
+    assert result.metrics["recall"] == pytest.approx((scores[y] > 0).mean())  # the engine's predictions: score > 0
+
+
+def test_predictions_follow_the_attacks_decision_threshold(small_dataset):
+    from miars_core.components import Component
+    from miars_core.hookspecs import hookimpl
+    from miars_core.stages import Cell
+
+    class MedianCut(Component):
+        """Logistic regression with a cut kept outside its scores (example)."""
+
+        def __init__(self, cut: float = 0.0):
+            self.cut = cut
+
+        def fit(self, X, y, seed=0):
+            from sklearn.linear_model import LogisticRegression
+
+            self.model_ = LogisticRegression(random_state=seed).fit(X, np.asarray(y).astype(bool))
+            self.decision_threshold_ = float(self.cut)
+            return self
+
+        def decision_function(self, X):
+            return self.model_.decision_function(X).astype(np.float64)
+
+        def predict(self, X):
+            return self.decision_function(X) > self.decision_threshold_
+
+    checks.check_attack(MedianCut)
+    checks.check_attack(MedianCut, cut=0.7)
+    module = types.ModuleType("median_cut")
+    module.register_attacks = hookimpl(lambda register: register("median-cut", MedianCut))
+    plugins = get_plugins(extra=[module])
+
+    def outcome(cut):
+        config = AttackConfig(dataset=str(small_dataset), target="item", top_k=10, attack="median-cut",
+                              attack_params={"cut": cut})
+        out = Cell(config, plugins).attack_scores(False).arrays
+        return out["scores"], out["predicted"]
+
+    scores, predicted = outcome(0.0)
+    assert np.array_equal(predicted, scores > 0)
+    cut = float(np.median(scores))
+    again, predicted = outcome(cut)
+    assert np.array_equal(again, scores) and np.array_equal(predicted, scores > cut) and 0 < predicted.mean() < 1
+    assert not np.array_equal(predicted, scores > 0)
+
+    class Disagrees(MedianCut):
+        """predict ignores the threshold the engine uses."""
+
+        def predict(self, X):
+            return self.decision_function(X) > 0
+
+    with pytest.raises(AssertionError, match="predict differs from decision_function > "):
+        checks.check_attack(Disagrees, cut=0.7)
+
+    class BadThreshold(MedianCut):
+        """A threshold that is no number."""
+
+        def fit(self, X, y, seed=0):
+            super().fit(X, y, seed)
+            self.decision_threshold_ = float("nan")
+            return self
+
+    with pytest.raises(AssertionError, match="decision_threshold_=nan"):
+        checks.check_attack(BadThreshold)
+
+
+@pytest.mark.parametrize("command", ["attack", "grid", "bench-defenses"])
+def test_a_query_attack_with_a_zero_budget_is_refused_before_any_work(small_dataset, tmp_path, command):
+    out = tmp_path / "out"
+    common = ["--dataset", str(small_dataset), "--target", "item", "--attack", "query-recall", "--query-budget", "0",
+              "--top-k", "10", "--out", str(out), "--cache", str(tmp_path / "cache")]
+    if command == "attack":
+        res = CliRunner().invoke(cli._attack_app(), common + ["--service", "foldin"])
+    else:
+        extra = ["--defense", "rank-shuffle"] if command == "bench-defenses" else []
+        res = CliRunner().invoke(app, [command, *common, "--service", "foldin", "--workers", "1", "-q", *extra])
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("miars: error: --query-budget 0: attack 'query-recall' queries")
+    assert "--query-budget >= 1" in lines[0]
+    assert not out.exists() and not (tmp_path / "cache").exists()  # nothing written
+    with pytest.raises(MiarsError, match="--query-budget 0"):
+        run_attack(AttackConfig(dataset=str(small_dataset), attack="query-recall", query_budget=0))
+    assert run_attack(AttackConfig(dataset=str(small_dataset), target="item", top_k=10, query_budget=0,
+                                   attack_params={"epochs": 5})).queries is None  # a features attack needs no budget

@@ -79,18 +79,10 @@ class _ShadowCalibrated(Component):
         return self
 
     def decision_function(self, view: AdversaryView) -> np.ndarray:
-        return _scored(self, view, lambda: self.sign_ * self._score(view, self.seed_) - self.threshold_)
+        return self.sign_ * self._score(view, self.seed_) - self.threshold_
 
     def predict(self, view: AdversaryView) -> np.ndarray:
         return self.decision_function(view) > 0
-
-
-def _scored(attack, view: AdversaryView, compute) -> np.ndarray:
-    """Score a view once: ``predict`` after ``decision_function`` on the same view asks no more queries."""
-    last = getattr(attack, "_last", None)
-    if last is None or last[0] is not view:
-        attack._last = (view, compute())
-    return attack._last[1]
 
 
 class KMeansAttack(Component):
@@ -123,7 +115,7 @@ class KMeansAttack(Component):
         return mean_vectors(view.histories, v) - mean_vectors(list_matrix(view.lists, v.shape[0], w), v)
 
     def decision_function(self, view: AdversaryView) -> np.ndarray:
-        return _scored(self, view, lambda: self._cluster(view))
+        return self._cluster(view)
 
     def _cluster(self, view: AdversaryView) -> np.ndarray:
         from sklearn.cluster import KMeans

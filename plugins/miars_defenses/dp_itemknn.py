@@ -271,9 +271,25 @@ class _FittedKNN:
 
     def recommend_for(self, histories, k: int, seed: int = 0, **fit) -> np.ndarray:
         """Fold-in: accounts it was not trained on are scored from their histories against the private similarity."""
+        return self.new_accounts().recommend_for(histories, k, seed=seed)
+
+    def new_accounts(self) -> "_KNNFoldIn":
+        """What serves accounts it was not trained on: the private similarity and tie-break only (no training rows)."""
+        return _KNNFoldIn(self.w_, self.prior_, self.score_batch_size)
+
+
+class _KNNFoldIn:
+    """New accounts scored from their histories against a (private) item-item similarity."""
+
+    __slots__ = ("w", "prior", "score_batch_size")
+
+    def __init__(self, w: sp.csr_matrix, prior: np.ndarray, score_batch_size: int):
+        self.w, self.prior, self.score_batch_size = w, prior, score_batch_size
+
+    def recommend_for(self, histories, k: int, seed: int = 0, **fit) -> np.ndarray:
         h = sp.csr_matrix(histories, dtype=np.float32)
 
         def rows(index: np.ndarray) -> np.ndarray:
-            return np.asarray((h[index] @ self.w_).todense(), dtype=np.float32) + self.prior_[None, :]
+            return np.asarray((h[index] @ self.w).todense(), dtype=np.float32) + self.prior[None, :]
 
         return top_k_excluding(rows, h, k, batch_size=self.score_batch_size)

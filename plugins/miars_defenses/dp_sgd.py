@@ -166,11 +166,13 @@ class _FittedDP:
 
     def recommend_for(self, histories, k: int, seed: int = 0, **fit) -> np.ndarray:
         """Fold-in of accounts it was not trained on (BPR / lfm: a user vector against the private item factors)."""
-        from miars_recbole.foldin import foldin_scorer
+        return self.new_accounts().recommend_for(histories, k, seed=seed, **fit)
 
-        histories = sp.csr_matrix(histories)
-        return top_k_excluding(foldin_scorer(self.model_, histories, seed, **fit), histories, k,
-                               batch_size=self.score_batch_size, scratch=True)
+    def new_accounts(self):
+        """What serves accounts it was not trained on: the private model's item side only."""
+        from miars_recbole.foldin import FoldInModel, ItemSide
+
+        return FoldInModel(ItemSide.of(self.model_), self.score_batch_size)
 
 
 def _build(model_name: str, train: sp.csr_matrix, overrides: dict, seed: int):

@@ -173,11 +173,14 @@ class RecBoleModel(Component):
 
         ``fit``: ``steps`` and ``learning_rate`` of the folded-in user vectors' fit.
         """
-        from .foldin import foldin_scorer
+        return self.new_accounts().recommend_for(histories, k, seed=seed, **fit)
 
-        histories = sp.csr_matrix(histories)
-        score = foldin_scorer(self.model_, histories, seed, **fit)
-        return top_k_excluding(score, histories, k, batch_size=self.score_batch_size, scratch=True)
+    def new_accounts(self):
+        """What serves accounts the model was not trained on: the model's item side only (no user vectors, no
+        training data), with ``recommend_for(histories, k, seed, **fit)``."""
+        from .foldin import FoldInModel, ItemSide
+
+        return FoldInModel(ItemSide.of(self.model_), self.score_batch_size)
 
 
 class ItemKNN(RecBoleModel):
@@ -281,7 +284,23 @@ class Popularity(Component):
 
     def recommend_for(self, histories, k: int, seed: int = 0, **fit) -> np.ndarray:
         """The popular items each new account does not know (popularity needs no fold-in)."""
-        return top_k_popular(self.popularity_, sp.csr_matrix(histories), k)
+        return self.new_accounts().recommend_for(histories, k, seed=seed)
+
+    def new_accounts(self) -> "_PopularNewAccounts":
+        """What serves new accounts: the item popularity only."""
+        return _PopularNewAccounts(self.popularity_)
+
+
+class _PopularNewAccounts:
+    """New accounts get the popular items they do not know."""
+
+    __slots__ = ("popularity",)
+
+    def __init__(self, popularity: np.ndarray):
+        self.popularity = np.asarray(popularity).copy()
+
+    def recommend_for(self, histories, k: int, seed: int = 0, **fit) -> np.ndarray:
+        return top_k_popular(self.popularity, sp.csr_matrix(histories), k)
 
 
 class RandomItems(Component):
