@@ -156,6 +156,7 @@ class GridSpec:
         """Build each distinct component of the grid once, so a bad name or hyperparameter fails in one
         line before planning (however many cells there are)."""
         from .plugins import get_plugins
+        from .threat import require_budget
 
         plugins = plugins or get_plugins()
         shadows = self.shadow if self.shadow is not None else self.target
@@ -163,7 +164,9 @@ class GridSpec:
                                     ("featurizer", self.featurizer, self.featurizer_params),
                                     ("attack", self.attack, self.attack_params), ("service", self.service, self.service_params)):
             for name in dict.fromkeys(names):
-                plugins.create(kind, name, **_scoped(params, name))
+                component = plugins.create(kind, name, **_scoped(params, name))
+                if kind == "attack":  # a query attack with a budget of no query: refused before any folder is made
+                    require_budget(component, self.query_budget, name)
         for defense, dparams in self._defenses():
             if defense is not None:
                 plugins.create("defense", defense, **dparams)

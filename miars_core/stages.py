@@ -296,7 +296,8 @@ class Cell:
             self.specs["defense"] = (c.defense, c.defense_params)
         # Build every component once now, so a bad name or parameter fails before any data is read.
         self._ids = {role: self._component_id(role) for role in self.specs}
-        require_budget(self.create("attack"), c.query_budget, c.attack)  # a query attack with no query: refused now
+        if c.query_budget < 1:  # a query attack with no query: refused now
+            require_budget(self.create("attack"), c.query_budget, c.attack)
 
     # -- component identities ---------------------------------------------------------------
     def _component_id(self, role: str) -> dict:
