@@ -171,22 +171,9 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def prepare_dir(path: str | Path, flag: str) -> Path:
     """Check early that an output folder can be created and written (before minutes of work)."""
-    p = Path(path).expanduser()
-    try:
-        if p.exists() and not p.is_dir():
-            raise MiarsError(f"{flag} {str(p)!r} is a file, not a folder; pass a folder path")
-        p.mkdir(parents=True, exist_ok=True)
-    except MiarsError:
-        raise
-    except OSError as exc:
-        raise MiarsError(f"{flag} {str(p)!r} cannot be created ({exc.strerror or exc}); pass a writable folder") from None
-    try:
-        fd, probe = tempfile.mkstemp(dir=p, prefix=".miars-write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise MiarsError(f"{flag} {str(p)!r} is not writable ({exc.strerror or exc}); pass a folder you can write to") from None
-    return p
+    from .store import writable_folder
+
+    return writable_folder(path, f"{flag} {str(Path(path).expanduser())!r}", "pass a folder you can write to")
 
 
 def render_result(result: AttackResult) -> str:

@@ -360,7 +360,12 @@ def check_cache_dir(root: str | Path, given: bool = True) -> Path:
     p = Path(root).expanduser()
     shown = repr(os.fsdecode(p).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
     what = f"--cache {shown}" if given else f"the default stage cache {shown} ($MIARS_CACHE/stages or ~/.cache/miars/stages)"
-    fix = "pass a writable folder as --cache DIR, or --no-cache"
+    return writable_folder(p, what, "pass a writable folder as --cache DIR, or --no-cache")
+
+
+def writable_folder(path: str | Path, what: str, fix: str) -> Path:
+    """Before any work: ``path`` is a folder (created if missing) that can be written; else one line naming ``what``."""
+    p = Path(path).expanduser()
     try:
         if p.exists() and not p.is_dir():
             raise MiarsError(f"{what} is a file, not a folder; {fix}")
