@@ -15,12 +15,12 @@ import time
 import numpy as np
 
 from miars_core.pipeline import AttackConfig, load_dataset
-from miars_core.plugins import get_plugins
+from miars_core.contracts.plugins import get_plugins
 from miars_core.protocol import split_dataset
 from miars_core.ranking import top_k_excluding
-from miars_core.seeds import stage_seed
+from miars_core.contracts.seeds import stage_seed
 from miars_core.service import popularity_order
-from miars_core.types import binary_csr
+from miars_core.contracts.types import binary_csr
 
 
 def main() -> None:

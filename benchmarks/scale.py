@@ -64,9 +64,9 @@ def main() -> None:
     from miars_attacks.mlp import MLPAttack
     from miars_core.cli import parse_params
     from miars_core.metrics import membership_metrics
-    from miars_core.plugins import get_plugins
+    from miars_core.contracts.plugins import get_plugins
     from miars_core.protocol import split_dataset
-    from miars_core.seeds import stage_seed
+    from miars_core.contracts.seeds import stage_seed
     from miars_core.service import serve
     from miars_core.synth import synthetic_interactions
 

@@ -37,7 +37,7 @@ def main() -> None:
 
     from miars_attacks.features import CenterDiff, rank_weights
     from miars_core.pipeline import AttackConfig, load_dataset
-    from miars_core.plugins import get_plugins
+    from miars_core.contracts.plugins import get_plugins
     from miars_core.protocol import split_dataset
     from miars_core.ranking import top_k_excluding
     from miars_recbole.models import NeuralCF

@@ -34,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from miars_core.pipeline import AttackConfig, run_attack
-    from miars_core.plugins import get_plugins
+    from miars_core.contracts.plugins import get_plugins
     from miars_core.stages import Cell
     from miars_core.store import DiskStore
 

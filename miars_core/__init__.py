@@ -1,3 +1,62 @@
-"""miars: membership inference attacks against recommender systems, on a pluggy core."""
+"""miars: membership inference attacks against recommender systems, on a pluggy core.
+
+The package is layered; every import points down (tests/test_layout.py checks it):
+
+    cli.py, docgen.py   the face: commands, generated reference pages
+    reports/            run reports: an attack's result files, the grid and defense reports
+    engine/             the stage graph and its store, run folders, grids, executors, run_attack
+    kit/                what plugin authors test and build with: the conformance checks
+    science/            the protocol: split, service, threat models, ranking, metrics
+    contracts/          hook specs, data types, components, parameters, registry, plugin manager, files
+
+Modules that lived at the top level before the layout (``miars_core.pipeline``,
+``miars_core.hookspecs``, ...) still import from their old paths: :data:`MOVED` maps each to its
+new home, and importing an old path gives the very same module object (docs/plugins.md).
+"""
 
 __version__ = "0.1.0"
+
+#: Old module path (under miars_core) -> where the module lives now. Importing the old path
+#: returns the new module itself, so attributes, monkeypatching and ``isinstance`` all agree.
+MOVED = {
+    "components": "contracts.components",
+    "defenses": "contracts.defenses",
+    "errors": "contracts.errors",
+    "hookspecs": "contracts.hookspecs",
+    "params": "contracts.params",
+    "plugins": "contracts.plugins",
+    "registry": "contracts.registry",
+    "seeds": "contracts.seeds",
+    "types": "contracts.types",
+}
+
+
+def _install_old_paths() -> None:
+    """Make ``import miars_core.<old>`` load ``miars_core.<new>`` (lazily: nothing is imported until asked)."""
+    import importlib
+    import importlib.abc
+    import importlib.util
+    import sys
+
+    class OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, fullname, path=None, target=None):
+            head, _, old = fullname.partition(".")
+            if head != __name__ or old not in MOVED:
+                return None
+            return importlib.util.spec_from_loader(fullname, self)
+
+        def create_module(self, spec):
+            module = importlib.import_module(f"{__name__}.{MOVED[spec.name.partition('.')[2]]}")
+            spec.loader_state = module.__spec__  # the import system overwrites __spec__ with ours
+            return module
+
+        def exec_module(self, module):
+            module.__spec__ = module.__spec__.loader_state  # the real module keeps its own spec
+
+    if not any(type(f).__name__ == "OldPaths" and getattr(f, "package", None) == __name__ for f in sys.meta_path):
+        finder = OldPaths()
+        finder.package = __name__
+        sys.meta_path.append(finder)
+
+
+_install_old_paths()

@@ -51,8 +51,8 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
-from .components import get_params
-from .types import Interactions, ServiceContext, binary_csr
+from .contracts.components import get_params
+from .contracts.types import Interactions, ServiceContext, binary_csr
 
 __all__ = [
     "make_interactions",
@@ -557,7 +557,7 @@ def check_dataset(factory: Callable[..., Any], /, data_dir: Any = None, **params
     obj = check_init(factory, **params)
     assert callable(getattr(obj, "load", None)), f"{who} has no load method"
     data = obj.load(data_dir, download=False)
-    assert isinstance(data, Interactions), f"{who}.load must return miars_core.types.Interactions, got {type(data).__name__}"
+    assert isinstance(data, Interactions), f"{who}.load must return miars_core.contracts.types.Interactions, got {type(data).__name__}"
     m = data.matrix
     assert sp.issparse(m) and m.format == "csr", f"{who}.load: matrix must be a scipy CSR matrix, got {type(m).__name__}"
     assert data.n_users > 0 and data.n_items > 0 and m.nnz > 0, f"{who}.load returned an empty data set {m.shape}"
@@ -656,7 +656,7 @@ def check_plugin(
     ``skip`` lists names not to check. Returns the
     ``kind:name`` strings checked, and fails if a registered component breaks its contract.
     """
-    from .plugins import build, new_plugin_manager, register_plugin
+    from .contracts.plugins import build, new_plugin_manager, register_plugin
 
     pm = new_plugin_manager()
     name = getattr(plugin, "__name__", None) or type(plugin).__name__
@@ -681,7 +681,7 @@ def check_plugin(
 # --------------------------------------------------------------------------- defenses at every point of action
 #
 # A defense declares where it acts (``acts_on``: "lists", the default, "data" or "training"; see
-# miars_core.defenses) and its documented parameter sweep (``sweep``). ``check_defense`` routes
+# miars_core.contracts.defenses) and its documented parameter sweep (``sweep``). ``check_defense`` routes
 # here on ``acts_on``; a list defense without a ``sweep`` keeps the list contract alone (defenses
 # written before the sweep existed), every other defense gets the full check of its kind:
 #
@@ -708,7 +708,7 @@ N_ITEMS_SWEEP = 600
 
 def defense_kind(factory: Callable[..., Any]) -> str:
     """``acts_on`` of a defense factory or instance: "lists" (also when missing), "data" or "training"."""
-    from .defenses import ACTS_ON
+    from .contracts.defenses import ACTS_ON
 
     where = getattr(factory, "acts_on", "lists")
     assert where in ACTS_ON, f"{_name(factory)}.acts_on must be one of {ACTS_ON}, got {where!r}"
@@ -748,7 +748,7 @@ def _check_declarations(factory: Callable[..., Any], obj: Any, params: dict[str,
 
 def _check_bad_params(factory: Callable[..., Any], params: dict[str, Any], sweep: dict[str, list],
                       bad_params: Any, run: Callable[[Any], Any]) -> None:
-    from .errors import MiarsError
+    from .contracts.errors import MiarsError
 
     who = _name(factory)
     cases = [dict(b) for b in bad_params]
@@ -765,7 +765,7 @@ def _check_bad_params(factory: Callable[..., Any], params: dict[str, Any], sweep
             assert any(key in msg for key in bad), f"{who} with {bad!r}: the error must name the parameter, got {msg!r}"
             continue
         except Exception as exc:  # noqa: BLE001 - the point is which exception
-            raise AssertionError(f"{who} with {bad!r} raised {type(exc).__name__}: {exc}; raise miars_core.errors.MiarsError") from exc
+            raise AssertionError(f"{who} with {bad!r} raised {type(exc).__name__}: {exc}; raise miars_core.contracts.errors.MiarsError") from exc
         raise AssertionError(f"{who} accepted the bad parameters {bad!r}; validate them at the start and raise MiarsError")
 
 
@@ -832,7 +832,7 @@ def _check_data_apply(obj: Any, who: str, members: Interactions, factory, params
     snap = _snapshot(members)
     out = obj.apply_data(members, seed=0)
     _assert_unchanged(members, snap, f"{who}.apply_data", "members")
-    assert isinstance(out, Interactions), f"{who}.apply_data must return miars_core.types.Interactions, got {type(out).__name__}"
+    assert isinstance(out, Interactions), f"{who}.apply_data must return miars_core.contracts.types.Interactions, got {type(out).__name__}"
     m = out.matrix
     assert sp.issparse(m) and m.format == "csr", f"{who}.apply_data: matrix must be a scipy CSR matrix"
     assert m.shape == members.matrix.shape, f"{who}.apply_data returned shape {m.shape}, expected {members.matrix.shape} (same users and items)"
@@ -896,7 +896,7 @@ def _recommender_for(factory: Callable[..., Any], recommender: Any) -> list[tupl
     names = getattr(factory, "recommenders", None)
     if not names:
         return [("most-popular stand-in", _MostPopular)]
-    from .plugins import get_plugins
+    from .contracts.plugins import get_plugins
 
     plugins = get_plugins()
     out = []
@@ -957,7 +957,7 @@ def check_training_defense(factory: Callable[..., Any], /, *, recommender: Any =
     MiarsError when a defense that declares ``recommenders`` is asked to wrap another one.
     Training is real: expect seconds per fit for torch models.
     """
-    from .errors import MiarsError
+    from .contracts.errors import MiarsError
 
     who = _name(factory)
     assert defense_kind(factory) == "training", f"{who}.acts_on is {defense_kind(factory)!r}, not 'training'"

@@ -20,9 +20,9 @@ import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from .errors import MiarsError, Terminated
-from .params import parse_value
-from .registry import KINDS
+from .contracts.errors import MiarsError, Terminated
+from .contracts.params import parse_value
+from .contracts.registry import KINDS
 
 
 #: Click's exceptions: typer >= 0.20 ships its own copy of click, older typer uses click itself.
@@ -314,7 +314,7 @@ def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_mode
         service=service, service_params=parse_params(service_param, "--service-param"), query_budget=query_budget,
     ).validate()
     if config.query_budget < 1:  # a query attack without queries: refused before any folder is made
-        from .plugins import get_plugins
+        from .contracts.plugins import get_plugins
         from .threat import require_budget
 
         require_budget(get_plugins().create("attack", config.attack, **config.attack_params), config.query_budget,
@@ -627,7 +627,7 @@ def bench_defenses(
     """Benchmark defenses: privacy for a static and an adaptive attacker, utility and cost, with a privacy-utility frontier."""
     with guarded():
         from .grid import GridSpec, parse_list_flag, parse_scoped_params
-        from .plugins import get_plugins
+        from .contracts.plugins import get_plugins
 
         registry = get_plugins().registry("defense")
         asked = parse_list_flag(defense, "--defense")
@@ -750,7 +750,7 @@ def plugins_command(as_json: bool = typer.Option(False, "--json", help="Print JS
 def _plugins(as_json: bool) -> None:
     from dataclasses import asdict
 
-    from .plugins import get_plugins
+    from .contracts.plugins import get_plugins
 
     rows = [asdict(info) for _, info in sorted(get_plugins().info.items())]
     if as_json:
@@ -778,7 +778,7 @@ def list_command(
 
 
 def _list(kind: str, as_json: bool) -> None:
-    from .plugins import get_plugins
+    from .contracts.plugins import get_plugins
 
     kinds = {k: k for k in KINDS} | {k + "s": k for k in KINDS}
     if kind not in kinds:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import MiarsError
+from .contracts.errors import MiarsError
 from .executors import SerialExecutor, WorkerDied, pinned_threads
 from .grid import GridSpec, cell_id, cell_record
 from .pipeline import AttackConfig, cell_result
@@ -35,7 +35,7 @@ FAILED_EXIT = 1  # some cells failed (bad input is exit 2, before anything runs)
 # -- the task function (runs in any process) -------------------------------------------------------
 def run_task(task: dict, plugins=None, store=None) -> dict:
     """Run one task; return what the grid needs to know. Never raises: failures are returned."""
-    from .plugins import get_plugins
+    from .contracts.plugins import get_plugins
     from .stages import Cell
 
     cell = None
@@ -110,7 +110,7 @@ def plan(cells: dict[str, Any], store, cache: str | None, threads: int | None) -
 
 # -- writing the run folder ---------------------------------------------------------------------------
 def _atomic_json(path: Path, data: dict) -> None:
-    from .report import atomic_write
+    from .contracts.files import atomic_write
 
     atomic_write(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
@@ -123,7 +123,7 @@ def write_cell(run_dir: Path, cid: str, outcome: dict, config: AttackConfig) -> 
     in and the new commit file last: a result.json always describes the scores beside it, and
     files that are not miars' (:data:`~miars_core.rundir.CELL_FILES`) are never touched.
     """
-    from .report import file_mode, scores_tsv
+    from .contracts.files import file_mode, scores_tsv
     from .rundir import CELL_COMMIT, CELL_FILES
 
     files: dict[str, str] = {}
@@ -210,7 +210,7 @@ def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, execu
     ``executor`` is an executor or a function returning one (called once every cell is checked,
     so a bad name or folder never starts a cluster).
     """
-    from .plugins import get_plugins
+    from .contracts.plugins import get_plugins
     from .rundir import new_marker, write_marker
     from .stages import Cell
 
@@ -290,7 +290,7 @@ def _once_per_message(progress: Progress | None) -> Progress:
 
 
 def _record_end(run_dir: Path, grid_record: dict, exc: BaseException) -> None:
-    from .errors import Terminated
+    from .contracts.errors import Terminated
 
     status = "interrupted" if isinstance(exc, (KeyboardInterrupt, Terminated)) else "failed"
     line = " ".join(str(exc).split()) or type(exc).__name__

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import MiarsError
-from .params import Anything, Constraint, Flag, Interval, ListOf, Mapping, OrNone, Table, Text, find_problem, parse_value
+from .contracts.errors import MiarsError
+from .contracts.params import Anything, Constraint, Flag, Interval, ListOf, Mapping, OrNone, Table, Text, find_problem, parse_value
 from .pipeline import SETTINGS, AttackConfig, flag_of, shown
 from .stages import digest
 
@@ -155,7 +155,7 @@ class GridSpec:
     def check_components(self, plugins=None) -> None:
         """Build each distinct component of the grid once, so a bad name or hyperparameter fails in one
         line before planning (however many cells there are)."""
-        from .plugins import get_plugins
+        from .contracts.plugins import get_plugins
         from .threat import require_budget
 
         plugins = plugins or get_plugins()
@@ -458,7 +458,7 @@ def catalogue_problems(spec: GridSpec, plugins=None) -> list[dict[str, Any]]:
     count its items; nothing is written. Records: ``{dataset, defense, defense_params, top_k, reason}``.
     """
     from .pipeline import load_named
-    from .plugins import get_plugins
+    from .contracts.plugins import get_plugins
 
     plugins = plugins or get_plugins()
     registry = plugins.registry("defense")

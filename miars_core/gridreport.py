@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MiarsError
+from .contracts.errors import MiarsError
 from .intervals import DESCRIPTION as CI_DESCRIPTION
 from .intervals import Estimate, mean_ci
 
@@ -573,7 +573,7 @@ def _slug(text: str) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    from .report import atomic_write
+    from .contracts.files import atomic_write
 
     atomic_write(path, data)
 

@@ -6,12 +6,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import MiarsError
-from .params import AnyOf, Constraint, Flag, Interval, Mapping, Options, OrNone, Text
-from .plugins import Plugins, get_plugins
+from .contracts.errors import MiarsError
+from .contracts.params import AnyOf, Constraint, Flag, Interval, Mapping, Options, OrNone, Text
+from .contracts.plugins import Plugins, get_plugins
 from .protocol import SPLIT_MODES
 from .store import Store
-from .types import Interactions, Split
+from .contracts.types import Interactions, Split
 
 
 #: What each setting of a cell may be, with an example value: the one declaration that

@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .errors import MiarsError
+from .contracts.errors import MiarsError
 
 #: The marker file of every folder miars writes results into.
 MARKER = ".miars.json"
@@ -72,7 +72,7 @@ def marker_bytes(marker: dict) -> bytes:
 
 
 def write_marker(folder: Path, marker: dict) -> None:
-    from .report import atomic_write
+    from .contracts.files import atomic_write
 
     atomic_write(folder / MARKER, marker_bytes(marker))
 

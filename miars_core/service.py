@@ -9,11 +9,11 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
-from .components import get_params
-from .defenses import acts_on
-from .errors import MiarsError
+from .contracts.components import get_params
+from .contracts.defenses import acts_on
+from .contracts.errors import MiarsError
 from .ranking import check_k, top_k_popular
-from .types import Part, ServiceContext
+from .contracts.types import Part, ServiceContext
 from .utility import utility_metrics
 
 
@@ -106,7 +106,7 @@ def _who(kind: str, name: str, component: Any) -> str:
     """``recommender 'userknn' (plugin 'example')``: the component and the plugin that provided it."""
     plugin = type(component).__module__.split(".")[0]
     try:
-        from .plugins import get_plugins
+        from .contracts.plugins import get_plugins
 
         registry = get_plugins().registry(kind)
         if name in registry.entries or ":" in name:

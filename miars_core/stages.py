@@ -49,24 +49,25 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
-from .components import get_params
-from .defenses import acts_on
-from .errors import MiarsError
+from .contracts.components import get_params
+from .contracts.defenses import acts_on
+from .contracts.errors import MiarsError
 from .metrics import membership_metrics
 from .protocol import split_dataset
-from .seeds import stage_seed
+from .contracts.seeds import stage_seed
 from .service import Served, defend, popularity_order, serve, stage_threads
 from .store import MemoryStore, Output
 from .threat import (AdversaryView, QueryAccess, ReferenceModels, decision_threshold, level_of, require_budget,
                      threat_of)
-from .types import Interactions, Part, ServiceContext, Split, random_row_ranks
+from .contracts.types import Interactions, Part, ServiceContext, Split, random_row_ranks
 from .utility import holdout, list_signal, utility_metrics
 
 #: Bump when a stage's computation changes in a way the module hash below would not see.
 STAGES_VERSION = "1"
 
-#: Core modules whose code decides stage outputs (their source is hashed into every key).
-STAGE_MODULES = ("stages", "protocol", "service", "ranking", "types", "seeds", "store", "utility", "defenses", "threat")
+#: Core modules whose code decides stage outputs, under miars_core (their source is hashed into every key).
+STAGE_MODULES = ("stages", "protocol", "service", "ranking", "contracts.types", "contracts.seeds", "store", "utility",
+                 "contracts.defenses", "threat")
 
 #: Timing names reported in result.json (those of miars v0).
 TIMING = {"load": "load", "split": "split", "serve:shadow": "shadow_recommender", "serve:target": "target_recommender",
@@ -96,7 +97,7 @@ def core_version() -> str:
     here = Path(__file__).resolve().parent
     h = hashlib.sha256()
     for name in STAGE_MODULES:
-        h.update((here / f"{name}.py").read_bytes())
+        h.update((here / f"{name.replace('.', '/')}.py").read_bytes())
     return f"{__version__}+{STAGES_VERSION}.{h.hexdigest()[:16]}"
 
 

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MiarsError
+from .contracts.errors import MiarsError
+from .contracts.files import writable_folder
 
 #: Layout version of the store itself (bump when the on-disk format changes). v2: checksums in meta.json.
 STORE_FORMAT = "v2"
@@ -361,26 +362,6 @@ def check_cache_dir(root: str | Path, given: bool = True) -> Path:
     shown = repr(os.fsdecode(p).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
     what = f"--cache {shown}" if given else f"the default stage cache {shown} ($MIARS_CACHE/stages or ~/.cache/miars/stages)"
     return writable_folder(p, what, "pass a writable folder as --cache DIR, or --no-cache")
-
-
-def writable_folder(path: str | Path, what: str, fix: str) -> Path:
-    """Before any work: ``path`` is a folder (created if missing) that can be written; else one line naming ``what``."""
-    p = Path(path).expanduser()
-    try:
-        if p.exists() and not p.is_dir():
-            raise MiarsError(f"{what} is a file, not a folder; {fix}")
-        p.mkdir(parents=True, exist_ok=True)
-    except MiarsError:
-        raise
-    except OSError as exc:
-        raise MiarsError(f"{what} cannot be created ({exc.strerror or exc}); {fix}") from None
-    try:
-        fd, probe = tempfile.mkstemp(dir=p, prefix=".miars-write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise MiarsError(f"{what} is not writable ({exc.strerror or exc}); {fix}") from None
-    return p
 
 
 Store = MemoryStore | DiskStore

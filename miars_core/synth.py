@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .types import Interactions, binary_csr
+from .contracts.types import Interactions, binary_csr
 
 
 def _pareto_counts(rng, n_users: int, target: int, minimum: int, cap: int, alpha: float) -> np.ndarray:

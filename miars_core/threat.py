@@ -39,9 +39,9 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import MiarsError
+from .contracts.errors import MiarsError
 from .ranking import top_k_popular
-from .types import Interactions, ServiceContext
+from .contracts.types import Interactions, ServiceContext
 
 #: What an attack may ask for, from least to most access.
 THREATS = ("features", "lists", "queries")
@@ -198,9 +198,9 @@ class ReferenceModels:
     def _build(self, index: int) -> QueryAccess:
         import time
 
-        from .seeds import stage_seed
+        from .contracts.seeds import stage_seed
         from .service import serve
-        from .types import Part
+        from .contracts.types import Part
 
         tag = "reference" if index == 0 else f"reference-{index}"
         counts = np.diff(self._data.matrix.indptr)

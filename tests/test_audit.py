@@ -19,9 +19,9 @@ from scipy.special import expit, logit
 from typer.testing import CliRunner
 
 from miars_core import audit, cli
-from miars_core.components import Component
-from miars_core.errors import MiarsError
-from miars_core.plugins import get_plugins
+from miars_core.contracts.components import Component
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.plugins import get_plugins
 
 RUNNER = CliRunner()
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
@@ -194,8 +194,8 @@ def test_a_claim_above_what_the_canaries_can_show_is_inconclusive(data):
 # --------------------------------------------------------------------------- the command, with a third-party plugin
 
 PLUGIN_SOURCE = '''
-from miars_core.components import Component
-from miars_core.hookspecs import hookimpl
+from miars_core.contracts.components import Component
+from miars_core.contracts.hookspecs import hookimpl
 
 
 class ClaimsDP(Component):

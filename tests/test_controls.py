@@ -13,7 +13,7 @@ from miars_core import checks
 from miars_core.cli import app
 from miars_core.grid import GridSpec, cell_record
 from miars_core.pipeline import AttackConfig, run_attack
-from miars_core.plugins import get_plugins
+from miars_core.contracts.plugins import get_plugins
 from miars_core.store import MemoryStore
 from miars_recbole.models import Popularity, RandomItems
 

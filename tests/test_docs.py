@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import miars_core.hookspecs as hookspecs
+import miars_core.contracts.hookspecs as hookspecs
 from miars_core import checks
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"

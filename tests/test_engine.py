@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from miars_core.cli import app
 from miars_core.engine import run_grid, write_cell
-from miars_core.errors import MiarsError
+from miars_core.contracts.errors import MiarsError
 from miars_core.grid import GridSpec, cell_id, load_toml, parse_scoped_params, split_list
 from miars_core.pipeline import AttackConfig, run_attack
-from miars_core.plugins import get_plugins
+from miars_core.contracts.plugins import get_plugins
 from miars_core.stages import Cell
 from miars_core.store import DiskStore, MemoryStore
 
@@ -322,7 +322,7 @@ class _HalfData:
     def apply_data(self, members, seed=0):
         import scipy.sparse as sp
 
-        from miars_core.types import Interactions
+        from miars_core.contracts.types import Interactions
 
         m = members.matrix.tocsr().copy()
         keep = np.ones(m.nnz, dtype=bool)
@@ -360,7 +360,7 @@ class _PopularTraining:
 def _defense_plugins():
     import types
 
-    from miars_core.hookspecs import hookimpl
+    from miars_core.contracts.hookspecs import hookimpl
 
     module = types.ModuleType("test_defense_points")
 

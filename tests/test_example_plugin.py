@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from miars_core import checks
-from miars_core.errors import DuplicateNameError, UnknownNameError
-from miars_core.hookspecs import hookimpl
-from miars_core.plugins import get_plugins
-from miars_core.types import ServiceContext
+from miars_core.contracts.errors import DuplicateNameError, UnknownNameError
+from miars_core.contracts.hookspecs import hookimpl
+from miars_core.contracts.plugins import get_plugins
+from miars_core.contracts.types import ServiceContext
 
 EXAMPLE_SRC = Path(__file__).resolve().parents[1] / "examples" / "miars-example-plugin" / "src"
 
@@ -100,7 +100,7 @@ def test_userknn_matches_brute_force(example):
 def test_userknn_rejects_too_large_k(example):
     from miars_example.userknn import UserKNN
 
-    from miars_core.errors import MiarsError
+    from miars_core.contracts.errors import MiarsError
 
     data = checks.make_interactions()
     with pytest.raises(MiarsError, match="at most k="):

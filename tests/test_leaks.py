@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import miars_attacks
 from miars_core import checks
 from miars_core.pipeline import AttackConfig, run_attack
-from miars_core.plugins import get_plugins
+from miars_core.contracts.plugins import get_plugins
 from miars_core.stages import Cell
 from miars_core.store import MemoryStore
 from miars_core.threat import AdversaryView

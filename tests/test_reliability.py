@@ -19,10 +19,10 @@ import pytest
 from typer.testing import CliRunner
 
 from miars_core import checks, cli
-from miars_core.components import Component
-from miars_core.errors import MiarsError
-from miars_core.hookspecs import hookimpl
-from miars_core.plugins import get_plugins
+from miars_core.contracts.components import Component
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.hookspecs import hookimpl
+from miars_core.contracts.plugins import get_plugins
 
 RUNNER = CliRunner()
 ATTACK_APP = cli._attack_app()
@@ -105,7 +105,7 @@ def test_non_utf8_and_tab_ids_are_escaped_not_fatal(tmp_path, small_dataset):
 
 
 def test_tsv_id_escaping_is_reversible():
-    from miars_core.report import tsv_id
+    from miars_core.contracts.files import tsv_id
 
     def unescape(text: str) -> bytes:
         out, i = bytearray(), 0
@@ -131,7 +131,7 @@ def test_tsv_id_escaping_is_reversible():
 
 
 def test_param_constraints_are_declared_on_the_builtin_components():
-    from miars_core.params import constraints_of
+    from miars_core.contracts.params import constraints_of
 
     plugins = get_plugins()
     for kind, name, key in (("recommender", "item", "k"), ("recommender", "lfm", "embedding_size"),
@@ -220,7 +220,7 @@ def test_a_valid_plugin_still_loads_and_checks():
 
 
 def test_conflicting_plugin_is_reported_in_miars_plugins_and_other_commands_work(monkeypatch):
-    from miars_core import plugins as plugins_module
+    from miars_core.contracts import plugins as plugins_module
 
     def register_recommenders(register):
         register("item", _Rec)
@@ -433,7 +433,7 @@ def test_sigterm_during_training_removes_recbole_temporary_files(small_dataset, 
 
 
 def test_a_conflicting_namespace_skips_the_later_plugin_and_blocks_the_prefix():
-    from miars_core.errors import DuplicateNameError
+    from miars_core.contracts.errors import DuplicateNameError
 
     def register_namespaces(register):
         register("recommender", "recbole", lambda rest: _Rec, lambda: ["X"])

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 import miars_services
 from miars_core import checks
 from miars_core.cli import app
-from miars_core.errors import MiarsError
+from miars_core.contracts.errors import MiarsError
 from miars_core.pipeline import AttackConfig, run_attack
-from miars_core.plugins import get_plugins
+from miars_core.contracts.plugins import get_plugins
 from miars_services import FoldInService, PopularService
 
 FAST = {"attack_params": {"epochs": 50}}
@@ -98,7 +98,7 @@ def test_foldin_ncf_fits_neumf_user_embeddings_against_the_frozen_item_side(smal
     known = target.interactions.matrix
     assert not np.asarray(known[np.repeat(np.arange(len(lists)), 10), lists.ravel()]).any()
     rec = get_plugins().create("recommender", "ncf", epochs=3)
-    from miars_core.types import Interactions
+    from miars_core.contracts.types import Interactions
 
     members = Interactions(known[target.is_member], target.interactions.user_ids[target.is_member],
                            target.interactions.item_ids)

@@ -19,12 +19,12 @@ from miars_attacks.query import half_splits, recall_of_lists
 from miars_core import checks
 from miars_core import cli
 from miars_core.cli import app
-from miars_core.errors import MiarsError
+from miars_core.contracts.errors import MiarsError
 from miars_core.pipeline import AttackConfig, run_attack
-from miars_core.plugins import get_plugins
+from miars_core.contracts.plugins import get_plugins
 from miars_core.store import DiskStore
 from miars_core.threat import QueryAccess
-from miars_core.types import Interactions
+from miars_core.contracts.types import Interactions
 from miars_services import FoldInService, PopularService
 
 VIEW_ATTACKS = ("kmeans", "shadow-free", "reference-rec", "query-recall", "interaction")
@@ -290,8 +290,8 @@ def test_a_query_attack_written_like_the_docs_example_runs_at_one_query_per_targ
 
 
 def test_predictions_follow_the_attacks_decision_threshold(small_dataset):
-    from miars_core.components import Component
-    from miars_core.hookspecs import hookimpl
+    from miars_core.contracts.components import Component
+    from miars_core.contracts.hookspecs import hookimpl
     from miars_core.stages import Cell
 
     class MedianCut(Component):

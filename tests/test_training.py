@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from miars_core.errors import MiarsError
-from miars_core.types import Interactions
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.types import Interactions
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from miars_core.components import Component
+from miars_core.contracts.components import Component
 from miars_core.threat import AdversaryView
 
 

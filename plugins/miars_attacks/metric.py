@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from miars_core.components import Component
-from miars_core.params import Interval, Options
+from miars_core.contracts.components import Component
+from miars_core.contracts.params import Interval, Options
 from miars_core.threat import AdversaryView
 
 #: Added to distances before dividing, so a zero distance gives a large, finite ratio.

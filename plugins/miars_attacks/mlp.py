@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from miars_core.components import Component
-from miars_core.errors import MiarsError
-from miars_core.params import Interval, ListOf, Options, OrNone
+from miars_core.contracts.components import Component
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.params import Interval, ListOf, Options, OrNone
 
 
 class MLPAttack(Component):

@@ -8,11 +8,11 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from miars_core.components import Component
-from miars_core.errors import MiarsError
+from miars_core.contracts.components import Component
+from miars_core.contracts.errors import MiarsError
 from miars_core.ranking import top_k_excluding
-from miars_core.params import Interval, Options, OrNone  # noqa: F401 - param_constraints
-from miars_core.types import Interactions, random_row_ranks
+from miars_core.contracts.params import Interval, Options, OrNone  # noqa: F401 - param_constraints
+from miars_core.contracts.types import Interactions, random_row_ranks
 
 from . import _params
 

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 
-from miars_core.errors import MiarsError
+from miars_core.contracts.errors import MiarsError
 
 #: Full-batch Adam steps and learning rate that fit a folded-in user vector (BPR).
 FOLDIN_STEPS = 50

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
-from miars_core.errors import MiarsError
+from miars_core.contracts.errors import MiarsError
 
 #: RecBole models trained through the lean path (others go through RecBole's own trainer).
 LEAN_MODELS = ("BPR", "NeuMF")

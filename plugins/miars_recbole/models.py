@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from miars_core.components import Component
-from miars_core.errors import MiarsError
-from miars_core.params import AnyOf, Interval, ListOf, Mapping, Options, OrNone  # noqa: F401 - param_constraints
+from miars_core.contracts.components import Component
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.params import AnyOf, Interval, ListOf, Mapping, Options, OrNone  # noqa: F401 - param_constraints
 from miars_core.ranking import check_k, top_k_excluding, top_k_popular
-from miars_core.types import Interactions
+from miars_core.contracts.types import Interactions
 
 
 class RecBoleModel(Component):
@@ -33,7 +33,7 @@ class RecBoleModel(Component):
     recbole_keys: tuple[str, ...] = ()
     #: Learning rate at batch 4,096 when ``learning_rate`` is None (None: RecBole's model default).
     base_learning_rate: float | None = None
-    #: Allowed values, checked by the registry before anything is built (miars_core.params).
+    #: Allowed values, checked by the registry before anything is built (miars_core.contracts.params).
     param_constraints = {
         "epochs": OrNone(AnyOf((Interval(int, 1), Options(("auto",))))), "learning_rate": OrNone(Interval(float, 0, 10, closed="right")),
         "batch_size": OrNone(Interval(int, 1)), "score_batch_size": Interval(int, 1), "config": OrNone(Mapping(

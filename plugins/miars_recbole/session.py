@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
-from miars_core.errors import MiarsError
+from miars_core.contracts.errors import MiarsError
 
 from . import compat
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from miars_core.components import Component
-from miars_core.errors import MiarsError
-from miars_core.hookspecs import hookimpl
-from miars_core.params import Interval, Options
+from miars_core.contracts.components import Component
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.hookspecs import hookimpl
+from miars_core.contracts.params import Interval, Options
 from miars_core.service import PopularServer
-from miars_core.types import Interactions
+from miars_core.contracts.types import Interactions
 
 __version__ = "0.1.0"
 

@@ -116,7 +116,7 @@ def validate_plugin(plugin: ModuleType | object, name: str) -> None:
     if unmarked:
         raise MiarsError(
             f"function {', '.join(unmarked)} is not marked @hookimpl, so miars never calls it; "
-            "decorate it with `@hookimpl` (from miars_core.hookspecs import hookimpl)"
+            "decorate it with `@hookimpl` (from miars_core.contracts.hookspecs import hookimpl)"
         )
     if not probe.get_hookcallers(plugin):
         raise MiarsError(f"plugin {name!r} implements no miars hook; define one of: {', '.join(_SPEC_NAMES)} with @hookimpl")

@@ -5,7 +5,7 @@ A component class declares what each hyperparameter may be::
     class ItemKNN(...):
         param_constraints = {"k": Interval(int, 1), "shrink": Interval(float, 0)}
 
-and :meth:`miars_core.registry.Registry.create` checks every given value against it before
+and :meth:`miars_core.contracts.registry.Registry.create` checks every given value against it before
 anything is built or trained, so a bad value is a one-line error that names the component,
 the parameter, what is allowed and an example. Independently of any declaration, no value
 may be a non-finite number (``NaN``, ``Infinity``), at any depth of a list or dict.

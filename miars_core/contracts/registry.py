@@ -175,7 +175,7 @@ class Registry:
 
         Before the factory is called: unknown keys fail with the valid keys and a did-you-mean,
         values are checked against the type of their default, against the component's
-        ``param_constraints`` (:mod:`miars_core.params`), and for non-finite numbers.
+        ``param_constraints`` (:mod:`miars_core.contracts.params`), and for non-finite numbers.
         """
         entry = self.get(name)
         params = check_param_keys(self.kind, name, entry.factory, params)

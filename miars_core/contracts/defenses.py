@@ -1,6 +1,6 @@
 """The defense contract: where a defense acts, and serving members under any kind of defense.
 
-A defense is a :class:`~miars_core.components.Component` with a class attribute ``acts_on``:
+A defense is a :class:`~miars_core.contracts.components.Component` with a class attribute ``acts_on``:
 
 ``"lists"`` (the default when the attribute is missing: every pre-existing defense)
     ``apply(recommendations, context, seed) -> np.ndarray``: rewrites the served lists
