@@ -144,7 +144,7 @@ def itemknn_rss(which: str, dataset: str) -> None:
     """Fit one ItemKNN on the target members in this process; print the peak RSS before and after."""
     from miars_core.pipeline import AttackConfig, load_dataset
     from miars_core.contracts.plugins import get_plugins
-    from miars_core.protocol import split_dataset
+    from miars_core.science.protocol import split_dataset
     from miars_recbole.session import RecBoleRun, fit_itemknn
 
     data = load_dataset(AttackConfig(dataset=dataset), get_plugins())
@@ -159,7 +159,7 @@ def itemknn_rss(which: str, dataset: str) -> None:
         run = RecBoleRun("ItemKNN", members, {"k": 100, "epochs": 1}, seed=0)
         run.epoch()
         fitted = run.fitted()
-    from miars_core.ranking import top_k_excluding
+    from miars_core.science.ranking import top_k_excluding
 
     top_k_excluding(fitted.score_rows, members, 100, batch_size=512)
     print(f"{which}: fit + top-100 {time.perf_counter() - start:.2f} s, peak RSS before fit {before:.0f} MiB, "
@@ -187,9 +187,9 @@ def main() -> None:
     from miars_attacks.mlp import MLPAttack
     from miars_core.pipeline import AttackConfig, load_dataset
     from miars_core.contracts.plugins import get_plugins
-    from miars_core.protocol import split_dataset
-    from miars_core.ranking import top_k_excluding
-    from miars_core.service import serve
+    from miars_core.science.protocol import split_dataset
+    from miars_core.science.ranking import top_k_excluding
+    from miars_core.science.service import serve
     from miars_recbole.models import ItemKNN, LatentFactorModel, NeuralCF
     from miars_recbole.session import RecBoleRun, fit_itemknn
     import scipy.sparse as sp

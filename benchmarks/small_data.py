@@ -44,9 +44,9 @@ def main() -> None:
 
     from miars_core.pipeline import AttackConfig, load_dataset, run_attack
     from miars_core.contracts.plugins import get_plugins
-    from miars_core.protocol import split_dataset
+    from miars_core.science.protocol import split_dataset
     from miars_core.contracts.seeds import stage_seed
-    from miars_core.synth import sample_users
+    from miars_core.science.synth import sample_users
     from miars_core.contracts.types import Interactions
     from miars_recbole.lean import heldout_recall, holdout_split
     from miars_recbole.session import LeanRun

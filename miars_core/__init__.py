@@ -28,6 +28,14 @@ MOVED = {
     "registry": "contracts.registry",
     "seeds": "contracts.seeds",
     "types": "contracts.types",
+    "protocol": "science.protocol",
+    "service": "science.service",
+    "threat": "science.threat",
+    "ranking": "science.ranking",
+    "metrics": "science.metrics",
+    "utility": "science.utility",
+    "intervals": "science.intervals",
+    "synth": "science.synth",
 }
 
 

@@ -301,7 +301,7 @@ def probe_level(defense_factory: Callable[[], Any], recommender_factory: Callabl
     train or a parameter it rejects.
     """
     from .checks import make_interactions
-    from .service import _call, stage_threads
+    from .science.service import _call, stage_threads
 
     defense = defense_factory()
     with stage_threads():
@@ -320,7 +320,7 @@ def audit_defense(defense_factory: Callable[[], Any], recommender_factory: Calla
     rerun, with other ``guesses`` too, does not refit. Returns the audit record (audit.json).
     """
     from .contracts.seeds import stage_seed
-    from .service import _call, check_lists, stage_threads
+    from .science.service import _call, check_lists, stage_threads
     from .stages import core_version, digest
 
     say = progress or (lambda msg: None)
@@ -450,7 +450,7 @@ def run(dataset: str, target: str, defense: str, *, target_params: dict | None =
     from .pipeline import load_named
     from .contracts.plugins import get_plugins
     from .contracts.files import _publish
-    from .service import _who
+    from .science.service import _who
     from .stages import _entry_version, dataset_identity
 
     plugins = plugins or get_plugins()

@@ -301,7 +301,7 @@ def check_attack(factory: Callable[..., Any], /, **params: Any) -> None:
     An attack that declares ``threat = "lists"`` or ``"queries"`` is checked on adversary
     views instead (:func:`check_view_attack`).
     """
-    from .threat import threat_of
+    from .science.threat import threat_of
 
     if threat_of(_build(factory, params)) != "features":
         return check_view_attack(factory, **params)
@@ -336,7 +336,7 @@ def check_attack(factory: Callable[..., Any], /, **params: Any) -> None:
 
 def _check_predict(obj: Any, who: str, data: Any, scores: np.ndarray) -> None:
     """The engine's predictions ``scores > decision_threshold_`` equal the attack's own ``predict``, if it has one."""
-    from .threat import decision_threshold
+    from .science.threat import decision_threshold
 
     try:
         threshold = decision_threshold(obj)
@@ -354,7 +354,7 @@ def _check_predict(obj: Any, who: str, data: Any, scores: np.ndarray) -> None:
 
 def _views(seed: int = 5, n: int = 80, n_items: int = 60, k: int = 6):
     """A shadow and a target view where members' lists come from their own taste and non-members' are popular."""
-    from .threat import AdversaryView, QueryAccess
+    from .science.threat import AdversaryView, QueryAccess
 
     rng = np.random.default_rng(seed)
     clusters = 4
@@ -376,7 +376,7 @@ def _views(seed: int = 5, n: int = 80, n_items: int = 60, k: int = 6):
 
     class _Popular:
         def serve_others(self, fitted, train, histories, k, seed=0):
-            from .ranking import top_k_popular
+            from .science.ranking import top_k_popular
 
             return top_k_popular(train.item_popularity(), histories, k)
 
@@ -408,9 +408,9 @@ def check_view_attack(factory: Callable[..., Any], /, **params: Any) -> None:
     non-members (the popular list) on average, except for controls (class attribute
     ``control = True``: a rule meant to read chance on a sound protocol).
     """
-    from .threat import threat_of
+    from .science.threat import threat_of
 
-    from .threat import level_of
+    from .science.threat import level_of
 
     who = _name(factory)
     shadow, target, is_member = _views()
@@ -605,7 +605,7 @@ class _FoldInPopular:
         return self
 
     def recommend(self, k):
-        from .ranking import top_k_popular
+        from .science.ranking import top_k_popular
 
         return top_k_popular(self.pop_, self.known_, k)
 
@@ -623,7 +623,7 @@ class _PopularSide:
         self.popularity = popularity
 
     def recommend_for(self, histories, k, seed=0):
-        from .ranking import top_k_popular
+        from .science.ranking import top_k_popular
 
         return top_k_popular(self.popularity, histories, k)
 
@@ -880,7 +880,7 @@ class _MostPopular:
         return self
 
     def recommend(self, k):
-        from .ranking import top_k_popular
+        from .science.ranking import top_k_popular
 
         return top_k_popular(self.pop_, self.known_, k)
 

@@ -315,7 +315,7 @@ def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_mode
     ).validate()
     if config.query_budget < 1:  # a query attack without queries: refused before any folder is made
         from .contracts.plugins import get_plugins
-        from .threat import require_budget
+        from .science.threat import require_budget
 
         require_budget(get_plugins().create("attack", config.attack, **config.attack_params), config.query_budget,
                        config.attack)

@@ -156,7 +156,7 @@ class GridSpec:
         """Build each distinct component of the grid once, so a bad name or hyperparameter fails in one
         line before planning (however many cells there are)."""
         from .contracts.plugins import get_plugins
-        from .threat import require_budget
+        from .science.threat import require_budget
 
         plugins = plugins or get_plugins()
         shadows = self.shadow if self.shadow is not None else self.target

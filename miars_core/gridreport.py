@@ -13,7 +13,7 @@ and writes ``RUN_DIR/report/``: ``tables.md``, ``tables.csv``, ``img/*.png`` and
 A folder written by ``miars-attack --out`` (``result.json`` at its top) reports as one cell.
 
 Cells that differ only in ``seed`` form a *setting*; each table shows, per setting, the mean of
-a metric over seeds and the Student-t 95% CI of that mean (:func:`miars_core.intervals.mean_ci`,
+a metric over seeds and the Student-t 95% CI of that mean (:func:`miars_core.science.intervals.mean_ci`,
 the interval of every report; exact for normal per-seed values, no resampling), with the
 number of seeds. A setting with one seed shows its value and no CI. Settings sharing dataset, shadow dataset, defense and
 its parameters, top-k, featurizer, attack and attacker form one *group*: one target x shadow
@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from .contracts.errors import MiarsError
-from .intervals import DESCRIPTION as CI_DESCRIPTION
-from .intervals import Estimate, mean_ci
+from .science.intervals import DESCRIPTION as CI_DESCRIPTION
+from .science.intervals import Estimate, mean_ci
 
 #: Metrics shown in the tables: key, label. ``balanced_accuracy`` is what the CCS'21 paper calls "AUC".
 TABLE_METRICS = [

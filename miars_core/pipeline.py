@@ -9,7 +9,7 @@ from typing import Any, Callable
 from .contracts.errors import MiarsError
 from .contracts.params import AnyOf, Constraint, Flag, Interval, Mapping, Options, OrNone, Text
 from .contracts.plugins import Plugins, get_plugins
-from .protocol import SPLIT_MODES
+from .science.protocol import SPLIT_MODES
 from .store import Store
 from .contracts.types import Interactions, Split
 

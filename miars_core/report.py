@@ -11,7 +11,7 @@ import numpy as np
 
 from .contracts.errors import MiarsError
 from .contracts.files import _non_finite, _os_error, _publish, prepare_dir, scores_tsv, tsv_id
-from .metrics import DESCRIPTIONS
+from .science.metrics import DESCRIPTIONS
 from .pipeline import AttackResult
 
 METRIC_ORDER = list(DESCRIPTIONS)

@@ -29,7 +29,7 @@ does the caching around them. Seeds are those of miars v0, so results did not ch
 
 **The utility hold-out is the users' future.** With ``utility_holdout`` = f > 0, a seeded share
 f of *every* user's interactions in the shadow and the target part (members and non-members
-alike, :func:`~miars_core.utility.holdout`, seed("holdout-<part>")) is removed from the part
+alike, :func:`~miars_core.science.utility.holdout`, seed("holdout-<part>")) is removed from the part
 before any stage sees it: :meth:`Cell.part` returns the rest (the visible history), which is
 what the service trains on and knows, and what the adversary sees (views, features, histories
 of query attacks, interaction pairs). :meth:`Cell.future` keeps the removed interactions; only
@@ -52,22 +52,22 @@ import scipy.sparse as sp
 from .contracts.components import get_params
 from .contracts.defenses import acts_on
 from .contracts.errors import MiarsError
-from .metrics import membership_metrics
-from .protocol import split_dataset
+from .science.metrics import membership_metrics
+from .science.protocol import split_dataset
 from .contracts.seeds import stage_seed
-from .service import Served, defend, popularity_order, serve, stage_threads
+from .science.service import Served, defend, popularity_order, serve, stage_threads
 from .store import MemoryStore, Output
-from .threat import (AdversaryView, QueryAccess, ReferenceModels, decision_threshold, level_of, require_budget,
+from .science.threat import (AdversaryView, QueryAccess, ReferenceModels, decision_threshold, level_of, require_budget,
                      threat_of)
 from .contracts.types import Interactions, Part, ServiceContext, Split, random_row_ranks
-from .utility import holdout, list_signal, utility_metrics
+from .science.utility import holdout, list_signal, utility_metrics
 
 #: Bump when a stage's computation changes in a way the module hash below would not see.
 STAGES_VERSION = "1"
 
 #: Core modules whose code decides stage outputs, under miars_core (their source is hashed into every key).
-STAGE_MODULES = ("stages", "protocol", "service", "ranking", "contracts.types", "contracts.seeds", "store", "utility",
-                 "contracts.defenses", "threat")
+STAGE_MODULES = ("stages", "science.protocol", "science.service", "science.ranking", "contracts.types", "contracts.seeds",
+                 "store", "science.utility", "contracts.defenses", "science.threat")
 
 #: Timing names reported in result.json (those of miars v0).
 TIMING = {"load": "load", "split": "split", "serve:shadow": "shadow_recommender", "serve:target": "target_recommender",
@@ -669,7 +669,7 @@ class Cell:
     def signal(self) -> dict:
         """The no-signal check of the target's lists (those the attack sees): do members' lists find their items?
 
-        ``method`` says what a list is scored against (:func:`~miars_core.utility.list_signal`):
+        ``method`` says what a list is scored against (:func:`~miars_core.science.utility.list_signal`):
 
         * ``vectorization`` (``--split interactions``): each member's interactions in the
           vectorization part, which the target never saw;
@@ -780,7 +780,7 @@ class Cell:
 
     @property
     def threat(self) -> str:
-        """What the cell's attack needs: ``features``, ``lists`` or ``queries`` (:mod:`miars_core.threat`)."""
+        """What the cell's attack needs: ``features``, ``lists`` or ``queries`` (:mod:`miars_core.science.threat`)."""
         return self._once("threat", lambda: threat_of(self.create("attack")))
 
     def attack_scores(self, defended_shadow: bool) -> Output:

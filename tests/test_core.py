@@ -7,12 +7,12 @@ import pytest
 import scipy.sparse as sp
 
 from miars_core.contracts.errors import DuplicateNameError, MiarsError, UnknownNameError
-from miars_core.metrics import membership_metrics
-from miars_core.protocol import split_dataset
-from miars_core.ranking import top_k_excluding
+from miars_core.science.metrics import membership_metrics
+from miars_core.science.protocol import split_dataset
+from miars_core.science.ranking import top_k_excluding
 from miars_core.contracts.registry import Registry
 from miars_core.contracts.seeds import stage_seed
-from miars_core.service import popularity_order, serve
+from miars_core.science.service import popularity_order, serve
 from miars_core.contracts.types import Interactions, Part, ServiceContext
 
 

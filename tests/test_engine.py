@@ -346,7 +346,7 @@ class _PopularTraining:
         return {}
 
     def fit(self, recommender, members, seed=0):
-        from miars_core.ranking import top_k_popular
+        from miars_core.science.ranking import top_k_popular
 
         self.privacy_ = {"epsilon": 0.0, "delta": 0.0, "level": "user", "mechanism": "no model at all"}
 

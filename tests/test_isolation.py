@@ -17,9 +17,9 @@ import scipy.sparse as sp
 from miars_core import checks
 from miars_core.pipeline import AttackConfig
 from miars_core.contracts.plugins import get_plugins
-from miars_core.service import Served
+from miars_core.science.service import Served
 from miars_core.stages import Cell
-from miars_core.threat import QueryAccess
+from miars_core.science.threat import QueryAccess
 from miars_core.contracts.types import Interactions, Part, Split
 
 RNG = np.random.default_rng(3)
@@ -74,7 +74,7 @@ def test_query_access_through_a_service_without_new_accounts_holds_the_training_
 
     class OldService:
         def serve_others(self, fitted, train, histories, k, seed=0):
-            from miars_core.ranking import top_k_popular
+            from miars_core.science.ranking import top_k_popular
 
             return top_k_popular(train.item_popularity(), histories, k)
 
@@ -135,7 +135,7 @@ def test_nothing_reachable_from_the_target_view_holds_labels_or_training_data(sm
 
 def test_check_service_refuses_a_new_account_server_that_keeps_the_members_data():
     from miars_core.contracts.components import Component
-    from miars_core.ranking import top_k_popular
+    from miars_core.science.ranking import top_k_popular
     from miars_services import FoldInService, PopularService
 
     class Leaky(Component):

@@ -19,7 +19,7 @@ from miars_core.pipeline import AttackConfig, run_attack
 from miars_core.contracts.plugins import get_plugins
 from miars_core.stages import Cell
 from miars_core.store import MemoryStore
-from miars_core.threat import AdversaryView
+from miars_core.science.threat import AdversaryView
 
 #: Every kind of defense: none, one acting on lists, one on the training data, one training the model privately.
 DEFENSES = {"none": (None, {}), "lists": ("list-noise", {"p": 0.3}), "data": ("subsample", {"fraction": 0.5}),

@@ -23,7 +23,7 @@ from miars_core.contracts.errors import MiarsError
 from miars_core.pipeline import AttackConfig, run_attack
 from miars_core.contracts.plugins import get_plugins
 from miars_core.store import DiskStore
-from miars_core.threat import QueryAccess
+from miars_core.science.threat import QueryAccess
 from miars_core.contracts.types import Interactions
 from miars_services import FoldInService, PopularService
 
@@ -166,7 +166,7 @@ def test_query_attacks_run_as_grid_cells_and_in_bench_defenses(small_dataset, tm
 def test_an_attack_that_needs_what_the_cell_lacks_fails_in_one_line(small_dataset):
     with pytest.raises(MiarsError, match="unknown attack 'nosuch'"):
         run_attack(AttackConfig(dataset=str(small_dataset), attack="nosuch"))
-    from miars_core.threat import AdversaryView
+    from miars_core.science.threat import AdversaryView
 
     view = AdversaryView(histories=sp.csr_matrix((2, 3)), lists=np.zeros((2, 1), dtype=np.int64), k=1)
     with pytest.raises(MiarsError, match="needs item vectors.*center-diff"):
@@ -221,7 +221,7 @@ def test_dp_itemknn_folds_in_and_brings_query_recall_toward_chance(small_dataset
 def test_zreg_calibration_standardizes_the_recall_of_shadow_non_members():
     class Shuffled:  # a service that serves random unknown items: its recall differs from the reference's
         def serve_others(self, fitted, train, histories, k, seed=0):
-            from miars_core.ranking import top_k_excluding
+            from miars_core.science.ranking import top_k_excluding
 
             scores = np.random.default_rng(seed).random(histories.shape).astype(np.float32)
             return top_k_excluding(scores, sp.csr_matrix(histories), k)

@@ -164,7 +164,7 @@ def _recbole_itemknn(fit, k):
 
 
 def test_sparse_itemknn_equals_recboles_dense_itemknn(split):
-    from miars_core.ranking import top_k_excluding
+    from miars_core.science.ranking import top_k_excluding
     from miars_recbole.session import fit_itemknn
 
     fit, _ = split

@@ -19,7 +19,7 @@ A defense is a :class:`~miars_core.contracts.components.Component` with a class 
 Every defense also declares ``sweep: dict[str, list]``, its documented parameter sweep (>= 3
 values of its main parameter), which ``miars bench-defenses`` runs by default.
 
-:func:`miars_core.service.serve` fits the recommender under a ``data`` or ``training`` defense
+:func:`miars_core.science.service.serve` fits the recommender under a ``data`` or ``training`` defense
 (or none) and serves the members' lists, never with an item the member knows (also the items a
 ``data`` defense dropped from training); the engine gives such a fit its own cache key, and runs
 a ``lists`` defense as its own stage afterwards.

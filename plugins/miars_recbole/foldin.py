@@ -122,7 +122,7 @@ class FoldInModel:
 
     def recommend_for(self, histories, k: int, seed: int = 0, **fit) -> np.ndarray:
         """Top-k for new accounts from their histories, known items excluded (``fit``: ``steps``, ``learning_rate``)."""
-        from miars_core.ranking import top_k_excluding
+        from miars_core.science.ranking import top_k_excluding
 
         histories = sp.csr_matrix(histories)
         score = foldin_scorer(self.side, histories, seed, **fit)

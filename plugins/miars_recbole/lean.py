@@ -248,7 +248,7 @@ def holdout_split(train: sp.csr_matrix, share: float, seed: int, min_count: int 
 
 def heldout_recall(score_rows: Callable, fit: sp.csr_matrix, held: sp.csr_matrix, rows: np.ndarray, k: int) -> float:
     """Share of the held-out items of ``rows`` that lie in their top-k (training items excluded)."""
-    from miars_core.ranking import top_k_excluding
+    from miars_core.science.ranking import top_k_excluding
 
     lists = top_k_excluding(lambda r: score_rows(rows[r]), fit[rows], k, batch_size=512, scratch=True)
     sub = held[rows]

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from miars_core.contracts.components import Component
 from miars_core.contracts.errors import MiarsError
 from miars_core.contracts.params import AnyOf, Interval, ListOf, Mapping, Options, OrNone  # noqa: F401 - param_constraints
-from miars_core.ranking import check_k, top_k_excluding, top_k_popular
+from miars_core.science.ranking import check_k, top_k_excluding, top_k_popular
 from miars_core.contracts.types import Interactions
 
 

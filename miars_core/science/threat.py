@@ -39,9 +39,9 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
-from .contracts.errors import MiarsError
+from ..contracts.errors import MiarsError
 from .ranking import top_k_popular
-from .contracts.types import Interactions, ServiceContext
+from ..contracts.types import Interactions, ServiceContext
 
 #: What an attack may ask for, from least to most access.
 THREATS = ("features", "lists", "queries")
@@ -93,7 +93,7 @@ class QueryAccess:
 
     Each row of ``histories`` is a fresh account with that history. It is served like every
     account the model was not trained on, by ``server`` (``histories -> lists``: the service's
-    new-account server, :func:`miars_core.service.new_account_server`); an account with no
+    new-account server, :func:`miars_core.science.service.new_account_server`); an account with no
     history gets the popular top-k by ``popularity`` (cold start). ``defense`` (a list defense)
     then rewrites the answers as it would a non-member's list. ``budget`` bounds the number of
     accounts (queries) in all; ``used_`` counts them. Build it with :meth:`of` from a service
@@ -198,9 +198,9 @@ class ReferenceModels:
     def _build(self, index: int) -> QueryAccess:
         import time
 
-        from .contracts.seeds import stage_seed
+        from ..contracts.seeds import stage_seed
         from .service import serve
-        from .contracts.types import Part
+        from ..contracts.types import Part
 
         tag = "reference" if index == 0 else f"reference-{index}"
         counts = np.diff(self._data.matrix.indptr)

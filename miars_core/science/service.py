@@ -9,11 +9,11 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
-from .contracts.components import get_params
-from .contracts.defenses import acts_on
-from .contracts.errors import MiarsError
+from ..contracts.components import get_params
+from ..contracts.defenses import acts_on
+from ..contracts.errors import MiarsError
 from .ranking import check_k, top_k_popular
-from .contracts.types import Part, ServiceContext
+from ..contracts.types import Part, ServiceContext
 from .utility import utility_metrics
 
 
@@ -25,7 +25,7 @@ class Served:
     context: ServiceContext
     report: dict = field(default_factory=dict)
     #: The fitted recommender and the members' data it was trained on (kept in memory, never stored):
-    #: what query access (:class:`~miars_core.threat.QueryAccess`) asks.
+    #: what query access (:class:`~miars_core.science.threat.QueryAccess`) asks.
     fitted: Any = field(default=None, repr=False)
     train: Any = field(default=None, repr=False)
 
@@ -48,7 +48,7 @@ class NewAccountServer:
 
     Holds only ``serve``, what the service plugin's ``new_accounts`` returned (for the
     built-in services: the item popularity, or the fitted model's item side), and names.
-    Query access (:class:`~miars_core.threat.QueryAccess`) keeps nothing else of the service.
+    Query access (:class:`~miars_core.science.threat.QueryAccess`) keeps nothing else of the service.
     """
 
     __slots__ = ("_serve", "k", "who")
@@ -106,7 +106,7 @@ def _who(kind: str, name: str, component: Any) -> str:
     """``recommender 'userknn' (plugin 'example')``: the component and the plugin that provided it."""
     plugin = type(component).__module__.split(".")[0]
     try:
-        from .contracts.plugins import get_plugins
+        from ..contracts.plugins import get_plugins
 
         registry = get_plugins().registry(kind)
         if name in registry.entries or ":" in name:
@@ -161,7 +161,7 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
     never hold an item the member knows, even one a data defense left out of training.
     ``part`` holds what the service knows of its users. ``heldout`` (members x items, rows
     aligned with ``part.members``) is the members' future: interactions the service never saw
-    (:func:`miars_core.utility.holdout`, applied to the whole part before serving); the
+    (:func:`miars_core.science.utility.holdout`, applied to the whole part before serving); the
     report's ``utility`` says how well the members' lists find them (Recall / NDCG / HR at k).
     ``service`` decides the non-members' lists (:func:`new_account_server`; default: the popular
     top-k) and, with ``members="foldin"``, the members' too: each member is then served like a

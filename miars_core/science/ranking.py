@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 
-from .contracts.errors import MiarsError
+from ..contracts.errors import MiarsError
 
 ScoreRows = Callable[[np.ndarray], np.ndarray]
 

@@ -30,7 +30,7 @@ def membership_metrics(is_member: np.ndarray, scores: np.ndarray, predicted: np.
     y = np.asarray(is_member).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
     if not np.isfinite(s).all():
-        from .contracts.errors import MiarsError
+        from ..contracts.errors import MiarsError
 
         bad = int((~np.isfinite(s)).sum())
         raise MiarsError(

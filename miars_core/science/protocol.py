@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .contracts.errors import MiarsError
-from .contracts.types import Interactions, Part, Split, binary_csr
+from ..contracts.errors import MiarsError
+from ..contracts.types import Interactions, Part, Split, binary_csr
 
 SPLIT_MODES = ("interactions", "users")
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .contracts.errors import MiarsError
-from .contracts.types import Interactions, binary_csr, random_row_ranks
+from ..contracts.errors import MiarsError
+from ..contracts.types import Interactions, binary_csr, random_row_ranks
 
 __all__ = ["holdout", "list_signal", "utility_metrics"]
 

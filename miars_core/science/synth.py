@@ -1,6 +1,6 @@
 """Seeded synthetic interactions shaped like MovieLens: power-law item popularity and user activity.
 
-    from miars_core.synth import synthetic_interactions
+    from miars_core.science.synth import synthetic_interactions
     data = synthetic_interactions(20_000_000, n_users=138_000, n_items=27_000, seed=0)  # ml-20m's shape
 
 Item ``i`` (0 = most popular) is drawn with weight ``(i + offset) ** -item_exponent``; user
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .contracts.types import Interactions, binary_csr
+from ..contracts.types import Interactions, binary_csr
 
 
 def _pareto_counts(rng, n_users: int, target: int, minimum: int, cap: int, alpha: float) -> np.ndarray:
