@@ -114,7 +114,7 @@ def neumf_floor(train, epochs: int, batch: int, lr: float, seed: int, dim: int =
 
 
 def mlp_floor(X, y, steps: int = 300, lr: float = 0.01, seed: int = 0):
-    from miars_core.torch_utils import single_thread
+    from miars_core.kit.torch_utils import single_thread
 
     with single_thread():  # as MLPAttack: small tensors run faster on one thread
         return _mlp_floor(X, y, steps, lr, seed)

@@ -36,6 +36,8 @@ MOVED = {
     "utility": "science.utility",
     "intervals": "science.intervals",
     "synth": "science.synth",
+    "checks": "kit.checks",
+    "torch_utils": "kit.torch_utils",
 }
 
 

@@ -300,7 +300,7 @@ def probe_level(defense_factory: Callable[[], Any], recommender_factory: Callabl
     A few seconds at most; it also fails early, in one line, for a recommender the defense cannot
     train or a parameter it rejects.
     """
-    from .checks import make_interactions
+    from .kit.checks import make_interactions
     from .science.service import _call, stage_threads
 
     defense = defense_factory()

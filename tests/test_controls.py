@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from miars_core import checks
+from miars_core.kit import checks
 from miars_core.cli import app
 from miars_core.grid import GridSpec, cell_record
 from miars_core.pipeline import AttackConfig, run_attack

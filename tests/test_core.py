@@ -232,7 +232,7 @@ def test_stage_seeds_are_stable_and_distinct():
 
 def test_builtin_numpy_components_pass_the_conformance_suite():
     from miars_attacks import CenterDiff
-    from miars_core import checks
+    from miars_core.kit import checks
     from miars_defenses import PopularityRandomization
     from miars_recbole.models import Popularity
 

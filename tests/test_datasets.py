@@ -419,7 +419,7 @@ def test_plugin_registers_all_datasets():
 
 
 def test_components_pass_check_dataset(tmp_path):
-    from miars_core.checks import check_dataset
+    from miars_core.kit.checks import check_dataset
 
     write(tmp_path / "ratings.dat", ML1M_TEXT)
     write(tmp_path / "user_artists.dat", "userID\tartistID\tweight\n1\t10\t3\n2\t20\t4\n")

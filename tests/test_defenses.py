@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from miars_core import checks
+from miars_core.kit import checks
 from miars_core.contracts.components import Component
 from miars_core.contracts.defenses import acts_on
 from miars_core.science.service import _unknown_top_k, serve

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import miars_core.contracts.hookspecs as hookspecs
-from miars_core import checks
+from miars_core.kit import checks
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 BLOCKS = [b for b in re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S) if "@hookimpl" in b and "from ." not in b]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from miars_core import checks
+from miars_core.kit import checks
 from miars_core.contracts.errors import DuplicateNameError, UnknownNameError
 from miars_core.contracts.hookspecs import hookimpl
 from miars_core.contracts.plugins import get_plugins

@@ -1,7 +1,7 @@
 """What an attack receives on the target part holds no membership labels and no members' training data.
 
 The target view, its query access and its reference models are walked object by object
-(``miars_core.checks.reachable``: instance attributes, slots, containers, bound methods,
+(``miars_core.kit.checks.reachable``: instance attributes, slots, containers, bound methods,
 closures, partials, array bases) for every service, defense kind, split mode and the paper's
 recommenders; the walker itself is shown to find labels and training data wherever they hide.
 """
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from miars_core import checks
+from miars_core.kit import checks
 from miars_core.pipeline import AttackConfig
 from miars_core.contracts.plugins import get_plugins
 from miars_core.science.service import Served

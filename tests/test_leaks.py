@@ -14,7 +14,7 @@ import pytest
 import scipy.sparse as sp
 
 import miars_attacks
-from miars_core import checks
+from miars_core.kit import checks
 from miars_core.pipeline import AttackConfig, run_attack
 from miars_core.contracts.plugins import get_plugins
 from miars_core.stages import Cell

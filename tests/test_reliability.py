@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from miars_core import checks, cli
+from miars_core import cli
+from miars_core.kit import checks
 from miars_core.contracts.components import Component
 from miars_core.contracts.errors import MiarsError
 from miars_core.contracts.hookspecs import hookimpl

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import miars_services
-from miars_core import checks
+from miars_core.kit import checks
 from miars_core.cli import app
 from miars_core.contracts.errors import MiarsError
 from miars_core.pipeline import AttackConfig, run_attack

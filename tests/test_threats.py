@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import miars_attacks
 from miars_attacks.metric import orient_and_threshold
 from miars_attacks.query import half_splits, recall_of_lists
-from miars_core import checks
+from miars_core.kit import checks
 from miars_core import cli
 from miars_core.cli import app
 from miars_core.contracts.errors import MiarsError

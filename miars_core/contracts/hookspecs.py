@@ -7,7 +7,7 @@ the same ``miars`` entry-point group as third-party ones.
 
 Component contracts (duck-typed, scikit-learn style: ``__init__`` only stores
 hyperparameters, ``fit`` returns ``self``, learned state ends in ``_``) are documented in
-``docs/plugins.md`` and checked by :mod:`miars_core.checks`.
+``docs/plugins.md`` and checked by :mod:`miars_core.kit.checks`.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def register_services(register: Register) -> None:
     """Register service models: ``register(name, factory)``; instances ``serve_others(fitted, train, histories, k, seed)``.
 
     ``new_accounts(fitted, train, k, seed)`` returns the callable ``histories -> lists`` that
-    query access keeps: it must hold no members' data (``miars_core.checks.check_service``).
+    query access keeps: it must hold no members' data (``miars_core.kit.checks.check_service``).
     """
 
 

@@ -37,7 +37,7 @@ class MLPAttack(Component):
         self.optimizer = optimizer
 
     def fit(self, X: np.ndarray, y: np.ndarray, seed: int = 0) -> "MLPAttack":
-        from miars_core.torch_utils import single_thread
+        from miars_core.kit.torch_utils import single_thread
 
         with single_thread():
             return self._fit(X, y, seed)

@@ -6,7 +6,7 @@ set and raises :class:`AssertionError` with a message naming the broken rule. Th
 well under a second for numpy components, so they belong in a plugin's own test suite::
 
     # tests/test_conformance.py of your plugin
-    from miars_core import checks
+    from miars_core.kit import checks
     from my_plugin.recommender import MyRecommender
     from my_plugin.defense import MyDefense
     import my_plugin
@@ -51,8 +51,8 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
-from .contracts.components import get_params
-from .contracts.types import Interactions, ServiceContext, binary_csr
+from ..contracts.components import get_params
+from ..contracts.types import Interactions, ServiceContext, binary_csr
 
 __all__ = [
     "make_interactions",
@@ -301,7 +301,7 @@ def check_attack(factory: Callable[..., Any], /, **params: Any) -> None:
     An attack that declares ``threat = "lists"`` or ``"queries"`` is checked on adversary
     views instead (:func:`check_view_attack`).
     """
-    from .science.threat import threat_of
+    from ..science.threat import threat_of
 
     if threat_of(_build(factory, params)) != "features":
         return check_view_attack(factory, **params)
@@ -336,7 +336,7 @@ def check_attack(factory: Callable[..., Any], /, **params: Any) -> None:
 
 def _check_predict(obj: Any, who: str, data: Any, scores: np.ndarray) -> None:
     """The engine's predictions ``scores > decision_threshold_`` equal the attack's own ``predict``, if it has one."""
-    from .science.threat import decision_threshold
+    from ..science.threat import decision_threshold
 
     try:
         threshold = decision_threshold(obj)
@@ -354,7 +354,7 @@ def _check_predict(obj: Any, who: str, data: Any, scores: np.ndarray) -> None:
 
 def _views(seed: int = 5, n: int = 80, n_items: int = 60, k: int = 6):
     """A shadow and a target view where members' lists come from their own taste and non-members' are popular."""
-    from .science.threat import AdversaryView, QueryAccess
+    from ..science.threat import AdversaryView, QueryAccess
 
     rng = np.random.default_rng(seed)
     clusters = 4
@@ -376,7 +376,7 @@ def _views(seed: int = 5, n: int = 80, n_items: int = 60, k: int = 6):
 
     class _Popular:
         def serve_others(self, fitted, train, histories, k, seed=0):
-            from .science.ranking import top_k_popular
+            from ..science.ranking import top_k_popular
 
             return top_k_popular(train.item_popularity(), histories, k)
 
@@ -408,9 +408,9 @@ def check_view_attack(factory: Callable[..., Any], /, **params: Any) -> None:
     non-members (the popular list) on average, except for controls (class attribute
     ``control = True``: a rule meant to read chance on a sound protocol).
     """
-    from .science.threat import threat_of
+    from ..science.threat import threat_of
 
-    from .science.threat import level_of
+    from ..science.threat import level_of
 
     who = _name(factory)
     shadow, target, is_member = _views()
@@ -605,7 +605,7 @@ class _FoldInPopular:
         return self
 
     def recommend(self, k):
-        from .science.ranking import top_k_popular
+        from ..science.ranking import top_k_popular
 
         return top_k_popular(self.pop_, self.known_, k)
 
@@ -623,7 +623,7 @@ class _PopularSide:
         self.popularity = popularity
 
     def recommend_for(self, histories, k, seed=0):
-        from .science.ranking import top_k_popular
+        from ..science.ranking import top_k_popular
 
         return top_k_popular(self.popularity, histories, k)
 
@@ -656,7 +656,7 @@ def check_plugin(
     ``skip`` lists names not to check. Returns the
     ``kind:name`` strings checked, and fails if a registered component breaks its contract.
     """
-    from .contracts.plugins import build, new_plugin_manager, register_plugin
+    from ..contracts.plugins import build, new_plugin_manager, register_plugin
 
     pm = new_plugin_manager()
     name = getattr(plugin, "__name__", None) or type(plugin).__name__
@@ -708,7 +708,7 @@ N_ITEMS_SWEEP = 600
 
 def defense_kind(factory: Callable[..., Any]) -> str:
     """``acts_on`` of a defense factory or instance: "lists" (also when missing), "data" or "training"."""
-    from .contracts.defenses import ACTS_ON
+    from ..contracts.defenses import ACTS_ON
 
     where = getattr(factory, "acts_on", "lists")
     assert where in ACTS_ON, f"{_name(factory)}.acts_on must be one of {ACTS_ON}, got {where!r}"
@@ -748,7 +748,7 @@ def _check_declarations(factory: Callable[..., Any], obj: Any, params: dict[str,
 
 def _check_bad_params(factory: Callable[..., Any], params: dict[str, Any], sweep: dict[str, list],
                       bad_params: Any, run: Callable[[Any], Any]) -> None:
-    from .contracts.errors import MiarsError
+    from ..contracts.errors import MiarsError
 
     who = _name(factory)
     cases = [dict(b) for b in bad_params]
@@ -880,7 +880,7 @@ class _MostPopular:
         return self
 
     def recommend(self, k):
-        from .science.ranking import top_k_popular
+        from ..science.ranking import top_k_popular
 
         return top_k_popular(self.pop_, self.known_, k)
 
@@ -896,7 +896,7 @@ def _recommender_for(factory: Callable[..., Any], recommender: Any) -> list[tupl
     names = getattr(factory, "recommenders", None)
     if not names:
         return [("most-popular stand-in", _MostPopular)]
-    from .contracts.plugins import get_plugins
+    from ..contracts.plugins import get_plugins
 
     plugins = get_plugins()
     out = []
@@ -957,7 +957,7 @@ def check_training_defense(factory: Callable[..., Any], /, *, recommender: Any =
     MiarsError when a defense that declares ``recommenders`` is asked to wrap another one.
     Training is real: expect seconds per fit for torch models.
     """
-    from .contracts.errors import MiarsError
+    from ..contracts.errors import MiarsError
 
     who = _name(factory)
     assert defense_kind(factory) == "training", f"{who}.acts_on is {defense_kind(factory)!r}, not 'training'"
