@@ -14,7 +14,8 @@ import time
 
 import numpy as np
 
-from miars_core.pipeline import AttackConfig, load_dataset
+from miars_core.engine.datasets import load_dataset
+from miars_core.engine.pipeline import AttackConfig
 from miars_core.contracts.plugins import get_plugins
 from miars_core.science.protocol import split_dataset
 from miars_core.science.ranking import top_k_excluding

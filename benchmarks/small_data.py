@@ -42,7 +42,8 @@ def main() -> None:
     ap.add_argument("--attack-only", action="store_true")
     args = ap.parse_args()
 
-    from miars_core.pipeline import AttackConfig, load_dataset, run_attack
+    from miars_core.engine.datasets import load_dataset
+    from miars_core.engine.pipeline import AttackConfig, run_attack
     from miars_core.contracts.plugins import get_plugins
     from miars_core.science.protocol import split_dataset
     from miars_core.contracts.seeds import stage_seed

@@ -38,6 +38,14 @@ MOVED = {
     "synth": "science.synth",
     "checks": "kit.checks",
     "torch_utils": "kit.torch_utils",
+    "stages": "engine.stages",
+    "store": "engine.store",
+    "rundir": "engine.rundir",
+    "grid": "engine.grid",
+    "executors": "engine.executors",
+    "gridprogress": "engine.progress",
+    "pipeline": "engine.pipeline",
+    "audit": "engine.audit",
 }
 
 

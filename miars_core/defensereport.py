@@ -165,7 +165,7 @@ def _label(column: str) -> str:
 
 def _title(rows: list[DefenseRow], dataset: str, target: str) -> str:
     """``ml-100k: target random [control: random items]``."""
-    from .grid import CONTROLS
+    from .engine.grid import CONTROLS
 
     control = any(r.control for r in rows if (r.dataset, r.target) == (dataset, target))
     return f"{dataset}: target {target}" + (f" [control: {CONTROLS.get(target, 'no signal by construction')}]"

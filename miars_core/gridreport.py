@@ -75,7 +75,7 @@ class CellRecord:
     @property
     def control(self) -> bool:
         """Whether the cell's target is a control recommender (``--controls``: random, pop)."""
-        from .grid import is_control
+        from .engine.grid import is_control
 
         return bool(self.cell.get("control", is_control(self.cell.get("target", ""))))
 
@@ -635,7 +635,7 @@ def write_report(run_dir: str | Path, force: bool = False) -> Path:
     or when report/ holds files miars did not write at the paths it writes (unless ``force``);
     only files the previous report wrote (its marker lists them) are replaced or removed.
     """
-    from .rundir import MARKER, check_report_dir, new_marker, read_marker, write_marker
+    from .engine.rundir import MARKER, check_report_dir, new_marker, read_marker, write_marker
 
     root = _check_run_dir(run_dir)
     records = load_cells(root)

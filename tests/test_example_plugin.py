@@ -1,6 +1,6 @@
 """The example plugin (examples/miars-example-plugin), the conformance checks and plugin loading.
 
-Only ``test_end_to_end_userknn_attack`` depends on ``miars_core.pipeline`` (and on the
+Only ``test_end_to_end_userknn_attack`` depends on ``miars_core.engine.pipeline`` (and on the
 built-in dataset, featurizer and attack plugins); it is skipped while that is missing.
 """
 
@@ -309,8 +309,8 @@ def test_colon_is_reserved_for_namespaces():
 
 
 def test_end_to_end_userknn_attack(example):
-    """[depends on miars_core.pipeline and the built-in plugins] userknn is attackable."""
-    pipeline = pytest.importorskip("miars_core.pipeline", reason="miars_core.pipeline not written yet")
+    """[depends on miars_core.engine.pipeline and the built-in plugins] userknn is attackable."""
+    pipeline = pytest.importorskip("miars_core.engine.pipeline", reason="miars_core.engine.pipeline not written yet")
     plugins = _with_example(example)
     for kind, name in (("dataset", "ml-100k"), ("featurizer", "center-diff"), ("attack", "mlp")):
         if name not in plugins.registry(kind).entries:

@@ -15,10 +15,10 @@ import pytest
 import scipy.sparse as sp
 
 from miars_core.kit import checks
-from miars_core.pipeline import AttackConfig
+from miars_core.engine.pipeline import AttackConfig
 from miars_core.contracts.plugins import get_plugins
 from miars_core.science.service import Served
-from miars_core.stages import Cell
+from miars_core.engine.stages import Cell
 from miars_core.science.threat import QueryAccess
 from miars_core.contracts.types import Interactions, Part, Split
 

@@ -255,7 +255,7 @@ class _NanLossError(_Rec):
 
 @pytest.mark.parametrize("factory, needle", [(_Diverged, "final_train_loss=nan"), (_NanLossError, "Training loss is nan")])
 def test_a_non_finite_training_loss_fails_the_run(small_dataset, factory, needle):
-    from miars_core.pipeline import AttackConfig, run_attack
+    from miars_core.engine.pipeline import AttackConfig, run_attack
 
     plugin = _module("diverging_plugin", register_recommenders=hookimpl(lambda register: register("diverging", factory)))
     config = AttackConfig(dataset=str(small_dataset), target="diverging", shadow="pop", top_k=5, min_interactions=5,
@@ -287,7 +287,7 @@ class _RandomLists(Component):
 
 
 def test_a_target_whose_lists_carry_no_signal_is_flagged(small_dataset):
-    from miars_core.pipeline import AttackConfig, run_attack
+    from miars_core.engine.pipeline import AttackConfig, run_attack
     from miars_core.report import flag_no_signal, render_result
 
     plugin = _module("random_plugin", register_recommenders=hookimpl(lambda register: register("random-lists", _RandomLists)))

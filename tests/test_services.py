@@ -12,7 +12,7 @@ import miars_services
 from miars_core.kit import checks
 from miars_core.cli import app
 from miars_core.contracts.errors import MiarsError
-from miars_core.pipeline import AttackConfig, run_attack
+from miars_core.engine.pipeline import AttackConfig, run_attack
 from miars_core.contracts.plugins import get_plugins
 from miars_services import FoldInService, PopularService
 
@@ -76,7 +76,7 @@ def test_service_on_the_command_line_and_in_grids(small_dataset, tmp_path):
 
 
 def test_the_popular_service_keeps_v0_cache_keys(small_dataset):
-    from miars_core.stages import Cell
+    from miars_core.engine.stages import Cell
 
     plugins = get_plugins()
     a = Cell(AttackConfig(dataset=str(small_dataset)), plugins)
@@ -136,7 +136,7 @@ def test_foldin_can_serve_members_like_new_accounts_and_reports_how_far_their_li
     assert "members_foldin_overlap" not in trained.recommenders["target"]
     # item-kNN scores a member's row and a folded-in history the same way (its mechanism gap is zero), and a member
     # served by fold-in gets exactly what a fresh account with the member's history gets through query access
-    from miars_core.stages import Cell
+    from miars_core.engine.stages import Cell
 
     config = AttackConfig(dataset=str(small_dataset), top_k=10, service="foldin", target="item",
                           service_params={"members": "foldin"}, attack="query-recall")

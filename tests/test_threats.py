@@ -20,9 +20,9 @@ from miars_core.kit import checks
 from miars_core import cli
 from miars_core.cli import app
 from miars_core.contracts.errors import MiarsError
-from miars_core.pipeline import AttackConfig, run_attack
+from miars_core.engine.pipeline import AttackConfig, run_attack
 from miars_core.contracts.plugins import get_plugins
-from miars_core.store import DiskStore
+from miars_core.engine.store import DiskStore
 from miars_core.science.threat import QueryAccess
 from miars_core.contracts.types import Interactions
 from miars_services import FoldInService, PopularService
@@ -180,7 +180,7 @@ def test_an_attack_that_needs_what_the_cell_lacks_fails_in_one_line(small_datase
 
 
 def test_interaction_attack_scores_pairs_with_its_own_metrics(small_dataset, tmp_path):
-    from miars_core.stages import Cell
+    from miars_core.engine.stages import Cell
 
     config = AttackConfig(dataset=str(small_dataset), target="item", top_k=10, service="foldin", attack="interaction",
                           utility_holdout=0.2)
@@ -254,7 +254,7 @@ def test_query_recall_averages_its_reference_models_each_asked_the_same_queries(
 
 
 def test_each_reference_index_is_its_own_model(small_dataset):
-    from miars_core.stages import Cell
+    from miars_core.engine.stages import Cell
 
     cell = Cell(AttackConfig(dataset=str(small_dataset), target="item", top_k=10, service="foldin",
                              attack="query-recall"), get_plugins())
@@ -292,7 +292,7 @@ def test_a_query_attack_written_like_the_docs_example_runs_at_one_query_per_targ
 def test_predictions_follow_the_attacks_decision_threshold(small_dataset):
     from miars_core.contracts.components import Component
     from miars_core.contracts.hookspecs import hookimpl
-    from miars_core.stages import Cell
+    from miars_core.engine.stages import Cell
 
     class MedianCut(Component):
         """Logistic regression with a cut kept outside its scores (example)."""

@@ -14,7 +14,7 @@ A defense is a :class:`~miars_core.contracts.components.Component` with a class 
     known) and the defense then holds ``privacy_`` (``epsilon``, ``delta``, ``level`` "record" or
     "user", ``mechanism``, and its parameters; the built-ins add ``covers``, ``outside`` and
     ``public``: what the guarantee covers, what the service adds outside it, what is public).
-    ``miars audit-dp`` (:mod:`miars_core.audit`) measures a lower bound on that epsilon.
+    ``miars audit-dp`` (:mod:`miars_core.engine.audit`) measures a lower bound on that epsilon.
 
 Every defense also declares ``sweep: dict[str, list]``, its documented parameter sweep (>= 3
 values of its main parameter), which ``miars bench-defenses`` runs by default.

@@ -41,7 +41,7 @@ def holdout(interactions: Interactions, fraction: float = 0.2, seed: int = 0) ->
     ``kept`` has the same users, items and ids as ``interactions``; ``heldout`` is the binary
     CSR matrix (same shape) of the held-out interactions. Disjoint, and their sum is
     ``interactions.matrix``. The engine applies it to every user of the shadow and the target
-    part before any stage sees them (:mod:`miars_core.stages`).
+    part before any stage sees them (:mod:`miars_core.engine.stages`).
     """
     fraction = float(fraction)
     if not 0.0 <= fraction < 1.0 or not np.isfinite(fraction):

@@ -13,7 +13,7 @@ import os
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
-from .contracts.errors import MiarsError
+from ..contracts.errors import MiarsError
 
 
 def available_cores() -> int:

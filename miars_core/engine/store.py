@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .contracts.errors import MiarsError
-from .contracts.files import writable_folder
+from ..contracts.errors import MiarsError
+from ..contracts.files import writable_folder
 
 #: Layout version of the store itself (bump when the on-disk format changes). v2: checksums in meta.json.
 STORE_FORMAT = "v2"

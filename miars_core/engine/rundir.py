@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .contracts.errors import MiarsError
+from ..contracts.errors import MiarsError
 
 #: The marker file of every folder miars writes results into.
 MARKER = ".miars.json"
@@ -59,7 +59,7 @@ def read_marker(folder: Path) -> dict | None:
 
 def new_marker(command: str, previous: dict | None = None, **extra: Any) -> dict:
     """A marker for ``command``; a run folder keeps its run id and creation time across runs."""
-    from . import __version__
+    from .. import __version__
 
     keep = previous if previous and previous.get("command") == command else {}
     return {"miars_run": 1, "command": command, "run_id": keep.get("run_id") or uuid.uuid4().hex,
@@ -72,7 +72,7 @@ def marker_bytes(marker: dict) -> bytes:
 
 
 def write_marker(folder: Path, marker: dict) -> None:
-    from .contracts.files import atomic_write
+    from ..contracts.files import atomic_write
 
     atomic_write(folder / MARKER, marker_bytes(marker))
 

@@ -1,7 +1,7 @@
 """Grid specifications: the cross product of lists of datasets, recommenders, defenses, top-k and seeds.
 
 A grid comes from command-line flags, a TOML file (``--config``), or both (flags win). Each
-point of the cross product is one cell, an :class:`~miars_core.pipeline.AttackConfig`, named by
+point of the cross product is one cell, an :class:`~miars_core.engine.config.AttackConfig`, named by
 a readable slug plus a hash of its whole configuration.
 """
 
@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .contracts.errors import MiarsError
-from .contracts.params import Anything, Constraint, Flag, Interval, ListOf, Mapping, OrNone, Table, Text, find_problem, parse_value
-from .pipeline import SETTINGS, AttackConfig, flag_of, shown
+from ..contracts.errors import MiarsError
+from ..contracts.params import Anything, Constraint, Flag, Interval, ListOf, Mapping, OrNone, Table, Text, find_problem, parse_value
+from .config import SETTINGS, AttackConfig, flag_of, shown
 from .stages import digest
 
 NONE_DEFENSE = "none"
@@ -155,8 +155,8 @@ class GridSpec:
     def check_components(self, plugins=None) -> None:
         """Build each distinct component of the grid once, so a bad name or hyperparameter fails in one
         line before planning (however many cells there are)."""
-        from .contracts.plugins import get_plugins
-        from .science.threat import require_budget
+        from ..contracts.plugins import get_plugins
+        from ..science.threat import require_budget
 
         plugins = plugins or get_plugins()
         shadows = self.shadow if self.shadow is not None else self.target
@@ -355,7 +355,7 @@ TOML_OPTIONS: dict[str, tuple[Constraint, Any]] = {"max_cells": (Interval(int, 1
 
 def _grid_rules() -> dict[str, tuple[Constraint, Any]]:
     """Each :class:`GridSpec` key's rule and example, derived from the cell settings
-    (:data:`miars_core.pipeline.SETTINGS`): a list key holds at least one valid setting; a
+    (:data:`miars_core.engine.config.SETTINGS`): a list key holds at least one valid setting; a
     ``*_params`` key is a table of ``NAME = {KEY = VALUE}`` (``defense_params`` values are
     non-empty lists to sweep); ``defense_targets`` maps defenses to non-empty recommender lists."""
     rules: dict[str, tuple[Constraint, Any]] = {}
@@ -457,8 +457,8 @@ def catalogue_problems(spec: GridSpec, plugins=None) -> list[dict[str, Any]]:
     larger than the catalogue). Each dataset of a cell (target and shadow side) is read once to
     count its items; nothing is written. Records: ``{dataset, defense, defense_params, top_k, reason}``.
     """
-    from .pipeline import load_named
-    from .contracts.plugins import get_plugins
+    from .datasets import load_named
+    from ..contracts.plugins import get_plugins
 
     plugins = plugins or get_plugins()
     registry = plugins.registry("defense")

@@ -53,8 +53,8 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
-from .contracts.errors import MiarsError
-from .contracts.types import Interactions
+from ..contracts.errors import MiarsError
+from ..contracts.types import Interactions
 
 #: Confidence of the lower bound.
 CONFIDENCE = 0.95
@@ -187,8 +187,8 @@ def build_canaries(data: Interactions, m: int, level: str, seed: int) -> AuditDa
 
     See the module docstring for the layout at each level.
     """
-    from .contracts.seeds import stage_seed
-    from .contracts.types import binary_csr
+    from ..contracts.seeds import stage_seed
+    from ..contracts.types import binary_csr
 
     if level not in LEVELS:
         raise MiarsError(f"privacy level {level!r} cannot be audited; a defense's privacy_['level'] must be "
@@ -300,8 +300,8 @@ def probe_level(defense_factory: Callable[[], Any], recommender_factory: Callabl
     A few seconds at most; it also fails early, in one line, for a recommender the defense cannot
     train or a parameter it rejects.
     """
-    from .kit.checks import make_interactions
-    from .science.service import _call, stage_threads
+    from ..kit.checks import make_interactions
+    from ..science.service import _call, stage_threads
 
     defense = defense_factory()
     with stage_threads():
@@ -319,8 +319,8 @@ def audit_defense(defense_factory: Callable[[], Any], recommender_factory: Calla
     ``key`` (a JSON record of everything the fit depends on) keep the canaries' scores so a
     rerun, with other ``guesses`` too, does not refit. Returns the audit record (audit.json).
     """
-    from .contracts.seeds import stage_seed
-    from .science.service import _call, check_lists, stage_threads
+    from ..contracts.seeds import stage_seed
+    from ..science.service import _call, check_lists, stage_threads
     from .stages import core_version, digest
 
     say = progress or (lambda msg: None)
@@ -409,7 +409,7 @@ OUT_FILE = "audit.json"
 
 def check_request(canaries: Any, guesses: Any, seed: Any, defense_obj: Any, who: str) -> int:
     """Plain checks before any work: numbers in range, a training defense, enough canaries. Returns the guesses."""
-    from .contracts.defenses import acts_on
+    from ..contracts.defenses import acts_on
 
     for flag, value in (("--canaries", canaries), ("--seed", seed)):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -446,11 +446,11 @@ def run(dataset: str, target: str, defense: str, *, target_params: dict | None =
     anything is written: unknown names, bad parameters, a defense that does not act on training
     or sets no ``privacy_``, too few or too many canaries.
     """
-    from .contracts.components import get_params
-    from .pipeline import load_named
-    from .contracts.plugins import get_plugins
-    from .contracts.files import _publish
-    from .science.service import _who
+    from ..contracts.components import get_params
+    from .datasets import load_named
+    from ..contracts.plugins import get_plugins
+    from ..contracts.files import _publish
+    from ..science.service import _who
     from .stages import _entry_version, dataset_identity
 
     plugins = plugins or get_plugins()
@@ -473,7 +473,7 @@ def run(dataset: str, target: str, defense: str, *, target_params: dict | None =
     data = load_named(dataset, data_dir, download, plugins)
     if canaries > max_canaries(data.n_items):
         build_canaries(data, canaries, privacy["level"], seed)  # raises the one-line error
-    from .contracts.files import prepare_dir
+    from ..contracts.files import prepare_dir
 
     prepare_dir(out, "--out")
     key = {"dataset": dataset_identity(dataset, data_dir, plugins),
@@ -496,7 +496,7 @@ def _render(record: dict) -> str:
     """audit.json's text: strict JSON, or a MiarsError naming a non-finite number (never a number from a broken run)."""
     import json
 
-    from .contracts.files import _non_finite
+    from ..contracts.files import _non_finite
 
     where = _non_finite(record)
     if where is not None:

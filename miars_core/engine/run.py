@@ -23,10 +23,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from .contracts.errors import MiarsError
+from ..contracts.errors import MiarsError
 from .executors import SerialExecutor, WorkerDied, pinned_threads
 from .grid import GridSpec, cell_id, cell_record
-from .pipeline import AttackConfig, cell_result
+from .config import AttackConfig
+from .pipeline import cell_result
 from .store import DiskStore, MemoryStore
 
 FAILED_EXIT = 1  # some cells failed (bad input is exit 2, before anything runs)
@@ -35,7 +36,7 @@ FAILED_EXIT = 1  # some cells failed (bad input is exit 2, before anything runs)
 # -- the task function (runs in any process) -------------------------------------------------------
 def run_task(task: dict, plugins=None, store=None) -> dict:
     """Run one task; return what the grid needs to know. Never raises: failures are returned."""
-    from .contracts.plugins import get_plugins
+    from ..contracts.plugins import get_plugins
     from .stages import Cell
 
     cell = None
@@ -110,7 +111,7 @@ def plan(cells: dict[str, Any], store, cache: str | None, threads: int | None) -
 
 # -- writing the run folder ---------------------------------------------------------------------------
 def _atomic_json(path: Path, data: dict) -> None:
-    from .contracts.files import atomic_write
+    from ..contracts.files import atomic_write
 
     atomic_write(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
@@ -121,9 +122,9 @@ def write_cell(run_dir: Path, cid: str, outcome: dict, config: AttackConfig) -> 
     The files are staged in a folder beside it; then the old commit files (result.json,
     error.json) go first, the other files miars wrote there before go, the new files are renamed
     in and the new commit file last: a result.json always describes the scores beside it, and
-    files that are not miars' (:data:`~miars_core.rundir.CELL_FILES`) are never touched.
+    files that are not miars' (:data:`~miars_core.engine.rundir.CELL_FILES`) are never touched.
     """
-    from .contracts.files import file_mode, scores_tsv
+    from ..contracts.files import file_mode, scores_tsv
     from .rundir import CELL_COMMIT, CELL_FILES
 
     files: dict[str, str] = {}
@@ -203,14 +204,14 @@ def run_grid(spec: GridSpec, out: str | Path, *, cache: str | Path | None, execu
     """Run every cell of ``spec`` into ``out``; reuse stored stages; return what ran and failed.
 
     ``out`` must be new, empty, or a run folder of ``command`` (``force``: any folder;
-    :mod:`miars_core.rundir`). Planning treats a broken stored output as missing; the task that
+    :mod:`miars_core.engine.rundir`). Planning treats a broken stored output as missing; the task that
     reads it computes it again and reports it through ``progress`` as ``("warning", task,
     {"message": line})``, once per file (unless the task fails: its error names the file).
 
     ``executor`` is an executor or a function returning one (called once every cell is checked,
     so a bad name or folder never starts a cluster).
     """
-    from .contracts.plugins import get_plugins
+    from ..contracts.plugins import get_plugins
     from .rundir import new_marker, write_marker
     from .stages import Cell
 
@@ -290,7 +291,7 @@ def _once_per_message(progress: Progress | None) -> Progress:
 
 
 def _record_end(run_dir: Path, grid_record: dict, exc: BaseException) -> None:
-    from .contracts.errors import Terminated
+    from ..contracts.errors import Terminated
 
     status = "interrupted" if isinstance(exc, (KeyboardInterrupt, Terminated)) else "failed"
     line = " ".join(str(exc).split()) or type(exc).__name__
@@ -322,7 +323,7 @@ def _previous_runs(run_dir: Path) -> list[dict]:
 
 
 def _check_run_dir(run_dir: Path, ids: list[str], command: str = "grid", force: bool = False) -> dict | None:
-    """Before any work: ``run_dir`` is new, empty or this grid's run folder (:func:`miars_core.rundir.claim`),
+    """Before any work: ``run_dir`` is new, empty or this grid's run folder (:func:`miars_core.engine.rundir.claim`),
     its grid.json (if any) is a grid record of the same cells, and it can be written. Returns its marker."""
     from .rundir import claim, shown
 

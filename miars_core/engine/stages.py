@@ -1,6 +1,6 @@
 """The stage graph of one attack cell: every stage, its inputs, and what its cache key covers.
 
-One cell is one :class:`~miars_core.pipeline.AttackConfig`. Its stages, in the order data flows::
+One cell is one :class:`~miars_core.engine.config.AttackConfig`. Its stages, in the order data flows::
 
     stage     inputs                                  key covers (besides the inputs' keys)
     -------   -------------------------------------   ------------------------------------------------
@@ -20,7 +20,7 @@ One cell is one :class:`~miars_core.pipeline.AttackConfig`. Its stages, in the o
 
 Every key is the sha256 of a JSON record of those fields plus :data:`STAGES_VERSION` and a hash
 of the core modules that compute stages, so changed code never reads a stale output. Each
-stage's output is a set of arrays plus a JSON record (:mod:`miars_core.store`), never a pickle.
+stage's output is a set of arrays plus a JSON record (:mod:`miars_core.engine.store`), never a pickle.
 The shadow part may come from another dataset than the target part (``shadow_dataset``, the
 paper's dataset transfer): each side then has its own load, split and item vectors.
 
@@ -49,25 +49,25 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
-from .contracts.components import get_params
-from .contracts.defenses import acts_on
-from .contracts.errors import MiarsError
-from .science.metrics import membership_metrics
-from .science.protocol import split_dataset
-from .contracts.seeds import stage_seed
-from .science.service import Served, defend, popularity_order, serve, stage_threads
+from ..contracts.components import get_params
+from ..contracts.defenses import acts_on
+from ..contracts.errors import MiarsError
+from ..science.metrics import membership_metrics
+from ..science.protocol import split_dataset
+from ..contracts.seeds import stage_seed
+from ..science.service import Served, defend, popularity_order, serve, stage_threads
 from .store import MemoryStore, Output
-from .science.threat import (AdversaryView, QueryAccess, ReferenceModels, decision_threshold, level_of, require_budget,
+from ..science.threat import (AdversaryView, QueryAccess, ReferenceModels, decision_threshold, level_of, require_budget,
                      threat_of)
-from .contracts.types import Interactions, Part, ServiceContext, Split, random_row_ranks
-from .science.utility import holdout, list_signal, utility_metrics
+from ..contracts.types import Interactions, Part, ServiceContext, Split, random_row_ranks
+from ..science.utility import holdout, list_signal, utility_metrics
 
 #: Bump when a stage's computation changes in a way the module hash below would not see.
 STAGES_VERSION = "1"
 
 #: Core modules whose code decides stage outputs, under miars_core (their source is hashed into every key).
-STAGE_MODULES = ("stages", "science.protocol", "science.service", "science.ranking", "contracts.types", "contracts.seeds",
-                 "store", "science.utility", "contracts.defenses", "science.threat")
+STAGE_MODULES = ("engine.stages", "science.protocol", "science.service", "science.ranking", "contracts.types",
+                 "contracts.seeds", "engine.store", "science.utility", "contracts.defenses", "science.threat")
 
 #: Timing names reported in result.json (those of miars v0).
 TIMING = {"load": "load", "split": "split", "serve:shadow": "shadow_recommender", "serve:target": "target_recommender",
@@ -92,9 +92,9 @@ def _source_hash(package_dir: str) -> str:
 @functools.lru_cache(maxsize=1)
 def core_version() -> str:
     """Version of the stage code: miars' version plus a hash of the modules in :data:`STAGE_MODULES`."""
-    from . import __version__
+    from .. import __version__
 
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # miars_core/
     h = hashlib.sha256()
     for name in STAGE_MODULES:
         h.update((here / f"{name.replace('.', '/')}.py").read_bytes())
@@ -262,8 +262,8 @@ def learned_state(component: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]
 class Cell:
     """One attack cell as a graph of cached stages; each method returns a stage's output.
 
-    ``store`` holds outputs (a :class:`~miars_core.store.DiskStore` for ``--cache``, a
-    :class:`~miars_core.store.MemoryStore` otherwise). Keys are computed without touching data,
+    ``store`` holds outputs (a :class:`~miars_core.engine.store.DiskStore` for ``--cache``, a
+    :class:`~miars_core.engine.store.MemoryStore` otherwise). Keys are computed without touching data,
     so a cell whose outputs are stored reads only them.
     """
 
@@ -435,7 +435,7 @@ class Cell:
     # -- the stages --------------------------------------------------------------------------
     def data(self, side: str) -> Interactions:
         def compute():
-            from .pipeline import load_named
+            from .datasets import load_named
 
             data = load_named(self.dataset_of(side), self.config.data_dir, self.config.download, self.plugins)
             return interactions_to_arrays(data), {"users": data.n_users, "items": data.n_items,
@@ -936,7 +936,7 @@ def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 
 def dataset_identity(name: str, data_dir: str | None, plugins) -> dict:
     """What identifies a dataset's content: a file's sha256, else the name, data dir and loader version."""
-    from .pipeline import dataset_file
+    from .datasets import dataset_file
 
     registry = plugins.registry("dataset")
     path = dataset_file(name, registry)

@@ -8,7 +8,7 @@ LABELS = {"split": "splits", "serve": "recommender fits", "cell": "cells"}
 
 
 class GridProgress:
-    """A rich progress display fed by :func:`miars_core.engine.run_grid`'s events."""
+    """A rich progress display fed by :func:`miars_core.engine.run.run_grid`'s events."""
 
     def __init__(self, console):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
