@@ -46,6 +46,9 @@ MOVED = {
     "gridprogress": "engine.progress",
     "pipeline": "engine.pipeline",
     "audit": "engine.audit",
+    "report": "reports.report",
+    "gridreport": "reports.gridreport",
+    "defensereport": "reports.defensereport",
 }
 
 

@@ -345,7 +345,7 @@ def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool, sto
     from rich.console import Console
 
     from .engine.pipeline import run_attack
-    from .report import check_outputs, export_miars, flag_no_signal, metrics_table, render_result, write_result
+    from .reports.report import check_outputs, export_miars, flag_no_signal, metrics_table, render_result, write_result
 
     check_outputs(config, out, export_dir, force)
     err = Console(stderr=True, quiet=quiet, log_path=False)
@@ -584,7 +584,7 @@ def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_loca
                            threads=threads, progress=progress, command=command, force=force)
     err.print(progress.summary_table(summary))
     if report:
-        from .gridreport import write_report
+        from .reports.gridreport import write_report
 
         err.print(f"wrote {write_report(summary.run_dir, force)}")
     if summary.failed:
@@ -731,7 +731,7 @@ def report_command(
     force: bool = typer.Option(False, "--force", help="Write RUN_DIR/report/ even where it holds files miars did not write (they are replaced)."),
 ) -> None:
     """Write RUN_DIR/report/: tables (markdown, CSV) with Student-t 95% CIs over seeds, heatmaps, ROC curves, report.html."""
-    from .gridreport import write_report
+    from .reports.gridreport import write_report
 
     from .engine.rundir import display
 

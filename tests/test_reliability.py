@@ -59,7 +59,7 @@ def test_outputs_are_one_set_with_the_normal_file_mode(small_dataset, tmp_path):
 
 
 def test_a_failed_write_never_leaves_a_new_scores_file_beside_an_old_result(small_dataset, tmp_path, monkeypatch):
-    from miars_core import report
+    from miars_core.reports import report
 
     out = tmp_path / "out"
     base = ["--dataset", str(small_dataset), "--target", "pop", *FAST, "--out", str(out)]
@@ -288,7 +288,7 @@ class _RandomLists(Component):
 
 def test_a_target_whose_lists_carry_no_signal_is_flagged(small_dataset):
     from miars_core.engine.pipeline import AttackConfig, run_attack
-    from miars_core.report import flag_no_signal, render_result
+    from miars_core.reports.report import flag_no_signal, render_result
 
     plugin = _module("random_plugin", register_recommenders=hookimpl(lambda register: register("random-lists", _RandomLists)))
     plugins = get_plugins(extra=[plugin])

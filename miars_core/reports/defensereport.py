@@ -17,9 +17,9 @@ import html
 import math
 from dataclasses import dataclass, field
 
-from .gridreport import CONTROLS_NOTE, NO_SIGNAL_NOTE, CellRecord, _fmt_estimate, _img, _usual_n, row_markers, seeds_line
-from .science.intervals import DESCRIPTION as CI_DESCRIPTION
-from .science.intervals import Estimate, mean_ci
+from .shared import CONTROLS_NOTE, NO_SIGNAL_NOTE, CellRecord, _fmt_estimate, _img, _usual_n, row_markers, seeds_line
+from ..science.intervals import DESCRIPTION as CI_DESCRIPTION
+from ..science.intervals import Estimate, mean_ci
 
 LEAKAGE = [("roc_auc", "ROC-AUC"), ("roc_auc_distance", "|ROC-AUC - 0.5|"), ("balanced_accuracy", "balanced accuracy"),
            ("tpr_at_fpr_0.01", "TPR@1%FPR"), ("advantage", "advantage")]
@@ -165,7 +165,7 @@ def _label(column: str) -> str:
 
 def _title(rows: list[DefenseRow], dataset: str, target: str) -> str:
     """``ml-100k: target random [control: random items]``."""
-    from .engine.grid import CONTROLS
+    from ..engine.grid import CONTROLS
 
     control = any(r.control for r in rows if (r.dataset, r.target) == (dataset, target))
     return f"{dataset}: target {target}" + (f" [control: {CONTROLS.get(target, 'no signal by construction')}]"
@@ -232,7 +232,7 @@ def defenses_csv(rows: list[DefenseRow]) -> str:
 
 def frontier_png(rows: list[DefenseRow], dataset: str, target: str) -> bytes:
     """Privacy-utility frontier: x = NDCG@k of the defended service, y = ROC-AUC of each attacker."""
-    from .gridreport import _figure, _png
+    from .shared import _figure, _png
 
     mine = [r for r in rows if (r.dataset, r.target) == (dataset, target)]
     k = mine[0].k if mine else 0
@@ -300,7 +300,7 @@ def defense_section(records: list[CellRecord], images: dict[str, bytes], skipped
     if skipped:
         parts.append('<p class="note">Left out of this benchmark (defaults that cannot run here):</p><ul class="note">'
                      + "".join(f"<li>{e(why)}</li>" for why in skipped) + "</ul>")
-    from .gridreport import _slug
+    from .shared import _slug
 
     parts += [f'<p class="{"warn" if "No signal in" in note else "note"}">{e(note)}</p>' for note in _notes(rows)]
     for (dataset, target) in dict.fromkeys((r.dataset, r.target) for r in rows):

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .contracts.errors import MiarsError
-from .contracts.files import _non_finite, _os_error, _publish, prepare_dir, scores_tsv, tsv_id
-from .science.metrics import DESCRIPTIONS
-from .engine.config import AttackResult
+from ..contracts.errors import MiarsError
+from ..contracts.files import _non_finite, _os_error, _publish, prepare_dir, scores_tsv, tsv_id
+from ..science.metrics import DESCRIPTIONS
+from ..engine.config import AttackResult
 
 METRIC_ORDER = list(DESCRIPTIONS)
 
@@ -53,7 +53,7 @@ def check_outputs(config, out: str | Path | None, export_dir: str | Path | None,
     """Before any work: each output folder can be created and written, holds no folder where a
     result file goes, and no output file would overwrite the input dataset; ``--out`` is new,
     empty or an output folder of miars-attack (:func:`miars_core.engine.rundir.claim`; ``force``: any)."""
-    from .engine.rundir import claim
+    from ..engine.rundir import claim
 
     inputs = _input_files(config)
     dirs = {}
@@ -149,7 +149,7 @@ def write_result(result: AttackResult, out_dir: str | Path, text: str | None = N
     text = render_result(result) if text is None else text
     target = result.artifacts["target_part"]
     scores = scores_tsv(target.interactions.user_ids, target.is_member, result.artifacts["scores"])
-    from .engine.rundir import MARKER, marker_bytes, new_marker, read_marker
+    from ..engine.rundir import MARKER, marker_bytes, new_marker, read_marker
 
     # The marker first (a killed write still leaves a folder miars-attack recognises), result.json last.
     files = {MARKER: marker_bytes(new_marker("attack", read_marker(out))), "scores.tsv": scores.encode("utf-8"),

@@ -22,7 +22,6 @@ matrix per metric, like the paper's tables.
 
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
 import html
@@ -30,16 +29,17 @@ import io
 import json
 import math
 import os
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .contracts.errors import MiarsError
-from .science.intervals import DESCRIPTION as CI_DESCRIPTION
-from .science.intervals import Estimate, mean_ci
+from ..contracts.errors import MiarsError
+from ..science.intervals import DESCRIPTION as CI_DESCRIPTION
+from ..science.intervals import mean_ci
+from .shared import (CONTROLS_NOTE, NO_SIGNAL_NOTE, CellRecord, _figure, _fmt_estimate, _img, _png, _slug, _usual_n,
+                     row_markers, seeds_line)
 
 #: Metrics shown in the tables: key, label. ``balanced_accuracy`` is what the CCS'21 paper calls "AUC".
 TABLE_METRICS = [
@@ -55,50 +55,7 @@ HEATMAP_METRICS = {"roc_auc": "ROC-AUC", "balanced_accuracy": "balanced accuracy
 GROUP_KEYS = ("dataset", "shadow_dataset", "service", "defense", "defense_params", "top_k", "featurizer", "attack", "attacker")
 #: Bump when roc_png draws differently: stored ROC images of earlier reports are then redrawn.
 REPORT_PLOT_VERSION = 1
-#: Attackers of a defended cell, in display order; "headline" is the only one of an undefended cell.
-ATTACKERS = ("defense_aware", "defense_unaware")
 SCORE_FILES = {"headline": "scores.tsv", "defense_aware": "scores.tsv", "defense_unaware": "scores_defense_unaware.tsv"}
-
-
-@dataclass
-class CellRecord:
-    """One cell of a run: its description, and its result (finished) or error (failed / missing)."""
-
-    id: str
-    path: Path
-    cell: dict
-    status: str  # "ok", "failed" or "missing"
-    result: dict | None = None
-    stage: str | None = None
-    error: str | None = None
-
-    @property
-    def control(self) -> bool:
-        """Whether the cell's target is a control recommender (``--controls``: random, pop)."""
-        from .engine.grid import is_control
-
-        return bool(self.cell.get("control", is_control(self.cell.get("target", ""))))
-
-    @property
-    def signal(self) -> dict:
-        """The no-signal check of the cell's target (``recommenders.target.utility``), {} when absent."""
-        found = ((self.result or {}).get("recommenders") or {}).get("target", {}).get("utility")
-        return found if isinstance(found, dict) else {}
-
-    @property
-    def no_signal(self) -> bool:
-        """Whether the cell's target lists carry no signal (the check's warning)."""
-        return bool(self.signal.get("no_signal") or self.signal.get("warning"))
-
-    @property
-    def attackers(self) -> dict[str, dict]:
-        """Metrics per attacker: {"headline": metrics}, or the defense-aware and -unaware ones."""
-        if not self.result:
-            return {}
-        found = self.result.get("attackers") or {}
-        if self.cell.get("defense", "none") != "none" and found:
-            return {name: found[name] for name in ATTACKERS if name in found}
-        return {"headline": self.result.get("metrics", {})}
 
 
 # ----------------------------------------------------------------------------- loading
@@ -310,28 +267,6 @@ class Group:
         return _slug("-".join(str(x) for x in self.key if x != ""))
 
 
-#: Markers of a table row (a target): a control recommender, a target whose lists carry no signal.
-CONTROL_MARK, NO_SIGNAL_MARK = "[control]", "[no signal]"
-
-
-def row_markers(control: bool, no_signal: bool) -> list[str]:
-    return [m for m, on in ((CONTROL_MARK, control), (NO_SIGNAL_MARK, no_signal)) if on]
-
-
-#: How to read the control rows (tables.md, report.html, the defense report).
-CONTROLS_NOTE = ("Rows marked [control] are control recommenders whose lists carry no membership signal by "
-                 "construction: `random` serves every member k random items she does not know, `pop` the popular "
-                 "items. Under the paper's service (non-members get the popular list) `random` reads ROC-AUC ~1.0: "
-                 "that is the \"personalized vs popular list\" confound, not a leak, and a real target's number "
-                 "means membership leakage only as far as it exceeds what the controls read. Under `foldin` "
-                 "(everyone gets the model's lists) both controls should read ~0.5; `pop` reads ~0.5 under both.")
-#: What a [no signal] marker means.
-NO_SIGNAL_NOTE = ("Rows marked [no signal]: the target's lists do no better than random unknown items at finding "
-                  "the members' own items the target never saw (with `--split users` and no hold-out: items popular "
-                  "in data the target never saw); see `recommenders.target.utility` in each cell's result.json. "
-                  "The recommender is probably untrained or broken, so those metrics do not measure a leak.")
-
-
 def flagged_cells(records: list[CellRecord]) -> list[CellRecord]:
     """Finished cells whose target lists carry no signal, by id."""
     return [r for r in records if r.status == "ok" and r.no_signal]
@@ -379,36 +314,6 @@ def build_groups(records: list[CellRecord]) -> list[Group]:
 
 
 # ----------------------------------------------------------------------------- tables
-
-
-def _fmt(x: float | None) -> str:
-    return "" if x is None or not math.isfinite(x) else f"{x:.3f}"
-
-
-def _fmt_estimate(est: Estimate | None, n_usual: int | None = None) -> str:
-    """``mean [low, high]``; the number of seeds is added when it is not ``n_usual`` (the table's)."""
-    if est is None or est.n_seeds == 0:
-        return "–"
-    if est.ci_low is None:
-        return f"{_fmt(est.mean)} (1 seed)"
-    n = "" if est.n_seeds == n_usual else f" (n={est.n_seeds})"
-    return f"{_fmt(est.mean)} [{_fmt(est.ci_low)}, {_fmt(est.ci_high)}]{n}"
-
-
-def _usual_n(estimates) -> int | None:
-    """The most common number of seeds among ``estimates`` (None when there are none)."""
-    counts = [e.n_seeds for e in estimates if e is not None and e.n_seeds]
-    return max(sorted(set(counts)), key=counts.count) if counts else None
-
-
-def seeds_line(estimates) -> str:
-    """One line for a table: how many seeds its entries average, and how the CI is made."""
-    counts = sorted({e.n_seeds for e in estimates if e is not None and e.n_seeds})
-    if not counts:
-        return "No entry."
-    n = ", ".join(map(str, counts))
-    method = "no CI (one seed)" if counts == [1] else "95% CI: Student-t over seeds"
-    return f"Seeds per entry (n): {n}; {method}."
 
 
 def tables_markdown(groups: list[Group], records: list[CellRecord]) -> str:
@@ -489,21 +394,6 @@ def _csvnum(x: float | None) -> str:
 # ----------------------------------------------------------------------------- plots
 
 
-def _figure(width: float, height: float):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
-
-
 def heatmap_png(group: Group, metric: str, label: str) -> bytes:
     """Target x shadow heatmap of one metric's means, each square annotated (with its CI when there is one)."""
     data = np.full((len(group.targets), len(group.shadows)), np.nan)
@@ -568,12 +458,8 @@ def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> byt
 # ----------------------------------------------------------------------------- writing
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:150] or "x"
-
-
 def _atomic_write(path: Path, data: bytes) -> None:
-    from .contracts.files import atomic_write
+    from ..contracts.files import atomic_write
 
     atomic_write(path, data)
 
@@ -635,7 +521,7 @@ def write_report(run_dir: str | Path, force: bool = False) -> Path:
     or when report/ holds files miars did not write at the paths it writes (unless ``force``);
     only files the previous report wrote (its marker lists them) are replaced or removed.
     """
-    from .engine.rundir import MARKER, check_report_dir, new_marker, read_marker, write_marker
+    from ..engine.rundir import MARKER, check_report_dir, new_marker, read_marker, write_marker
 
     root = _check_run_dir(run_dir)
     records = load_cells(root)
@@ -719,11 +605,6 @@ caption{text-align:left;font-weight:600;padding:.2rem 0}.tables{display:flex;fle
 details{margin:.5rem 0}summary{cursor:pointer}
 tr.control th{font-style:italic}tr.nosignal th{color:#a00}.warn{color:#a00}
 """.strip()
-
-
-def _img(name: str, images: dict[str, bytes], alt: str) -> str:
-    data = base64.b64encode(images[name]).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
 
 def _html_table(g: Group, metric: str, label: str) -> str:
