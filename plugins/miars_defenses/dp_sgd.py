@@ -170,7 +170,7 @@ class _FittedDP:
 
     def new_accounts(self):
         """What serves accounts it was not trained on: the private model's item side only."""
-        from miars_recbole.foldin import FoldInModel, ItemSide
+        from miars_recbole.training import FoldInModel, ItemSide
 
         return FoldInModel(ItemSide.of(self.model_), self.score_batch_size)
 
@@ -182,18 +182,18 @@ def _build(model_name: str, train: sp.csr_matrix, overrides: dict, seed: int):
     the model's shape, its initialisation and the negatives' range are fixed by the public
     catalogue and the member accounts, never by which records exist.
     """
-    from miars_recbole import compat, lean
+    from miars_recbole import training
 
-    compat.apply()
+    training.apply_compat()
     n_rows, n_items = train.shape
-    config = lean.recbole_config(model_name, overrides, seed)
+    config = training.recbole_config(model_name, overrides, seed)
     user_rb = np.arange(1, n_rows + 1, dtype=np.int64)
     item_cols = np.concatenate([[0], np.arange(n_items, dtype=np.int64)])
     coo = train.tocoo()
     matrix = sp.csr_matrix((np.ones(coo.nnz, dtype=np.float32), (coo.row + 1, coo.col + 1)), shape=(n_rows + 1, n_items + 1))
-    data = lean.LeanData(user=None, item=None, keys=None, n_users=n_rows + 1, n_items=n_items + 1, user_rb=user_rb,
-                         item_cols=item_cols, matrix=matrix)
-    model = lean.build_model(model_name, config, data, seed)
+    data = training.LeanData(user=None, item=None, keys=None, n_users=n_rows + 1, n_items=n_items + 1, user_rb=user_rb,
+                             item_cols=item_cols, matrix=matrix)
+    model = training.build_model(model_name, config, data, seed)
     return model, user_rb, item_cols
 
 
@@ -293,7 +293,7 @@ def _train_loop(engine, model, user_rb, item_cols, train, users, items, seed, *,
     from opacus.accountants.utils import get_noise_multiplier
     from torch.utils.data import DataLoader, TensorDataset
 
-    from miars_recbole.session import FittedRecBole
+    from miars_recbole.training import FittedRecBole
 
     n_records, n_rb_items = len(users), len(item_cols)
     torch.manual_seed(int(seed))

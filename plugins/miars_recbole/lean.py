@@ -153,7 +153,7 @@ def recbole_config(model_name: str, overrides: dict, seed: int):
     """RecBole ``Config`` for ``model_name`` without any data on disk."""
     from recbole.config import Config
 
-    from .session import _FIXED
+    from .settings import FIXED as _FIXED
 
     cfg = {**_FIXED, **overrides, "seed": int(seed), "data_path": "miars-lean-unused", "checkpoint_dir": "miars-lean-unused"}
     try:

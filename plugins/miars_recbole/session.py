@@ -13,20 +13,7 @@ import scipy.sparse as sp
 from miars_core.contracts.errors import MiarsError
 
 from . import compat
-
-_FIXED = {
-    # Everything in memory, nothing written to the working directory, no evaluation split.
-    "eval_args": {"split": {"RS": [1.0, 0.0, 0.0]}, "order": "RO", "group_by": "user", "mode": "full"},
-    "load_col": {"inter": ["user_id", "item_id"]},
-    "reproducibility": True,
-    "show_progress": False,
-    "device": "cpu",
-    "use_gpu": False,
-    "state": "WARNING",
-    "save_dataset": False,
-    "save_dataloaders": False,
-    "worker": 0,
-}
+from .settings import FIXED as _FIXED
 
 
 @dataclass
