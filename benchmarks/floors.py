@@ -142,9 +142,9 @@ def _mlp_floor(X, y, steps, lr, seed):
 # --------------------------------------------------------------------------------------------
 def itemknn_rss(which: str, dataset: str) -> None:
     """Fit one ItemKNN on the target members in this process; print the peak RSS before and after."""
+    from miars_core.contracts.plugins import get_plugins
     from miars_core.engine.datasets import load_dataset
     from miars_core.engine.pipeline import AttackConfig
-    from miars_core.contracts.plugins import get_plugins
     from miars_core.science.protocol import split_dataset
     from miars_recbole.session import RecBoleRun, fit_itemknn
 
@@ -186,9 +186,9 @@ def main() -> None:
 
     from miars_attacks.features import CenterDiff, item_vectors, rank_weights
     from miars_attacks.mlp import MLPAttack
+    from miars_core.contracts.plugins import get_plugins
     from miars_core.engine.datasets import load_dataset
     from miars_core.engine.pipeline import AttackConfig
-    from miars_core.contracts.plugins import get_plugins
     from miars_core.science.protocol import split_dataset
     from miars_core.science.ranking import top_k_excluding
     from miars_core.science.service import serve

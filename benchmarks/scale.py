@@ -63,10 +63,10 @@ def main() -> None:
     from miars_attacks.features import CenterDiff
     from miars_attacks.mlp import MLPAttack
     from miars_core.cli import parse_params
-    from miars_core.science.metrics import membership_metrics
     from miars_core.contracts.plugins import get_plugins
-    from miars_core.science.protocol import split_dataset
     from miars_core.contracts.seeds import stage_seed
+    from miars_core.science.metrics import membership_metrics
+    from miars_core.science.protocol import split_dataset
     from miars_core.science.service import serve
     from miars_core.science.synth import synthetic_interactions
 

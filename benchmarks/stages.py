@@ -36,9 +36,9 @@ def main() -> None:
     import torch
 
     from miars_attacks.features import CenterDiff, rank_weights
+    from miars_core.contracts.plugins import get_plugins
     from miars_core.engine.datasets import load_dataset
     from miars_core.engine.pipeline import AttackConfig
-    from miars_core.contracts.plugins import get_plugins
     from miars_core.science.protocol import split_dataset
     from miars_core.science.ranking import top_k_excluding
     from miars_recbole.models import NeuralCF

@@ -546,10 +546,10 @@ def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_loca
 
     from rich.console import Console
 
-    from .engine.run import FAILED_EXIT, run_grid
     from .engine.executors import check_executor_args, make_executor
     from .engine.grid import MAX_CELLS, catalogue_problems
     from .engine.progress import GridProgress
+    from .engine.run import FAILED_EXIT, run_grid
     from .engine.rundir import check_report_dir, claim
     from .engine.store import check_cache_dir, default_cache_dir
 
@@ -626,8 +626,8 @@ def bench_defenses(
 ) -> None:
     """Benchmark defenses: privacy for a static and an adaptive attacker, utility and cost, with a privacy-utility frontier."""
     with guarded():
-        from .engine.grid import GridSpec, parse_list_flag, parse_scoped_params
         from .contracts.plugins import get_plugins
+        from .engine.grid import GridSpec, parse_list_flag, parse_scoped_params
 
         registry = get_plugins().registry("defense")
         asked = parse_list_flag(defense, "--defense")

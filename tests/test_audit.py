@@ -19,10 +19,10 @@ from scipy.special import expit, logit
 from typer.testing import CliRunner
 
 from miars_core import cli
-from miars_core.engine import audit
 from miars_core.contracts.components import Component
 from miars_core.contracts.errors import MiarsError
 from miars_core.contracts.plugins import get_plugins
+from miars_core.engine import audit
 
 RUNNER = CliRunner()
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}

@@ -10,9 +10,9 @@ import numpy as np
 from typer.testing import CliRunner
 
 from miars_core.cli import app
+from miars_core.engine.pipeline import AttackConfig, run_attack
 from miars_core.reports.defensereport import defense_rows
 from miars_core.reports.gridreport import load_cells
-from miars_core.engine.pipeline import AttackConfig, run_attack
 
 
 def test_bench_defenses_runs_the_sweep_and_writes_table_and_frontier(small_dataset, tmp_path):

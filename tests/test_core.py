@@ -7,13 +7,13 @@ import pytest
 import scipy.sparse as sp
 
 from miars_core.contracts.errors import DuplicateNameError, MiarsError, UnknownNameError
+from miars_core.contracts.registry import Registry
+from miars_core.contracts.seeds import stage_seed
+from miars_core.contracts.types import Interactions, Part, ServiceContext
 from miars_core.science.metrics import membership_metrics
 from miars_core.science.protocol import split_dataset
 from miars_core.science.ranking import top_k_excluding
-from miars_core.contracts.registry import Registry
-from miars_core.contracts.seeds import stage_seed
 from miars_core.science.service import popularity_order, serve
-from miars_core.contracts.types import Interactions, Part, ServiceContext
 
 
 def random_interactions(n_users=120, n_items=80, density=0.3, seed=0) -> Interactions:

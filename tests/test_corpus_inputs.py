@@ -23,8 +23,8 @@ from typer.testing import CliRunner
 
 from miars_core import cli
 from miars_core.contracts.errors import MiarsError
-from miars_core.engine.grid import GRID_RULES, GridSpec
 from miars_core.contracts.plugins import AUTOLOAD_VAR, get_plugins
+from miars_core.engine.grid import GRID_RULES, GridSpec
 
 RUNNER = CliRunner()
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
@@ -222,8 +222,8 @@ def test_grid_size_is_counted_without_building_cells():
 
 
 def test_a_grid_builds_each_distinct_component_once(monkeypatch, small_dataset):
-    from miars_core.engine.run import plan
     from miars_core.contracts.registry import Registry
+    from miars_core.engine.run import plan
     from miars_core.engine.stages import Cell
     from miars_core.engine.store import MemoryStore
 

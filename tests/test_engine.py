@@ -14,11 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from miars_core.cli import app
-from miars_core.engine.run import run_grid, write_cell
 from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.plugins import get_plugins
 from miars_core.engine.grid import GridSpec, cell_id, load_toml, parse_scoped_params, split_list
 from miars_core.engine.pipeline import AttackConfig, run_attack
-from miars_core.contracts.plugins import get_plugins
+from miars_core.engine.run import run_grid, write_cell
 from miars_core.engine.stages import Cell
 from miars_core.engine.store import DiskStore, MemoryStore
 

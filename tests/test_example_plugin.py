@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from miars_core.kit import checks
 from miars_core.contracts.errors import DuplicateNameError, UnknownNameError
 from miars_core.contracts.hookspecs import hookimpl
 from miars_core.contracts.plugins import get_plugins
 from miars_core.contracts.types import ServiceContext
+from miars_core.kit import checks
 
 EXAMPLE_SRC = Path(__file__).resolve().parents[1] / "examples" / "miars-example-plugin" / "src"
 

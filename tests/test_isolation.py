@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from miars_core.kit import checks
-from miars_core.engine.pipeline import AttackConfig
 from miars_core.contracts.plugins import get_plugins
-from miars_core.science.service import Served
-from miars_core.engine.stages import Cell
-from miars_core.science.threat import QueryAccess
 from miars_core.contracts.types import Interactions, Part, Split
+from miars_core.engine.pipeline import AttackConfig
+from miars_core.engine.stages import Cell
+from miars_core.kit import checks
+from miars_core.science.service import Served
+from miars_core.science.threat import QueryAccess
 
 RNG = np.random.default_rng(3)
 Y = RNG.random(40) < 0.5

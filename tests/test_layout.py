@@ -196,10 +196,10 @@ def test_old_paths_import_the_moved_modules():
         assert f"{CORE}.{new}" in MODULES, f"MOVED[{old!r}] names {new}, which does not exist"
         assert f"{CORE}.{old}" not in MODULES, f"{CORE}.{old} exists again and shadows the old path's alias"
         assert importlib.import_module(f"{CORE}.{old}") is importlib.import_module(f"{CORE}.{new}")
-    from miars_core.pipeline import AttackConfig, load_dataset, run_attack  # noqa: F401 - the documented API
     from miars_core import checks, hookspecs  # noqa: F401
     from miars_core.engine import FAILED_EXIT, run_grid  # the grid engine module that became engine/run.py
     from miars_core.engine import run
+    from miars_core.pipeline import AttackConfig, load_dataset, run_attack  # noqa: F401 - the documented API
 
     assert run_grid is run.run_grid and FAILED_EXIT == run.FAILED_EXIT
     assert sys.modules["miars_core.pipeline"].__spec__.name == "miars_core.engine.pipeline"

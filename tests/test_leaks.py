@@ -14,11 +14,11 @@ import pytest
 import scipy.sparse as sp
 
 import miars_attacks
-from miars_core.kit import checks
-from miars_core.engine.pipeline import AttackConfig, run_attack
 from miars_core.contracts.plugins import get_plugins
+from miars_core.engine.pipeline import AttackConfig, run_attack
 from miars_core.engine.stages import Cell
 from miars_core.engine.store import MemoryStore
+from miars_core.kit import checks
 from miars_core.science.threat import AdversaryView
 
 #: Every kind of defense: none, one acting on lists, one on the training data, one training the model privately.

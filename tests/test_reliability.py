@@ -19,11 +19,11 @@ import pytest
 from typer.testing import CliRunner
 
 from miars_core import cli
-from miars_core.kit import checks
 from miars_core.contracts.components import Component
 from miars_core.contracts.errors import MiarsError
 from miars_core.contracts.hookspecs import hookimpl
 from miars_core.contracts.plugins import get_plugins
+from miars_core.kit import checks
 
 RUNNER = CliRunner()
 ATTACK_APP = cli._attack_app()

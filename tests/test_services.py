@@ -9,11 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 import miars_services
-from miars_core.kit import checks
 from miars_core.cli import app
 from miars_core.contracts.errors import MiarsError
-from miars_core.engine.pipeline import AttackConfig, run_attack
 from miars_core.contracts.plugins import get_plugins
+from miars_core.engine.pipeline import AttackConfig, run_attack
+from miars_core.kit import checks
 from miars_services import FoldInService, PopularService
 
 FAST = {"attack_params": {"epochs": 50}}

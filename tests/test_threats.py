@@ -16,15 +16,15 @@ from typer.testing import CliRunner
 import miars_attacks
 from miars_attacks.metric import orient_and_threshold
 from miars_attacks.query import half_splits, recall_of_lists
-from miars_core.kit import checks
 from miars_core import cli
 from miars_core.cli import app
 from miars_core.contracts.errors import MiarsError
-from miars_core.engine.pipeline import AttackConfig, run_attack
 from miars_core.contracts.plugins import get_plugins
-from miars_core.engine.store import DiskStore
-from miars_core.science.threat import QueryAccess
 from miars_core.contracts.types import Interactions
+from miars_core.engine.pipeline import AttackConfig, run_attack
+from miars_core.engine.store import DiskStore
+from miars_core.kit import checks
+from miars_core.science.threat import QueryAccess
 from miars_services import FoldInService, PopularService
 
 VIEW_ATTACKS = ("kmeans", "shadow-free", "reference-rec", "query-recall", "interaction")

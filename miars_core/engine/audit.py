@@ -447,10 +447,10 @@ def run(dataset: str, target: str, defense: str, *, target_params: dict | None =
     or sets no ``privacy_``, too few or too many canaries.
     """
     from ..contracts.components import get_params
-    from .datasets import load_named
-    from ..contracts.plugins import get_plugins
     from ..contracts.files import _publish
+    from ..contracts.plugins import get_plugins
     from ..science.service import _who
+    from .datasets import load_named
     from .stages import _entry_version, dataset_identity
 
     plugins = plugins or get_plugins()

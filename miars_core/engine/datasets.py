@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import AttackConfig
 from ..contracts.errors import MiarsError
 from ..contracts.plugins import Plugins
 from ..contracts.types import Interactions
+from .config import AttackConfig
 
 
 DATASET_SUFFIXES = (".gz", ".tsv", ".csv", ".inter", ".dat", ".txt")

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..contracts.errors import MiarsError
-from ..contracts.params import Anything, Constraint, Flag, Interval, ListOf, Mapping, OrNone, Table, Text, find_problem, parse_value
+from ..contracts.params import (Anything, Constraint, Flag, Interval, ListOf, Mapping, OrNone, Table, Text, find_problem,
+                                parse_value)
 from .config import SETTINGS, AttackConfig, flag_of, shown
 from .stages import digest
 
@@ -457,8 +458,8 @@ def catalogue_problems(spec: GridSpec, plugins=None) -> list[dict[str, Any]]:
     larger than the catalogue). Each dataset of a cell (target and shadow side) is read once to
     count its items; nothing is written. Records: ``{dataset, defense, defense_params, top_k, reason}``.
     """
-    from .datasets import load_named
     from ..contracts.plugins import get_plugins
+    from .datasets import load_named
 
     plugins = plugins or get_plugins()
     registry = plugins.registry("defense")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .config import SETTINGS, AttackConfig, AttackResult, flag_of, shown  # noqa: F401 - the Python API's names
 from ..contracts.errors import MiarsError
 from ..contracts.plugins import Plugins, get_plugins
 from ..contracts.types import Split
+from .config import SETTINGS, AttackConfig, AttackResult, flag_of, shown  # noqa: F401 - the Python API's names
 from .datasets import DATASET_SUFFIXES, dataset_file, load_dataset, load_named  # noqa: F401 - importable from here too
 from .store import Store
 

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..contracts.errors import MiarsError
+from .config import AttackConfig
 from .executors import SerialExecutor, WorkerDied, pinned_threads
 from .grid import GridSpec, cell_id, cell_record
-from .config import AttackConfig
 from .pipeline import cell_result
 from .store import DiskStore, MemoryStore
 

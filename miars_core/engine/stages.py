@@ -52,15 +52,15 @@ import scipy.sparse as sp
 from ..contracts.components import get_params
 from ..contracts.defenses import acts_on
 from ..contracts.errors import MiarsError
+from ..contracts.seeds import stage_seed
+from ..contracts.types import Interactions, Part, ServiceContext, Split, random_row_ranks
 from ..science.metrics import membership_metrics
 from ..science.protocol import split_dataset
-from ..contracts.seeds import stage_seed
 from ..science.service import Served, defend, popularity_order, serve, stage_threads
-from .store import MemoryStore, Output
-from ..science.threat import (AdversaryView, QueryAccess, ReferenceModels, decision_threshold, level_of, require_budget,
-                     threat_of)
-from ..contracts.types import Interactions, Part, ServiceContext, Split, random_row_ranks
+from ..science.threat import (AdversaryView, QueryAccess, ReferenceModels, decision_threshold, level_of,
+                              require_budget, threat_of)
 from ..science.utility import holdout, list_signal, utility_metrics
+from .store import MemoryStore, Output
 
 #: Bump when a stage's computation changes in a way the module hash below would not see.
 STAGES_VERSION = "1"

@@ -17,9 +17,9 @@ import html
 import math
 from dataclasses import dataclass, field
 
-from .shared import CONTROLS_NOTE, NO_SIGNAL_NOTE, CellRecord, _fmt_estimate, _img, _usual_n, row_markers, seeds_line
 from ..science.intervals import DESCRIPTION as CI_DESCRIPTION
 from ..science.intervals import Estimate, mean_ci
+from .shared import CONTROLS_NOTE, NO_SIGNAL_NOTE, CellRecord, _fmt_estimate, _img, _usual_n, row_markers, seeds_line
 
 LEAKAGE = [("roc_auc", "ROC-AUC"), ("roc_auc_distance", "|ROC-AUC - 0.5|"), ("balanced_accuracy", "balanced accuracy"),
            ("tpr_at_fpr_0.01", "TPR@1%FPR"), ("advantage", "advantage")]

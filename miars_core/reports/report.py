@@ -11,8 +11,8 @@ import numpy as np
 
 from ..contracts.errors import MiarsError
 from ..contracts.files import _non_finite, _os_error, _publish, prepare_dir, scores_tsv, tsv_id
-from ..science.metrics import DESCRIPTIONS
 from ..engine.config import AttackResult
+from ..science.metrics import DESCRIPTIONS
 
 METRIC_ORDER = list(DESCRIPTIONS)
 

@@ -12,8 +12,8 @@ import scipy.sparse as sp
 from ..contracts.components import get_params
 from ..contracts.defenses import acts_on
 from ..contracts.errors import MiarsError
-from .ranking import check_k, top_k_popular
 from ..contracts.types import Part, ServiceContext
+from .ranking import check_k, top_k_popular
 from .utility import utility_metrics
 
 

@@ -40,8 +40,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..contracts.errors import MiarsError
-from .ranking import top_k_popular
 from ..contracts.types import Interactions, ServiceContext
+from .ranking import top_k_popular
 
 #: What an attack may ask for, from least to most access.
 THREATS = ("features", "lists", "queries")
@@ -199,8 +199,8 @@ class ReferenceModels:
         import time
 
         from ..contracts.seeds import stage_seed
-        from .service import serve
         from ..contracts.types import Part
+        from .service import serve
 
         tag = "reference" if index == 0 else f"reference-{index}"
         counts = np.diff(self._data.matrix.indptr)

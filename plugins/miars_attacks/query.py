@@ -6,8 +6,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from miars_core.contracts.params import Interval, Options
-from miars_core.science.threat import AdversaryView
 from miars_core.contracts.types import random_row_ranks
+from miars_core.science.threat import AdversaryView
 
 from .metric import _ShadowCalibrated, orient_and_threshold
 

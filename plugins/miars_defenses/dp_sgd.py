@@ -11,9 +11,9 @@ import scipy.sparse as sp
 
 from miars_core.contracts.components import Component
 from miars_core.contracts.errors import MiarsError
-from miars_core.science.ranking import top_k_excluding
-from miars_core.contracts.types import Interactions
 from miars_core.contracts.params import Interval, Options, OrNone  # noqa: F401 - param_constraints
+from miars_core.contracts.types import Interactions
+from miars_core.science.ranking import top_k_excluding
 
 from . import _params
 

@@ -22,8 +22,8 @@ from miars_core.contracts.components import Component
 from miars_core.contracts.errors import MiarsError
 from miars_core.contracts.hookspecs import hookimpl
 from miars_core.contracts.params import Interval, Options
-from miars_core.science.service import PopularServer
 from miars_core.contracts.types import Interactions
+from miars_core.science.service import PopularServer
 
 __version__ = "0.1.0"
 
