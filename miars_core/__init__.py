@@ -53,21 +53,27 @@ MOVED = {
 
 
 def _install_old_paths() -> None:
-    """Make ``import miars_core.<old>`` load ``miars_core.<new>`` (lazily: nothing is imported until asked)."""
-    import importlib
-    import importlib.abc
-    import importlib.util
-    import sys
+    """Make ``import miars_core.<old>`` load ``miars_core.<new>`` (lazily: nothing is imported until asked).
 
-    class OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    A meta path finder and loader in one, without importlib.abc (importing it would cost
+    ``miars --help`` milliseconds): asked for an old path, it imports the new module and hands
+    that very module over, so ``sys.modules`` holds one module object under both names.
+    """
+    import importlib
+    import sys
+    from importlib.machinery import ModuleSpec
+
+    class OldPaths:
+        package = __name__
+
         def find_spec(self, fullname, path=None, target=None):
             head, _, old = fullname.partition(".")
-            if head != __name__ or old not in MOVED:
+            if head != self.package or old not in MOVED:
                 return None
-            return importlib.util.spec_from_loader(fullname, self)
+            return ModuleSpec(fullname, self)
 
         def create_module(self, spec):
-            module = importlib.import_module(f"{__name__}.{MOVED[spec.name.partition('.')[2]]}")
+            module = importlib.import_module(f"{self.package}.{MOVED[spec.name.partition('.')[2]]}")
             spec.loader_state = module.__spec__  # the import system overwrites __spec__ with ours
             return module
 
@@ -75,9 +81,7 @@ def _install_old_paths() -> None:
             module.__spec__ = module.__spec__.loader_state  # the real module keeps its own spec
 
     if not any(type(f).__name__ == "OldPaths" and getattr(f, "package", None) == __name__ for f in sys.meta_path):
-        finder = OldPaths()
-        finder.package = __name__
-        sys.meta_path.append(finder)
+        sys.meta_path.append(OldPaths())
 
 
 _install_old_paths()
