@@ -11,7 +11,7 @@ The package is layered; every import points down (tests/test_layout.py checks it
 
 Modules that lived at the top level before the layout (``miars_core.pipeline``,
 ``miars_core.hookspecs``, ...) still import from their old paths: :data:`MOVED` maps each to its
-new home, and importing an old path gives the very same module object (docs/plugins.md).
+new home, and importing an old path gives the very same module object (docs/layout.md).
 """
 
 __version__ = "0.1.0"
