@@ -20,7 +20,7 @@ import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from .contracts.errors import MiarsError, Terminated
+from .contracts.errors import MiarsError, Terminated, plugin_traceback
 from .contracts.params import parse_value
 from .contracts.registry import KINDS
 
@@ -214,6 +214,8 @@ def guarded() -> Iterator[None]:
         with _signals_exit():
             yield
     except MiarsError as exc:
+        if debugging():  # a plugin's exception, named in one line: its original traceback first
+            _echo_traceback(plugin_traceback(exc))
         _fail(str(exc))
     except Terminated as exc:
         _fail(f"terminated by {exc.name}; temporary files were removed and no output was written", 128 + exc.signum)
@@ -231,6 +233,16 @@ def guarded() -> Iterator[None]:
             raise
         _fail(f"unexpected {type(exc).__name__}: {_one_line(exc)[:300]}; this is a bug in miars or a plugin, "
               "please report it (rerun with MIARS_DEBUG=1 for the traceback)")
+
+
+def _echo_traceback(text: str) -> None:
+    """A plugin's original traceback on stderr (``MIARS_DEBUG=1``), before the one-line error."""
+    if not text:
+        return
+    try:
+        typer.echo(text.rstrip("\n"), err=True)
+    except (OSError, UnicodeError):
+        pass
 
 
 def debugging() -> bool:
@@ -589,6 +601,8 @@ def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_loca
         err.print(f"wrote {write_report(summary.run_dir, force)}")
     if summary.failed:
         first_id, first = next(iter(sorted(summary.failed.items())))
+        if debugging():  # the first failed cell's traceback (every cell's is in its error.json)
+            _echo_traceback(_cell_traceback(summary.run_dir / "cells" / first_id))
         _fail(f"{len(summary.failed)} of {len(summary.cells)} cells failed (first: {first}); "
               f"see {summary.run_dir}/cells/{first_id}/error.json", FAILED_EXIT)
 
@@ -677,6 +691,15 @@ def bench_defenses(
         )
         _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
                   max_cells, skippable, command="bench-defenses", force=force, notes=notes)
+
+
+def _cell_traceback(cell_dir: Path) -> str:
+    """The traceback a failed cell's error.json holds ("" when it cannot be read)."""
+    try:
+        record = json.loads((Path(cell_dir) / "error.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    return str(record.get("traceback") or "") if isinstance(record, dict) else ""
 
 
 def _takes(factory, key: str) -> bool:

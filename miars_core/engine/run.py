@@ -137,7 +137,9 @@ def write_cell(run_dir: Path, cid: str, outcome: dict, config: AttackConfig) -> 
                 files[f"scores_{name}.tsv"] = scores_tsv(outcome["users"], outcome["is_member"], values)
         files["result.json"] = json.dumps(outcome["result"], indent=2, allow_nan=False) + "\n"
     else:
-        record = {"cell": cell_record(config), "stage": outcome["stage"], "error": outcome["error"]}
+        # the traceback: where the error was raised (a plugin's file and line for a plugin's exception)
+        record = {"cell": cell_record(config), "stage": outcome["stage"], "error": outcome["error"],
+                  "traceback": outcome.get("traceback") or ""}
         files["traceback.txt"] = outcome.get("traceback", "")
         files["error.json"] = json.dumps(record, indent=2) + "\n"
     cells = run_dir / "cells"
@@ -364,6 +366,7 @@ def _execute(tasks: dict[str, Task], executor, by_id: dict[str, AttackConfig], r
     """
     done: set[str] = set()
     failed_tasks: dict[str, str] = {}
+    failed_tracebacks: dict[str, str] = {}
     failed_cells: dict[str, str] = {}
     stage_seconds: dict[str, float] = {}
     running: dict[Any, str] = {}
@@ -396,6 +399,7 @@ def _execute(tasks: dict[str, Task], executor, by_id: dict[str, AttackConfig], r
                 failed_cells[cid] = outcome["error"]
         elif not outcome["ok"]:
             failed_tasks[task.name] = outcome["error"]
+            failed_tracebacks[task.name] = outcome.get("traceback") or ""
         done.add(task.name)
         notify("done", task.name, {"ok": outcome["ok"], "kind": task.spec["kind"], "what": task.spec.get("what", "cell"),
                                    "error": outcome.get("error")})
@@ -407,7 +411,8 @@ def _execute(tasks: dict[str, Task], executor, by_id: dict[str, AttackConfig], r
                 if not missing[name]:
                     heapq.heappush(ready, (order[name], name))
             else:  # the first failed need fails the task, with that error
-                finish(tasks[name], {"ok": False, "error": failed_tasks[task.name], "stage": task.name.split(":")[0]})
+                finish(tasks[name], {"ok": False, "error": failed_tasks[task.name], "stage": task.name.split(":")[0],
+                                     "traceback": failed_tracebacks[task.name]})
 
     cap = max(1, executor.workers) * 2
     while ready or running:

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from ..contracts.components import get_params
 from ..contracts.defenses import acts_on
-from ..contracts.errors import MiarsError
+from ..contracts.errors import MiarsError, PluginError, format_traceback
 from ..contracts.types import Part, ServiceContext
 from .ranking import check_k, top_k_popular
 from .utility import utility_metrics
@@ -51,19 +51,25 @@ class NewAccountServer:
     Query access (:class:`~miars_core.science.threat.QueryAccess`) keeps nothing else of the service.
     """
 
-    __slots__ = ("_serve", "k", "who")
+    __slots__ = ("_serve", "k", "who", "recommender", "_service_type")
 
-    def __init__(self, serve: Callable[[Any], np.ndarray], k: int, who: str):
+    def __init__(self, serve: Callable[[Any], np.ndarray], k: int, who: str, recommender: str | None = None,
+                 service_type: type | None = None):
         self._serve = serve
         self.k = int(k)
         self.who = who
+        #: ``recommender 'X' (plugin 'Y')``: named when a failure comes from its ``recommend_for`` / ``new_accounts``
+        self.recommender = recommender
+        self._service_type = service_type  # a class, never the service's state
 
     def __call__(self, histories) -> np.ndarray:
-        raw = _call(self._serve, self.who, "serving new accounts", histories)
+        raw = _call_serving(self._serve, self.who, "serving new accounts", self.recommender, self._service_type,
+                            histories)
         return check_lists(raw, (histories.shape[0], self.k), histories, self.who)
 
 
-def new_account_server(service: Any, fitted: Any, train: Any, k: int, seed: int) -> NewAccountServer:
+def new_account_server(service: Any, fitted: Any, train: Any, k: int, seed: int,
+                       recommender: str | None = None) -> NewAccountServer:
     """How ``service`` serves accounts ``fitted`` was not trained on, as a :class:`NewAccountServer`.
 
     A service with ``new_accounts(fitted, train, k, seed)`` returns a callable ``histories ->
@@ -76,15 +82,17 @@ def new_account_server(service: Any, fitted: Any, train: Any, k: int, seed: int)
     if service is None:  # the paper's service
         return NewAccountServer(PopularServer(train.item_popularity(), k), k, "the popular service")
     who = _who("service", type(service).__name__, service)
+    if recommender is None:
+        recommender = _who("recommender", type(fitted).__name__, fitted)
     make = getattr(service, "new_accounts", None)
     if make is not None:
-        serve = _call(make, who, "new_accounts", fitted, train, k, seed=seed)
+        serve = _call_serving(make, who, "new_accounts", recommender, type(service), fitted, train, k, seed=seed)
         if not callable(serve):
             raise MiarsError(f"{who} new_accounts returned {type(serve).__name__}; it must return a callable "
                              "histories -> lists")
     else:
         serve = functools.partial(service.serve_others, fitted, train, k=k, seed=seed)
-    return NewAccountServer(serve, k, who)
+    return NewAccountServer(serve, k, who, recommender, type(service))
 
 
 def members_mode(service: Any) -> str:
@@ -120,35 +128,39 @@ def _who(kind: str, name: str, component: Any) -> str:
     return f"{kind} {name!r} (plugin {plugin!r})"
 
 
+class BadLists(MiarsError):
+    """Served lists that break the contract (:func:`check_lists`): wrong type or shape, invalid, repeated or known items."""
+
+
 def check_lists(lists: Any, shape: tuple[int, int], known, who: str, what: str = "returned") -> np.ndarray:
     """Validate served lists: an integer array of ``shape``, valid item columns, no repeat within a
-    row, no item the user already knows; return them as int64, or raise a one-line MiarsError."""
+    row, no item the user already knows; return them as int64, or raise a one-line :class:`BadLists`."""
     arr = np.asarray(lists) if not isinstance(lists, np.ndarray) else lists
     if not np.issubdtype(arr.dtype, np.integer):
         if arr.dtype.kind == "f" and arr.size and np.isfinite(arr).all() and (arr == np.round(arr)).all():
             detail = "float item indices"
         else:
             detail = f"values of dtype {arr.dtype}"
-        raise MiarsError(f"{who} {what} {detail}; it must return an integer array of item column indices")
+        raise BadLists(f"{who} {what} {detail}; it must return an integer array of item column indices")
     if arr.shape != shape:
-        raise MiarsError(f"{who} {what} lists of shape {arr.shape}, expected {shape} (one row of k items per user)")
+        raise BadLists(f"{who} {what} lists of shape {arr.shape}, expected {shape} (one row of k items per user)")
     arr = arr.astype(np.int64, copy=False)
     if arr.size == 0:
         return arr
     n_items = known.shape[1]
     if arr.size and (arr.min() < 0 or arr.max() >= n_items):
         bad = int(arr[(arr < 0) | (arr >= n_items)][0])
-        raise MiarsError(f"{who} {what} item index {bad}, outside the valid columns 0..{n_items - 1}")
+        raise BadLists(f"{who} {what} item index {bad}, outside the valid columns 0..{n_items - 1}")
     if arr.shape[1] > 1:
         s = np.sort(arr, axis=1)
         dup = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1))
         if len(dup):
-            raise MiarsError(f"{who} {what} a list that repeats an item (row {int(dup[0])}); each list needs k distinct items")
+            raise BadLists(f"{who} {what} a list that repeats an item (row {int(dup[0])}); each list needs k distinct items")
     rows = np.repeat(np.arange(arr.shape[0]), arr.shape[1])
     seen = np.asarray(known[rows, arr.ravel()]).ravel() > 0
     if seen.any():
         row = int(rows[np.flatnonzero(seen)[0]])
-        raise MiarsError(f"{who} {what} an item the user already knows (row {row}); lists must exclude known items")
+        raise BadLists(f"{who} {what} an item the user already knows (row {row}); lists must exclude known items")
     return arr
 
 
@@ -199,10 +211,10 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
     popularity = train.item_popularity()
     popular = np.argsort(-popularity, kind="stable")
     known_others = part.interactions.matrix[others]
-    server = new_account_server(service, fitted, train, k, seed)
+    server = new_account_server(service, fitted, train, k, seed, recommender=who)
     with stage_threads():
-        other_lists = server(known_others) if len(others) else np.empty((0, k), dtype=np.int64)
-        folded = server(seen.matrix) if fold_members and len(members) else None
+        other_lists = _served_new(server, known_others, fitted, who, seed) if len(others) else np.empty((0, k), dtype=np.int64)
+        folded = _served_new(server, seen.matrix, fitted, who, seed) if fold_members and len(members) else None
     report = {"name": name, "params": get_params(recommender), "fit_info": info}
     if folded is not None:  # members served as new accounts: how much of their trained list they keep
         kept = (member_lists[:, :, None] == folded[:, None, :]).any(axis=2).mean()
@@ -246,7 +258,11 @@ def _unknown_top_k(fitted: Any, trained, known, k: int, who: str) -> np.ndarray:
 
 
 def _call(method, who: str, what: str, *args, **kwargs):
-    """Call a component's method; anything but a MiarsError becomes one line naming the component."""
+    """Call a component's method; anything but a MiarsError becomes one line naming the component.
+
+    The line is a :class:`~miars_core.contracts.errors.PluginError` that keeps the original
+    traceback (``MIARS_DEBUG=1`` prints it; a grid cell's error.json holds it).
+    """
     try:
         return method(*args, **kwargs)
     except MiarsError:
@@ -254,10 +270,85 @@ def _call(method, who: str, what: str, *args, **kwargs):
     except MemoryError:
         raise MiarsError(f"{who} ran out of memory in {what}; use a smaller dataset or smaller model parameters") from None
     except Exception as exc:  # noqa: BLE001 - the component's bug or refusal, named
-        text = " ".join(str(exc).split())[:300] or type(exc).__name__
-        hint = ("; the training diverged: lower its learning_rate" if "loss" in text.lower() and "nan" in text.lower()
-                else "")
-        raise MiarsError(f"{who} failed in {what}: {type(exc).__name__}: {text}{hint}") from None
+        raise _named(exc, who, what) from exc
+
+
+def _named(exc: Exception, who: str, what: str) -> PluginError:
+    """``exc`` raised by ``who``'s ``what`` as one line, with its traceback kept."""
+    text = " ".join(str(exc).split())[:300] or type(exc).__name__
+    hint = "; the training diverged: lower its learning_rate" if "loss" in text.lower() and "nan" in text.lower() else ""
+    return PluginError(f"{who} failed in {what}: {type(exc).__name__}: {text}{hint}", format_traceback(exc))
+
+
+#: Methods of a recommender that a service calls to serve new accounts (fold-in).
+FOLD_IN_METHODS = ("recommend_for", "new_accounts")
+
+
+def _call_serving(method, who: str, what: str, recommender: str | None, service_type: type | None, *args, **kwargs):
+    """:func:`_call` for a service serving new accounts: an exception raised inside the recommender's
+    ``recommend_for`` or ``new_accounts`` (which the service called) names the recommender and its
+    plugin, and the service that called it; any other names the service."""
+    try:
+        return method(*args, **kwargs)
+    except MiarsError:
+        raise
+    except MemoryError:
+        raise MiarsError(f"{who} ran out of memory in {what}; use a smaller dataset or smaller model parameters") from None
+    except Exception as exc:  # noqa: BLE001 - the component's bug or refusal, named
+        inside = _fold_in_frame(exc, service_type) if recommender else None
+        if inside:
+            raise _named(exc, recommender, f"{inside} (called by {who} {what})") from exc
+        raise _named(exc, who, what) from exc
+
+
+def _fold_in_frame(exc: BaseException, service_type: type | None) -> str | None:
+    """The recommender method (``recommend_for`` / ``new_accounts``) ``exc`` was raised inside, if any.
+
+    The innermost frame of the traceback running one of :data:`FOLD_IN_METHODS` decides: the
+    service's own ``new_accounts`` (``self`` an instance of ``service_type``) is the service's.
+    """
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        if frame.f_code.co_name in FOLD_IN_METHODS:
+            owner = frame.f_locals.get("self")
+            if service_type is not None and isinstance(owner, service_type):
+                return None
+            return frame.f_code.co_name
+    return None
+
+
+def _served_new(server: NewAccountServer, histories, fitted: Any, who: str, seed: int) -> np.ndarray:
+    """``server(histories)``; lists that break the contract are blamed on the recommender when its own
+    ``recommend_for`` breaks it on the same histories (the service only passed them on)."""
+    try:
+        return server(histories)
+    except BadLists as exc:
+        blame = _fold_in_problem(fitted, histories, server.k, seed, who)
+        if blame is None:
+            raise
+        raise BadLists(f"{blame}; {server.who} serves new accounts with it") from exc
+
+
+def _fold_in_problem(fitted: Any, histories, k: int, seed: int, who: str) -> str | None:
+    """The contract problem of ``fitted``'s own fold-in (``new_accounts().recommend_for`` or
+    ``recommend_for``) on ``histories``, as a line naming the recommender; None when it serves valid lists."""
+    try:
+        side = fitted.new_accounts() if callable(getattr(fitted, "new_accounts", None)) else fitted
+        fold = getattr(side, "recommend_for", None)
+        if fold is None:
+            return None
+        raw = fold(histories, k, seed=seed)
+    except Exception:  # noqa: BLE001 - a diagnosis only: the service's error stands
+        return None
+    try:
+        check_lists(raw, (histories.shape[0], k), histories, who, "recommend_for returned")
+    except BadLists as exc:
+        return str(exc)
+    return None
 
 
 def defend(served: Served, defense: Any, seed: int, name: str | None = None) -> np.ndarray:
