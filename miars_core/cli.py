@@ -6,7 +6,6 @@ so ``miars --help``, ``miars plugins`` and ``miars list`` stay fast.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -20,8 +19,8 @@ import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from .api import _expand
 from .contracts.errors import MiarsError, Terminated, plugin_traceback
-from .contracts.params import parse_value
 from .contracts.registry import KINDS
 
 
@@ -184,25 +183,6 @@ def _signals_exit() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _short(path) -> str:
-    text = repr(os.fsdecode(path)) if isinstance(path, (str, bytes, os.PathLike)) else repr(path)
-    return text if len(text) <= 160 else text[:100] + "..." + text[-50:]
-
-
-def _check_input_path(flag: str, path: Optional[str]) -> None:
-    """A path the OS refuses outright (too long, a component that is a file, no permission)."""
-    if not path:
-        return
-    try:
-        os.stat(path)
-    except FileNotFoundError:
-        return  # reported later with the valid choices
-    except OSError as exc:
-        raise MiarsError(f"{flag} {_short(path)} cannot be read ({exc.strerror or exc}); pass another path") from None
-    except ValueError as exc:  # e.g. an embedded NUL
-        raise MiarsError(f"{flag} {_short(path)} is not a valid path ({exc})") from None
-
-
 @contextmanager
 def guarded() -> Iterator[None]:
     """Every command's edge: any failure becomes one ``miars: error:`` line and an exit code, never a traceback.
@@ -250,23 +230,6 @@ def debugging() -> bool:
     return os.environ.get("MIARS_DEBUG", "").strip() == "1"
 
 
-def _expand(path: Optional[str]) -> Optional[str]:
-    """``~`` and ``~user`` expanded, as a shell would have (also in ``--opt=~/x`` forms)."""
-    return os.path.expanduser(path) if path and path.startswith("~") else path
-
-
-def parse_params(values: Optional[List[str]], flag: str) -> dict:
-    """``KEY=VALUE`` pairs; VALUE is read as JSON when it parses (numbers, lists, true), else as text."""
-    out: dict = {}
-    for item in values or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise MiarsError(f"{flag} {item!r} is not KEY=VALUE; write e.g. {flag} epochs=50")
-        key = key.strip()  # a repeated KEY: the last one wins
-        out[key] = parse_value(raw, f"{flag} {key}=...")
-    return out
-
-
 def attack(
     dataset: str = typer.Option("ml-100k", help="Dataset name (`miars list dataset`) or path of an interactions file (user, item columns; .gz ok; RecBole .inter ok)."),
     shadow_dataset: Optional[str] = typer.Option(None, "--shadow-dataset", help="Take the shadow part from this dataset instead (the paper's dataset transfer)."),
@@ -307,79 +270,45 @@ def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_mode
             min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
             out, export_miars, quiet, shadow_dataset=None, cache=None, no_cache=False, service="popular",
             service_param=None, query_budget=5, force=False) -> None:
-    from .engine.config import AttackConfig
+    from . import api
 
-    dataset, data_dir, out, export_miars = _expand(dataset), _expand(data_dir), _expand(out), _expand(export_miars)
-    shadow_dataset, cache = _expand(shadow_dataset), _expand(cache)
-    _check_input_path("--dataset", dataset)
-    _check_input_path("--data-dir", data_dir)
-    _check_input_path("--shadow-dataset", shadow_dataset)
-    config = AttackConfig(
-        dataset=dataset, shadow_dataset=shadow_dataset, data_dir=data_dir, download=download, target=target, shadow=shadow or target,
-        featurizer=featurizer, attack=attack_model, defense=defense, top_k=top_k, seed=seed, split=split,
-        min_interactions=min_interactions,
-        target_params=parse_params(target_param, "--target-param"),
-        shadow_params=parse_params(shadow_param, "--shadow-param"),
-        featurizer_params=parse_params(featurizer_param, "--featurizer-param"),
-        attack_params=parse_params(attack_param, "--attack-param"),
-        defense_params=parse_params(defense_param, "--defense-param"),
-        service=service, service_params=parse_params(service_param, "--service-param"), query_budget=query_budget,
-    ).validate()
-    if config.query_budget < 1:  # a query attack without queries: refused before any folder is made
-        from .contracts.plugins import get_plugins
-        from .science.threat import require_budget
-
-        require_budget(get_plugins().create("attack", config.attack, **config.attack_params), config.query_budget,
-                       config.attack)
-    _run(config, out, export_miars, quiet, _store(cache, no_cache), force)
+    config = api.attack_config(
+        dataset=dataset, shadow_dataset=shadow_dataset, data_dir=data_dir, download=download, target=target,
+        shadow=shadow, featurizer=featurizer, attack=attack_model, defense=defense, top_k=top_k, seed=seed, split=split,
+        min_interactions=min_interactions, target_param=target_param, shadow_param=shadow_param,
+        featurizer_param=featurizer_param, attack_param=attack_param, defense_param=defense_param, service=service,
+        service_param=service_param, query_budget=query_budget)
+    _run(config, _expand(out), _expand(export_miars), quiet, api.stage_store(_expand(cache), no_cache), force)
 
 
 attack.__doc__ = f"{attack.__doc__}\n\n{METRICS_HELP}"
 
 
-def _store(cache: Optional[str], no_cache: bool):
-    """The stage store the flags ask for: a folder (default under the user cache), or memory only."""
-    from .engine.store import DiskStore, MemoryStore, check_cache_dir, default_cache_dir
-
-    if no_cache:
-        if cache:
-            raise MiarsError("pass either --cache DIR or --no-cache, not both")
-        return MemoryStore()
-    return DiskStore(check_cache_dir(cache or default_cache_dir(), given=bool(cache)))
-
-
 def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool, store=None, force: bool = False) -> None:
-    """Check the outputs can be written, run, write the outputs, then print the metrics.
+    """Check the outputs can be written, run, write the outputs, then print the metrics
+    (:func:`miars_core.api.execute_attack`, the Python API's code path).
 
     Outputs are written before anything is printed, so a closed or full standard output
     (``| true``, ``> /dev/full``) loses no result; any OS error names the path and what to do.
     """
     from rich.console import Console
 
-    from .engine.pipeline import run_attack
-    from .reports.report import check_outputs, export_miars, flag_no_signal, metrics_table, render_result, write_result
+    from .api import execute_attack
+    from .reports.report import metrics_table
 
-    check_outputs(config, out, export_dir, force)
     err = Console(stderr=True, quiet=quiet, log_path=False)
     with err.status("starting") as status:
-        result = run_attack(config, progress=lambda msg: (err.log(msg), status.update(msg)), store=store)
-    for line in dict.fromkeys(getattr(store, "problems", None) or []):  # broken stored outputs, computed again
+        run, problem = execute_attack(config, out, export_dir, store, force,
+                                      progress=lambda msg: (err.log(msg), status.update(msg)))
+    for line in run.cache_problems:  # broken stored outputs, computed again
         _echo_warning(line)
-    warning = flag_no_signal(result)
-    text = render_result(result)  # refuses NaN / infinity: never a number from a broken run
-    problem = None
-    try:
-        if out:
-            path = write_result(result, out, text=text)
-            err.print(f"wrote {path}")
-        if export_dir:
-            paths = export_miars(result, export_dir)
-            err.print(f"wrote {len(paths)} files to {export_dir}")
-    except MiarsError as exc:
-        problem = str(exc)
-    _print_stdout(metrics_table(result), out)
-    if warning:  # shown even with --quiet: these metrics do not measure a leak
-        _echo_warning(warning)
+    if "result.json" in run.paths:
+        err.print(f"wrote {run.paths['result.json']}")
+    if "export" in run.paths:
+        err.print(f"wrote {len(run.paths['export'])} files to {export_dir}")
+    _print_stdout(metrics_table(run.result), out)
+    if run.no_signal:  # shown even with --quiet: these metrics do not measure a leak
+        _echo_warning(run.no_signal)
     if problem:
         raise MiarsError(problem)
 
@@ -458,10 +387,6 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Write into an --out fol
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 MaxCellsOpt = Annotated[Optional[int], typer.Option("--max-cells", help="Refuse a grid of more cells than this, before any work (default: 2,000; TOML key max_cells): a typo in a list must not start days of computing.")]
 
-#: Grids at least this large say "planning N cells" before planning (it takes a few seconds per 10,000 cells).
-PLANNING_NOTE_CELLS = 500
-
-
 def grid(
     config_file: Optional[str] = typer.Option(None, "--config", help="TOML file with the grid (keys: the flags' names with underscores); flags override it."),
     dataset: Optional[List[str]] = typer.Option(None, "--dataset", help="Datasets or files, comma-separated (default: ml-100k)."),
@@ -501,110 +426,33 @@ def grid(
 ) -> None:
     """Run a grid of attack cells (cached, resumable), then write tables, plots and report.html."""
     with guarded():
-        from .engine.grid import GridSpec, load_toml, parse_list_flag, parse_scoped_params
+        from . import api
 
-        values = load_toml(_expand(config_file)) if config_file is not None else {}
-        max_cells = max_cells if max_cells is not None else values.pop("max_cells", None)
-        values.pop("max_cells", None)
-        flags = {
-            "dataset": parse_list_flag(dataset, "--dataset"),
-            "shadow_dataset": parse_list_flag(shadow_dataset, "--shadow-dataset"),
-            "target": parse_list_flag(target, "--target"),
-            "shadow": parse_list_flag(shadow, "--shadow"),
-            "featurizer": parse_list_flag(featurizer, "--featurizer"),
-            "attack": parse_list_flag(attack_model, "--attack"),
-            "defense": parse_list_flag(defense, "--defense"),
-            "service": parse_list_flag(service, "--service"),
-            "top_k": parse_list_flag(top_k, "--top-k", int),
-            "seed": parse_list_flag(seed, "--seed", int),
-            "split": split,
-            "min_interactions": min_interactions,
-            "query_budget": query_budget,
-            "utility_holdout": utility_holdout,
-            "data_dir": data_dir,
-            "download": download or None,
-            "controls": controls or None,
-        }
-        values.update({k: v for k, v in flags.items() if v is not None})
-        for key, flag, given, sweep in (("defense_params", "--defense-param", defense_param, True),
-                                        ("target_params", "--target-param", target_param, False),
-                                        ("shadow_params", "--shadow-param", shadow_param, False),
-                                        ("featurizer_params", "--featurizer-param", featurizer_param, False),
-                                        ("attack_params", "--attack-param", attack_param, False),
-                                        ("service_params", "--service-param", service_param, False)):
-            if given:
-                merged = dict(values.get(key, {}))
-                for name, params in parse_scoped_params(given, flag, sweep).items():
-                    merged[name] = {**merged.get(name, {}), **params}
-                values[key] = merged
-        spec = GridSpec(**values)
-        _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
+        spec, max_cells = api.grid_spec(
+            config=config_file, dataset=dataset, shadow_dataset=shadow_dataset, data_dir=data_dir, download=download,
+            target=target, shadow=shadow, featurizer=featurizer, attack=attack_model, defense=defense,
+            defense_param=defense_param, service=service, service_param=service_param, target_param=target_param,
+            shadow_param=shadow_param, featurizer_param=featurizer_param, attack_param=attack_param, top_k=top_k,
+            seed=seed, split=split, min_interactions=min_interactions, query_budget=query_budget,
+            utility_holdout=utility_holdout, controls=controls, max_cells=max_cells)
+        _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
                   max_cells, command="grid", force=force)
 
 
 def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, report, quiet, max_cells=None,
               skippable=None, command: str = "grid", force: bool = False, notes: list[str] | None = None) -> None:
-    """Check everything, then run the grid and write its report.
+    """:func:`miars_core.api.run_grid` (every check, the run, the report), then exit 1 when cells failed."""
+    from .api import run_grid
+    from .engine.run import FAILED_EXIT
 
-    In order, before any work: the flags and every grid value (type, range, nothing dropped),
-    the executor flags, the grid's size (``--max-cells``), each distinct component (names and
-    hyperparameters), the run folder, its report folder and the cache, then (after a "planning"
-    line for a large grid) the defense settings each dataset's catalogue cannot serve: those in
-    ``skippable`` (default sweep values of ``bench-defenses``) are left out with a note, any
-    other one is an error. Notes (``notes``, and those sweep values left out) print only once
-    every check passed. Workers start only once every cell is built.
-    """
-    from pathlib import Path
-
-    from rich.console import Console
-
-    from .engine.executors import check_executor_args, make_executor
-    from .engine.grid import MAX_CELLS, catalogue_problems
-    from .engine.progress import GridProgress
-    from .engine.run import FAILED_EXIT, run_grid
-    from .engine.rundir import check_report_dir, claim
-    from .engine.store import check_cache_dir, default_cache_dir
-
-    if no_cache and cache:
-        raise MiarsError("pass either --cache DIR or --no-cache, not both")
-    if max_cells is not None and (isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 1):
-        raise MiarsError(f"--max-cells must be an integer >= 1, got {max_cells!r}; e.g. --max-cells 5000")
-    check_executor_args(workers, threads, scheduler, dask_local)
-    spec.check()
-    n = spec.check_size(MAX_CELLS if max_cells is None else max_cells)
-    spec.check_components()
-    err = Console(stderr=True, quiet=quiet)
-    if n >= PLANNING_NOTE_CELLS:
-        err.print(f"planning {n:,} cells ...")
-    claim(out, command, "--out", force)  # the run folder and its report folder, before any work
-    if report:
-        check_report_dir(Path(out) / "report", force)
-    notes = list(notes or [])
-    for problem in catalogue_problems(spec):
-        key = (problem["defense"], tuple(sorted(problem["defense_params"].items())))
-        if skippable is None or key not in skippable:
-            raise MiarsError(problem["reason"])
-        spec.skipped.append(problem)
-        notes.append(f"left out {problem['reason']} (a default sweep value: the others run; the report lists it)")
-    if not no_cache:  # the last check: it may create the cache folder
-        cache = str(check_cache_dir(cache or default_cache_dir(), given=bool(cache)))
-    for note in notes:  # only once every check passed, so a refused run prints its error alone
-        _echo_note(note)
-    with GridProgress(err) as progress:
-        summary = run_grid(spec, out, cache=None if no_cache else cache,
-                           executor=lambda: make_executor(workers, threads, scheduler, dask_local),
-                           threads=threads, progress=progress, command=command, force=force)
-    err.print(progress.summary_table(summary))
-    if report:
-        from .reports.gridreport import write_report
-
-        err.print(f"wrote {write_report(summary.run_dir, force)}")
-    if summary.failed:
-        first_id, first = next(iter(sorted(summary.failed.items())))
+    run = run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, report, quiet, max_cells,
+                   skippable, command=command, force=force, notes=notes, note=_echo_note)
+    if run.failed:
+        first_id, first = next(iter(sorted(run.failed.items())))
         if debugging():  # the first failed cell's traceback (every cell's is in its error.json)
-            _echo_traceback(_cell_traceback(summary.run_dir / "cells" / first_id))
-        _fail(f"{len(summary.failed)} of {len(summary.cells)} cells failed (first: {first}); "
-              f"see {summary.run_dir}/cells/{first_id}/error.json", FAILED_EXIT)
+            _echo_traceback(_cell_traceback(run.run_dir / "cells" / first_id))
+        _fail(f"{len(run.failed)} of {len(run.cells)} cells failed (first: {first}); "
+              f"see {run.run_dir}/cells/{first_id}/error.json", FAILED_EXIT)
 
 
 app.command("grid", help=grid.__doc__)(grid)
@@ -640,56 +488,13 @@ def bench_defenses(
 ) -> None:
     """Benchmark defenses: privacy for a static and an adaptive attacker, utility and cost, with a privacy-utility frontier."""
     with guarded():
-        from .contracts.plugins import get_plugins
-        from .engine.grid import GridSpec, parse_list_flag, parse_scoped_params
+        from . import api
 
-        registry = get_plugins().registry("defense")
-        asked = parse_list_flag(defense, "--defense")
-        names = [n for n in (asked or registry.names()) if n is not None]
-        targets = parse_list_flag(target, "--target") or ["item", "lfm", "ncf"]
-        overrides = parse_scoped_params(defense_param, "--defense-param", sweep=True)
-        factories = {name: registry.get(name).factory for name in names}  # an unknown name fails here
-        only = {name: list(getattr(f, "recommenders", None) or []) for name, f in factories.items()}
-        left_out, notes = [], []
-        if not asked:  # every registered defense by default: one that trains none of the targets is left out, saying so
-            for name in [n for n in names if only[n] and not set(only[n]) & set(targets) and n not in overrides]:
-                names.remove(name)
-                left_out.append({"defense": name, "reason": f"{name}: trains only {', '.join(only[name])}, not --target "
-                                                            f"{', '.join(targets)}"})
-                notes.append(f"left out {left_out[-1]['reason']} (add one of them to --target, or name it with --defense)")
-        for name in overrides:
-            if name != "*" and name not in names:
-                raise MiarsError(f"--defense-param {name}.{next(iter(overrides[name]))}=... is for defense {name!r}, which "
-                                 f"is not benchmarked (--defense {', '.join(names) or 'none'}); add {name} to --defense or "
-                                 "drop the parameter")
-        for key in overrides.get("*", {}):  # an unscoped KEY: every benchmarked defense that takes KEY
-            if not [n for n in names if _takes(factories[n], key)]:
-                raise MiarsError(f"--defense-param {key}=...: none of the benchmarked defenses ({', '.join(names) or 'none'}) "
-                                 f"has a parameter {key!r}; check `miars list defense` or scope it as DEFENSE.{key}=...")
-        sweeps: dict[str, dict] = {}
-        skippable: set = set()
-        for name in names:
-            sweep = getattr(factories[name], "sweep", None) or {}
-            sweeps[name] = {k: list(v) for k, v in dict(sweep).items()}
-            given = {k: v for k, v in overrides.get("*", {}).items() if _takes(factories[name], k)}
-            given.update(overrides.get(name, {}))
-            if not given:  # only documented sweep values: one the catalogue cannot serve is skipped, not fatal
-                keys = sorted(sweeps[name])
-                skippable |= {(name, tuple(zip(keys, combo))) for combo in itertools.product(*(sweeps[name][k] for k in keys))}
-            sweeps[name].update(given)
-        recs = parse_scoped_params(target_param, "--target-param")
-        spec = GridSpec(
-            dataset=parse_list_flag(dataset, "--dataset") or ["ml-100k"], data_dir=data_dir,
-            target=targets, shadow=None,
-            defense=[None, *names], defense_params=sweeps,
-            top_k=parse_list_flag(top_k, "--top-k", int) or [100], seed=parse_list_flag(seed, "--seed", int) or [0, 1, 2],
-            target_params=recs, shadow_params=recs, attack_params=parse_scoped_params(attack_param, "--attack-param"),
-            attack=parse_list_flag(attack_model, "--attack") or ["mlp"],
-            service=parse_list_flag(service, "--service") or ["popular"], query_budget=query_budget,
-            utility_holdout=utility_holdout, defense_targets={k: v for k, v in only.items() if v and k in names},
-            skipped=left_out, controls=controls,
-        )
-        _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
+        spec, skippable, notes = api.bench_spec(
+            dataset=dataset, data_dir=data_dir, target=target, defense=defense, defense_param=defense_param,
+            target_param=target_param, attack=attack_model, attack_param=attack_param, service=service,
+            query_budget=query_budget, top_k=top_k, seed=seed, utility_holdout=utility_holdout, controls=controls)
+        _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
                   max_cells, skippable, command="bench-defenses", force=force, notes=notes)
 
 
@@ -700,19 +505,6 @@ def _cell_traceback(cell_dir: Path) -> str:
     except (OSError, ValueError):
         return ""
     return str(record.get("traceback") or "") if isinstance(record, dict) else ""
-
-
-def _takes(factory, key: str) -> bool:
-    """Whether a component's factory takes hyperparameter ``key`` (its signature, or its documented sweep)."""
-    import inspect
-
-    if key in (getattr(factory, "sweep", None) or {}):
-        return True
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return True
-    return key in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 @app.command("audit-dp")
@@ -735,17 +527,14 @@ def audit_dp(
     with guarded():
         from rich.console import Console
 
-        from .engine import audit
+        from . import api
+        from .engine.audit import verdict_line
 
-        _check_input_path("--dataset", _expand(dataset))
-        _check_input_path("--data-dir", _expand(data_dir))
-        err = Console(stderr=True, quiet=quiet, log_path=False)
-        record = audit.run(_expand(dataset), target, defense, target_params=parse_params(target_param, "--target-param"),
-                           defense_params=parse_params(defense_param, "--defense-param"), canaries=canaries,
-                           guesses=guesses, seed=seed, out=_expand(out), data_dir=_expand(data_dir),
-                           store=_store(_expand(cache), no_cache), progress=err.log)
-        err.print(f"wrote {Path(_expand(out)).expanduser() / audit.OUT_FILE}")
-        typer.echo(audit.verdict_line(record))
+        run = api.audit_dp(dataset=dataset, data_dir=data_dir, target=target, target_param=target_param, defense=defense,
+                           defense_param=defense_param, canaries=canaries, guesses=guesses, seed=seed, out=out,
+                           cache=cache, no_cache=no_cache, quiet=quiet)
+        Console(stderr=True, quiet=quiet).print(f"wrote {run.paths['audit.json']}")
+        typer.echo(verdict_line(run.record))
 
 
 @app.command("report")
@@ -754,12 +543,11 @@ def report_command(
     force: bool = typer.Option(False, "--force", help="Write RUN_DIR/report/ even where it holds files miars did not write (they are replaced)."),
 ) -> None:
     """Write RUN_DIR/report/: tables (markdown, CSV) with Student-t 95% CIs over seeds, heatmaps, ROC curves, report.html."""
-    from .reports.gridreport import write_report
-
+    from . import api
     from .engine.rundir import display
 
     with guarded():
-        path = write_report(_expand(run_dir), force)
+        path = api.report(run_dir, force=force).report
         write_stdout(f"wrote {display(path)}", "the report's path", f"; the report was written to {display(path)}")
 
 

@@ -18,7 +18,7 @@ from miars_core.docgen import cli_options, cli_reference, command_names, hook_re
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-NAV_PAGES = ("index", "tutorial", "reproduce", "cli", "hooks", "plugins", "protocol", "recbole", "notes")
+NAV_PAGES = ("index", "tutorial", "reproduce", "cli", "python", "hooks", "plugins", "protocol", "recbole", "notes")
 
 needs_mkdocs = pytest.mark.skipif(
     importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None,
