@@ -2,9 +2,10 @@
 
 ``cli_reference()`` renders every command of the ``miars`` typer app (usage, help, each
 option with its default) as markdown; ``hook_reference()`` renders every hook specification in
-:mod:`miars_core.contracts.hookspecs`. ``docs/_hooks/reference.py`` (an mkdocs hook) puts them into
-``docs/cli.md`` and ``docs/hooks.md`` where those pages hold the markers below, at build time.
-``python -m miars_core.docgen cli`` prints the CLI reference.
+:mod:`miars_core.contracts.hookspecs` with the contract of every component it registers
+(:mod:`miars_core.contracts.protocols`) and the check that enforces it. ``docs/_hooks/reference.py``
+(an mkdocs hook) puts them into ``docs/cli.md`` and ``docs/hooks.md`` where those pages hold the
+markers below, at build time. ``python -m miars_core.docgen cli`` prints the CLI reference.
 """
 
 from __future__ import annotations
@@ -86,13 +87,170 @@ def hook_specs() -> list[tuple[str, object]]:
 
 
 def hook_reference() -> str:
-    """Markdown for every hook: its signature and what it is for (from hookspecs.py)."""
-    out = []
+    """Markdown for every hook (its signature and what it is for, from hookspecs.py) and the contract of every
+    kind and variant of component it registers (:mod:`miars_core.contracts.protocols`), each with its check."""
+    return contract_reference()
+
+
+# ----------------------------------------------------------------------------- contracts (hooks.md)
+
+CONTRACT_MARKER = "<!-- miars:contract-reference -->"
+#: Protocol members that describe the contract itself, not what a component offers.
+_META = ("hook", "selected_by", "check")
+#: Checks of miars_core.kit.checks that no single contract names (helpers, or every kind at once).
+CHECK_HELPERS = ("make_interactions", "reachable", "check_isolation", "as_factory")
+
+
+def protocols() -> list[type]:
+    """Every component contract (:data:`miars_core.contracts.protocols.PROTOCOLS`), in display order."""
+    from .contracts.protocols import PROTOCOLS
+
+    return list(PROTOCOLS)
+
+
+def _unquote(text: str) -> str:
+    return text.replace("'", "").replace('"', "")
+
+
+def protocol_members(proto: type) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """``(attributes, methods)`` a protocol declares itself (not inherited): ``(name, signature or type, doc)``.
+
+    Attribute docs are the ``#:`` comment lines above the attribute in the source (as Sphinx reads them).
+    """
+    import textwrap
+
+    source = textwrap.dedent(inspect.getsource(proto))
+    docs: dict[str, str] = {}
+    pending: list[str] = []
+    for line in source.splitlines()[1:]:
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            pending.append(stripped[2:].strip())
+            continue
+        m = re.match(r"^    (\w+)\s*:", line)
+        if m and pending:
+            docs[m.group(1)] = " ".join(pending)
+        if stripped:
+            pending = []
+    own = proto.__dict__
+    annotations = own.get("__annotations__", {})
+    attributes = [(name, _unquote(str(annotations[name])), docs.get(name, "")) for name in annotations
+                  if name not in _META]
+    methods = []
+    for name, value in own.items():
+        if inspect.isfunction(value) and not name.startswith("_"):
+            sig = _unquote(str(inspect.signature(value)))
+            methods.append((name, sig, inspect.cleandoc(value.__doc__ or "")))
+    return attributes, methods
+
+
+def check_function(proto: type):
+    """The conformance check that enforces ``proto`` (a function of :mod:`miars_core.kit.checks`)."""
+    from .kit import checks
+
+    return getattr(checks, proto.check)
+
+
+def _first_paragraph(doc: str) -> str:
+    return _md(" ".join(inspect.cleandoc(doc or "").split("\n\n")[0].split()))
+
+
+def _md(text: str) -> str:
+    """reStructuredText of docstrings as markdown: roles (``:mod:`x```) and double backticks become code spans."""
+    text = re.sub(r":(?:mod|func|class|meth|data|attr):`~?([^`]+)`", r"`\1`", text)
+    return text.replace("``", "`")
+
+
+def _bare_signature(fn) -> str:
+    """``(factory, /, **params)``: a signature without annotations (a check's, for the reference)."""
+    sig = inspect.signature(fn)
+    return str(sig.replace(parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
+                           return_annotation=inspect.Signature.empty))
+
+
+def contract_problems(protos: list[type] | None = None) -> list[str]:
+    """What keeps the contract reference from being complete (empty: complete): a hook without a docstring or
+    without a contract, a kind of component without one, a contract, method or attribute without its doc, a
+    check that does not exist, and a check of ``miars_core.kit.checks`` no contract names."""
+    from .contracts.registry import KINDS
+    from .kit import checks
+
+    protos = protocols() if protos is None else protos
+    problems = []
+    hooks = {name for name, _ in hook_specs()}
     for name, fn in hook_specs():
-        sig = str(inspect.signature(fn)).replace("'", "")
-        out += [f"### `{name}`", "", "```python", f"@hookimpl", f"def {name}{sig}: ...", "```", "",
-                inspect.cleandoc(fn.__doc__ or ""), ""]
+        if not (fn.__doc__ or "").strip():
+            problems.append(f"hook {name} has no docstring")
+        if not any(p.hook == name for p in protos):
+            problems.append(f"hook {name} has no contract in miars_core/contracts/protocols.py")
+    for kind in KINDS:
+        if not any(p.hook == f"register_{kind}s" for p in protos):
+            problems.append(f"kind {kind} has no contract")
+    named = set(CHECK_HELPERS)
+    for proto in protos:
+        who = f"contract {proto.__name__}"
+        if not (proto.__doc__ or "").strip():
+            problems.append(f"{who} has no docstring")
+        if proto.hook and proto.hook not in hooks:
+            problems.append(f"{who} names hook {proto.hook!r}, which does not exist")
+        attributes, methods = protocol_members(proto)
+        problems += [f"{who}: attribute {name} has no #: comment" for name, _, doc in attributes if not doc.strip()]
+        problems += [f"{who}: method {name} has no docstring" for name, _, doc in methods if not doc.strip()]
+        check = getattr(checks, proto.check, None)
+        if check is None or proto.check not in checks.__all__:
+            problems.append(f"{who} names check {proto.check!r}, which miars_core.kit.checks does not export")
+        elif not (check.__doc__ or "").strip():
+            problems.append(f"check {proto.check} has no docstring")
+        named.add(proto.check)
+    problems += [f"check {name} is named by no contract" for name in checks.__all__ if name not in named]
+    return problems
+
+
+def contract_reference() -> str:
+    """Markdown for every hook and the contracts of the components it registers, each with its check."""
+    specs = hook_specs()
+    by_hook: dict[str, list[type]] = {}
+    for proto in protocols():
+        by_hook.setdefault(proto.hook, []).append(proto)
+    out = ["| hook | component | selected by | enforced by |", "|---|---|---|---|"]
+    for proto in protocols():
+        hook = f"`{proto.hook}`" if proto.hook else "every hook"
+        out.append(f"| {hook} | [{proto.__name__}](#{proto.__name__.lower()}) | {_cell(proto.selected_by)} | "
+                   f"`checks.{proto.check}` |")
+    out.append("")
+    general = by_hook.pop("", [])
+    for proto in general:
+        out += _protocol_section(proto, level="###")
+    for name, fn in specs:
+        sig = _unquote(str(inspect.signature(fn)))
+        out += [f"### `{name}`", "", "```python", "@hookimpl", f"def {name}{sig}: ...", "```", "",
+                _md(inspect.cleandoc(fn.__doc__ or "")), ""]
+        for proto in by_hook.get(name, []):
+            out += _protocol_section(proto, level="####")
     return "\n".join(out)
+
+
+def _protocol_section(proto: type, level: str) -> list[str]:
+    attributes, methods = protocol_members(proto)
+    bases = [b.__name__ for b in proto.__bases__ if b.__name__ not in ("Protocol", "Generic", "object")]
+    doc = _md(inspect.cleandoc(proto.__doc__ or ""))
+    out = [f"{level} {proto.__name__}", "",
+           f"*{proto.selected_by}*" + (f"; everything of {', '.join(bases)}, and:" if bases else ""), "", doc, ""]
+    lines = [f"class {proto.__name__}:"]
+    for name, kind, _ in attributes:
+        lines.append(f"    {name}: {kind}")
+    for name, sig, _ in methods:
+        lines.append(f"    def {name}{sig}: ...")
+    if len(lines) > 1:
+        out += ["```python", *lines, "```", ""]
+        out += ["| member | contract |", "|---|---|"]
+        out += [f"| `{name}` | {_cell(_md(text))} |" for name, _, text in attributes]
+        out += [f"| `{name}()` | {_cell(_md(text))} |" for name, _, text in methods]
+        out.append("")
+    check = check_function(proto)
+    out += [f"Enforced by `miars_core.kit.checks.{proto.check}{_bare_signature(check)}`: "
+            f"{_md(' '.join(inspect.cleandoc(check.__doc__ or '').split()))}", ""]
+    return out
 
 
 if __name__ == "__main__":  # pragma: no cover

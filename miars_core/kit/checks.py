@@ -1,8 +1,12 @@
 """Conformance checks for plugin authors: does a component keep its contract?
 
-Each ``check_*`` function builds the component from its factory (a class, or any callable
-that takes hyperparameters as keyword arguments), runs it on a tiny seeded synthetic data
-set and raises :class:`AssertionError` with a message naming the broken rule. They take
+Each ``check_*`` function builds the component from what it is given: a class, any callable
+that takes hyperparameters as keyword arguments (a factory), or an instance (rebuilt from its
+``get_params()``, like scikit-learn's ``clone``, keeping its class attributes such as
+``acts_on``). It runs it on a tiny seeded synthetic data set and raises :class:`AssertionError`
+with a message naming the broken rule. Nothing is looked up among the installed plugins unless
+a name must be resolved (a training defense's ``recommenders``, when no ``recommender`` is
+given), so the checks run on a module that is not installed yet. They take
 well under a second for numpy components, so they belong in a plugin's own test suite::
 
     # tests/test_conformance.py of your plugin
@@ -31,7 +35,10 @@ Then, per kind:
 
 * recommender: ``recommend(k)`` is an int64 array of shape ``(n_users, k)`` of valid item
   columns, ``k`` distinct items per row, none of them in the user's training row
-  (training data has items nobody interacted with, like a real member part);
+  (training data has items nobody interacted with, like a real member part); with
+  ``recommend_for(histories, k, seed)`` (fold-in), the same for new accounts' histories (an
+  empty history included), and ``new_accounts()``, if defined, serves the same lists holding
+  none of the training data;
 * defense: ``apply`` keeps the shape, returns int64 valid item columns, distinct per row;
 * featurizer: ``transform`` returns a finite float32 ``(n_users, d)`` array, ``d`` fixed;
 * attack: ``decision_function`` returns finite float64 scores of shape ``(n,)``; the
@@ -56,6 +63,7 @@ from ..contracts.types import Interactions, ServiceContext, binary_csr
 
 __all__ = [
     "make_interactions",
+    "as_factory",
     "check_init",
     "check_recommender",
     "check_defense",
@@ -142,6 +150,55 @@ def _build(factory: Callable[..., Any], params: dict[str, Any]) -> Any:
         raise AssertionError(f"{_name(factory)}(**{params!r}) failed: {type(exc).__name__}: {exc}") from exc
 
 
+#: Methods that make an object a component instance rather than a factory.
+_COMPONENT_METHODS = ("fit", "recommend", "recommend_for", "apply", "apply_data", "load", "transform",
+                      "decision_function", "serve_others", "new_accounts")
+#: Class attributes the checks read from a factory (kept when an instance is given).
+_DECLARATIONS = ("acts_on", "sweep", "recommenders", "threat", "level", "control", "members", "param_constraints",
+                 "catalogue_problem")
+
+
+def as_factory(component: Any) -> Callable[..., Any]:
+    """What the checks build components from: a class or factory as it is; an instance as a factory that
+    rebuilds it from its ``get_params()`` (given parameters override them), keeping its class attributes."""
+    import functools
+    import types
+
+    if inspect.isclass(component) or isinstance(component, (types.FunctionType, types.BuiltinFunctionType,
+                                                            types.MethodType, functools.partial)):
+        return component
+    if not any(callable(getattr(component, m, None)) for m in _COMPONENT_METHODS):
+        assert callable(component), (f"{component!r} is not a component: pass its class, a factory (a callable taking "
+                                     "hyperparameters) or an instance")
+        return component  # a factory object
+    cls = type(component)
+    base = get_params(component)
+
+    def rebuild(**params: Any) -> Any:
+        return cls(**{**base, **params})
+
+    rebuild.__name__ = cls.__name__
+    rebuild.__qualname__ = cls.__qualname__
+    rebuild.__doc__ = cls.__doc__
+    rebuild.__module__ = cls.__module__
+    for name in _DECLARATIONS:
+        if hasattr(cls, name):
+            setattr(rebuild, name, getattr(cls, name))
+    return rebuild
+
+
+def _accepts_components(check: Callable[..., Any]) -> Callable[..., Any]:
+    """``check(component, ...)`` for a class, a factory or an instance (:func:`as_factory`)."""
+    import functools
+
+    @functools.wraps(check)
+    def run(component: Any, /, *args: Any, **kwargs: Any) -> Any:
+        return check(as_factory(component), *args, **kwargs)
+
+    return run
+
+
+@_accepts_components
 def check_init(factory: Callable[..., Any], /, **params: Any) -> Any:
     """Check the scikit-learn ``__init__`` rules and ``get_params``; return a new instance."""
     who = _name(factory)
@@ -193,8 +250,16 @@ def _fit(obj: Any, who: str, *args: Any, seed: int) -> None:
 # --------------------------------------------------------------------------- kinds
 
 
+@_accepts_components
 def check_recommender(factory: Callable[..., Any], /, **params: Any) -> None:
-    """Check a recommender factory (``fit(train, seed)``, ``recommend(k)``) on synthetic data."""
+    """Check a recommender (``fit(train, seed)``, ``recommend(k)``) on synthetic data, and its fold-in when it has one.
+
+    ``recommend(k)``: int64 ``(n_users, k)``, valid and distinct items, none known, ``fit``
+    returns ``self`` and leaves ``train`` untouched, same seed -> same lists. With
+    ``recommend_for(histories, k, seed)``: the same for new accounts' histories (one of them
+    empty), histories untouched, same seed -> same lists; with ``new_accounts()``, an object whose
+    ``recommend_for`` serves the same lists and holds none of the training data.
+    """
     who = _name(factory)
     train = make_interactions()
     snap = _snapshot(train)
@@ -218,8 +283,44 @@ def check_recommender(factory: Callable[..., Any], /, **params: Any) -> None:
     again = _build(factory, params)
     _fit(again, who, train, seed=0)
     assert np.array_equal(again.recommend(K), out), f"{who}: two fits with seed=0 recommend differently; use the seed for all randomness"
+    if callable(getattr(rec, "recommend_for", None)):
+        _check_fold_in(rec, who, train)
 
 
+def _check_fold_in(rec: Any, who: str, train: Interactions) -> None:
+    """``recommend_for(histories, k, seed)`` serves new accounts (one with no history too) valid lists, none
+    known, inputs untouched, same seed same lists; ``new_accounts()``, if defined, the same lists from an
+    object that holds none of the training data."""
+    new = make_interactions(n_users=24, n_items=train.n_items, seed=7)
+    empty = sp.csr_matrix((1, train.n_items), dtype=new.matrix.dtype)
+    histories = sp.vstack([new.matrix, empty], format="csr")  # a fresh account without history comes last
+    before = (histories.indptr.copy(), histories.indices.copy(), histories.data.copy())
+    out = rec.recommend_for(histories, K, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, (histories.indptr, histories.indices, histories.data))), (
+        f"{who}.recommend_for modified the histories in place")
+    _assert_item_lists(out, (histories.shape[0], K), train.n_items, f"{who}.recommend_for(histories, {K})")
+    rows = np.repeat(np.arange(histories.shape[0]), K)
+    seen = np.asarray(histories[rows, out.ravel()]).ravel() > 0
+    assert not seen.any(), (f"{who}.recommend_for recommends items the account knows (rows "
+                            f"{np.unique(rows[seen])[:5].tolist()}); mask each history's items")
+    make_side = getattr(rec, "new_accounts", None)
+    if not callable(make_side):  # a second call with the same seed serves the same lists
+        assert np.array_equal(rec.recommend_for(histories, K, seed=0), out), (
+            f"{who}.recommend_for: two calls with seed=0 serve different lists; use the seed for all randomness")
+        return
+    side = make_side()  # its lists, with the same seed, are the second call (fold-in may train: two calls, not three)
+    assert callable(getattr(side, "recommend_for", None)), f"{who}.new_accounts() must return an object with recommend_for"
+    assert np.array_equal(np.asarray(side.recommend_for(histories, K, seed=0)), out), (
+        f"{who}.new_accounts().recommend_for serves other lists than {who}.recommend_for with the same seed; both must "
+        "use the seed for all randomness and the same item side")
+    try:
+        check_isolation(side, is_member=None, train=train.matrix, forbidden=[rec, train])
+    except AssertionError as exc:
+        raise AssertionError(f"{who}.new_accounts() holds the members' data: {exc}; keep only the item side "
+                             "(item vectors, similarities)") from None
+
+
+@_accepts_components
 def check_defense(factory: Callable[..., Any], /, **params: Any) -> None:
     """Check a defense factory (``apply(recommendations, context, seed)``) on synthetic lists.
 
@@ -262,6 +363,7 @@ def check_defense(factory: Callable[..., Any], /, **params: Any) -> None:
     assert np.array_equal(np.asarray(again), out), f"{who}: two applies with seed=0 differ; use the seed for all randomness"
 
 
+@_accepts_components
 def check_featurizer(factory: Callable[..., Any], /, **params: Any) -> None:
     """Check a featurizer factory (``fit(vectorization, seed)``, ``transform(interactions, recs)``)."""
     who = _name(factory)
@@ -295,6 +397,7 @@ def check_featurizer(factory: Callable[..., Any], /, **params: Any) -> None:
     assert np.array_equal(again.transform(data, recs), out), f"{who}: two fits with seed=0 give different features"
 
 
+@_accepts_components
 def check_attack(factory: Callable[..., Any], /, **params: Any) -> None:
     """Check an attack-model factory (``fit(X, y, seed)``, ``decision_function(X)``, ``predict(X)``).
 
@@ -396,6 +499,7 @@ def _views(seed: int = 5, n: int = 80, n_items: int = 60, k: int = 6):
     return view(True), view(False), is_member
 
 
+@_accepts_components
 def check_view_attack(factory: Callable[..., Any], /, **params: Any) -> None:
     """Check an attack of threat ``lists`` or ``queries``: ``fit(shadow_view, seed)``, ``decision_function(view)``.
 
@@ -547,6 +651,7 @@ def check_isolation(*roots: Any, is_member: np.ndarray | None, train: Any, forbi
     return walked
 
 
+@_accepts_components
 def check_dataset(factory: Callable[..., Any], /, data_dir: Any = None, **params: Any) -> Interactions:
     """Check a dataset factory: ``load(data_dir, download=False)`` gives binary Interactions.
 
@@ -567,6 +672,7 @@ def check_dataset(factory: Callable[..., Any], /, data_dir: Any = None, **params
     return data
 
 
+@_accepts_components
 def check_service(factory: Callable[..., Any], /, **params: Any) -> None:
     """Check a service model (``serve_others(fitted, train, histories, k, seed)``) with a fold-in-capable stand-in model."""
     who = _name(factory)
@@ -665,6 +771,15 @@ def check_plugin(
     registries = build(pm, info).registries
     assert info[name].status == "loaded", f"plugin {name!r} did not register cleanly: {info[name].status}"
     done = []
+    token = _LOCAL_RECOMMENDERS.set(registries["recommender"])
+    try:
+        _check_registered(registries, name, kinds, params, skip, done)
+    finally:
+        _LOCAL_RECOMMENDERS.reset(token)
+    return done
+
+
+def _check_registered(registries, name, kinds, params, skip, done) -> None:
     for kind in kinds:
         check = _CHECKS[kind]
         for entry in registries[kind].entries.values():
@@ -675,7 +790,6 @@ def check_plugin(
             except AssertionError as exc:
                 raise AssertionError(f"{kind} {entry.name!r} of plugin {name!r}: {exc}") from exc
             done.append(f"{kind}:{entry.name}")
-    return done
 
 
 # --------------------------------------------------------------------------- defenses at every point of action
@@ -701,6 +815,9 @@ import re
 
 _CITATION = re.compile(r"\b(19|20)\d\d\b|'\d\d\b|not (taken )?from (a|the) (paper|literature)", re.I)
 _BASE_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("miars_checks_base_only", default=False)
+#: The recommender registry of the plugin :func:`check_plugin` is checking: a training defense's
+#: ``recommenders`` names resolve there first, so an uninstalled plugin checks its own pairs.
+_LOCAL_RECOMMENDERS: contextvars.ContextVar[Any] = contextvars.ContextVar("miars_checks_local", default=None)
 
 #: Synthetic catalogue large enough for the sweeps of list defenses (pools of 20 * k popular items).
 N_ITEMS_SWEEP = 600
@@ -801,6 +918,7 @@ def _check_list_apply(obj: Any, who: str, recs: np.ndarray, context: ServiceCont
     return out
 
 
+@_accepts_components
 def check_list_defense(factory: Callable[..., Any], /, *, bad_params: Any = (), **params: Any) -> None:
     """Check a defense acting on the served lists (``acts_on = "lists"``, ``apply(recs, context, seed)``).
 
@@ -847,6 +965,7 @@ def _check_data_apply(obj: Any, who: str, members: Interactions, factory, params
     return out
 
 
+@_accepts_components
 def check_data_defense(factory: Callable[..., Any], /, *, bad_params: Any = (), **params: Any) -> None:
     """Check a defense acting on the training data (``acts_on = "data"``, ``apply_data(members, seed)``).
 
@@ -886,25 +1005,33 @@ class _MostPopular:
 
 
 def _recommender_for(factory: Callable[..., Any], recommender: Any) -> list[tuple[str, Callable[[], Any]]]:
-    """(label, builder) of the recommenders to wrap: the given one, else the defense's ``recommenders``."""
+    """(label, builder) of the recommenders to wrap: the given one (a class, a factory or an instance), else
+    each plain name of the defense's ``recommenders``, resolved in the plugin under check (:func:`check_plugin`)
+    and then among the installed plugins."""
     if recommender is not None:
-        if callable(recommender) and not hasattr(recommender, "fit"):
-            return [(_name(recommender), recommender)]
-        import copy
-
-        return [(type(recommender).__name__, lambda: copy.deepcopy(recommender))]
+        build = as_factory(recommender)
+        return [(_name(build), lambda: build())]
     names = getattr(factory, "recommenders", None)
     if not names:
         return [("most-popular stand-in", _MostPopular)]
-    from ..contracts.plugins import get_plugins
-
-    plugins = get_plugins()
+    plain = [n for n in names if ":" not in n] or list(names[:1])  # namespaced aliases resolve to the same classes
+    local = _LOCAL_RECOMMENDERS.get()
     out = []
-    for name in names:
-        if ":" in name:
-            continue  # namespaced aliases resolve to the same classes; check the plain names
-        out.append((name, lambda name=name: plugins.create("recommender", name)))
-    return out or [(names[0], lambda: plugins.create("recommender", names[0]))]
+    for name in plain:
+        if local is not None and name in local.entries:
+            out.append((name, local.get(name).factory))
+            continue
+        from ..contracts.errors import MiarsError
+        from ..contracts.plugins import get_plugins
+
+        try:
+            entry = get_plugins().registry("recommender").get(name)
+        except MiarsError:
+            raise AssertionError(
+                f"{_name(factory)} declares recommenders={list(names)!r}, and no plugin here registers {name!r} (is its "
+                f"plugin installed?); pass recommender=TheRecommenderClass to check it before installing") from None
+        out.append((name, entry.factory))
+    return out
 
 
 def _check_privacy(obj: Any, who: str) -> dict:
@@ -945,6 +1072,7 @@ def _check_training_fit(obj: Any, who: str, build_rec: Callable[[], Any], member
     return out
 
 
+@_accepts_components
 def check_training_defense(factory: Callable[..., Any], /, *, recommender: Any = None, bad_params: Any = (),
                            **params: Any) -> None:
     """Check a defense acting on training (``acts_on = "training"``, ``fit(recommender, members, seed)``).
