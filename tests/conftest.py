@@ -96,3 +96,73 @@ def _no_network(monkeypatch):
         raise RuntimeError(f"test tried to reach the network: {address!r}")
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+# --------------------------------------------------------------------------- every result.json follows the schema
+
+#: Files miars writes with a ``schema_version``, and the schema kind each follows (miars_core/schema/).
+SCHEMA_FILES = {"result.json": "result", "error.json": "error"}
+_checked: set[tuple[str, int]] = set()
+
+
+def schema_problems(root: Path) -> list[str]:
+    """``path: problem`` for every result.json / error.json under ``root`` that miars wrote (it holds a
+    ``schema_version``) and that does not follow its schema. Files without one are a test's hand-made
+    stand-ins for old or broken files (tests/test_reports.py), not miars' output."""
+    import json
+    import os
+
+    from miars_core.contracts.errors import MiarsError
+    from miars_core.engine.schema import validate
+
+    problems = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            kind = SCHEMA_FILES.get(name)
+            path = Path(folder) / name
+            if kind is None or path.is_symlink():
+                continue
+            try:
+                key = (str(path), path.stat().st_mtime_ns)
+                if key in _checked:
+                    continue
+                document = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # unreadable or not JSON: a test's broken file
+            _checked.add(key)
+            if isinstance(document, dict) and "schema_version" in document:
+                try:
+                    validate(document, kind)
+                except MiarsError as exc:
+                    problems.append(f"{path}: {exc}")
+    return problems
+
+
+@pytest.fixture(autouse=True)
+def _written_results_follow_the_schema(request):
+    """After each test, every result.json and error.json it wrote under its tmp_path validates against
+    miars_core/schema/ (the session's end checks those of module- and session-scoped folders)."""
+    root = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if root is not None:
+        problems = schema_problems(root)
+        if problems:
+            pytest.fail("files that do not follow their JSON Schema:\n" + "\n".join(problems), pytrace=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    try:
+        base = factory.getbasetemp()
+    except (OSError, ValueError):
+        return
+    problems = schema_problems(base)
+    if problems:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        text = "files written by the test suite that do not follow their JSON Schema:\n" + "\n".join(problems)
+        if reporter is not None:
+            reporter.write_sep("=", "schema", red=True)
+            reporter.write_line(text)
+        session.exitstatus = 1

@@ -100,12 +100,13 @@ def test_query_recall_finds_item_knn_members_under_foldin_within_its_budget(smal
     foldin = run_attack(AttackConfig(**base, service="foldin"))
     assert foldin.metrics["roc_auc"] > 0.9
     n = foldin.split["target"]["users"]
-    record = dict(foldin.queries["attack"])
+    record = {k: v for k, v in foldin.queries.items() if k != "attackers"}  # the headline attacker's use
+    assert foldin.queries["attackers"] == {"attack": record}
     assert record.pop("refit_seconds") >= 0.0  # the reference model is fitted inside the attack stage
     assert record == {"per_target_user": 5, "budget": 5 * n, "used": 5 * n, "calls": 1, "target_users": n}
     assert foldin.components["attack"]["params"]["calibration"] == "zreg"
     raw = run_attack(AttackConfig(**base, service="foldin", attack_params={"calibration": "none", "queries": 2}))
-    assert raw.queries["attack"]["used"] == 2 * n
+    assert raw.queries["used"] == 2 * n
     assert not np.array_equal(raw.artifacts["scores"], foldin.artifacts["scores"])
     with pytest.raises(MiarsError, match="over its budget"):
         run_attack(AttackConfig(**base, service="foldin", query_budget=3))
@@ -153,14 +154,17 @@ def test_query_attacks_run_as_grid_cells_and_in_bench_defenses(small_dataset, tm
     assert res.exit_code == 0, res.output
     results = [json.loads(p.read_text()) for p in (tmp_path / "run" / "cells").glob("*/result.json")]
     assert sorted(r["config"]["attack"] for r in results) == ["kmeans", "query-recall"]
-    assert [r["queries"]["attack"]["used"] for r in results if r["config"]["attack"] == "query-recall"][0] > 0
+    (used,) = [r["queries"] for r in results if r["config"]["attack"] == "query-recall"]
+    assert used["used"] > 0 and used["attackers"]["attack"] == {k: v for k, v in used.items() if k != "attackers"}
     res = runner.invoke(app, ["bench-defenses", "--dataset", str(small_dataset), "--target", "item", "--service", "foldin",
                               "--attack", "query-recall", "--defense", "rank-shuffle", "--defense-param", "window=10",
                               "--seed", "0", "--top-k", "10", "--workers", "1", "-q", "--no-report",
                               "--out", str(tmp_path / "bench"), "--cache", str(tmp_path / "c")])
     assert res.exit_code == 0, res.output
     defended = [json.loads(p.read_text()) for p in (tmp_path / "bench" / "cells").glob("*rank-shuffle*/result.json")]
-    assert len(defended) == 1 and set(defended[0]["queries"]) == {"defense_unaware", "defense_aware"}
+    assert len(defended) == 1 and set(defended[0]["queries"]["attackers"]) == {"defense_unaware", "defense_aware"}
+    # one layout with and without a defense: the headline (defense-aware) attacker's use at the top
+    assert set(defended[0]["queries"]) == set(used) and defended[0]["queries"]["used"] > 0
 
 
 def test_an_attack_that_needs_what_the_cell_lacks_fails_in_one_line(small_dataset):
@@ -187,7 +191,7 @@ def test_interaction_attack_scores_pairs_with_its_own_metrics(small_dataset, tmp
     result = run_attack(config)
     report = result.interaction["attack"]
     n = result.split["target"]["users"]
-    assert report["pairs"] == 5 * n and result.queries["attack"]["used"] == 5 * n
+    assert report["pairs"] == 5 * n and result.queries["used"] == 5 * n
     assert 0 < report["trained_pairs"] < report["pairs"]
     assert report["all_pairs"]["roc_auc"] > 0.85  # fold-in ItemKNN gives its training pairs back
     # the pairs come from what the adversary sees: never a held-out (future) item, so every member's pair was trained on
@@ -281,7 +285,7 @@ def test_a_query_attack_written_like_the_docs_example_runs_at_one_query_per_targ
     result = run_attack(AttackConfig(dataset=str(small_dataset), target="item", top_k=10, service="foldin",
                                      attack="even-odd", query_budget=1), plugins=plugins)
     n = result.split["target"]["users"]
-    record = result.queries["attack"]
+    record = result.queries["attackers"]["attack"]
     assert (record["budget"], record["used"], record["calls"]) == (n, n, 1)  # scored once: one query per user
     assert result.metrics["roc_auc"] > 0.6
     scores = result.artifacts["scores"]

@@ -116,7 +116,11 @@ class AttackResult:
     interaction: dict | None = None
 
     def to_json(self) -> dict:
+        """result.json's content; it follows the JSON Schema of :data:`~miars_core.engine.schema.SCHEMA_VERSION`."""
+        from .schema import SCHEMA_VERSION
+
         out = {
+            "schema_version": SCHEMA_VERSION,
             "metrics": self.metrics,
             "timings": self.timings,
             "config": asdict(self.config),

@@ -74,6 +74,15 @@ def cell_result(cell) -> AttackResult:
         out = {named[k] if config.defense else "attack": o.meta[record] for k, o in outputs.items() if record in o.meta}
         return out or None
 
+    def query_use() -> dict | None:
+        """Query use in one layout with and without a defense: the headline attacker's at the top, every
+        attacker's under ``attackers`` (``attack``; or ``defense_aware`` and ``defense_unaware``)."""
+        found = by_attacker("queries")
+        if not found:
+            return None
+        headline = found.get("defense_aware" if config.defense else "attack") or next(iter(found.values()))
+        return {**headline, "attackers": found}
+
     return AttackResult(
         config=config,
         metrics=attackers[main],
@@ -86,7 +95,7 @@ def cell_result(cell) -> AttackResult:
         artifacts=artifacts,
         cache={"computed": dict(cell.computed), "cached": sorted(set(cell.hits) - set(cell.computed))},
         utility=cell.utility(),
-        queries=by_attacker("queries"),
+        queries=query_use(),
         interaction=by_attacker("interaction"),
     )
 

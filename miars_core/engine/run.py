@@ -138,8 +138,10 @@ def write_cell(run_dir: Path, cid: str, outcome: dict, config: AttackConfig) -> 
         files["result.json"] = json.dumps(outcome["result"], indent=2, allow_nan=False) + "\n"
     else:
         # the traceback: where the error was raised (a plugin's file and line for a plugin's exception)
-        record = {"cell": cell_record(config), "stage": outcome["stage"], "error": outcome["error"],
-                  "traceback": outcome.get("traceback") or ""}
+        from .schema import SCHEMA_VERSION
+
+        record = {"schema_version": SCHEMA_VERSION, "cell": cell_record(config), "stage": outcome["stage"],
+                  "error": outcome["error"], "traceback": outcome.get("traceback") or ""}
         files["traceback.txt"] = outcome.get("traceback", "")
         files["error.json"] = json.dumps(record, indent=2) + "\n"
     cells = run_dir / "cells"
