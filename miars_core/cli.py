@@ -551,6 +551,21 @@ def report_command(
         write_stdout(f"wrote {display(path)}", "the report's path", f"; the report was written to {display(path)}")
 
 
+@app.command("new-plugin")
+def new_plugin_command(
+    name: str = typer.Argument(..., metavar="NAME", help="Distribution name of the plugin, e.g. miars-ease (its module: miars_ease)."),
+    kind: Optional[List[str]] = typer.Option(None, "--kind", help="Components to write, comma-separated (default: recommender): recommender, defense, data-defense, training-defense, attack, list-attack, query-attack, service, featurizer, dataset."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder to write NAME/ into (default: the current folder); NAME/ must not exist."),
+) -> None:
+    """Write an installable plugin package NAME/: pyproject.toml (the miars entry point), one module per component from working templates, tests that run the conformance checks, a README."""
+    with guarded():
+        from .scaffold import new_plugin
+
+        path = new_plugin(name, kind, _expand(out))
+        write_stdout(f"wrote {path}; next: cd {path} && pip install -e '.[test]' && pytest", "the new plugin's path",
+                     f"; the plugin was written to {path}")
+
+
 @app.command("plugins")
 def plugins_command(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List installed plugins: name, version, hooks, what each provides, load status."""

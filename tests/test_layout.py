@@ -24,7 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CORE = "miars_core"
 LAYERS = ("contracts", "science", "kit", "engine", "reports")
-FACE = ("cli", "api", "docgen", "__main__")
+FACE = ("cli", "api", "scaffold", "docgen", "__main__")
 #: What a plugin may import of another plugin.
 PUBLIC = {"miars_recbole": {"miars_recbole", "miars_recbole.training"}}
 
