@@ -5,7 +5,10 @@ option with its default) as markdown; ``hook_reference()`` renders every hook sp
 :mod:`miars_core.contracts.hookspecs` with the contract of every component it registers
 (:mod:`miars_core.contracts.protocols`) and the check that enforces it. ``docs/_hooks/reference.py``
 (an mkdocs hook) puts them into ``docs/cli.md`` and ``docs/hooks.md`` where those pages hold the
-markers below, at build time. ``python -m miars_core.docgen cli`` prints the CLI reference.
+markers below, at build time, and renders the notebooks of ``docs/notebooks/`` as pages
+(:func:`notebook_markdown`; :func:`run_notebook` runs one without a kernel, as the test suite does).
+``python -m miars_core.docgen cli`` prints the CLI reference; ``python -m miars_core.docgen notebook
+PATH`` runs a notebook and stores its outputs.
 """
 
 from __future__ import annotations
@@ -253,6 +256,140 @@ def _protocol_section(proto: type, level: str) -> list[str]:
     return out
 
 
+# ----------------------------------------------------------------------------- notebooks
+
+def read_notebook(path) -> dict:
+    """A notebook file (nbformat 4) as a dict."""
+    import json
+    from pathlib import Path
+
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _source(cell: dict) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else str(src)
+
+
+def run_notebook(path, cwd=None) -> list[list[dict]]:
+    """Run a notebook's code cells in order, in one namespace, without a kernel; return each code cell's outputs.
+
+    What a kernel would show: printed text (a ``stream`` output) and the value of a cell's last
+    expression (``execute_result``: HTML for pandas tables, PNG for matplotlib figures, and its
+    ``repr``). An exception stops the run and names the cell. No IPython magics.
+    """
+    import ast
+    import contextlib
+    import io
+    import os
+    from pathlib import Path
+
+    nb = read_notebook(path)
+    namespace: dict = {"__name__": "__main__"}
+    outputs: list[list[dict]] = []
+    old = Path.cwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        for index, cell in enumerate(c for c in nb["cells"] if c.get("cell_type") == "code"):
+            tree = ast.parse(_source(cell), filename=f"{path} code cell {index + 1}")
+            last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                exec(compile(tree, f"{path} code cell {index + 1}", "exec"), namespace)
+                value = eval(compile(ast.Expression(last.value), f"{path} code cell {index + 1}", "eval"),
+                             namespace) if last is not None else None
+            cell_out: list[dict] = []
+            if printed.getvalue():
+                cell_out.append({"output_type": "stream", "name": "stdout", "text": printed.getvalue()})
+            if value is not None:
+                cell_out.append({"output_type": "execute_result", "execution_count": index + 1, "metadata": {},
+                                 "data": _mime(value)})
+            outputs.append(cell_out)
+    finally:
+        os.chdir(old)
+    return outputs
+
+
+def _mime(value) -> dict:
+    """A value as a notebook shows it: HTML (pandas), PNG (matplotlib figures), and text."""
+    import base64
+    import io
+
+    data = {"text/plain": repr(value)}
+    if type(value).__module__.startswith("matplotlib") and hasattr(value, "savefig"):
+        buf = io.BytesIO()
+        value.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+        import matplotlib.pyplot as plt
+
+        plt.close(value)
+        data["image/png"] = base64.b64encode(buf.getvalue()).decode("ascii")
+        data["text/plain"] = f"<Figure of {type(value).__name__}>"
+    elif hasattr(value, "_repr_html_"):
+        html = value._repr_html_()
+        if html:
+            data["text/html"] = html
+    return data
+
+
+def store_outputs(path, outputs: list[list[dict]]) -> None:
+    """Write ``outputs`` (from :func:`run_notebook`) into the notebook's code cells, with execution counts."""
+    import json
+    from pathlib import Path
+
+    nb = read_notebook(path)
+    code = [c for c in nb["cells"] if c.get("cell_type") == "code"]
+    for i, (cell, out) in enumerate(zip(code, outputs)):
+        cell["outputs"] = out
+        cell["execution_count"] = i + 1
+    Path(path).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def notebook_markdown(nb: dict, download: str = "") -> str:
+    """A notebook as a markdown page: markdown cells as they are, code in python blocks, outputs below them."""
+    out = []
+    ran = any(c.get("outputs") for c in nb.get("cells", []) if c.get("cell_type") == "code")
+    if download and ran:
+        out += [f"[Download this notebook]({download}) (run it with Jupyter, or read it here with its outputs).", ""]
+    elif download:
+        out += [f"[Download this notebook]({download}) and run it with Jupyter. This page shows its code; its outputs "
+                f"are not stored yet (`python -m miars_core.docgen notebook docs/notebooks/{download}` runs it and "
+                "stores them).", ""]
+    for cell in nb.get("cells", []):
+        kind, text = cell.get("cell_type"), _source(cell)
+        if kind == "markdown":
+            out += [text, ""]
+        elif kind == "code":
+            out += ["```python", text.rstrip("\n"), "```", ""]
+            for item in cell.get("outputs", []):
+                out += _output_markdown(item)
+    return "\n".join(out)
+
+
+def _output_markdown(item: dict) -> list[str]:
+    if item.get("output_type") == "stream":
+        text = item.get("text", "")
+        return ["```text", ("".join(text) if isinstance(text, list) else text).rstrip("\n"), "```", ""]
+    data = item.get("data", {})
+    if "image/png" in data:
+        png = data["image/png"]
+        png = "".join(png) if isinstance(png, list) else png
+        return [f'<img alt="output" src="data:image/png;base64,{png.strip()}">', ""]
+    if "text/html" in data:
+        html = data["text/html"]
+        return ['<div class="notebook-output">', "".join(html) if isinstance(html, list) else html,
+                "</div>", ""]
+    if "text/plain" in data:
+        text = data["text/plain"]
+        return ["```text", ("".join(text) if isinstance(text, list) else text).rstrip("\n"), "```", ""]
+    return []
+
+
 if __name__ == "__main__":  # pragma: no cover
     what = sys.argv[1] if len(sys.argv) > 1 else "cli"
-    print(cli_reference() if what == "cli" else hook_reference())
+    if what == "notebook":  # python -m miars_core.docgen notebook docs/notebooks/reproduce.ipynb: run it, keep its outputs
+        for target in sys.argv[2:]:
+            store_outputs(target, run_notebook(target))
+            print(f"ran {target} and stored its outputs")
+    else:
+        print(cli_reference() if what == "cli" else hook_reference())

@@ -50,6 +50,14 @@ def test_site_builds_strict_with_every_page(site):
 
 
 @needs_mkdocs
+def test_the_notebook_is_a_page_with_its_download(site):
+    page = site / "notebooks" / "reproduce.html"
+    assert page.is_file() and (site / "notebooks" / "reproduce.ipynb").is_file()
+    text = _text(page)
+    assert "The paper's 3x3 table" in text and "api.grid(" in text and "Download this notebook" in text
+
+
+@needs_mkdocs
 def test_built_cli_page_lists_every_command_and_option(site):
     text = _text(site / "cli.html")
     assert "<!-- miars:cli-reference -->" not in (site / "cli.html").read_text()
