@@ -40,7 +40,7 @@ class Kind:
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("recommender", "register_recommenders", "Recommender", "checks.check_recommender({cls})",
-         "item co-occurrence kNN with fold-in (recommend_for, new_accounts)"),
+         "item co-occurrence kNN with fold-in (recommend_for, new_accounts) and the state contract (get_state, set_state)"),
     Kind("defense", "register_defenses", "Defense",
          'checks.check_list_defense({cls}, bad_params=[{{"share": -0.1}}, {{"share": 2}}])',
          "a defense on the served lists"),

@@ -27,7 +27,7 @@ from miars_core.science.ranking import top_k_excluding, top_k_popular
 def test_every_hook_kind_and_variant_has_a_documented_contract_and_a_check():
     assert contract_problems() == []
     names = {p.__name__ for p in protocols()}
-    assert {"Recommender", "FoldInRecommender", "ListDefense", "DataDefense", "TrainingDefense", "Service",
+    assert {"Recommender", "FoldInRecommender", "StatefulRecommender", "ListDefense", "DataDefense", "TrainingDefense", "Service",
             "FeatureAttack", "ListAttack", "QueryAttack", "InteractionAttack", "Dataset", "Featurizer",
             "Namespace"} <= names
 

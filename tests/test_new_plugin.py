@@ -88,6 +88,8 @@ def test_the_package_has_what_pip_and_pytest_need(packages):
     assert 'name = "miars-everything"' in text and '[project.entry-points.miars]\neverything = "miars_everything"' in text
     assert sorted(p.name for p in (package / "src" / "miars_everything").iterdir()) == sorted(
         ["__init__.py", *(f"{k.replace('-', '_')}.py" for k in KINDS)])
+    # the recommender template shows the optional state contract (check_recommender then stores and loads it)
+    assert "def get_state" in (package / "src" / "miars_everything" / "recommender.py").read_text()
     readme = (package / "README.md").read_text()
     assert "pip install -e" in readme and "miars attack --target everything-recommender" in readme
     try:

@@ -104,6 +104,29 @@ class FoldInRecommender(Recommender, Protocol):
         and nothing else of the model."""
 
 
+class StatefulRecommender(Recommender, Protocol):
+    """A recommender whose fitted model can be stored and loaded: the engine then never fits it again.
+
+    The state contract (:mod:`miars_core.contracts.state`; Writing plugins, "The recommender
+    state contract"): the fitted model as arrays plus a JSON record, never a pickle. The engine
+    stores it as the ``model`` stage, which query access, fold-in services, reference models,
+    defense benchmarks and reruns read instead of fitting again.
+    """
+
+    selected_by: ClassVar[str] = "a recommender with get_state and set_state (optional)"
+    check: ClassVar[str] = "check_state"
+
+    def get_state(self) -> "tuple[dict[str, np.ndarray], dict] | None":
+        """On the fitted object (what ``fit`` returned): ``(arrays, record)``, arrays of numbers, booleans or strings
+        (no ``dtype=object``) by name and a plain-JSON record (no NaN); ``None``: this fit cannot be stored (the
+        engine fits it again where needed)."""
+
+    def set_state(self, arrays: "dict[str, np.ndarray]", record: dict) -> "StatefulRecommender":
+        """On a fresh, unfitted component with the same hyperparameters: return a fitted object that serves exactly
+        what the stored one did (``recommend``, ``recommend_for``, ``new_accounts``); raise when the state does
+        not fit it (another library version, ...): the engine says so in one line and fits again."""
+
+
 class NewAccountSide(Protocol):
     """What ``FoldInRecommender.new_accounts()`` returns: the model's item side, able to serve new accounts."""
 
@@ -274,6 +297,11 @@ class TrainingDefense(DefenseDeclarations, Protocol):
         """Given the unfitted recommender the user chose and the members, return a fitted object with
         ``recommend(k)`` (int64 ``(n_members, k)``, best first, none known) and set ``privacy_``."""
 
+    def set_state(self, recommender: Any, arrays: "dict[str, np.ndarray]", record: dict) -> Any:
+        """Optional, the state contract: when the fitted object ``fit`` returns has ``get_state()``, restore it from
+        that state and a fresh unfitted ``recommender`` (``fit``'s arguments minus the data); the restored object
+        serves the same lists."""
+
 
 # --------------------------------------------------------------------------- services
 
@@ -317,7 +345,7 @@ class Namespace(Protocol):
 
 #: Every contract, in the order docs/hooks.md shows them.
 PROTOCOLS: tuple[type, ...] = (
-    ComponentContract, Dataset, Recommender, FoldInRecommender, NewAccountSide, Featurizer, FeatureAttack,
-    ListAttack, QueryAttack, InteractionAttack, DefenseDeclarations, ListDefense, DataDefense, TrainingDefense,
-    Service, Namespace,
+    ComponentContract, Dataset, Recommender, FoldInRecommender, NewAccountSide, StatefulRecommender, Featurizer,
+    FeatureAttack, ListAttack, QueryAttack, InteractionAttack, DefenseDeclarations, ListDefense, DataDefense,
+    TrainingDefense, Service, Namespace,
 )

@@ -100,7 +100,8 @@ def cell_result(cell) -> AttackResult:
     )
 
 
-_TIMING_ORDER = ("load", "split", "shadow_recommender", "target_recommender", "defense", "featurize", "attack")
+_TIMING_ORDER = ("warmup", "load", "split", "shadow_recommender", "target_recommender", "defense", "featurize", "attack",
+                 "reference_models")
 
 def _transfer_split(cell) -> Split:
     raise MiarsError("--export-miars is not available for a dataset-transfer run (shadow and target items differ); "
