@@ -111,12 +111,19 @@ def test_foldin_ncf_fits_neumf_user_embeddings_against_the_frozen_item_side(smal
 def test_foldin_fit_is_a_service_parameter(small_dataset):
     base = dict(dataset=str(small_dataset), target="lfm", shadow="lfm", top_k=10, service="foldin",
                 target_params={"epochs": 5}, shadow_params={"epochs": 5}, **FAST)
-    loose = run_attack(AttackConfig(**base, service_params={"steps": 1}))
-    tight = run_attack(AttackConfig(**base))
+    loose = run_attack(AttackConfig(**base, service_params={"steps": 1, "solver": "gradient"}))
+    tight = run_attack(AttackConfig(**base, service_params={"solver": "gradient"}))
     members = loose.artifacts["split"].target.is_member
     assert np.array_equal(loose.artifacts["target_lists"][members], tight.artifacts["target_lists"][members])
     assert not np.array_equal(loose.artifacts["target_lists"][~members], tight.artifacts["target_lists"][~members])
-    assert tight.components["service"]["params"] == {"steps": 50, "learning_rate": 0.005, "members": "trained"}
+    assert tight.components["service"]["params"] == {"steps": 50, "learning_rate": 0.005, "members": "trained",
+                                                     "solver": "gradient", "reg": 10.0}
+    # the default (auto) solves BPR's fold-in in closed form: the gradient fit's settings do not move it
+    ridge = run_attack(AttackConfig(**base, service_params={"steps": 1}))
+    assert ridge.components["service"]["params"]["solver"] == "auto"
+    assert not np.array_equal(ridge.artifacts["target_lists"][~members], tight.artifacts["target_lists"][~members])
+    assert np.array_equal(ridge.artifacts["target_lists"],
+                          run_attack(AttackConfig(**base, service_params={"solver": "ridge"})).artifacts["target_lists"])
     with pytest.raises(MiarsError, match="steps"):
         run_attack(AttackConfig(**base, service_params={"steps": 0}))
 

@@ -182,6 +182,26 @@ class RecBoleModel(Component):
 
         return FoldInModel(ItemSide.of(self.model_), self.score_batch_size)
 
+    def foldin_solvers(self) -> tuple[str, ...] | None:
+        """The fold-in solvers this model serves new accounts with (``foldin`` service's ``solver``), known before
+        fitting: BPR ``auto, ridge, gradient``; NeuMF ``auto, gradient`` (no closed form); ItemKNN None (no user
+        vector to solve: history x similarity); other RecBole models none (they cannot fold in)."""
+        from .foldin import NO_CLOSED_FORM, SOLVERS
+
+        kind = {"BPR": "bpr", "NeuMF": "neumf"}.get(self.model)
+        if self.model == "ItemKNN":
+            return None
+        if kind is None:
+            return ()
+        return tuple(s for s in SOLVERS if s != "ridge" or kind not in NO_CLOSED_FORM)
+
+    def foldin_no_closed_form(self) -> str:
+        """Why this model has no closed-form fold-in (for the one-line refusal of ``solver=ridge``)."""
+        from .foldin import NO_CLOSED_FORM
+
+        kind = {"NeuMF": "neumf"}.get(self.model)
+        return NO_CLOSED_FORM.get(kind, f"RecBole {self.model} cannot fold in new users at all")
+
 
 class ItemKNN(RecBoleModel):
     """Item-based collaborative filtering (RecBole ItemKNN, cosine, 100 neighbours): the paper's Item-based CF.
@@ -290,6 +310,10 @@ class Popularity(Component):
         """What serves new accounts: the item popularity only."""
         return _PopularNewAccounts(self.popularity_)
 
+    def foldin_solvers(self) -> None:
+        """Nothing to solve for a new account (popularity): any fold-in solver serves the same lists."""
+        return None
+
 
 class _PopularNewAccounts:
     """New accounts get the popular items they do not know."""
@@ -333,6 +357,10 @@ class RandomItems(Component):
     def recommend_for(self, histories, k: int, seed: int = 0, **fit) -> np.ndarray:
         """k random unknown items for each new account (nothing to fold in)."""
         return self._draw(sp.csr_matrix(histories), k, int(seed))
+
+    def foldin_solvers(self) -> None:
+        """Nothing to solve for a new account (random items): any fold-in solver serves the same lists."""
+        return None
 
     def _draw(self, known: sp.csr_matrix, k: int, seed: int) -> np.ndarray:
         """One uniform key per (user, item): catalogue items in [0, 1), others in [1, 2), known items never."""
