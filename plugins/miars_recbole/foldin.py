@@ -43,8 +43,8 @@ FOLDIN_CHUNK_PAIRS = 1 << 16
 
 #: Why a model's user vectors have no closed form (the ``ridge`` solver refuses these kinds).
 NO_CLOSED_FORM = {
-    "neumf": "NeuMF scores a user through its MLP tower (ReLU layers over [user; item]), so its loss has no "
-             "closed-form minimiser in the user embeddings (only the GMF part alone would)",
+    "neumf": "NeuMF scores a user through its MLP tower, ReLU layers over user and item, whose loss has no "
+             "closed-form minimiser in the user embeddings; only the GMF part alone would have one",
 }
 
 
@@ -157,8 +157,9 @@ def _bpr_user_vectors(h_rb: sp.csr_matrix, v, seed: int, steps: int = FOLDIN_STE
         class _BPR(torch.autograd.Function):
             @staticmethod
             def forward(ctx, u, users, neg):
-                diff = v_pos - v[neg]
-                x = (u[users] * diff).sum(dim=1)
+                diff = v.index_select(0, neg)
+                torch.sub(v_pos, diff, out=diff)  # v_pos - v_neg, in place of the gathered negatives
+                x = u.index_select(0, users).mul_(diff).sum(dim=1)
                 ctx.save_for_backward(users, diff, torch.sigmoid(-x))
                 ctx.n = u.shape[0]
                 return torch.nn.functional.softplus(-x).sum()
