@@ -12,6 +12,7 @@ stop rule (patience, min_delta) is replayed offline for each scheme:
 - ``today``: all eval users, full ranking (must reproduce the selection's own choice);
 - ``users=N``: the rule on the first N of a seeded permutation of the eval users;
 - ``sampled=C``: the rule on sampled-candidate recall;
+- ``patience=P``: the rule with a shorter patience (all eval users);
 - ``users=N+confirm=M``: the rule on N users, then the M best epochs by that curve re-scored on
   all eval users (snapshots), the best of them chosen.
 
@@ -134,7 +135,8 @@ def replay(values: list[float], epochs: list[int], patience: int, min_delta: flo
     return best_epoch, epochs[-1]
 
 
-def schemes(rec: dict, crit: dict, users: list[int], cands: list[int], confirm: int, seed: int) -> list[dict]:
+def schemes(rec: dict, crit: dict, users: list[int], cands: list[int], confirm: int, seed: int,
+            patiences: tuple = ()) -> list[dict]:
     hits = np.asarray(rec["hits"], dtype=np.float64)  # evals x users
     held = np.asarray(rec["held"], dtype=np.float64)
     epochs = rec["epochs"]
@@ -167,6 +169,10 @@ def schemes(rec: dict, crit: dict, users: list[int], cands: list[int], confirm: 
             pick = order[np.argmax(full[order])]
             out.append({"scheme": f"users={u}+confirm={confirm}", "epochs": epochs[pick], "recall": full[pick],
                         "cost": cost(s, e * u + len(order) * n)})
+    for p in patiences:  # stopping earlier: fewer training epochs past the best
+        c, s = replay(full.tolist(), epochs, p, md)
+        out.append({"scheme": f"patience={p}", "epochs": c, "recall": full[epochs.index(c)],
+                    "cost": cost(s, (epochs.index(s) + 1) * n)})
     for c in cands:
         sh = np.asarray(rec["sampled"][c], dtype=np.float64).sum(1) / held.sum()
         ch, s = replay(sh.tolist(), epochs, patience, md)
@@ -187,6 +193,7 @@ def main() -> None:
     ap.add_argument("--users", default="250,500,1000")
     ap.add_argument("--cands", default="500,1000")
     ap.add_argument("--confirm", type=int, default=3)
+    ap.add_argument("--patience", default="2,3", help="shorter patience values to replay (all eval users)")
     ap.add_argument("--records", default=None, help="JSON file: reuse (if it exists) or write the training records")
     ap.add_argument("--measure", action="store_true", help="also time the library's select_epochs and the final fit")
     args = ap.parse_args()
@@ -227,7 +234,8 @@ def main() -> None:
                     json.dump(records, open(args.records, "w"))
             rec = dict(records[key])
             rec["sampled"] = {int(c): v for c, v in rec["sampled"].items()}
-            for row in schemes(rec, crit, users, cands, args.confirm, fit_seed):
+            patiences = [int(x) for x in args.patience.split(",") if x]
+            for row in schemes(rec, crit, users, cands, args.confirm, fit_seed, patiences):
                 rows.append({"seed": seed, "part": part, **row})
             if args.measure:
                 measure(members, fit_seed)
@@ -260,7 +268,7 @@ def measure(members, seed: int) -> None:
     crit = info["criterion"]
     best = max(v for e, v in info["curve"] if e == info["chosen_epochs"]) if info["curve"] else float("nan")
     print(f"  measured: chosen {info['chosen_epochs']} epochs, recall {best:.4f} ({crit.get('eval_users')} users), "
-          f"selection {sel:.1f} s of a {total:.1f} s fit ({sel / total:.0%}); scoring {crit.get('scoring_seconds', '?')}",
+          f"selection {sel:.1f} s of a {total:.1f} s fit ({sel / total:.0%}); scoring {info.get('selection_scoring_seconds', float('nan')):.1f} s of it",
           flush=True)
 
 

@@ -265,10 +265,12 @@ class Selection:
     criterion: dict
     seconds: float
     stopped: str
+    scoring_seconds: float = 0.0  # of ``seconds``: scoring the eval users (the rest trains)
 
     def report(self) -> dict:
         return {"criterion": self.criterion, "curve": self.curve, "chosen_epochs": self.epochs,
-                "stopped": self.stopped, "selection_seconds": round(self.seconds, 3)}
+                "stopped": self.stopped, "selection_seconds": round(self.seconds, 3),
+                "selection_scoring_seconds": round(self.scoring_seconds, 3)}
 
 
 def selection_criterion(train: sp.csr_matrix, overrides: dict | None) -> dict:
@@ -301,6 +303,7 @@ def select_epochs(train: sp.csr_matrix, seed: int, crit: dict,
     k = max(1, min(int(crit["k"]), (fit.shape[1] - most), max(10, fit.shape[1] // 10)))
     step, score_rows = start(fit)
     curve: list = []
+    scoring = 0.0
     best, best_epoch, since = -1.0, 0, 0
     stopped = "max_epochs"
     every, patience, max_epochs = int(crit["eval_every"]), int(crit["patience"]), int(crit["max_epochs"])
@@ -308,7 +311,9 @@ def select_epochs(train: sp.csr_matrix, seed: int, crit: dict,
         step()
         if epoch % every and epoch != max_epochs:
             continue
+        t_score = time.perf_counter()
         recall = heldout_recall(score_rows, fit, held, rows, k)
+        scoring += time.perf_counter() - t_score
         curve.append([epoch, round(recall, 5)])
         if recall > best:
             improved = recall > best * (1 + float(crit["min_delta"])) or best <= 0
@@ -320,7 +325,7 @@ def select_epochs(train: sp.csr_matrix, seed: int, crit: dict,
             stopped = "patience"
             break
     criterion = {**crit, "k": k, "eval_users": int(len(rows)), "held_out_interactions": int(held.nnz)}
-    return Selection(max(1, best_epoch), curve, criterion, time.perf_counter() - t0, stopped)
+    return Selection(max(1, best_epoch), curve, criterion, time.perf_counter() - t0, stopped, scoring)
 
 
 # --------------------------------------------------------------------------------------------
