@@ -364,8 +364,8 @@ def select_epochs(train: sp.csr_matrix, seed: int, crit: dict,
         scoring += time.perf_counter() - t_score
         best_epoch, chosen_recall = max(confirmed, key=lambda e: (e[1], -e[0]))  # the earliest of equals
         criterion["eval_subsample"] = int(len(sub))
-    else:
-        criterion["eval_subsample"] = None
+    else:  # every eval user at every evaluation: nothing to confirm
+        criterion["eval_subsample"] = criterion["confirm"] = None
     return Selection(max(1, best_epoch), curve, criterion, time.perf_counter() - t0, stopped, scoring,
                      round(float(chosen_recall), 5), confirmed)
 
