@@ -14,13 +14,14 @@ import time
 
 import numpy as np
 
-from miars_core.pipeline import AttackConfig, load_dataset
-from miars_core.plugins import get_plugins
-from miars_core.protocol import split_dataset
-from miars_core.ranking import top_k_excluding
-from miars_core.seeds import stage_seed
-from miars_core.service import popularity_order
-from miars_core.types import binary_csr
+from miars_core.contracts.plugins import get_plugins
+from miars_core.contracts.seeds import stage_seed
+from miars_core.contracts.types import binary_csr
+from miars_core.engine.datasets import load_dataset
+from miars_core.engine.pipeline import AttackConfig
+from miars_core.science.protocol import split_dataset
+from miars_core.science.ranking import top_k_excluding
+from miars_core.science.service import popularity_order
 
 
 def main() -> None:

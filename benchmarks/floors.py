@@ -114,7 +114,7 @@ def neumf_floor(train, epochs: int, batch: int, lr: float, seed: int, dim: int =
 
 
 def mlp_floor(X, y, steps: int = 300, lr: float = 0.01, seed: int = 0):
-    from miars_core.torch_utils import single_thread
+    from miars_core.kit.torch_utils import single_thread
 
     with single_thread():  # as MLPAttack: small tensors run faster on one thread
         return _mlp_floor(X, y, steps, lr, seed)
@@ -142,9 +142,10 @@ def _mlp_floor(X, y, steps, lr, seed):
 # --------------------------------------------------------------------------------------------
 def itemknn_rss(which: str, dataset: str) -> None:
     """Fit one ItemKNN on the target members in this process; print the peak RSS before and after."""
-    from miars_core.pipeline import AttackConfig, load_dataset
-    from miars_core.plugins import get_plugins
-    from miars_core.protocol import split_dataset
+    from miars_core.contracts.plugins import get_plugins
+    from miars_core.engine.datasets import load_dataset
+    from miars_core.engine.pipeline import AttackConfig
+    from miars_core.science.protocol import split_dataset
     from miars_recbole.session import RecBoleRun, fit_itemknn
 
     data = load_dataset(AttackConfig(dataset=dataset), get_plugins())
@@ -159,7 +160,7 @@ def itemknn_rss(which: str, dataset: str) -> None:
         run = RecBoleRun("ItemKNN", members, {"k": 100, "epochs": 1}, seed=0)
         run.epoch()
         fitted = run.fitted()
-    from miars_core.ranking import top_k_excluding
+    from miars_core.science.ranking import top_k_excluding
 
     top_k_excluding(fitted.score_rows, members, 100, batch_size=512)
     print(f"{which}: fit + top-100 {time.perf_counter() - start:.2f} s, peak RSS before fit {before:.0f} MiB, "
@@ -185,11 +186,12 @@ def main() -> None:
 
     from miars_attacks.features import CenterDiff, item_vectors, rank_weights
     from miars_attacks.mlp import MLPAttack
-    from miars_core.pipeline import AttackConfig, load_dataset
-    from miars_core.plugins import get_plugins
-    from miars_core.protocol import split_dataset
-    from miars_core.ranking import top_k_excluding
-    from miars_core.service import serve
+    from miars_core.contracts.plugins import get_plugins
+    from miars_core.engine.datasets import load_dataset
+    from miars_core.engine.pipeline import AttackConfig
+    from miars_core.science.protocol import split_dataset
+    from miars_core.science.ranking import top_k_excluding
+    from miars_core.science.service import serve
     from miars_recbole.models import ItemKNN, LatentFactorModel, NeuralCF
     from miars_recbole.session import RecBoleRun, fit_itemknn
     import scipy.sparse as sp

@@ -78,10 +78,10 @@ def main() -> None:
     import torch
 
     from miars_attacks.query import half_splits
-    from miars_core.pipeline import AttackConfig
-    from miars_core.plugins import get_plugins
-    from miars_core.ranking import top_k_excluding
-    from miars_core.stages import Cell
+    from miars_core.engine.pipeline import AttackConfig
+    from miars_core.contracts.plugins import get_plugins
+    from miars_core.science.ranking import top_k_excluding
+    from miars_core.engine.stages import Cell
     from miars_recbole import foldin
     from miars_recbole.models import LatentFactorModel, NeuralCF
     from miars_recbole.session import neumf_logits_for

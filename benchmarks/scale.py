@@ -4,7 +4,7 @@
     python benchmarks/scale.py --size 20M --rec lfm --out runs/scale.jsonl
 
 Sizes (users x items): 1M = ml-1m's shape (6,040 x 3,706), 5M = 35,000 x 10,000, 20M = ml-20m's
-shape (138,000 x 27,000). Data from ``miars_core.synth`` (seed 0). Stages run as in the pipeline:
+shape (138,000 x 27,000). Data from ``miars_core.science.synth`` (seed 0). Stages run as in the pipeline:
 generate, split, shadow and target recommenders (fit on members + top-100 for every user),
 featurize (rank-100 SVD of the vectorization part + center-diff features), attack (MLP) and
 metrics. Peak RSS per stage is sampled from /proc/self/statm every 20 ms (the process's largest
@@ -63,12 +63,12 @@ def main() -> None:
     from miars_attacks.features import CenterDiff
     from miars_attacks.mlp import MLPAttack
     from miars_core.cli import parse_params
-    from miars_core.metrics import membership_metrics
-    from miars_core.plugins import get_plugins
-    from miars_core.protocol import split_dataset
-    from miars_core.seeds import stage_seed
-    from miars_core.service import serve
-    from miars_core.synth import synthetic_interactions
+    from miars_core.contracts.plugins import get_plugins
+    from miars_core.contracts.seeds import stage_seed
+    from miars_core.science.metrics import membership_metrics
+    from miars_core.science.protocol import split_dataset
+    from miars_core.science.service import serve
+    from miars_core.science.synth import synthetic_interactions
 
     n, n_users, n_items = SIZES[args.size]
     params = parse_params(args.param, "--param")

@@ -38,7 +38,7 @@ import numpy as np
 
 def record(members, seed: int, extra: int, cands: list[int], crit: dict) -> dict:
     """Train as the selection does and score every eval user after every ``eval_every`` epochs."""
-    from miars_core.ranking import top_k_excluding
+    from miars_core.science.ranking import top_k_excluding
     from miars_recbole.lean import holdout_split
     from miars_recbole.models import NeuralCF
 
@@ -200,10 +200,10 @@ def main() -> None:
 
     import torch
 
-    from miars_core.pipeline import AttackConfig
-    from miars_core.plugins import get_plugins
-    from miars_core.seeds import stage_seed
-    from miars_core.stages import Cell
+    from miars_core.engine.pipeline import AttackConfig
+    from miars_core.contracts.plugins import get_plugins
+    from miars_core.contracts.seeds import stage_seed
+    from miars_core.engine.stages import Cell
     from miars_recbole.lean import SELECTION_DEFAULTS
 
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, load "
@@ -256,7 +256,7 @@ def main() -> None:
 
 def measure(members, seed: int) -> None:
     """The library's selection as configured now: chosen length, recall and seconds, and the final fit's seconds."""
-    from miars_core.types import Interactions
+    from miars_core.contracts.types import Interactions
     from miars_recbole.models import NeuralCF
 
     data = Interactions(members, np.arange(members.shape[0]), np.arange(members.shape[1]))

@@ -42,12 +42,13 @@ def main() -> None:
     ap.add_argument("--attack-only", action="store_true")
     args = ap.parse_args()
 
-    from miars_core.pipeline import AttackConfig, load_dataset, run_attack
-    from miars_core.plugins import get_plugins
-    from miars_core.protocol import split_dataset
-    from miars_core.seeds import stage_seed
-    from miars_core.synth import sample_users
-    from miars_core.types import Interactions
+    from miars_core.contracts.plugins import get_plugins
+    from miars_core.contracts.seeds import stage_seed
+    from miars_core.contracts.types import Interactions
+    from miars_core.engine.datasets import load_dataset
+    from miars_core.engine.pipeline import AttackConfig, run_attack
+    from miars_core.science.protocol import split_dataset
+    from miars_core.science.synth import sample_users
     from miars_recbole.lean import heldout_recall, holdout_split
     from miars_recbole.session import LeanRun
 

@@ -36,10 +36,11 @@ def main() -> None:
     import torch
 
     from miars_attacks.features import CenterDiff, rank_weights
-    from miars_core.pipeline import AttackConfig, load_dataset
-    from miars_core.plugins import get_plugins
-    from miars_core.protocol import split_dataset
-    from miars_core.ranking import top_k_excluding
+    from miars_core.contracts.plugins import get_plugins
+    from miars_core.engine.datasets import load_dataset
+    from miars_core.engine.pipeline import AttackConfig
+    from miars_core.science.protocol import split_dataset
+    from miars_core.science.ranking import top_k_excluding
     from miars_recbole.models import NeuralCF
     from miars_recbole.session import _neumf_logits
 

@@ -33,10 +33,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
 
-    from miars_core.pipeline import AttackConfig, run_attack
-    from miars_core.plugins import get_plugins
-    from miars_core.stages import Cell
-    from miars_core.store import DiskStore
+    from miars_core.contracts.plugins import get_plugins
+    from miars_core.engine.pipeline import AttackConfig, run_attack
+    from miars_core.engine.stages import Cell
+    from miars_core.engine.store import DiskStore
 
     class Unverified(DiskStore):
         """The same reads without the arrays' checksums (sizes, dtypes, shapes still checked)."""

@@ -20,9 +20,9 @@ import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from .errors import MiarsError, Terminated
-from .params import parse_value
-from .registry import KINDS
+from .contracts.errors import MiarsError, Terminated
+from .contracts.params import parse_value
+from .contracts.registry import KINDS
 
 
 #: Click's exceptions: typer >= 0.20 ships its own copy of click, older typer uses click itself.
@@ -295,7 +295,7 @@ def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_mode
             min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
             out, export_miars, quiet, shadow_dataset=None, cache=None, no_cache=False, service="popular",
             service_param=None, query_budget=5, force=False) -> None:
-    from .pipeline import AttackConfig
+    from .engine.config import AttackConfig
 
     dataset, data_dir, out, export_miars = _expand(dataset), _expand(data_dir), _expand(out), _expand(export_miars)
     shadow_dataset, cache = _expand(shadow_dataset), _expand(cache)
@@ -314,8 +314,8 @@ def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_mode
         service=service, service_params=parse_params(service_param, "--service-param"), query_budget=query_budget,
     ).validate()
     if config.query_budget < 1:  # a query attack without queries: refused before any folder is made
-        from .plugins import get_plugins
-        from .threat import require_budget
+        from .contracts.plugins import get_plugins
+        from .science.threat import require_budget
 
         require_budget(get_plugins().create("attack", config.attack, **config.attack_params), config.query_budget,
                        config.attack)
@@ -327,7 +327,7 @@ attack.__doc__ = f"{attack.__doc__}\n\n{METRICS_HELP}"
 
 def _store(cache: Optional[str], no_cache: bool):
     """The stage store the flags ask for: a folder (default under the user cache), or memory only."""
-    from .store import DiskStore, MemoryStore, check_cache_dir, default_cache_dir
+    from .engine.store import DiskStore, MemoryStore, check_cache_dir, default_cache_dir
 
     if no_cache:
         if cache:
@@ -344,8 +344,8 @@ def _run(config, out: Optional[str], export_dir: Optional[str], quiet: bool, sto
     """
     from rich.console import Console
 
-    from .pipeline import run_attack
-    from .report import check_outputs, export_miars, flag_no_signal, metrics_table, render_result, write_result
+    from .engine.pipeline import run_attack
+    from .reports.report import check_outputs, export_miars, flag_no_signal, metrics_table, render_result, write_result
 
     check_outputs(config, out, export_dir, force)
     err = Console(stderr=True, quiet=quiet, log_path=False)
@@ -489,7 +489,7 @@ def grid(
 ) -> None:
     """Run a grid of attack cells (cached, resumable), then write tables, plots and report.html."""
     with guarded():
-        from .grid import GridSpec, load_toml, parse_list_flag, parse_scoped_params
+        from .engine.grid import GridSpec, load_toml, parse_list_flag, parse_scoped_params
 
         values = load_toml(_expand(config_file)) if config_file is not None else {}
         max_cells = max_cells if max_cells is not None else values.pop("max_cells", None)
@@ -546,12 +546,12 @@ def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_loca
 
     from rich.console import Console
 
-    from .engine import FAILED_EXIT, run_grid
-    from .executors import check_executor_args, make_executor
-    from .grid import MAX_CELLS, catalogue_problems
-    from .gridprogress import GridProgress
-    from .rundir import check_report_dir, claim
-    from .store import check_cache_dir, default_cache_dir
+    from .engine.executors import check_executor_args, make_executor
+    from .engine.grid import MAX_CELLS, catalogue_problems
+    from .engine.progress import GridProgress
+    from .engine.run import FAILED_EXIT, run_grid
+    from .engine.rundir import check_report_dir, claim
+    from .engine.store import check_cache_dir, default_cache_dir
 
     if no_cache and cache:
         raise MiarsError("pass either --cache DIR or --no-cache, not both")
@@ -584,7 +584,7 @@ def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_loca
                            threads=threads, progress=progress, command=command, force=force)
     err.print(progress.summary_table(summary))
     if report:
-        from .gridreport import write_report
+        from .reports.gridreport import write_report
 
         err.print(f"wrote {write_report(summary.run_dir, force)}")
     if summary.failed:
@@ -626,8 +626,8 @@ def bench_defenses(
 ) -> None:
     """Benchmark defenses: privacy for a static and an adaptive attacker, utility and cost, with a privacy-utility frontier."""
     with guarded():
-        from .grid import GridSpec, parse_list_flag, parse_scoped_params
-        from .plugins import get_plugins
+        from .contracts.plugins import get_plugins
+        from .engine.grid import GridSpec, parse_list_flag, parse_scoped_params
 
         registry = get_plugins().registry("defense")
         asked = parse_list_flag(defense, "--defense")
@@ -712,7 +712,7 @@ def audit_dp(
     with guarded():
         from rich.console import Console
 
-        from . import audit
+        from .engine import audit
 
         _check_input_path("--dataset", _expand(dataset))
         _check_input_path("--data-dir", _expand(data_dir))
@@ -731,9 +731,9 @@ def report_command(
     force: bool = typer.Option(False, "--force", help="Write RUN_DIR/report/ even where it holds files miars did not write (they are replaced)."),
 ) -> None:
     """Write RUN_DIR/report/: tables (markdown, CSV) with Student-t 95% CIs over seeds, heatmaps, ROC curves, report.html."""
-    from .gridreport import write_report
+    from .reports.gridreport import write_report
 
-    from .rundir import display
+    from .engine.rundir import display
 
     with guarded():
         path = write_report(_expand(run_dir), force)
@@ -750,7 +750,7 @@ def plugins_command(as_json: bool = typer.Option(False, "--json", help="Print JS
 def _plugins(as_json: bool) -> None:
     from dataclasses import asdict
 
-    from .plugins import get_plugins
+    from .contracts.plugins import get_plugins
 
     rows = [asdict(info) for _, info in sorted(get_plugins().info.items())]
     if as_json:
@@ -778,7 +778,7 @@ def list_command(
 
 
 def _list(kind: str, as_json: bool) -> None:
-    from .plugins import get_plugins
+    from .contracts.plugins import get_plugins
 
     kinds = {k: k for k in KINDS} | {k + "s": k for k in KINDS}
     if kind not in kinds:

@@ -2,7 +2,7 @@
 
 ``cli_reference()`` renders every command of the ``miars`` typer app (usage, help, each
 option with its default) as markdown; ``hook_reference()`` renders every hook specification in
-:mod:`miars_core.hookspecs`. ``docs/_hooks/reference.py`` (an mkdocs hook) puts them into
+:mod:`miars_core.contracts.hookspecs`. ``docs/_hooks/reference.py`` (an mkdocs hook) puts them into
 ``docs/cli.md`` and ``docs/hooks.md`` where those pages hold the markers below, at build time.
 ``python -m miars_core.docgen cli`` prints the CLI reference.
 """
@@ -78,7 +78,7 @@ def cli_reference() -> str:
 
 def hook_specs() -> list[tuple[str, object]]:
     """(name, function) of every hook specification, in source order."""
-    from . import hookspecs
+    from .contracts import hookspecs
 
     marker = f"{hookspecs.PROJECT_NAME}_spec"
     specs = [(n, f) for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, marker)]

@@ -50,11 +50,11 @@ def write_clustered_interactions(
 def pytest_configure(config):
     """Stage caches of CLI runs go to a temporary folder, never to the user's ~/.cache; only the plugins
     shipped with miars load (in this process and the console scripts tests start), whatever else is
-    installed, so names and lists in messages are the built-ins' (miars_core.plugins.AUTOLOAD_VAR)."""
+    installed, so names and lists in messages are the built-ins' (miars_core.contracts.plugins.AUTOLOAD_VAR)."""
     import os
     import tempfile
 
-    from miars_core.plugins import AUTOLOAD_VAR
+    from miars_core.contracts.plugins import AUTOLOAD_VAR
 
     os.environ["MIARS_CACHE"] = tempfile.mkdtemp(prefix="miars-test-cache-")
     os.environ[AUTOLOAD_VAR] = "1"
@@ -65,7 +65,7 @@ def third_party_plugins():
     """Entry-point plugins of other distributions load again, for the tests of plugin discovery."""
     import os
 
-    from miars_core.plugins import AUTOLOAD_VAR, get_plugins
+    from miars_core.contracts.plugins import AUTOLOAD_VAR, get_plugins
 
     old = os.environ.pop(AUTOLOAD_VAR, None)
     try:

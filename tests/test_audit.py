@@ -18,10 +18,11 @@ import pytest
 from scipy.special import expit, logit
 from typer.testing import CliRunner
 
-from miars_core import audit, cli
-from miars_core.components import Component
-from miars_core.errors import MiarsError
-from miars_core.plugins import get_plugins
+from miars_core import cli
+from miars_core.contracts.components import Component
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.plugins import get_plugins
+from miars_core.engine import audit
 
 RUNNER = CliRunner()
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
@@ -90,7 +91,7 @@ def test_guesses_take_the_extremes_and_break_ties_with_their_own_seed():
 
 @pytest.fixture(scope="module")
 def data(small_dataset):
-    from miars_core.pipeline import load_named
+    from miars_core.engine.datasets import load_named
 
     return load_named(str(small_dataset), None, False, get_plugins())
 
@@ -194,8 +195,8 @@ def test_a_claim_above_what_the_canaries_can_show_is_inconclusive(data):
 # --------------------------------------------------------------------------- the command, with a third-party plugin
 
 PLUGIN_SOURCE = '''
-from miars_core.components import Component
-from miars_core.hookspecs import hookimpl
+from miars_core.contracts.components import Component
+from miars_core.contracts.hookspecs import hookimpl
 
 
 class ClaimsDP(Component):

@@ -10,9 +10,9 @@ import numpy as np
 from typer.testing import CliRunner
 
 from miars_core.cli import app
-from miars_core.defensereport import defense_rows
-from miars_core.gridreport import load_cells
-from miars_core.pipeline import AttackConfig, run_attack
+from miars_core.engine.pipeline import AttackConfig, run_attack
+from miars_core.reports.defensereport import defense_rows
+from miars_core.reports.gridreport import load_cells
 
 
 def test_bench_defenses_runs_the_sweep_and_writes_table_and_frontier(small_dataset, tmp_path):
@@ -69,7 +69,7 @@ def test_utility_holdout_is_measured_on_items_the_service_never_saw(small_datase
 def _record(defense, params, privacy, seed, auc):
     from pathlib import Path
 
-    from miars_core.gridreport import CellRecord
+    from miars_core.reports.gridreport import CellRecord
 
     metrics = {"roc_auc": auc, "balanced_accuracy": 0.5}
     result = {"metrics": metrics, "attackers": {"defense_aware": metrics, "defense_unaware": metrics},
@@ -80,7 +80,7 @@ def _record(defense, params, privacy, seed, auc):
 
 
 def test_epsilon_unit_is_a_column_of_every_defense_table_and_labels_the_frontier():
-    from miars_core.defensereport import _point_label, defenses_csv, defenses_markdown, frontier_png
+    from miars_core.reports.defensereport import _point_label, defenses_csv, defenses_markdown, frontier_png
 
     records = [_record("none", {}, None, 0, 0.9)]
     for seed, eps in ((0, 0.98), (1, 1.0)):

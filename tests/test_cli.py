@@ -470,7 +470,7 @@ LAZY = "import sys; {setup}; print('torch' in sys.modules, 'recbole' in sys.modu
 
 @pytest.mark.parametrize("setup", [
     "import miars_core.cli",
-    "import miars_core.cli; from miars_core.plugins import get_plugins; get_plugins()",
+    "import miars_core.cli; from miars_core.contracts.plugins import get_plugins; get_plugins()",
 ])
 def test_heavy_imports_are_lazy(setup):
     """`miars --help`, `miars plugins` and `miars list` must not pay for torch or RecBole."""

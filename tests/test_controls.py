@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from miars_core import checks
 from miars_core.cli import app
-from miars_core.grid import GridSpec, cell_record
-from miars_core.pipeline import AttackConfig, run_attack
-from miars_core.plugins import get_plugins
-from miars_core.store import MemoryStore
+from miars_core.contracts.plugins import get_plugins
+from miars_core.engine.grid import GridSpec, cell_record
+from miars_core.engine.pipeline import AttackConfig, run_attack
+from miars_core.engine.store import MemoryStore
+from miars_core.kit import checks
 from miars_recbole.models import Popularity, RandomItems
 
 SMALL = {"top_k": 10, "min_interactions": 5, "featurizer_params": {"dim": 8}, "attack_params": {"epochs": 50}}

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from miars_core.errors import DuplicateNameError, MiarsError, UnknownNameError
-from miars_core.metrics import membership_metrics
-from miars_core.protocol import split_dataset
-from miars_core.ranking import top_k_excluding
-from miars_core.registry import Registry
-from miars_core.seeds import stage_seed
-from miars_core.service import popularity_order, serve
-from miars_core.types import Interactions, Part, ServiceContext
+from miars_core.contracts.errors import DuplicateNameError, MiarsError, UnknownNameError
+from miars_core.contracts.registry import Registry
+from miars_core.contracts.seeds import stage_seed
+from miars_core.contracts.types import Interactions, Part, ServiceContext
+from miars_core.science.metrics import membership_metrics
+from miars_core.science.protocol import split_dataset
+from miars_core.science.ranking import top_k_excluding
+from miars_core.science.service import popularity_order, serve
 
 
 def random_interactions(n_users=120, n_items=80, density=0.3, seed=0) -> Interactions:
@@ -232,7 +232,7 @@ def test_stage_seeds_are_stable_and_distinct():
 
 def test_builtin_numpy_components_pass_the_conformance_suite():
     from miars_attacks import CenterDiff
-    from miars_core import checks
+    from miars_core.kit import checks
     from miars_defenses import PopularityRandomization
     from miars_recbole.models import Popularity
 
@@ -258,8 +258,8 @@ def test_registry_checks_parameter_types_against_defaults():
 def test_a_plugin_whose_registration_hook_raises_is_reported_not_fatal_nor_half_registered():
     from types import SimpleNamespace
 
-    from miars_core.hookspecs import hookimpl
-    from miars_core.plugins import get_plugins
+    from miars_core.contracts.hookspecs import hookimpl
+    from miars_core.contracts.plugins import get_plugins
 
     @hookimpl
     def register_recommenders(register):

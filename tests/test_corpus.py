@@ -28,8 +28,8 @@ import pytest
 from typer.testing import CliRunner
 
 from miars_core import cli
-from miars_core.components import Component
-from miars_core.hookspecs import hookimpl
+from miars_core.contracts.components import Component
+from miars_core.contracts.hookspecs import hookimpl
 
 RUNNER = CliRunner()
 ATTACK_APP = cli._attack_app()
@@ -451,7 +451,7 @@ def test_bad_input(case, sandbox):
 @pytest.fixture
 def corpus_plugins(monkeypatch):
     """The installed plugins plus the corpus's broken ones, as the command line sees them."""
-    from miars_core import plugins as plugins_module
+    from miars_core.contracts import plugins as plugins_module
 
     loaded = plugins_module.get_plugins(extra=[_corpus_good_plugin(), _corpus_plugin(), _misnamed_plugin()])
     monkeypatch.setattr(plugins_module, "_cached", loaded)

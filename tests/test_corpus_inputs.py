@@ -22,9 +22,9 @@ import pytest
 from typer.testing import CliRunner
 
 from miars_core import cli
-from miars_core.errors import MiarsError
-from miars_core.grid import GRID_RULES, GridSpec
-from miars_core.plugins import AUTOLOAD_VAR, get_plugins
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.plugins import AUTOLOAD_VAR, get_plugins
+from miars_core.engine.grid import GRID_RULES, GridSpec
 
 RUNNER = CliRunner()
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
@@ -222,10 +222,10 @@ def test_grid_size_is_counted_without_building_cells():
 
 
 def test_a_grid_builds_each_distinct_component_once(monkeypatch, small_dataset):
-    from miars_core.engine import plan
-    from miars_core.registry import Registry
-    from miars_core.stages import Cell
-    from miars_core.store import MemoryStore
+    from miars_core.contracts.registry import Registry
+    from miars_core.engine.run import plan
+    from miars_core.engine.stages import Cell
+    from miars_core.engine.store import MemoryStore
 
     calls = []
     real = Registry.create
@@ -434,7 +434,7 @@ def test_dask_local_scratch_space_is_removed_on_success_and_on_sigterm(box, tmp_
 
 
 def test_a_hold_out_of_nothing_fails_in_one_line_not_with_nan_utility(small_dataset):
-    from miars_core.pipeline import AttackConfig, run_attack
+    from miars_core.engine.pipeline import AttackConfig, run_attack
 
     config = AttackConfig(dataset=str(small_dataset), target="pop", shadow="pop", top_k=5, min_interactions=5,
                           utility_holdout=0.01, featurizer_params={"dim": 8}, attack_params={"epochs": 20})

@@ -24,7 +24,7 @@ import pytest
 from typer.testing import CliRunner
 
 from miars_core import cli
-from miars_core.store import array_checksum, record_checksum
+from miars_core.engine.store import array_checksum, record_checksum
 
 RUNNER = CliRunner()
 APP = cli.app
@@ -302,7 +302,7 @@ def test_out_of_range_ids_in_cached_lists_do_not_crash_a_serial_grid(box):
 
 
 def test_a_broken_output_that_cannot_be_moved_away_is_used_for_this_run_only(box, monkeypatch):
-    from miars_core import store as store_module
+    from miars_core.engine import store as store_module
 
     real = os.rename
 
@@ -323,7 +323,7 @@ def test_a_broken_output_that_cannot_be_moved_away_is_used_for_this_run_only(box
 
 
 def test_a_broken_output_that_cannot_be_computed_again_fails_the_cell_naming_the_file(box, monkeypatch):
-    from miars_core import stages
+    from miars_core.engine import stages
 
     def unavailable(*args, **kwargs):
         raise stages.MiarsError("the dataset is gone")
@@ -340,8 +340,8 @@ def test_a_broken_output_that_cannot_be_computed_again_fails_the_cell_naming_the
 
 
 def test_a_broken_defense_output_is_computed_again(small_dataset, tmp_path):
-    from miars_core.pipeline import AttackConfig, run_attack
-    from miars_core.store import DiskStore
+    from miars_core.engine.pipeline import AttackConfig, run_attack
+    from miars_core.engine.store import DiskStore
 
     cfg = AttackConfig(dataset=str(small_dataset), target="pop", shadow="pop", top_k=10, min_interactions=5,
                        featurizer_params={"dim": 8}, attack_params={"epochs": 20}, defense="popularity-randomization")
@@ -530,7 +530,7 @@ def test_a_worker_killed_by_the_kernel_fails_its_cell_and_a_rerun_resumes(small_
 
 
 def test_grid_json_never_stays_running_after_an_error(box, monkeypatch):
-    from miars_core import engine
+    from miars_core.engine import run as engine
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import miars_datasets
-from miars_core.errors import MiarsError
+from miars_core.contracts.errors import MiarsError
 from miars_datasets import (
     AmazonDigitalMusic,
     InteractionFile,
@@ -405,7 +405,7 @@ def test_download_bad_zip(tmp_path, isolated_cache, monkeypatch):
 
 
 def test_plugin_registers_all_datasets():
-    from miars_core.plugins import get_plugins
+    from miars_core.contracts.plugins import get_plugins
 
     registry = get_plugins(reload=True).registry("dataset")
     names = registry.names()
@@ -419,7 +419,7 @@ def test_plugin_registers_all_datasets():
 
 
 def test_components_pass_check_dataset(tmp_path):
-    from miars_core.checks import check_dataset
+    from miars_core.kit.checks import check_dataset
 
     write(tmp_path / "ratings.dat", ML1M_TEXT)
     write(tmp_path / "user_artists.dat", "userID\tartistID\tweight\n1\t10\t3\n2\t20\t4\n")

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from miars_core import checks
-from miars_core.components import Component
-from miars_core.defenses import acts_on
-from miars_core.service import _unknown_top_k, serve
-from miars_core.types import Part
-from miars_core.errors import MiarsError
-from miars_core.plugins import get_plugins
-from miars_core.types import Interactions, ServiceContext, binary_csr
-from miars_core.utility import holdout, utility_metrics
+from miars_core.contracts.components import Component
+from miars_core.contracts.defenses import acts_on
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.plugins import get_plugins
+from miars_core.contracts.types import Interactions, ServiceContext, binary_csr
+from miars_core.contracts.types import Part
+from miars_core.kit import checks
+from miars_core.science.service import _unknown_top_k, serve
+from miars_core.science.utility import holdout, utility_metrics
 from miars_defenses import PopularityRandomization
 from miars_defenses.dp_itemknn import DPItemKNN, gaussian_sigma
 from miars_defenses.dp_sgd import DPSGD

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import miars_core.hookspecs as hookspecs
-from miars_core import checks
+import miars_core.contracts.hookspecs as hookspecs
+from miars_core.kit import checks
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 BLOCKS = [b for b in re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S) if "@hookimpl" in b and "from ." not in b]

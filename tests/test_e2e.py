@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from miars_core.pipeline import AttackConfig, run_attack
+from miars_core.engine.pipeline import AttackConfig, run_attack
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ML1M_PAIRS = SHARED / "movielens-1m" / "ml-1m-pairs.tsv.gz"

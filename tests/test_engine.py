@@ -14,13 +14,13 @@ import pytest
 from typer.testing import CliRunner
 
 from miars_core.cli import app
-from miars_core.engine import run_grid, write_cell
-from miars_core.errors import MiarsError
-from miars_core.grid import GridSpec, cell_id, load_toml, parse_scoped_params, split_list
-from miars_core.pipeline import AttackConfig, run_attack
-from miars_core.plugins import get_plugins
-from miars_core.stages import Cell
-from miars_core.store import DiskStore, MemoryStore
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.plugins import get_plugins
+from miars_core.engine.grid import GridSpec, cell_id, load_toml, parse_scoped_params, split_list
+from miars_core.engine.pipeline import AttackConfig, run_attack
+from miars_core.engine.run import run_grid, write_cell
+from miars_core.engine.stages import Cell
+from miars_core.engine.store import DiskStore, MemoryStore
 
 from conftest import write_clustered_interactions
 
@@ -296,7 +296,7 @@ def test_cli_grid_end_to_end_and_exit_codes(small_dataset, tmp_path):
 
 def test_dask_local_executor_gives_the_local_executors_metrics(small_dataset, tmp_path):
     pytest.importorskip("distributed")
-    from miars_core.executors import make_executor
+    from miars_core.engine.executors import make_executor
 
     spec = GridSpec(dataset=[str(small_dataset)], target=["item", "pop"], shadow=["item", "pop"], top_k=[10], seed=[0],
                     attack_params={"*": {"epochs": 20}})
@@ -322,7 +322,7 @@ class _HalfData:
     def apply_data(self, members, seed=0):
         import scipy.sparse as sp
 
-        from miars_core.types import Interactions
+        from miars_core.contracts.types import Interactions
 
         m = members.matrix.tocsr().copy()
         keep = np.ones(m.nnz, dtype=bool)
@@ -346,7 +346,7 @@ class _PopularTraining:
         return {}
 
     def fit(self, recommender, members, seed=0):
-        from miars_core.ranking import top_k_popular
+        from miars_core.science.ranking import top_k_popular
 
         self.privacy_ = {"epsilon": 0.0, "delta": 0.0, "level": "user", "mechanism": "no model at all"}
 
@@ -360,7 +360,7 @@ class _PopularTraining:
 def _defense_plugins():
     import types
 
-    from miars_core.hookspecs import hookimpl
+    from miars_core.contracts.hookspecs import hookimpl
 
     module = types.ModuleType("test_defense_points")
 

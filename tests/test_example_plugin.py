@@ -1,6 +1,6 @@
 """The example plugin (examples/miars-example-plugin), the conformance checks and plugin loading.
 
-Only ``test_end_to_end_userknn_attack`` depends on ``miars_core.pipeline`` (and on the
+Only ``test_end_to_end_userknn_attack`` depends on ``miars_core.engine.pipeline`` (and on the
 built-in dataset, featurizer and attack plugins); it is skipped while that is missing.
 """
 
@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from miars_core import checks
-from miars_core.errors import DuplicateNameError, UnknownNameError
-from miars_core.hookspecs import hookimpl
-from miars_core.plugins import get_plugins
-from miars_core.types import ServiceContext
+from miars_core.contracts.errors import DuplicateNameError, UnknownNameError
+from miars_core.contracts.hookspecs import hookimpl
+from miars_core.contracts.plugins import get_plugins
+from miars_core.contracts.types import ServiceContext
+from miars_core.kit import checks
 
 EXAMPLE_SRC = Path(__file__).resolve().parents[1] / "examples" / "miars-example-plugin" / "src"
 
@@ -100,7 +100,7 @@ def test_userknn_matches_brute_force(example):
 def test_userknn_rejects_too_large_k(example):
     from miars_example.userknn import UserKNN
 
-    from miars_core.errors import MiarsError
+    from miars_core.contracts.errors import MiarsError
 
     data = checks.make_interactions()
     with pytest.raises(MiarsError, match="at most k="):
@@ -309,8 +309,8 @@ def test_colon_is_reserved_for_namespaces():
 
 
 def test_end_to_end_userknn_attack(example):
-    """[depends on miars_core.pipeline and the built-in plugins] userknn is attackable."""
-    pipeline = pytest.importorskip("miars_core.pipeline", reason="miars_core.pipeline not written yet")
+    """[depends on miars_core.engine.pipeline and the built-in plugins] userknn is attackable."""
+    pipeline = pytest.importorskip("miars_core.engine.pipeline", reason="miars_core.engine.pipeline not written yet")
     plugins = _with_example(example)
     for kind, name in (("dataset", "ml-100k"), ("featurizer", "center-diff"), ("attack", "mlp")):
         if name not in plugins.registry(kind).entries:

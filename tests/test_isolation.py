@@ -1,7 +1,7 @@
 """What an attack receives on the target part holds no membership labels and no members' training data.
 
 The target view, its query access and its reference models are walked object by object
-(``miars_core.checks.reachable``: instance attributes, slots, containers, bound methods,
+(``miars_core.kit.checks.reachable``: instance attributes, slots, containers, bound methods,
 closures, partials, array bases) for every service, defense kind, split mode and the paper's
 recommenders; the walker itself is shown to find labels and training data wherever they hide.
 """
@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from miars_core import checks
-from miars_core.pipeline import AttackConfig
-from miars_core.plugins import get_plugins
-from miars_core.service import Served
-from miars_core.stages import Cell
-from miars_core.threat import QueryAccess
-from miars_core.types import Interactions, Part, Split
+from miars_core.contracts.plugins import get_plugins
+from miars_core.contracts.types import Interactions, Part, Split
+from miars_core.engine.pipeline import AttackConfig
+from miars_core.engine.stages import Cell
+from miars_core.kit import checks
+from miars_core.engine.graph import Walker
+from miars_core.science.service import Fitted, Served
+from miars_core.science.threat import QueryAccess
 
 RNG = np.random.default_rng(3)
 Y = RNG.random(40) < 0.5
@@ -74,7 +75,7 @@ def test_query_access_through_a_service_without_new_accounts_holds_the_training_
 
     class OldService:
         def serve_others(self, fitted, train, histories, k, seed=0):
-            from miars_core.ranking import top_k_popular
+            from miars_core.science.ranking import top_k_popular
 
             return top_k_popular(train.item_popularity(), histories, k)
 
@@ -122,20 +123,21 @@ def test_nothing_reachable_from_the_target_view_holds_labels_or_training_data(sm
     view.query.recommend(view.histories[:5])  # used once, as an attack would
     view.reference(0).recommend(view.histories[:5])  # a reference model built
     under_fit = defended and cell.defense_point in ("data", "training")
-    served = cell._memo[f"fitted:target:{under_fit}"]
-    fitted = served.fitted
+    served = cell.fitted("target", under_fit)
+    fitted = served.model
     forbidden = [cell, served, fitted, getattr(fitted, "model_", None), getattr(getattr(fitted, "model_", None), "model", None),
                  cell.split("target"), cell.part("target"), cell.part("shadow")]
     walked = checks.check_isolation(view, is_member=cell.part("target").is_member, train=served.train.matrix,
                                     forbidden=[x for x in forbidden if x is not None],
-                                    forbidden_types=(Cell, Part, Split, Served, FittedRecBole, AbstractRecommender))
+                                    forbidden_types=(Cell, Walker, Part, Split, Served, Fitted, FittedRecBole,
+                                                     AbstractRecommender))
     assert walked > 20
     assert view.labels is None and view.pair_labels is None
 
 
 def test_check_service_refuses_a_new_account_server_that_keeps_the_members_data():
-    from miars_core.components import Component
-    from miars_core.ranking import top_k_popular
+    from miars_core.contracts.components import Component
+    from miars_core.science.ranking import top_k_popular
     from miars_services import FoldInService, PopularService
 
     class Leaky(Component):

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from miars_core import checks
-from miars_core.errors import MiarsError
-from miars_core.plugins import get_plugins
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.plugins import get_plugins
+from miars_core.kit import checks
 
 
 @pytest.fixture(scope="module")

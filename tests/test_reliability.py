@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from miars_core import checks, cli
-from miars_core.components import Component
-from miars_core.errors import MiarsError
-from miars_core.hookspecs import hookimpl
-from miars_core.plugins import get_plugins
+from miars_core import cli
+from miars_core.contracts.components import Component
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.hookspecs import hookimpl
+from miars_core.contracts.plugins import get_plugins
+from miars_core.kit import checks
 
 RUNNER = CliRunner()
 ATTACK_APP = cli._attack_app()
@@ -58,7 +59,7 @@ def test_outputs_are_one_set_with_the_normal_file_mode(small_dataset, tmp_path):
 
 
 def test_a_failed_write_never_leaves_a_new_scores_file_beside_an_old_result(small_dataset, tmp_path, monkeypatch):
-    from miars_core import report
+    from miars_core.reports import report
 
     out = tmp_path / "out"
     base = ["--dataset", str(small_dataset), "--target", "pop", *FAST, "--out", str(out)]
@@ -105,7 +106,7 @@ def test_non_utf8_and_tab_ids_are_escaped_not_fatal(tmp_path, small_dataset):
 
 
 def test_tsv_id_escaping_is_reversible():
-    from miars_core.report import tsv_id
+    from miars_core.contracts.files import tsv_id
 
     def unescape(text: str) -> bytes:
         out, i = bytearray(), 0
@@ -131,7 +132,7 @@ def test_tsv_id_escaping_is_reversible():
 
 
 def test_param_constraints_are_declared_on_the_builtin_components():
-    from miars_core.params import constraints_of
+    from miars_core.contracts.params import constraints_of
 
     plugins = get_plugins()
     for kind, name, key in (("recommender", "item", "k"), ("recommender", "lfm", "embedding_size"),
@@ -220,7 +221,7 @@ def test_a_valid_plugin_still_loads_and_checks():
 
 
 def test_conflicting_plugin_is_reported_in_miars_plugins_and_other_commands_work(monkeypatch):
-    from miars_core import plugins as plugins_module
+    from miars_core.contracts import plugins as plugins_module
 
     def register_recommenders(register):
         register("item", _Rec)
@@ -254,7 +255,7 @@ class _NanLossError(_Rec):
 
 @pytest.mark.parametrize("factory, needle", [(_Diverged, "final_train_loss=nan"), (_NanLossError, "Training loss is nan")])
 def test_a_non_finite_training_loss_fails_the_run(small_dataset, factory, needle):
-    from miars_core.pipeline import AttackConfig, run_attack
+    from miars_core.engine.pipeline import AttackConfig, run_attack
 
     plugin = _module("diverging_plugin", register_recommenders=hookimpl(lambda register: register("diverging", factory)))
     config = AttackConfig(dataset=str(small_dataset), target="diverging", shadow="pop", top_k=5, min_interactions=5,
@@ -286,8 +287,8 @@ class _RandomLists(Component):
 
 
 def test_a_target_whose_lists_carry_no_signal_is_flagged(small_dataset):
-    from miars_core.pipeline import AttackConfig, run_attack
-    from miars_core.report import flag_no_signal, render_result
+    from miars_core.engine.pipeline import AttackConfig, run_attack
+    from miars_core.reports.report import flag_no_signal, render_result
 
     plugin = _module("random_plugin", register_recommenders=hookimpl(lambda register: register("random-lists", _RandomLists)))
     plugins = get_plugins(extra=[plugin])
@@ -433,7 +434,7 @@ def test_sigterm_during_training_removes_recbole_temporary_files(small_dataset, 
 
 
 def test_a_conflicting_namespace_skips_the_later_plugin_and_blocks_the_prefix():
-    from miars_core.errors import DuplicateNameError
+    from miars_core.contracts.errors import DuplicateNameError
 
     def register_namespaces(register):
         register("recommender", "recbole", lambda rest: _Rec, lambda: ["X"])

@@ -21,10 +21,10 @@ import pytest
 from typer.testing import CliRunner
 
 from miars_core import cli
-from miars_core.errors import MiarsError
-from miars_core.gridreport import TABLE_METRICS, build_groups, load_cells, write_report
-from miars_core.intervals import mean_ci
-from miars_core.metrics import membership_metrics
+from miars_core.contracts.errors import MiarsError
+from miars_core.reports.gridreport import TABLE_METRICS, build_groups, load_cells, write_report
+from miars_core.science.intervals import mean_ci
+from miars_core.science.metrics import membership_metrics
 
 RUNNER = CliRunner()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from miars_core.synth import sample_users, synthetic_interactions
+from miars_core.science.synth import sample_users, synthetic_interactions
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,8 @@ def test_sample_users_caps_interactions(synth):
 
 @pytest.mark.parametrize("name", ["item", "lfm"])
 def test_scoring_never_asks_for_more_than_one_bounded_block(synth, name, monkeypatch):
-    import miars_core.ranking as ranking
-    from miars_core.plugins import get_plugins
+    import miars_core.science.ranking as ranking
+    from miars_core.contracts.plugins import get_plugins
 
     monkeypatch.setattr(ranking, "MAX_BLOCK_ELEMENTS", 300 * synth.n_items)  # at most 300 users per block
     params = {"epochs": 1} if name == "lfm" else {}

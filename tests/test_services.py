@@ -9,11 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 import miars_services
-from miars_core import checks
 from miars_core.cli import app
-from miars_core.errors import MiarsError
-from miars_core.pipeline import AttackConfig, run_attack
-from miars_core.plugins import get_plugins
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.plugins import get_plugins
+from miars_core.engine.pipeline import AttackConfig, run_attack
+from miars_core.kit import checks
 from miars_services import FoldInService, PopularService
 
 FAST = {"attack_params": {"epochs": 50}}
@@ -76,7 +76,7 @@ def test_service_on_the_command_line_and_in_grids(small_dataset, tmp_path):
 
 
 def test_the_popular_service_keeps_v0_cache_keys(small_dataset):
-    from miars_core.stages import Cell
+    from miars_core.engine.stages import Cell
 
     plugins = get_plugins()
     a = Cell(AttackConfig(dataset=str(small_dataset)), plugins)
@@ -98,7 +98,7 @@ def test_foldin_ncf_fits_neumf_user_embeddings_against_the_frozen_item_side(smal
     known = target.interactions.matrix
     assert not np.asarray(known[np.repeat(np.arange(len(lists)), 10), lists.ravel()]).any()
     rec = get_plugins().create("recommender", "ncf", epochs=3)
-    from miars_core.types import Interactions
+    from miars_core.contracts.types import Interactions
 
     members = Interactions(known[target.is_member], target.interactions.user_ids[target.is_member],
                            target.interactions.item_ids)
@@ -143,7 +143,7 @@ def test_foldin_can_serve_members_like_new_accounts_and_reports_how_far_their_li
     assert "members_foldin_overlap" not in trained.recommenders["target"]
     # item-kNN scores a member's row and a folded-in history the same way (its mechanism gap is zero), and a member
     # served by fold-in gets exactly what a fresh account with the member's history gets through query access
-    from miars_core.stages import Cell
+    from miars_core.engine.stages import Cell
 
     config = AttackConfig(dataset=str(small_dataset), top_k=10, service="foldin", target="item",
                           service_params={"members": "foldin"}, attack="query-recall")
@@ -222,7 +222,7 @@ def test_gradient_foldin_does_not_depend_on_how_accounts_are_chunked():
 
 
 def test_neumf_gradient_foldin_does_not_depend_on_the_chunk_size(small_dataset):
-    from miars_core.types import Interactions
+    from miars_core.contracts.types import Interactions
     from miars_recbole.foldin import ItemSide, foldin_scorer
 
     result = get_plugins().create("recommender", "ncf", epochs=1)
@@ -260,7 +260,7 @@ def test_foldin_refuses_bad_solvers_and_non_finite_factors():
 
 
 def test_a_closed_form_foldin_of_a_model_without_one_fails_before_any_work(small_dataset, tmp_path):
-    from miars_core.stages import Cell
+    from miars_core.engine.stages import Cell
 
     ridge = {"solver": "ridge"}
     with pytest.raises(MiarsError, match="solver=ridge: recommender 'ncf' has no closed-form fold-in"):

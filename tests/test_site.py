@@ -89,7 +89,7 @@ def test_cli_reference_agrees_with_help():
 
 
 def test_hook_reference_covers_hookspecs_module():
-    import miars_core.hookspecs as hookspecs
+    import miars_core.contracts.hookspecs as hookspecs
 
     hooks = sorted(n for n in dir(hookspecs) if n.startswith("register_"))
     assert sorted(n for n, _ in hook_specs()) == hooks

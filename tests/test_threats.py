@@ -16,15 +16,15 @@ from typer.testing import CliRunner
 import miars_attacks
 from miars_attacks.metric import orient_and_threshold
 from miars_attacks.query import half_splits, recall_of_lists
-from miars_core import checks
 from miars_core import cli
 from miars_core.cli import app
-from miars_core.errors import MiarsError
-from miars_core.pipeline import AttackConfig, run_attack
-from miars_core.plugins import get_plugins
-from miars_core.store import DiskStore
-from miars_core.threat import QueryAccess
-from miars_core.types import Interactions
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.plugins import get_plugins
+from miars_core.contracts.types import Interactions
+from miars_core.engine.pipeline import AttackConfig, run_attack
+from miars_core.engine.store import DiskStore
+from miars_core.kit import checks
+from miars_core.science.threat import QueryAccess
 from miars_services import FoldInService, PopularService
 
 VIEW_ATTACKS = ("kmeans", "shadow-free", "reference-rec", "query-recall", "interaction")
@@ -166,7 +166,7 @@ def test_query_attacks_run_as_grid_cells_and_in_bench_defenses(small_dataset, tm
 def test_an_attack_that_needs_what_the_cell_lacks_fails_in_one_line(small_dataset):
     with pytest.raises(MiarsError, match="unknown attack 'nosuch'"):
         run_attack(AttackConfig(dataset=str(small_dataset), attack="nosuch"))
-    from miars_core.threat import AdversaryView
+    from miars_core.science.threat import AdversaryView
 
     view = AdversaryView(histories=sp.csr_matrix((2, 3)), lists=np.zeros((2, 1), dtype=np.int64), k=1)
     with pytest.raises(MiarsError, match="needs item vectors.*center-diff"):
@@ -180,7 +180,7 @@ def test_an_attack_that_needs_what_the_cell_lacks_fails_in_one_line(small_datase
 
 
 def test_interaction_attack_scores_pairs_with_its_own_metrics(small_dataset, tmp_path):
-    from miars_core.stages import Cell
+    from miars_core.engine.stages import Cell
 
     config = AttackConfig(dataset=str(small_dataset), target="item", top_k=10, service="foldin", attack="interaction",
                           utility_holdout=0.2)
@@ -203,7 +203,7 @@ def test_interaction_attack_scores_pairs_with_its_own_metrics(small_dataset, tmp
     cell = Cell(defended, get_plugins())
     labels = cell.pair_labels("target", True, pairs)
     assert not labels[~target.is_member[pairs[:, 0]]].any()
-    train = cell._memo["fitted:target:True"].train.matrix
+    train = cell.fitted("target", True).train.matrix
     assert 0 < labels.sum() < target.is_member[pairs[:, 0]].sum()
     assert labels.sum() == sum(train[int(np.flatnonzero(target.is_member).tolist().index(r)), i] > 0
                                for r, i in pairs[labels])
@@ -221,7 +221,7 @@ def test_dp_itemknn_folds_in_and_brings_query_recall_toward_chance(small_dataset
 def test_zreg_calibration_standardizes_the_recall_of_shadow_non_members():
     class Shuffled:  # a service that serves random unknown items: its recall differs from the reference's
         def serve_others(self, fitted, train, histories, k, seed=0):
-            from miars_core.ranking import top_k_excluding
+            from miars_core.science.ranking import top_k_excluding
 
             scores = np.random.default_rng(seed).random(histories.shape).astype(np.float32)
             return top_k_excluding(scores, sp.csr_matrix(histories), k)
@@ -254,7 +254,7 @@ def test_query_recall_averages_its_reference_models_each_asked_the_same_queries(
 
 
 def test_each_reference_index_is_its_own_model(small_dataset):
-    from miars_core.stages import Cell
+    from miars_core.engine.stages import Cell
 
     cell = Cell(AttackConfig(dataset=str(small_dataset), target="item", top_k=10, service="foldin",
                              attack="query-recall"), get_plugins())
@@ -290,9 +290,9 @@ def test_a_query_attack_written_like_the_docs_example_runs_at_one_query_per_targ
 
 
 def test_predictions_follow_the_attacks_decision_threshold(small_dataset):
-    from miars_core.components import Component
-    from miars_core.hookspecs import hookimpl
-    from miars_core.stages import Cell
+    from miars_core.contracts.components import Component
+    from miars_core.contracts.hookspecs import hookimpl
+    from miars_core.engine.stages import Cell
 
     class MedianCut(Component):
         """Logistic regression with a cut kept outside its scores (example)."""

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from miars_core.errors import MiarsError
-from miars_core.types import Interactions
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.types import Interactions
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def _recbole_itemknn(fit, k):
 
 
 def test_sparse_itemknn_equals_recboles_dense_itemknn(split):
-    from miars_core.ranking import top_k_excluding
+    from miars_core.science.ranking import top_k_excluding
     from miars_recbole.session import fit_itemknn
 
     fit, _ = split

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from miars_core.hookspecs import hookimpl
+from miars_core.contracts.hookspecs import hookimpl
 
 from .controls import OverlapControl
 from .features import CenterDiff, item_vectors

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from miars_core.components import Component
-from miars_core.threat import AdversaryView
+from miars_core.contracts.components import Component
+from miars_core.science.threat import AdversaryView
 
 
 def overlap_share(lists: np.ndarray, histories) -> np.ndarray:

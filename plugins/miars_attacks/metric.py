@@ -1,6 +1,6 @@
 """Attacks that score each user by a metric of their history and served list (no attack model to train).
 
-They see what :class:`miars_core.threat.AdversaryView` grants (``threat = "lists"``, or
+They see what :class:`miars_core.science.threat.AdversaryView` grants (``threat = "lists"``, or
 ``"queries"`` for reference-rec) and score users vectorised over the whole part: sparse
 products of the histories and lists with the item vectors, one k-means, no per-user loop.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from miars_core.components import Component
-from miars_core.params import Interval, Options
-from miars_core.threat import AdversaryView
+from miars_core.contracts.components import Component
+from miars_core.contracts.params import Interval, Options
+from miars_core.science.threat import AdversaryView
 
 #: Added to distances before dividing, so a zero distance gives a large, finite ratio.
 EPS = 1e-6

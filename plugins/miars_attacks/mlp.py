@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from miars_core.components import Component
-from miars_core.errors import MiarsError
-from miars_core.params import Interval, ListOf, Options, OrNone
+from miars_core.contracts.components import Component
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.params import Interval, ListOf, Options, OrNone
 
 
 class MLPAttack(Component):
@@ -37,7 +37,7 @@ class MLPAttack(Component):
         self.optimizer = optimizer
 
     def fit(self, X: np.ndarray, y: np.ndarray, seed: int = 0) -> "MLPAttack":
-        from miars_core.torch_utils import single_thread
+        from miars_core.kit.torch_utils import single_thread
 
         with single_thread():
             return self._fit(X, y, seed)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from miars_core.params import Interval, Options
-from miars_core.threat import AdversaryView
-from miars_core.types import random_row_ranks
+from miars_core.contracts.params import Interval, Options
+from miars_core.contracts.types import random_row_ranks
+from miars_core.science.threat import AdversaryView
 
 from .metric import _ShadowCalibrated, orient_and_threshold
 
@@ -157,7 +157,7 @@ class InteractionQuery(_ShadowCalibrated):
         self.calibration = calibration
 
     def _score(self, view: AdversaryView, seed: int) -> np.ndarray:
-        from miars_core.types import binary_csr
+        from miars_core.contracts.types import binary_csr
 
         view.require("interaction", "query", "pairs")
         rows, items = view.pairs[:, 0], view.pairs[:, 1]

@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from miars_core.components import Component
-from miars_core.errors import MiarsError
-from miars_core.hookspecs import hookimpl
+from miars_core.contracts.components import Component
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.hookspecs import hookimpl
 
 from . import fetch, readers
 from .fetch import cache_dir, sha256_of
 
 if TYPE_CHECKING:
-    from miars_core.types import Interactions
+    from miars_core.contracts.types import Interactions
 
 __all__ = [
     "AmazonDigitalMusic",
@@ -208,7 +208,7 @@ class InteractionFile(Component):
 
 
 def _interactions(users: np.ndarray, items: np.ndarray) -> Interactions:
-    from miars_core.types import Interactions  # scipy: imported on first load, not on plugin discovery
+    from miars_core.contracts.types import Interactions  # scipy: imported on first load, not on plugin discovery
 
     return Interactions.from_pairs(users, items)
 

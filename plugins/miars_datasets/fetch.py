@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from miars_core.errors import MiarsError
+from miars_core.contracts.errors import MiarsError
 
 #: Environment variable that overrides the cache root (default ``~/.cache/miars``).
 CACHE_ENV = "MIARS_CACHE"

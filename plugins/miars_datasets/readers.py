@@ -3,7 +3,7 @@
 Every reader returns ``(users, items)``: two parallel numpy arrays of original ids, one
 entry per line (duplicates are collapsed later by ``Interactions.from_pairs``). Any
 problem (missing, empty, wrong column count, unparsable values) raises a one-line
-:class:`~miars_core.errors.MiarsError` that names the file and the expected format.
+:class:`~miars_core.contracts.errors.MiarsError` that names the file and the expected format.
 
 Id types: the fixed formats whose ids are integers (MovieLens, Last.fm) give ``int64``;
 Amazon ids (reviewer ids, ASINs that may start with ``0``) stay strings. Generic files and
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from miars_core.errors import MiarsError
+from miars_core.contracts.errors import MiarsError
 
 #: A RecBole atomic-file header field such as ``user_id:token``.
 _RECBOLE_FIELD = re.compile(r"^[^:\s]+:(token|token_seq|float|float_seq)$")

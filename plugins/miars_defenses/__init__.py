@@ -1,4 +1,4 @@
-"""Built-in defenses, one or more at each point of action of the service (see miars_core.defenses).
+"""Built-in defenses, one or more at each point of action of the service (see miars_core.contracts.defenses).
 
 lists: ``popularity-randomization`` (Zhang et al., CCS 2021), ``list-noise``, ``rank-shuffle``;
 data: ``subsample``; training: ``dp-itemknn`` (McSherry & Mironov, KDD 2009), ``dp-sgd`` (opacus).
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from miars_core.components import Component
-from miars_core.errors import MiarsError
-from miars_core.hookspecs import hookimpl
-from miars_core.params import Interval
-from miars_core.types import ServiceContext
+from miars_core.contracts.components import Component
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.hookspecs import hookimpl
+from miars_core.contracts.params import Interval
+from miars_core.contracts.types import ServiceContext
 
 from . import _params
 

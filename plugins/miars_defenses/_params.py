@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from miars_core.errors import MiarsError
+from miars_core.contracts.errors import MiarsError
 
 
 def number(defense: str, name: str, value, *, low: float | None = None, high: float | None = None,

@@ -9,11 +9,12 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
-from miars_core.components import Component
-from miars_core.errors import MiarsError
-from miars_core.ranking import top_k_excluding
-from miars_core.types import Interactions
-from miars_core.params import Interval, Options, OrNone  # noqa: F401 - param_constraints
+from miars_core.contracts.components import Component
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.params import Interval, Options, OrNone  # noqa: F401 - param_constraints
+from miars_core.contracts.state import csr_arrays, csr_from_arrays
+from miars_core.contracts.types import Interactions
+from miars_core.science.ranking import top_k_excluding
 
 from . import _params
 
@@ -152,6 +153,17 @@ class DPSGD(Component):
                          "final_train_loss": info["final_loss"], **self.privacy_}
         return out
 
+    def set_state(self, recommender, arrays, record) -> "_FittedDP":
+        """The model :meth:`fit` trained, back from what its ``get_state`` saved (no training)."""
+        from miars_recbole.training import restore_fitted
+
+        train = csr_from_arrays(arrays, "train", tuple(record["train_shape"]))
+        model = restore_fitted({k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")},
+                               record["model"], train)
+        out = _FittedDP(model, train, int(record["score_batch_size"]))
+        out.fit_info_ = dict(record["fit_info"])
+        return out
+
 
 class _FittedDP:
     """The privately trained RecBole model, served like the plain wrapper (batched full ranking)."""
@@ -160,6 +172,19 @@ class _FittedDP:
         self.model_ = fitted
         self.train_ = train
         self.score_batch_size = score_batch_size
+
+    def get_state(self):
+        """The private model as arrays plus a JSON record (the recommender state contract); restored by
+        :meth:`DPSGD.set_state`."""
+        from miars_recbole.training import fitted_state
+
+        state = fitted_state(self.model_)
+        if state is None:
+            return None
+        arrays, record = state
+        return ({**{f"model.{k}": v for k, v in arrays.items()}, **csr_arrays("train", self.train_)},
+                {"model": record, "train_shape": list(self.train_.shape), "score_batch_size": int(self.score_batch_size),
+                 "fit_info": self.fit_info_})
 
     def recommend(self, k: int) -> np.ndarray:
         return top_k_excluding(self.model_.score_rows, self.train_, k, batch_size=self.score_batch_size)
@@ -170,7 +195,7 @@ class _FittedDP:
 
     def new_accounts(self):
         """What serves accounts it was not trained on: the private model's item side only."""
-        from miars_recbole.foldin import FoldInModel, ItemSide
+        from miars_recbole.training import FoldInModel, ItemSide
 
         return FoldInModel(ItemSide.of(self.model_), self.score_batch_size)
 
@@ -182,18 +207,18 @@ def _build(model_name: str, train: sp.csr_matrix, overrides: dict, seed: int):
     the model's shape, its initialisation and the negatives' range are fixed by the public
     catalogue and the member accounts, never by which records exist.
     """
-    from miars_recbole import compat, lean
+    from miars_recbole import training
 
-    compat.apply()
+    training.apply_compat()
     n_rows, n_items = train.shape
-    config = lean.recbole_config(model_name, overrides, seed)
+    config = training.recbole_config(model_name, overrides, seed)
     user_rb = np.arange(1, n_rows + 1, dtype=np.int64)
     item_cols = np.concatenate([[0], np.arange(n_items, dtype=np.int64)])
     coo = train.tocoo()
     matrix = sp.csr_matrix((np.ones(coo.nnz, dtype=np.float32), (coo.row + 1, coo.col + 1)), shape=(n_rows + 1, n_items + 1))
-    data = lean.LeanData(user=None, item=None, keys=None, n_users=n_rows + 1, n_items=n_items + 1, user_rb=user_rb,
-                         item_cols=item_cols, matrix=matrix)
-    model = lean.build_model(model_name, config, data, seed)
+    data = training.LeanData(user=None, item=None, keys=None, n_users=n_rows + 1, n_items=n_items + 1, user_rb=user_rb,
+                             item_cols=item_cols, matrix=matrix)
+    model = training.build_model(model_name, config, data, seed)
     return model, user_rb, item_cols
 
 
@@ -269,9 +294,13 @@ def _train(model_name, train, overrides, seed, *, epochs, batch_size, lr, epsilo
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         # the RDP bound is valid at the largest order too, just not the tightest one
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-        return _train_loop(PrivacyEngine(accountant=accountant), model, user_rb, item_cols, train, users, items, seed,
-                           epochs=epochs, batch_size=batch_size, lr=lr, epsilon=epsilon, noise_multiplier=noise_multiplier,
-                           max_grad_norm=max_grad_norm, delta=delta, threads=threads)
+        fitted, info = _train_loop(PrivacyEngine(accountant=accountant), model, user_rb, item_cols, train, users, items,
+                                   seed, epochs=epochs, batch_size=batch_size, lr=lr, epsilon=epsilon,
+                                   noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, delta=delta,
+                                   threads=threads)
+    # how to build the module again around its stored state (the recommender state contract): as _build did
+    fitted.build = {"path": "lean", "model": model_name, "overrides": dict(overrides), "seed": int(seed)}
+    return fitted, info
 
 
 #: RDP orders used to calibrate the noise multiplier (a valid bound at any set of orders; this compact
@@ -293,7 +322,7 @@ def _train_loop(engine, model, user_rb, item_cols, train, users, items, seed, *,
     from opacus.accountants.utils import get_noise_multiplier
     from torch.utils.data import DataLoader, TensorDataset
 
-    from miars_recbole.session import FittedRecBole
+    from miars_recbole.training import FittedRecBole
 
     n_records, n_rb_items = len(users), len(item_cols)
     torch.manual_seed(int(seed))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from miars_core.components import Component
-from miars_core.errors import MiarsError
-from miars_core.types import Interactions, binary_csr, random_row_ranks
-from miars_core.params import Interval, Options, OrNone  # noqa: F401 - param_constraints
+from miars_core.contracts.components import Component
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.params import Interval, Options, OrNone  # noqa: F401 - param_constraints
+from miars_core.contracts.types import Interactions, binary_csr, random_row_ranks
 
 from . import _params
 

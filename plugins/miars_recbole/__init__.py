@@ -11,8 +11,8 @@ import importlib.util
 import re
 from pathlib import Path
 
-from miars_core.errors import MiarsError
-from miars_core.hookspecs import hookimpl
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.hookspecs import hookimpl
 
 from .models import ItemKNN, LatentFactorModel, NeuralCF, Popularity, RandomItems, RecBoleModel, TUNED
 

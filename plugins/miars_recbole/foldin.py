@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 
-from miars_core.errors import MiarsError
+from miars_core.contracts.errors import MiarsError
 
 #: Full-batch Adam steps and learning rate that fit a folded-in user vector (the ``gradient`` solver).
 FOLDIN_STEPS = 50
@@ -264,7 +264,7 @@ class FoldInModel:
         ``fit``: ``solver`` (``auto``, ``ridge``, ``gradient``), ``reg`` (ridge), ``steps`` and
         ``learning_rate`` (gradient); see :func:`foldin_scorer`.
         """
-        from miars_core.ranking import top_k_excluding
+        from miars_core.science.ranking import top_k_excluding
 
         histories = sp.csr_matrix(histories)
         score = foldin_scorer(self.side, histories, seed, **fit)

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
-from miars_core.errors import MiarsError
+from miars_core.contracts.errors import MiarsError
 
 #: RecBole models trained through the lean path (others go through RecBole's own trainer).
 LEAN_MODELS = ("BPR", "NeuMF")
@@ -159,7 +159,7 @@ def recbole_config(model_name: str, overrides: dict, seed: int):
     """RecBole ``Config`` for ``model_name`` without any data on disk."""
     from recbole.config import Config
 
-    from .session import _FIXED
+    from .settings import FIXED as _FIXED
 
     cfg = {**_FIXED, **overrides, "seed": int(seed), "data_path": "miars-lean-unused", "checkpoint_dir": "miars-lean-unused"}
     try:
@@ -254,7 +254,7 @@ def holdout_split(train: sp.csr_matrix, share: float, seed: int, min_count: int 
 
 def heldout_recall(score_rows: Callable, fit: sp.csr_matrix, held: sp.csr_matrix, rows: np.ndarray, k: int) -> float:
     """Share of the held-out items of ``rows`` that lie in their top-k (training items excluded)."""
-    from miars_core.ranking import top_k_excluding
+    from miars_core.science.ranking import top_k_excluding
 
     lists = top_k_excluding(lambda r: score_rows(rows[r]), fit[rows], k, batch_size=512, scratch=True)
     sub = held[rows]

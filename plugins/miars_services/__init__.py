@@ -11,7 +11,7 @@ A service has ``serve_others(fitted, train, histories, k, seed)`` (the lists of 
 model was not trained on) and may have ``new_accounts(fitted, train, k, seed)``: a callable
 ``histories -> lists`` that holds only what serving new accounts needs (the item popularity,
 the model's item side), never the members' data. Query access to a service
-(:class:`miars_core.threat.QueryAccess`) keeps that callable and nothing else of the model.
+(:class:`miars_core.science.threat.QueryAccess`) keeps that callable and nothing else of the model.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from miars_core.components import Component
-from miars_core.errors import MiarsError
-from miars_core.hookspecs import hookimpl
-from miars_core.params import Interval, Options
-from miars_core.service import PopularServer
-from miars_core.types import Interactions
+from miars_core.contracts.components import Component
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.hookspecs import hookimpl
+from miars_core.contracts.params import Interval, Options
+from miars_core.contracts.types import Interactions
+from miars_core.science.service import PopularServer
 
 __version__ = "0.1.0"
 

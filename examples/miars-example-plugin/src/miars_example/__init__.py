@@ -7,7 +7,7 @@ inside component methods, since every ``miars`` command imports every plugin.
 
 from __future__ import annotations
 
-from miars_core.hookspecs import hookimpl
+from miars_core.contracts.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from miars_core.components import Component
-from miars_core.errors import MiarsError
-from miars_core.types import Interactions, binary_csr
+from miars_core.contracts.components import Component
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.types import Interactions, binary_csr
 
 
 class PopularBlur(Component):

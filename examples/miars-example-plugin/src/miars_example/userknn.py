@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from miars_core.components import Component
-from miars_core.errors import MiarsError
-from miars_core.params import Interval
-from miars_core.types import Interactions
+from miars_core.contracts.components import Component
+from miars_core.contracts.errors import MiarsError
+from miars_core.contracts.params import Interval
+from miars_core.contracts.types import Interactions
 
 from ._topk import top_k
 

@@ -1,0 +1,321 @@
+"""The defense benchmark's table and privacy-utility frontier, from a run folder's cells.
+
+For every (dataset, recommender, defense, parameters) the cells of all seeds give: both
+attackers' leakage, ``static`` (shadow served without the defense: the CCS'21 paper's setting,
+``attackers.defense_unaware``) and ``adaptive`` (shadow trained and served under the defense,
+``attackers.defense_aware``); the utility of the defended target service on its members'
+held-out items; and the cost in seconds of the defended service (its fit plus the defense).
+Undefended cells (``none``) give both attackers the same numbers. A defense that reports a
+differential-privacy guarantee (``privacy_``) adds its epsilon and the unit epsilon is counted
+in: ``record`` (one interaction) or ``user`` (a user with all her interactions); the two are
+not comparable, so every table has the unit as a column and the frontier labels it.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+
+from ..science.intervals import DESCRIPTION as CI_DESCRIPTION
+from ..science.intervals import Estimate, mean_ci
+from .shared import CONTROLS_NOTE, NO_SIGNAL_NOTE, CellRecord, _fmt_estimate, _img, _usual_n, row_markers, seeds_line
+
+LEAKAGE = [("roc_auc", "ROC-AUC"), ("roc_auc_distance", "|ROC-AUC - 0.5|"), ("balanced_accuracy", "balanced accuracy"),
+           ("tpr_at_fpr_0.01", "TPR@1%FPR"), ("advantage", "advantage")]
+ATTACKERS = {"static": "defense_unaware", "adaptive": "defense_aware"}
+
+
+@dataclass
+class DefenseRow:
+    dataset: str
+    target: str
+    defense: str
+    params: dict
+    k: int
+    values: dict[str, list[float]] = field(default_factory=dict)
+    estimates: dict[str, Estimate] = field(default_factory=dict)
+    #: the target is a control recommender (random, pop)
+    control: bool = False
+    #: ids of the row's cells whose target lists carry no signal
+    flagged: list[str] = field(default_factory=list)
+    #: The unit of the defense's DP epsilon: "record", "user", "" (no DP guarantee), or both joined
+    #: by "/" if cells disagree.
+    levels: list[str] = field(default_factory=list)
+
+    @property
+    def level(self) -> str:
+        return "/".join(sorted(set(self.levels)))
+
+    @property
+    def label(self) -> str:
+        text = self.defense
+        if self.params:
+            text += f" ({', '.join(f'{k}={v}' for k, v in sorted(self.params.items()))})"
+        return " ".join([text, *row_markers(False, bool(self.flagged))])
+
+
+def _attacker_metrics(rec: CellRecord, attacker: str) -> dict:
+    result = rec.result or {}
+    if rec.cell.get("defense", "none") == "none":
+        return result.get("metrics", {})
+    return (result.get("attackers") or {}).get(ATTACKERS[attacker], {})
+
+
+def _utility(rec: CellRecord) -> dict:
+    u = (rec.result or {}).get("utility") or {}
+    return u.get("defended") or u.get("undefended") or {}
+
+
+def _cost(rec: CellRecord) -> float | None:
+    result = rec.result or {}
+    report = (result.get("recommenders") or {}).get("target") or {}
+    fit = report.get("fit_seconds")
+    if fit is None:
+        return None
+    return float(fit) + float((result.get("timings") or {}).get("defense", 0.0))
+
+
+def _privacy(rec: CellRecord) -> dict:
+    """The target's DP record (``privacy_`` as result.json copies it), or {}."""
+    report = ((rec.result or {}).get("recommenders") or {}).get("target") or {}
+    privacy = report.get("privacy")
+    return privacy if isinstance(privacy, dict) else {}
+
+
+def _params_key(params: dict) -> tuple:
+    """Sort parameter sweeps by value, numbers numerically (epsilon 5 before 10)."""
+    return tuple((k, (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, repr(v)))
+                 for k, v in sorted(params.items()))
+
+
+def defense_rows(records: list[CellRecord]) -> list[DefenseRow]:
+    """One row per (dataset, target, defense, parameters, k), its values over seeds and their estimates."""
+    rows: dict[tuple, DefenseRow] = {}
+    for rec in records:
+        if rec.status != "ok" or not (rec.result or {}).get("utility"):
+            continue
+        c = rec.cell
+        key = (c["dataset"], c["target"], c.get("defense", "none"), repr(sorted((c.get("defense_params") or {}).items())),
+               int(c["top_k"]))
+        row = rows.setdefault(key, DefenseRow(c["dataset"], c["target"], c.get("defense", "none"),
+                                              dict(c.get("defense_params") or {}), int(c["top_k"]), control=rec.control))
+        if rec.no_signal:
+            row.flagged.append(rec.id)
+        for attacker in ATTACKERS:
+            m = dict(_attacker_metrics(rec, attacker))
+            if "roc_auc" in m:
+                m["roc_auc_distance"] = abs(m["roc_auc"] - 0.5)
+            for metric, _ in LEAKAGE:
+                if metric in m:
+                    row.values.setdefault(f"{attacker}:{metric}", []).append(float(m[metric]))
+        for name, value in _utility(rec).items():
+            if name not in ("holdout", "users") and isinstance(value, (int, float)) and math.isfinite(value):
+                row.values.setdefault(f"utility:{name}", []).append(float(value))
+        cost = _cost(rec)
+        if cost is not None:
+            row.values.setdefault("cost:seconds", []).append(cost)
+        privacy = _privacy(rec)
+        level = str(privacy.get("level") or "")
+        if level and level not in row.levels:
+            row.levels.append(level)
+        for key in ("epsilon", "delta"):
+            value = privacy.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                row.values.setdefault(f"privacy:{key}", []).append(float(value))
+    out = sorted(rows.values(), key=lambda r: (r.dataset, r.control, r.target, r.defense != "none", r.defense,
+                                               _params_key(r.params)))
+    for row in out:
+        row.estimates = {k: mean_ci(v, bounds=_bounds(k)) for k, v in row.values.items()}
+    return out
+
+
+def _bounds(column: str) -> tuple[float, float] | None:
+    """The range a column's values can take (the interval is clipped to it): rates in [0, 1], seconds >= 0."""
+    if column == "cost:seconds":
+        return (0.0, math.inf)
+    if column.endswith(":roc_auc_distance"):
+        return (0.0, 0.5)
+    return (0.0, 1.0)  # leakage metrics and the utility's recall, NDCG and HR
+
+
+def _n(row: DefenseRow) -> str:
+    """The row's number of seeds (cells), as its tables show it."""
+    n = _usual_n(row.estimates.values())
+    return str(n) if n else "–"
+
+
+def _columns(rows: list[DefenseRow]) -> list[str]:
+    utility = sorted({k for r in rows for k in r.values if k.startswith("utility:")})
+    leak = [f"{a}:{m}" for a in ATTACKERS for m, _ in LEAKAGE]
+    return ["privacy:epsilon"] + leak + utility + ["cost:seconds"]
+
+
+def _label(column: str) -> str:
+    kind, _, name = column.partition(":")
+    names = dict(LEAKAGE)
+    if kind in ATTACKERS:
+        return f"{kind} {names.get(name, name)}"
+    if kind == "utility":
+        return name
+    if kind == "privacy":
+        return "DP epsilon"
+    return "cost (s)"
+
+
+def _title(rows: list[DefenseRow], dataset: str, target: str) -> str:
+    """``ml-100k: target random [control: random items]``."""
+    from ..engine.grid import CONTROLS
+
+    control = any(r.control for r in rows if (r.dataset, r.target) == (dataset, target))
+    return f"{dataset}: target {target}" + (f" [control: {CONTROLS.get(target, 'no signal by construction')}]"
+                                            if control else "")
+
+
+def _notes(rows: list[DefenseRow]) -> list[str]:
+    """The lines under the tables: flagged cells by id, how to read controls."""
+    flagged = [cid for r in rows for cid in r.flagged]
+    out = []
+    if flagged:
+        out.append(f"{NO_SIGNAL_NOTE} No signal in: " + ", ".join(f"`{c}`" for c in flagged) + ".")
+    if any(r.control for r in rows):
+        out.append(CONTROLS_NOTE.replace("Rows marked [control] are", "Targets marked [control] are"))
+    return out
+
+
+#: Header of the column that gives epsilon's unit (record / user; "–": no DP guarantee).
+UNIT = "epsilon unit"
+
+
+def _unit(row: DefenseRow) -> str:
+    return row.level or "–"
+
+
+def defenses_markdown(rows: list[DefenseRow], skipped: list[str] = ()) -> str:
+    cols = _columns(rows)
+    lines = ["# Defense benchmark", "",
+             f"Mean over seeds with, in brackets, the {CI_DESCRIPTION}; `n`: seeds per row. `static`: shadow served without the defense (the CCS'21 paper's "
+             "attacker); `adaptive`: shadow trained and served under the defense. |ROC-AUC - 0.5| counts an inverted "
+             "attack as leakage. Utility: the defended target service's lists on its members' held-out interactions. "
+             "Cost: seconds to fit the defended service plus the defense itself. DP epsilon: the guarantee the "
+             "defense reports (its accountant's epsilon), counted per `record` (one interaction) or per `user` (all "
+             "of a user's interactions): epsilons of different units are not comparable.", ""]
+    for note in _notes(rows):
+        lines += [note, ""]
+    if skipped:
+        lines += ["Left out of this benchmark (defaults that cannot run here):", ""] + [f"* {why}" for why in skipped] + [""]
+    for (dataset, target) in dict.fromkeys((r.dataset, r.target) for r in rows):
+        mine = [r for r in rows if (r.dataset, r.target) == (dataset, target)]
+        lines += [f"## {_title(rows, dataset, target)}", "", seeds_line([e for r in mine for e in r.estimates.values()]), "",
+                  f"| defense | n | {UNIT} | " + " | ".join(_label(c) for c in cols) + " |",
+                  "|---|---:|---|" + "---:|" * len(cols)]
+        for r in mine:
+            n = _usual_n(r.estimates.values())
+            lines.append(f"| {r.label} | {_n(r)} | {_unit(r)} | "
+                         + " | ".join(_fmt_estimate(r.estimates.get(c), n) for c in cols) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def defenses_csv(rows: list[DefenseRow]) -> str:
+    out = ["dataset,target,defense,params,top_k,column,mean,ci_low,ci_high,ci_method,n_seeds,control,no_signal_cells,"
+           "epsilon_unit"]
+    for r in rows:
+        params = ";".join(f"{k}={v}" for k, v in sorted(r.params.items()))
+        for col, est in sorted(r.estimates.items()):
+            cells = [r.dataset, r.target, r.defense, params, str(r.k), col, repr(est.mean),
+                     "" if est.ci_low is None else repr(est.ci_low), "" if est.ci_high is None else repr(est.ci_high),
+                     est.method, str(est.n_seeds), str(r.control).lower(), str(len(r.flagged)), r.level]
+            out.append(",".join(f'"{c}"' if "," in c else c for c in cells))
+    return "\n".join(out) + "\n"
+
+
+def frontier_png(rows: list[DefenseRow], dataset: str, target: str) -> bytes:
+    """Privacy-utility frontier: x = NDCG@k of the defended service, y = ROC-AUC of each attacker."""
+    from .shared import _figure, _png
+
+    mine = [r for r in rows if (r.dataset, r.target) == (dataset, target)]
+    k = mine[0].k if mine else 0
+    util_key = f"utility:ndcg@{k}"
+    fig = _figure(7.0, 4.8)
+    ax = fig.add_subplot(1, 1, 1)
+    colours = {}
+    for r in mine:
+        x = r.estimates.get(util_key)
+        if x is None:
+            continue
+        colour = colours.setdefault(r.defense, f"C{len(colours) % 10}")
+        for attacker, marker, fill in (("adaptive", "o", colour), ("static", "s", "none")):
+            y = r.estimates.get(f"{attacker}:roc_auc")
+            if y is None:
+                continue
+            ax.scatter([x.mean], [y.mean], marker="*" if r.defense == "none" else marker, s=90 if r.defense == "none" else 45,
+                       facecolors=fill if r.defense != "none" else "black", edgecolors=colour if r.defense != "none" else "black",
+                       zorder=3)
+            if r.params and attacker == "adaptive":
+                ax.annotate(_point_label(r), (x.mean, y.mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    units = {r.defense: r.level for r in mine}
+    for defense, colour in colours.items():
+        if defense == "none":
+            ax.scatter([], [], marker="*", color="black", s=90, label="none (undefended)")
+        else:
+            unit = units.get(defense)
+            ax.scatter([], [], color=colour, label=f"{defense} ({unit}-level epsilon)" if unit else defense)
+    ax.scatter([], [], marker="o", color="gray", label="adaptive attacker (filled)")
+    ax.scatter([], [], marker="s", facecolors="none", edgecolors="gray", label="static attacker (hollow)")
+    ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+    ax.set_xlabel(f"utility: NDCG@{k} of the defended service on held-out items")
+    ax.set_ylabel("attack ROC-AUC (0.5 = chance)")
+    ax.set_title(f"privacy-utility frontier: {target} on {dataset.rsplit('/', 1)[-1]}", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    return _png(fig)
+
+
+def _point_label(row: DefenseRow) -> str:
+    """A frontier point's label: its parameter values, and for a DP defense epsilon with its unit (``eps=1 user``)."""
+    text = ",".join(f"{v}" for _, v in sorted(row.params.items()))
+    est = row.estimates.get("privacy:epsilon")
+    if row.level and est is not None and est.n_seeds:
+        return f"eps={est.mean:.3g} {row.level}" + (f" ({text})" if set(row.params) - {"epsilon"} else "")
+    return text
+
+
+def defense_section(records: list[CellRecord], images: dict[str, bytes], skipped: list[str] = ()) -> tuple[str, str, str]:
+    """HTML of the defense benchmark (and its markdown and CSV); adds the frontier PNGs to ``images``.
+
+    ``skipped``: why requested defaults were left out (listed under the section's heading).
+    """
+    rows = defense_rows(records)
+    if not rows:
+        return "", "", ""
+    e = html.escape
+    cols = _columns(rows)
+    parts = ['<h2 id="defenses">Defense benchmark</h2>',
+             '<p class="note">static: shadow served without the defense (the paper\'s attacker); adaptive: shadow trained '
+             "and served under the defense. Utility: the defended target service's lists on its members' held-out "
+             "interactions. Cost: seconds to fit the defended service plus the defense. DP epsilon: the guarantee the "
+             "defense reports, per <em>record</em> (one interaction) or per <em>user</em> (all of her interactions): "
+             "epsilons of different units are not comparable. "
+             f"Entries: mean over seeds with, in brackets, the {e(CI_DESCRIPTION)}; n: seeds per row.</p>"]
+    if skipped:
+        parts.append('<p class="note">Left out of this benchmark (defaults that cannot run here):</p><ul class="note">'
+                     + "".join(f"<li>{e(why)}</li>" for why in skipped) + "</ul>")
+    from .shared import _slug
+
+    parts += [f'<p class="{"warn" if "No signal in" in note else "note"}">{e(note)}</p>' for note in _notes(rows)]
+    for (dataset, target) in dict.fromkeys((r.dataset, r.target) for r in rows):
+        parts.append(f"<h3>{e(_title(rows, dataset, target))}</h3>")
+        parts.append(f'<table><tr><th class="l">defense</th><th>n</th><th class="l">{e(UNIT)}</th>'
+                     + "".join(f"<th>{e(_label(c))}</th>" for c in cols) + "</tr>")
+        for r in rows:
+            if (r.dataset, r.target) == (dataset, target):
+                n = _usual_n(r.estimates.values())
+                css = " ".join(c for c, on in (("control", r.control), ("nosignal", bool(r.flagged))) if on)
+                parts.append(f'<tr{f" class={chr(34)}{css}{chr(34)}" if css else ""}><td class="l">{e(r.label)}</td>'
+                             f'<td>{_n(r)}</td><td class="l">{e(_unit(r))}</td>'
+                             + "".join(f"<td>{e(_fmt_estimate(r.estimates.get(c), n))}</td>" for c in cols) + "</tr>")
+        parts.append("</table>")
+        name = f"frontier-{_slug(dataset.rsplit('/', 1)[-1])}-{_slug(target)}.png"
+        images[name] = frontier_png(rows, dataset, target)
+        parts.append(_img(name, images, f"privacy-utility frontier of {target}"))
+    return "\n".join(parts), defenses_markdown(rows, skipped), defenses_csv(rows)
