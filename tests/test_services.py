@@ -111,12 +111,19 @@ def test_foldin_ncf_fits_neumf_user_embeddings_against_the_frozen_item_side(smal
 def test_foldin_fit_is_a_service_parameter(small_dataset):
     base = dict(dataset=str(small_dataset), target="lfm", shadow="lfm", top_k=10, service="foldin",
                 target_params={"epochs": 5}, shadow_params={"epochs": 5}, **FAST)
-    loose = run_attack(AttackConfig(**base, service_params={"steps": 1}))
-    tight = run_attack(AttackConfig(**base))
+    loose = run_attack(AttackConfig(**base, service_params={"steps": 1, "solver": "gradient"}))
+    tight = run_attack(AttackConfig(**base, service_params={"solver": "gradient"}))
     members = loose.artifacts["split"].target.is_member
     assert np.array_equal(loose.artifacts["target_lists"][members], tight.artifacts["target_lists"][members])
     assert not np.array_equal(loose.artifacts["target_lists"][~members], tight.artifacts["target_lists"][~members])
-    assert tight.components["service"]["params"] == {"steps": 50, "learning_rate": 0.005, "members": "trained"}
+    assert tight.components["service"]["params"] == {"steps": 50, "learning_rate": 0.005, "members": "trained",
+                                                     "solver": "gradient", "reg": 10.0}
+    # the default (auto) solves BPR's fold-in in closed form: the gradient fit's settings do not move it
+    ridge = run_attack(AttackConfig(**base, service_params={"steps": 1}))
+    assert ridge.components["service"]["params"]["solver"] == "auto"
+    assert not np.array_equal(ridge.artifacts["target_lists"][~members], tight.artifacts["target_lists"][~members])
+    assert np.array_equal(ridge.artifacts["target_lists"],
+                          run_attack(AttackConfig(**base, service_params={"solver": "ridge"})).artifacts["target_lists"])
     with pytest.raises(MiarsError, match="steps"):
         run_attack(AttackConfig(**base, service_params={"steps": 0}))
 
@@ -147,3 +154,129 @@ def test_foldin_can_serve_members_like_new_accounts_and_reports_how_far_their_li
     assert cell.served("target").meta["report"]["members_foldin_overlap"] == 1.0
     with pytest.raises(MiarsError, match="members"):
         run_attack(AttackConfig(**base, target="item", service_params={"members": "new"}))
+
+
+# -- fold-in solvers (issue 15) ---------------------------------------------------------------------------------------
+def _bpr_side(seed: int = 0, n_items: int = 15, dim: int = 4):
+    """A BPR item side over 12 of ``n_items`` catalogue columns (3 columns the model never saw), random factors."""
+    import torch
+
+    from miars_recbole.foldin import ItemSide
+
+    rng = np.random.default_rng(seed)
+    cols = np.sort(rng.choice(n_items, 12, replace=False))
+    v = torch.from_numpy(rng.normal(size=(13, dim)).astype(np.float32))  # row 0: RecBole's padding
+    return ItemSide("bpr", v, np.concatenate([[0], cols]), n_items)
+
+
+def _histories(seed: int = 1, n: int = 9, n_items: int = 15):
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    h = (rng.random((n, n_items)) < 0.3).astype(np.float32)
+    h[0] = 0  # an empty account
+    return sp.csr_matrix(h)
+
+
+def test_ridge_foldin_equals_a_direct_least_squares_solve_per_account():
+    from miars_recbole.foldin import FoldInModel, foldin_scorer
+
+    side, h = _bpr_side(), _histories()
+    reg = 0.7
+    scores = foldin_scorer(side, h, solver="ridge", reg=reg)(np.arange(h.shape[0])).numpy()
+    vi = side.table.numpy()[1:].astype(np.float64)
+    lam = reg * np.trace(vi.T @ vi) / vi.shape[1]
+    known = side.item_cols[1:]
+    unknown = np.setdiff1d(np.arange(side.n_items), known)
+    for a in range(h.shape[0]):  # the reference: one least-squares problem per account, [V; sqrt(lam) I] u = [x; 0]
+        x = h[a].toarray().ravel()[known]
+        u = np.linalg.lstsq(np.vstack([vi, np.sqrt(lam) * np.eye(vi.shape[1])]),
+                            np.concatenate([x, np.zeros(vi.shape[1])]), rcond=None)[0]
+        assert np.allclose(scores[a, known], vi @ u, atol=1e-5)
+        assert np.isneginf(scores[a, unknown]).all()  # items the model never saw cannot be scored
+    assert np.allclose(scores[0, known], 0)  # an empty history: nothing to regress
+    # batch sizes: the lists do not depend on how many accounts are scored (or solved) together
+    lists = FoldInModel(side, score_batch_size=1).recommend_for(h, 3, solver="ridge", reg=reg)
+    assert np.array_equal(lists, FoldInModel(side, score_batch_size=1000).recommend_for(h, 3, solver="ridge", reg=reg))
+    assert np.array_equal(lists[4:], FoldInModel(side).recommend_for(h[4:], 3, solver="ridge", reg=reg))
+    direct = np.where(h.toarray() > 0, -np.inf, scores)
+    full = np.array([len(np.unique(row[np.isfinite(row)])) >= 4 for row in direct])  # distinct scores: no ties
+    assert full.sum() >= 5 and np.array_equal(lists[full], np.argsort(-direct, axis=1)[full, :3])
+    # auto is the closed form for BPR; the default penalty is the service's
+    assert np.array_equal(FoldInModel(side).recommend_for(h, 3), FoldInModel(side).recommend_for(h, 3, solver="ridge"))
+
+
+def test_gradient_foldin_does_not_depend_on_how_accounts_are_chunked():
+    import scipy.sparse as sp
+
+    from miars_recbole.foldin import _bpr_user_vectors
+
+    side, h = _bpr_side(), _histories(n=20)
+    h_rb = sp.csr_matrix(h[:, side.item_cols[1:]].toarray())
+    h_rb = sp.csr_matrix(sp.hstack([sp.csr_matrix((h.shape[0], 1)), h_rb]))  # column 0: padding
+    one = _bpr_user_vectors(h_rb, side.table, seed=3, steps=7, lr=0.05, max_pairs=1 << 16).numpy()
+    for chunk in (1, 5, 17):  # one account at a time, a few, many
+        assert np.allclose(_bpr_user_vectors(h_rb, side.table, 3, 7, 0.05, max_pairs=chunk).numpy(), one, atol=1e-6)
+    assert not np.allclose(_bpr_user_vectors(h_rb, side.table, 4, 7, 0.05).numpy(), one)  # the seed draws the negatives
+    assert np.array_equal(one, _bpr_user_vectors(h_rb, side.table, 3, 7, 0.05).numpy())  # same seed, same vectors
+
+
+def test_neumf_gradient_foldin_does_not_depend_on_the_chunk_size(small_dataset):
+    from miars_core.contracts.types import Interactions
+    from miars_recbole.foldin import ItemSide, foldin_scorer
+
+    result = get_plugins().create("recommender", "ncf", epochs=1)
+    data = run_attack(AttackConfig(dataset=str(small_dataset), target="pop", top_k=10, **FAST)).artifacts["split"].target
+    known = data.interactions.matrix
+    result.fit(Interactions(known[data.is_member], data.interactions.user_ids[data.is_member], data.interactions.item_ids))
+    side = ItemSide.of(result.model_)
+    others = known[~data.is_member][:12]
+    whole = foldin_scorer(side, others, seed=2, steps=5, max_pairs=1 << 16)(np.arange(12)).numpy()
+    chunked = foldin_scorer(side, others, seed=2, steps=5, max_pairs=40)(np.arange(12)).numpy()
+    assert np.isfinite(whole).any() and np.allclose(whole, chunked, atol=1e-5)
+    with pytest.raises(MiarsError, match="solver=ridge.*no closed-form fold-in.*solver=gradient"):
+        foldin_scorer(side, others, solver="ridge")
+
+
+def test_foldin_refuses_bad_solvers_and_non_finite_factors():
+    import torch
+
+    from miars_recbole.foldin import FoldInModel, ItemSide
+
+    side, h = _bpr_side(), _histories()
+    with pytest.raises(MiarsError, match="solver 'newton' is unknown; allowed: auto, ridge, gradient"):
+        FoldInModel(side).recommend_for(h, 3, solver="newton")
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(MiarsError, match="reg must be a finite number > 0"):
+            FoldInModel(side).recommend_for(h, 3, solver="ridge", reg=bad)
+    v = side.table.clone()
+    v[3, 1] = float("nan")
+    broken = ItemSide("bpr", v, side.item_cols, side.n_items)
+    with pytest.raises(MiarsError, match="non-finite"):
+        FoldInModel(broken).recommend_for(h, 3, solver="ridge")
+    with pytest.raises(MiarsError, match="non-finite"):
+        FoldInModel(broken).recommend_for(h, 3, solver="gradient")
+    assert torch.isfinite(side.table).all()
+
+
+def test_a_closed_form_foldin_of_a_model_without_one_fails_before_any_work(small_dataset, tmp_path):
+    from miars_core.engine.stages import Cell
+
+    ridge = {"solver": "ridge"}
+    with pytest.raises(MiarsError, match="solver=ridge: recommender 'ncf' has no closed-form fold-in"):
+        Cell(AttackConfig(dataset=str(small_dataset), target="lfm", shadow="ncf", service="foldin",
+                          service_params=ridge), get_plugins())  # before any data is read
+    for target in ("lfm", "item", "pop"):  # a closed form, or nothing to solve
+        Cell(AttackConfig(dataset=str(small_dataset), target=target, service="foldin", service_params=ridge), get_plugins())
+    res = CliRunner().invoke(app, ["grid", "--dataset", str(small_dataset), "--target", "lfm,ncf", "--service", "foldin",
+                                   "--service-param", "solver=ridge", "-q", "--out", str(tmp_path / "run"),
+                                   "--cache", str(tmp_path / "c")])
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("miars: error: --service-param solver=ridge")
+    assert "'ncf'" in lines[0] and "solver=auto" in lines[0]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "c").exists()  # nothing written
+    # a third-party recommender that declares no fold-in solver may fold in its own way, but not be asked for ridge
+    service = FoldInService(solver="ridge")
+    with pytest.raises(MiarsError, match="'mine' has no closed-form fold-in"):
+        service.check_recommender(object(), "mine")
+    FoldInService().check_recommender(object(), "mine")

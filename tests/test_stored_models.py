@@ -241,3 +241,41 @@ def test_the_stage_graph_is_declared_once_and_walked_for_keys_and_tasks(small_da
         @graph.stage(inputs={"a": lambda c, n: Node("a")})
         def b(cell, node, x):
             return {}, {}
+
+
+def test_a_restored_recbole_model_folds_in_with_both_solvers(small_dataset, tmp_path):
+    """A FoldInModel / ItemSide built from stored state serves new accounts as the fitted model's does, with the
+    closed-form (ridge) and the gradient solver; a stored NeuMF folds in by gradient and still refuses ridge."""
+    from miars_core.contracts.errors import MiarsError
+    from miars_core.contracts.types import Interactions
+
+    plugins = get_plugins()
+    part = Cell(config(small_dataset, target="pop"), plugins).part("target")
+    known = part.interactions.matrix
+    members = Interactions(known[part.is_member], part.interactions.user_ids[part.is_member],
+                           part.interactions.item_ids)
+    others = known[~part.is_member][:16]
+    for name, params, solvers in (("lfm", {"epochs": 2}, ("ridge", "gradient")), ("ncf", {"epochs": 1}, ("gradient",))):
+        fitted = plugins.create("recommender", name, **params).fit(members, seed=0)
+        arrays, record = fitted.get_state()
+        arrays = {key: np.array(value) for key, value in arrays.items()}  # as the store gives them back
+        restored = plugins.create("recommender", name, **params).set_state(arrays, json.loads(json.dumps(record)))
+        for solver in solvers:
+            fit = {"solver": solver, "steps": 5, "learning_rate": 0.01}
+            want = fitted.recommend_for(others, 10, seed=1, **fit)
+            np.testing.assert_array_equal(restored.recommend_for(others, 10, seed=1, **fit), want)
+            np.testing.assert_array_equal(restored.new_accounts().recommend_for(others, 10, seed=1, **fit), want)
+        if name == "ncf":
+            with pytest.raises(MiarsError, match="solver=ridge.*no closed-form fold-in"):
+                restored.recommend_for(others, 10, solver="ridge")
+    # through the engine: cells that differ only in the solver share the stored models (keyed without the service)
+    base = dict(target="lfm", target_params={"epochs": 2}, shadow_params={"epochs": 2}, attack="mlp",
+                attack_params={"epochs": 20})
+    lists = {}
+    for solver in ("ridge", "gradient"):
+        cell = Cell(config(small_dataset, **base, service_params={"solver": solver, "steps": 5}), plugins,
+                    DiskStore(tmp_path))
+        lists[solver] = {p: cell.served(p).arrays["lists"] for p in ("shadow", "target")}
+        if solver == "gradient":  # the ridge cell's models were read, not fitted again
+            assert set(cell.computed) == {"serve:shadow", "serve:target"}, cell.computed
+    assert not all(np.array_equal(lists["ridge"][p], lists["gradient"][p]) for p in lists["ridge"])

@@ -240,3 +240,26 @@ def test_mlp_attack_on_noise_reads_chance():
     X, y = _separable(600, 0, shift=0.0)
     Xt, yt = _separable(2000, 1, shift=0.0)
     assert abs(roc_auc_score(yt, MLPAttack().fit(X, y, seed=0).decision_function(Xt)) - 0.5) < 0.05
+
+
+@pytest.mark.parametrize("cls", ["LatentFactorModel", "NeuralCF"])
+def test_auto_epochs_on_a_subsample_confirms_its_best_epochs_on_every_eval_user(clustered, cls):
+    import miars_recbole.models as models
+
+    base = {"max_epochs": 12, "patience": 6}  # a long curve: the full run is evaluated at every epoch kept below
+    full = getattr(models, cls)(selection={**base, "eval_subsample": None}).fit(clustered, seed=3).fit_info_
+    sub = getattr(models, cls)(selection={**base, "eval_subsample": 25, "confirm": 2}).fit(clustered, seed=3).fit_info_
+    assert full["criterion"]["eval_subsample"] is None and "confirmed" not in full
+    assert sub["criterion"]["eval_subsample"] == 25 and sub["criterion"]["eval_users"] == full["criterion"]["eval_users"]
+    confirmed = sub["confirmed"]
+    assert 1 <= len(confirmed) <= 2
+    # the subsample's curve picked them; every eval user measured them: the same model states as the full run's
+    on_all = dict(map(tuple, full["curve"]))
+    assert all(on_all[epoch] == recall for epoch, recall in confirmed)
+    best_epoch, best = max(confirmed, key=lambda c: (c[1], -c[0]))
+    assert sub["chosen_epochs"] == best_epoch == sub["epochs_run"] and sub["chosen_recall"] == best
+    assert full["chosen_recall"] == max(r for _, r in full["curve"])
+    subsample = dict(map(tuple, sub["curve"]))
+    assert sorted(sorted(subsample, key=lambda e: (-subsample[e], e))[:2]) == [e for e, _ in confirmed]
+    with pytest.raises(MiarsError, match="eval_subsample"):
+        getattr(models, cls)(selection={"eval_subsample": 0}).fit(clustered, seed=3)

@@ -103,6 +103,11 @@ class FoldInRecommender(Recommender, Protocol):
         model (item vectors, item-item similarities), never the members' data or vectors; query access keeps it
         and nothing else of the model."""
 
+    def foldin_solvers(self) -> "tuple[str, ...] | None":
+        """Optional, known before fitting: the ``foldin`` service's ``solver`` values it folds in with (e.g.
+        ``("auto", "ridge", "gradient")``); ``None`` when there is no user vector to solve (history x similarity).
+        A recommender that does not say is refused ``solver=ridge`` before any data is read."""
+
 
 class StatefulRecommender(Recommender, Protocol):
     """A recommender whose fitted model can be stored and loaded: the engine then never fits it again.
@@ -324,6 +329,11 @@ class Service(Protocol):
         """Should exist: a callable ``histories -> lists`` serving the same lists as ``serve_others`` that holds only
         what serving new accounts needs (the popularity, the model's item side), never the members' data; query
         access keeps it and nothing else."""
+
+    def check_recommender(self, recommender: Any, name: str) -> None:
+        """Optional: raise ``MiarsError`` (one line: the recommender, what it lacks, the allowed values) for a
+        recommender this service cannot serve; called for every (service, recommender) pair before any data is
+        read and before a grid writes any folder."""
 
 
 # --------------------------------------------------------------------------- namespaces

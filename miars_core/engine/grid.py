@@ -168,6 +168,13 @@ class GridSpec:
                 component = plugins.create(kind, name, **_scoped(params, name))
                 if kind == "attack":  # a query attack with a budget of no query: refused before any folder is made
                     require_budget(component, self.query_budget, name)
+        for service in dict.fromkeys(self.service):  # a service that cannot serve a recommender (check_recommender)
+            check = getattr(plugins.create("service", service, **_scoped(self.service_params, service)),
+                            "check_recommender", None)
+            if callable(check):
+                for name, params in dict.fromkeys([*((n, "t") for n in self.target), *((n, "s") for n in shadows)]):
+                    scoped = _scoped(self.target_params if params == "t" else self.shadow_params, name)
+                    check(plugins.create("recommender", name, **scoped), name)
         for defense, dparams in self._defenses():
             if defense is not None:
                 plugins.create("defense", defense, **dparams)

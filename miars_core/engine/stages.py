@@ -455,6 +455,15 @@ class Cell:
             self.specs["defense"] = (c.defense, c.defense_params)
         # Build every component once now, so a bad name or parameter fails before any data is read.
         self._ids = {role: self._component_id(role) for role in self.specs}
+        # A service that cannot serve one of the recommenders (a closed-form fold-in asked of a model without one,
+        # ``check_recommender``) says so now, in one line, before any data is read (once per distinct pair).
+        for side in self.SIDES:
+            memo = ("service-check", digest([*self.specs["service"], *self.specs[f"recommender:{side}"]]))
+            if memo not in self._shared:
+                check = getattr(self.create("service"), "check_recommender", None)
+                if callable(check):
+                    check(self.create(f"recommender:{side}"), self.specs[f"recommender:{side}"][0])
+                self._shared[memo] = True
         if c.query_budget < 1:  # a query attack with no query: refused now
             require_budget(self.create("attack"), c.query_budget, c.attack)
 

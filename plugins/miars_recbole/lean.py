@@ -13,6 +13,10 @@ questions their constructors ask (``num(field)``, ``inter_matrix()``).
 interactions, trains on the rest, measures recall@k of the held-out items every few epochs, stops
 after ``patience`` evaluations without improvement (or at ``max_epochs``), and returns the epoch
 with the best recall. The caller then trains a fresh model on all interactions for that many epochs.
+With ``eval_subsample`` (``ncf``'s default: 500 of the up to 2,000 eval users) the curve is measured
+on a subsample and the best ``confirm`` epochs of it are re-scored on every eval user (kept weights),
+the best of those chosen: the same lengths and recall as scoring everyone at every evaluation on the
+ml-1m pairs (benchmarks/selection.py) for a fraction of the scoring.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ SELECTION_DEFAULTS = {
     "min_delta": 0.002,  # relative improvement that counts
     "max_epochs": 300,
     "eval_users": 2000,  # at most this many held-out users are scored (seeded sample)
+    "eval_subsample": None,  # score only this many of them at each evaluation (None: all), then ...
+    "confirm": 3,  # ... re-score the best this many epochs of that curve on all eval users (snapshots)
 }
 
 #: Batch size and learning rate the per-model base learning rates were tuned at (ml-1m).
@@ -265,10 +271,17 @@ class Selection:
     criterion: dict
     seconds: float
     stopped: str
+    scoring_seconds: float = 0.0  # of ``seconds``: scoring the eval users (the rest trains)
+    chosen_recall: float | None = None  # held-out recall of the chosen length on every eval user
+    confirmed: list | None = None  # [epoch, recall on every eval user] of the confirmed epochs (subsample only)
 
     def report(self) -> dict:
-        return {"criterion": self.criterion, "curve": self.curve, "chosen_epochs": self.epochs,
-                "stopped": self.stopped, "selection_seconds": round(self.seconds, 3)}
+        out = {"criterion": self.criterion, "curve": self.curve, "chosen_epochs": self.epochs,
+               "chosen_recall": self.chosen_recall, "stopped": self.stopped,
+               "selection_seconds": round(self.seconds, 3), "selection_scoring_seconds": round(self.scoring_seconds, 3)}
+        if self.confirmed is not None:
+            out["confirmed"] = self.confirmed
+        return out
 
 
 def selection_criterion(train: sp.csr_matrix, overrides: dict | None) -> dict:
@@ -276,18 +289,26 @@ def selection_criterion(train: sp.csr_matrix, overrides: dict | None) -> dict:
     unknown = set(crit) - set(SELECTION_DEFAULTS)
     if unknown:
         raise MiarsError(f"unknown selection setting(s) {sorted(unknown)}; known: {', '.join(SELECTION_DEFAULTS)}")
-    for key in ("eval_every", "patience", "max_epochs", "eval_users", "k"):
+    for key in ("eval_every", "patience", "max_epochs", "eval_users", "k", "confirm"):
         if int(crit[key]) < 1:
             raise MiarsError(f"selection {key} must be >= 1, got {crit[key]}")
+    if crit["eval_subsample"] is not None and int(crit["eval_subsample"]) < 1:
+        raise MiarsError(f"selection eval_subsample must be >= 1 or None (every eval user), got {crit['eval_subsample']}")
     return crit
 
 
 def select_epochs(train: sp.csr_matrix, seed: int, crit: dict,
-                  start: Callable[[sp.csr_matrix], tuple[Callable[[], None], Callable]]) -> Selection:
+                  start: Callable[[sp.csr_matrix], tuple]) -> Selection:
     """Choose a training length by held-out recall (see the module docstring).
 
     ``start(fit_matrix)`` builds a fresh model on ``fit_matrix`` and returns ``(train_one_epoch,
-    score_rows)``; ``score_rows(rows)`` scores training rows against all columns.
+    score_rows)`` or ``(train_one_epoch, score_rows, snapshot, restore)``; ``score_rows(rows)``
+    scores training rows against all columns, ``snapshot()`` copies the model's weights and
+    ``restore(state)`` loads such a copy. With ``eval_subsample`` (and snapshots), each
+    evaluation scores a seeded subsample of the eval users and the stop rule reads that curve;
+    the ``confirm`` epochs with the best subsample recall (their weights kept) are then scored
+    on every eval user and the best of them is chosen, so the chosen length's recall is
+    measured as without the subsample (``chosen_recall``, ``confirmed``).
     """
     t0 = time.perf_counter()
     fit, held = holdout_split(train, float(crit["holdout"]), seed)
@@ -299,8 +320,16 @@ def select_epochs(train: sp.csr_matrix, seed: int, crit: dict,
         rows = np.sort(rng.choice(rows, int(crit["eval_users"]), replace=False))
     most = int(np.diff(fit.indptr).max())
     k = max(1, min(int(crit["k"]), (fit.shape[1] - most), max(10, fit.shape[1] // 10)))
-    step, score_rows = start(fit)
+    started = start(fit)
+    step, score_rows = started[0], started[1]
+    snapshot, restore = (started[2], started[3]) if len(started) >= 4 else (None, None)
+    sub = rows
+    if crit["eval_subsample"] is not None and int(crit["eval_subsample"]) < len(rows) and snapshot is not None:
+        sub = np.sort(np.random.default_rng(seed + 2).choice(rows, int(crit["eval_subsample"]), replace=False))
+    confirm = int(crit["confirm"]) if len(sub) < len(rows) else 0
+    kept: list = []  # (recall on the subsample, epoch, weights): the best ``confirm`` evaluations
     curve: list = []
+    scoring = 0.0
     best, best_epoch, since = -1.0, 0, 0
     stopped = "max_epochs"
     every, patience, max_epochs = int(crit["eval_every"]), int(crit["patience"]), int(crit["max_epochs"])
@@ -308,8 +337,12 @@ def select_epochs(train: sp.csr_matrix, seed: int, crit: dict,
         step()
         if epoch % every and epoch != max_epochs:
             continue
-        recall = heldout_recall(score_rows, fit, held, rows, k)
+        t_score = time.perf_counter()
+        recall = heldout_recall(score_rows, fit, held, sub, k)
+        scoring += time.perf_counter() - t_score
         curve.append([epoch, round(recall, 5)])
+        if confirm and (len(kept) < confirm or recall > kept[-1][0]):
+            kept = sorted([*kept, (recall, epoch, snapshot())], key=lambda e: (-e[0], e[1]))[:confirm]
         if recall > best:
             improved = recall > best * (1 + float(crit["min_delta"])) or best <= 0
             best, best_epoch = recall, epoch
@@ -320,7 +353,21 @@ def select_epochs(train: sp.csr_matrix, seed: int, crit: dict,
             stopped = "patience"
             break
     criterion = {**crit, "k": k, "eval_users": int(len(rows)), "held_out_interactions": int(held.nnz)}
-    return Selection(max(1, best_epoch), curve, criterion, time.perf_counter() - t0, stopped)
+    chosen_recall = best
+    confirmed = None
+    if confirm and kept:
+        t_score = time.perf_counter()
+        confirmed = []
+        for _, epoch, state in sorted(kept, key=lambda e: e[1]):
+            restore(state)
+            confirmed.append([epoch, round(heldout_recall(score_rows, fit, held, rows, k), 5)])
+        scoring += time.perf_counter() - t_score
+        best_epoch, chosen_recall = max(confirmed, key=lambda e: (e[1], -e[0]))  # the earliest of equals
+        criterion["eval_subsample"] = int(len(sub))
+    else:  # every eval user at every evaluation: nothing to confirm
+        criterion["eval_subsample"] = criterion["confirm"] = None
+    return Selection(max(1, best_epoch), curve, criterion, time.perf_counter() - t0, stopped, scoring,
+                     round(float(chosen_recall), 5), confirmed)
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 trained on) get the k most popular items they do not know. ``foldin`` is how deployed services
 treat new or logged-out users: the same trained model recommends from the account's own
 history, without retraining (item-kNN: history x similarity; matrix factorization: a user
-vector fitted with its own loss against the frozen item factors).
+vector solved in closed form (ridge) or fitted with its own loss against the frozen item
+factors).
 
 A service has ``serve_others(fitted, train, histories, k, seed)`` (the lists of accounts the
 model was not trained on) and may have ``new_accounts(fitted, train, k, seed)``: a callable
@@ -49,8 +50,9 @@ class FoldInService(Component):
     members from non-members only by what the model memorized, not by popular vs personalized
     lists (see docs/protocol.md, the known confound). Needs a recommender with
     ``recommend_for(histories, k)``: ``item`` (history x item-item similarity), ``lfm`` (user
-    vectors fitted with the BPR loss against the frozen item factors) and ``ncf`` (NeuMF's
-    user embeddings fitted with its BCE loss against the frozen item side).
+    vectors solved by ridge regression on, or fitted with the BPR loss against, the frozen item
+    factors) and ``ncf`` (NeuMF's user embeddings fitted with its BCE loss against the frozen
+    item side).
 
     ``members``: how members are served. ``trained`` (the default, what a deployed service
     does): their trained user vectors (lfm, ncf) or their trained rows (item). ``foldin``:
@@ -58,16 +60,43 @@ class FoldInService(Component):
     go through exactly the same mechanism and only the item side (what the model learned from
     the members) differs; result.json then reports ``members_foldin_overlap``, the share of a
     member's trained top-k that the folded-in list keeps (docs/threats.md, the mechanism gap).
-    ``steps`` and ``learning_rate``: the Adam fit of a folded-in user vector (lfm, ncf).
+    ``solver``: how a folded-in user vector is found (lfm, ncf; item has none to find):
+    ``ridge``, the closed form against the frozen BPR factors (penalty ``reg``, relative to the
+    factors' mean eigenvalue); ``gradient``, ``steps`` Adam steps at ``learning_rate`` on the
+    model's own loss (BPR, NeuMF); ``auto`` (the default), the closed form where the model has
+    one (lfm) and the gradient fit otherwise (ncf). ``ridge`` asked of a model without a closed
+    form (ncf) is refused before any work (:meth:`check_recommender`).
     """
 
     param_constraints = {"steps": Interval(int, 1), "learning_rate": Interval(float, 0, 10, closed="right"),
-                         "members": Options(("trained", "foldin"))}
+                         "members": Options(("trained", "foldin")), "solver": Options(("auto", "ridge", "gradient")),
+                         "reg": Interval(float, 0, 1e6, closed="right")}
 
-    def __init__(self, steps: int = 50, learning_rate: float = 0.005, members: str = "trained"):
+    def __init__(self, steps: int = 50, learning_rate: float = 0.005, members: str = "trained", solver: str = "auto",
+                 reg: float = 10.0):
         self.steps = steps
         self.learning_rate = learning_rate
         self.members = members
+        self.solver = solver
+        self.reg = reg
+
+    def check_recommender(self, recommender, name: str) -> None:
+        """Refuse, in one line and before any work, a closed-form fold-in of a recommender without one.
+
+        A recommender says which solvers it can fold in with by ``foldin_solvers()`` (``None``:
+        nothing to solve, e.g. ItemKNN's history x similarity); one that does not say is refused
+        ``solver=ridge`` (its own ``recommend_for`` decides how it folds in otherwise)."""
+        if self.solver != "ridge":
+            return
+        declared = getattr(recommender, "foldin_solvers", None)
+        solvers = declared() if callable(declared) else ()
+        if solvers is None or "ridge" in solvers:
+            return
+        why = getattr(recommender, "foldin_no_closed_form", None)
+        reason = why() if callable(why) else "it declares no closed-form fold-in (foldin_solvers)"
+        allowed = ", ".join(dict.fromkeys(["auto", *(s for s in solvers if s != "ridge")]))
+        raise MiarsError(f"--service-param solver=ridge: recommender {name!r} has no closed-form fold-in ({reason}); "
+                         f"solvers allowed for it: {allowed}; use --service-param solver=auto")
 
     def serve_others(self, fitted, train: Interactions, histories: sp.csr_matrix, k: int, seed: int = 0) -> np.ndarray:
         return self.new_accounts(fitted, train, k, seed)(histories)
@@ -80,8 +109,13 @@ class FoldInService(Component):
         if fold is None:
             raise MiarsError(f"recommender {type(fitted).__name__} cannot serve new users from their history (no "
                              "recommend_for); use --service popular, or a recommender that folds in (item, lfm, ncf)")
-        options = {"steps": int(self.steps), "learning_rate": float(self.learning_rate)} if _takes_fit_options(fold) else {}
-        return FoldInServer(side, k, seed, options)
+        options = {"steps": int(self.steps), "learning_rate": float(self.learning_rate), "solver": str(self.solver),
+                   "reg": float(self.reg)}
+        accepted = _fit_options(fold)
+        if self.solver == "ridge" and "solver" not in accepted:
+            raise MiarsError(f"--service-param solver=ridge: recommender {type(fitted).__name__} folds in by its own "
+                             "recommend_for, which takes no solver; use --service-param solver=auto")
+        return FoldInServer(side, k, seed, {key: value for key, value in options.items() if key in accepted})
 
 
 class FoldInServer:
@@ -99,16 +133,20 @@ class FoldInServer:
         return self.side.recommend_for(histories, self.k, seed=self.seed, **self.options)
 
 
-def _takes_fit_options(method) -> bool:
-    """Whether a third-party ``recommend_for`` accepts ``steps`` / ``learning_rate`` (or ``**kwargs``)."""
+def _fit_options(method) -> set:
+    """The fold-in options (``steps``, ``learning_rate``, ``solver``, ``reg``) a ``recommend_for`` accepts by name
+    (all of them with ``**kwargs``); ``steps`` and ``learning_rate`` go together or not at all."""
     import inspect
 
+    names = {"steps", "learning_rate", "solver", "reg"}
     try:
-        params = inspect.signature(method).parameters.values()
+        params = list(inspect.signature(method).parameters.values())
     except (TypeError, ValueError):
-        return False
-    names = {p.name for p in params}
-    return {"steps", "learning_rate"} <= names or any(p.kind is p.VAR_KEYWORD for p in params)
+        return set()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return names
+    accepted = names & {p.name for p in params}
+    return accepted if {"steps", "learning_rate"} <= accepted else accepted - {"steps", "learning_rate"}
 
 
 @hookimpl
