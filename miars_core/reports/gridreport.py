@@ -1,4 +1,5 @@
-"""Reports of a grid run: paper-style tables with Student-t CIs over seeds, heatmaps, ROC curves, one HTML file.
+"""Reports of a grid run: paper-style tables with Student-t CIs over seeds, heatmaps (of matrices larger than one
+row and column), ROC curves, one HTML file.
 
 ``write_report(run_dir)`` reads what ``miars grid --out RUN_DIR`` wrote::
 
@@ -394,6 +395,13 @@ def _csvnum(x: float | None) -> str:
 # ----------------------------------------------------------------------------- plots
 
 
+def has_heatmap(group: Group) -> bool:
+    """Whether the group's matrices are drawn: only a matrix of more than one row (target) and one
+    column (shadow); a single cell, row or column is just its table (a benchmark of defenses, each
+    target its own shadow, would otherwise draw two one-square heatmaps per defense setting)."""
+    return len(group.targets) > 1 and len(group.shadows) > 1
+
+
 def heatmap_png(group: Group, metric: str, label: str) -> bytes:
     """Target x shadow heatmap of one metric's means, each square annotated (with its CI when there is one)."""
     data = np.full((len(group.targets), len(group.shadows)), np.nan)
@@ -536,6 +544,8 @@ def write_report(run_dir: str | Path, force: bool = False) -> Path:
     images: dict[str, bytes] = {}
     heatmaps: dict[str, list[tuple[str, str]]] = {}
     for g in groups:
+        if not has_heatmap(g):  # a one-row or one-column matrix reads better as the table below it
+            continue
         for metric, label in HEATMAP_METRICS.items():
             name = f"heatmap-{metric}-{g.slug}.png"
             images[name] = heatmap_png(g, metric, label)
@@ -692,7 +702,9 @@ def _html(root, grid, records, groups, heatmaps, rocs, images, extra: str = "") 
     for g in groups:
         parts.append(f'<h2 id="{e(g.slug)}">{e(g.title)}</h2>')
         parts.append(f'<p class="note seeds">{e(seeds_line([x for per in g.estimates.values() for x in per.values()]))}</p>')
-        parts.append('<div class="figs">' + "".join(_img(n, images, f"{label}: {g.title}") for n, label in heatmaps.get(g.slug, [])) + "</div>")
+        if heatmaps.get(g.slug):
+            parts.append('<div class="figs">' + "".join(_img(n, images, f"{label}: {g.title}") for n, label in heatmaps[g.slug])
+                         + "</div>")
         parts.append('<div class="tables">' + "".join(_html_table(g, metric, f"{label} ({metric})") for metric, label in TABLE_METRICS) + "</div>")
     if rocs:
         parts.append('<h2 id="roc">ROC curves per cell</h2>'
