@@ -55,7 +55,7 @@ HEATMAP_METRICS = {"roc_auc": "ROC-AUC", "balanced_accuracy": "balanced accuracy
 #: Columns that name a group (one matrix per metric); target and shadow are its rows and columns.
 GROUP_KEYS = ("dataset", "shadow_dataset", "service", "defense", "defense_params", "top_k", "featurizer", "attack", "attacker")
 #: Bump when roc_png draws differently: stored ROC images of earlier reports are then redrawn.
-REPORT_PLOT_VERSION = 1
+REPORT_PLOT_VERSION = 2
 SCORE_FILES = {"headline": "scores.tsv", "defense_aware": "scores.tsv", "defense_unaware": "scores_defense_unaware.tsv"}
 
 
@@ -437,30 +437,58 @@ def heatmap_png(group: Group, metric: str, label: str) -> bytes:
     return _png(fig)
 
 
-def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> bytes:
-    """Linear ROC and log-log ROC (low-FPR view) of one cell; ``curves`` maps a label to (is_member, score)."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+class RocFigure:
+    """One figure (linear ROC, log-log ROC) redrawn for each cell: the axes, their labels and the
+    fixed margins are built once, and each cell only replaces its curves, legends, limits and title.
+    Building a figure and solving its layout cost as much as drawing it; a benchmark draws one
+    ROC plot per cell."""
 
-    fig = _figure(9.0, 3.9)
-    lin, log = fig.subplots(1, 2)
-    floor = 1.0
-    for label, (y, s) in curves.items():
-        fpr, tpr, _ = roc_curve(y, s)
-        auc = roc_auc_score(y, s)
-        n_neg, n_pos = int((~y).sum()), int(y.sum())
-        floor = min(floor, 0.5 / max(n_neg, 1), 0.5 / max(n_pos, 1))
-        lin.plot(fpr, tpr, label=f"{label} (ROC-AUC {auc:.3f})")
-        log.plot(np.maximum(fpr, 0.5 / n_neg), np.maximum(tpr, 0.5 / n_pos), label=label)
-    grid = np.logspace(np.log10(floor), 0, 50)
-    lin.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="chance")
-    log.plot(grid, grid, ls="--", color="grey", lw=0.8, label="chance")
-    lin.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), title="ROC")
-    log.set(xscale="log", yscale="log", xlabel="false positive rate (log)", ylabel="true positive rate (log)",
-            xlim=(floor, 1), ylim=(floor, 1.05), title="ROC, log-log (zero rates drawn at 0.5/n)")
-    lin.legend(loc="lower right", fontsize=7)
-    log.legend(loc="lower right", fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    return _png(fig)
+    def __init__(self):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure
+
+        self.fig = Figure(figsize=(9.0, 3.9), dpi=100)
+        self.fig.subplots_adjust(left=0.065, right=0.985, bottom=0.13, top=0.84, wspace=0.25)
+        self.lin, self.log = self.fig.subplots(1, 2)
+        self.lin.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), title="ROC")
+        self.lin.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="chance")
+        self.log.set(xscale="log", yscale="log", xlabel="false positive rate (log)", ylabel="true positive rate (log)",
+                     title="ROC, log-log (zero rates drawn at 0.5/n)")
+        (self.chance,) = self.log.plot([1e-3, 1], [1e-3, 1], ls="--", color="grey", lw=0.8, label="chance")
+        self.title = self.fig.suptitle("", fontsize=9)
+        self.curves: list = []
+
+    def png(self, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> bytes:
+        from sklearn.metrics import roc_auc_score, roc_curve
+
+        for line in self.curves:
+            line.remove()
+        self.curves = []
+        floor = 1.0
+        for i, (label, (y, s)) in enumerate(curves.items()):
+            fpr, tpr, _ = roc_curve(y, s)
+            auc = roc_auc_score(y, s)
+            n_neg, n_pos = int((~y).sum()), int(y.sum())
+            floor = min(floor, 0.5 / max(n_neg, 1), 0.5 / max(n_pos, 1))
+            self.curves += self.lin.plot(fpr, tpr, color=f"C{i % 10}", label=f"{label} (ROC-AUC {auc:.3f})")
+            self.curves += self.log.plot(np.maximum(fpr, 0.5 / n_neg), np.maximum(tpr, 0.5 / n_pos), color=f"C{i % 10}",
+                                         label=label)
+        self.chance.set_data([floor, 1], [floor, 1])
+        self.log.set(xlim=(floor, 1), ylim=(floor, 1.05))
+        for ax in (self.lin, self.log):  # the curves, then chance (drawn first, so below them)
+            ax.legend(handles=ax.lines[1:] + ax.lines[:1], loc="lower right", fontsize=7)
+        self.title.set_text(title)
+        return _png(self.fig)
+
+
+def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, figure: RocFigure | None = None) -> bytes:
+    """Linear ROC and log-log ROC (low-FPR view) of one cell; ``curves`` maps a label to (is_member, score).
+
+    ``figure``: a :class:`RocFigure` to redraw (a report draws every cell's plot on one).
+    """
+    return (figure or RocFigure()).png(curves, title)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -552,6 +580,7 @@ def write_report(run_dir: str | Path, force: bool = False) -> Path:
             heatmaps.setdefault(g.slug, []).append((name, label))
     rocs: list[tuple[CellRecord, str | None, str | None]] = []
     rendered = _read_digests(img)  # ROC plots are the slow part: redraw only those whose scores changed
+    figure: RocFigure | None = None  # built at the first plot drawn
     digests: dict[str, str] = {}
     for rec in records:
         if rec.status != "ok":
@@ -571,7 +600,8 @@ def write_report(run_dir: str | Path, force: bool = False) -> Path:
         if rendered.get(name) == digest and previous.is_file():
             images[name] = previous.read_bytes()  # same scores, same title: the same picture
         else:
-            images[name] = roc_png(curves, title)
+            figure = figure or RocFigure()
+            images[name] = roc_png(curves, title, figure)
         digests[name] = digest
         rocs.append((rec, name, None))
     from .defensereport import defense_section
