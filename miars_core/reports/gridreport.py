@@ -55,7 +55,7 @@ HEATMAP_METRICS = {"roc_auc": "ROC-AUC", "balanced_accuracy": "balanced accuracy
 #: Columns that name a group (one matrix per metric); target and shadow are its rows and columns.
 GROUP_KEYS = ("dataset", "shadow_dataset", "service", "defense", "defense_params", "top_k", "featurizer", "attack", "attacker")
 #: Bump when roc_png draws differently: stored ROC images of earlier reports are then redrawn.
-REPORT_PLOT_VERSION = 2
+REPORT_PLOT_VERSION = 3
 SCORE_FILES = {"headline": "scores.tsv", "defense_aware": "scores.tsv", "defense_unaware": "scores_defense_unaware.tsv"}
 
 
@@ -438,18 +438,24 @@ def heatmap_png(group: Group, metric: str, label: str) -> bytes:
 
 
 class RocFigure:
-    """One figure (linear ROC, log-log ROC) redrawn for each cell: the axes, their labels and the
-    fixed margins are built once, and each cell only replaces its curves, legends, limits and title.
-    Building a figure and solving its layout cost as much as drawing it; a benchmark draws one
-    ROC plot per cell."""
+    """One figure (linear ROC, log-log ROC) redrawn for each cell of a report.
+
+    The axes, their ticks, labels and fixed margins are drawn once into a background (again
+    only when the log plot's lower limit, 0.5/n, changes); each cell restores it and draws just
+    its curves, legends and title on top (matplotlib's blitting). Building a figure, solving its
+    layout and drawing its tick labels cost several times more than the curves, and a benchmark
+    draws one ROC plot per cell.
+    """
 
     def __init__(self):
         import matplotlib
 
         matplotlib.use("Agg")
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
         self.fig = Figure(figsize=(9.0, 3.9), dpi=100)
+        self.canvas = FigureCanvasAgg(self.fig)
         self.fig.subplots_adjust(left=0.065, right=0.985, bottom=0.13, top=0.84, wspace=0.25)
         self.lin, self.log = self.fig.subplots(1, 2)
         self.lin.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), title="ROC")
@@ -459,28 +465,45 @@ class RocFigure:
         (self.chance,) = self.log.plot([1e-3, 1], [1e-3, 1], ls="--", color="grey", lw=0.8, label="chance")
         self.title = self.fig.suptitle("", fontsize=9)
         self.curves: list = []
+        self.background: tuple[float, object] | None = None  # (floor, the pixels of the empty axes)
 
     def png(self, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> bytes:
+        import matplotlib.image
         from sklearn.metrics import roc_auc_score, roc_curve
 
+        drawn, floor = [], 1.0
+        for label, (y, s) in curves.items():
+            fpr, tpr, _ = roc_curve(y, s)
+            n_neg, n_pos = int((~y).sum()), int(y.sum())
+            floor = min(floor, 0.5 / max(n_neg, 1), 0.5 / max(n_pos, 1))
+            drawn.append((label, fpr, tpr, roc_auc_score(y, s), n_neg, n_pos))
         for line in self.curves:
             line.remove()
         self.curves = []
-        floor = 1.0
-        for i, (label, (y, s)) in enumerate(curves.items()):
-            fpr, tpr, _ = roc_curve(y, s)
-            auc = roc_auc_score(y, s)
-            n_neg, n_pos = int((~y).sum()), int(y.sum())
-            floor = min(floor, 0.5 / max(n_neg, 1), 0.5 / max(n_pos, 1))
+        for ax in (self.lin, self.log):
+            if ax.get_legend() is not None:
+                ax.get_legend().remove()
+        if self.background is None or self.background[0] != floor:
+            self.chance.set_data([floor, 1], [floor, 1])
+            self.log.set(xlim=(floor, 1), ylim=(floor, 1.05))
+            self.title.set_text("")
+            self.canvas.draw()
+            self.background = (floor, self.canvas.copy_from_bbox(self.fig.bbox))
+        self.canvas.restore_region(self.background[1])
+        for i, (label, fpr, tpr, auc, n_neg, n_pos) in enumerate(drawn):
             self.curves += self.lin.plot(fpr, tpr, color=f"C{i % 10}", label=f"{label} (ROC-AUC {auc:.3f})")
             self.curves += self.log.plot(np.maximum(fpr, 0.5 / n_neg), np.maximum(tpr, 0.5 / n_pos), color=f"C{i % 10}",
                                          label=label)
-        self.chance.set_data([floor, 1], [floor, 1])
-        self.log.set(xlim=(floor, 1), ylim=(floor, 1.05))
-        for ax in (self.lin, self.log):  # the curves, then chance (drawn first, so below them)
-            ax.legend(handles=ax.lines[1:] + ax.lines[:1], loc="lower right", fontsize=7)
+        for line in self.curves:
+            line.axes.draw_artist(line)
+        for ax in (self.lin, self.log):  # the curves, then chance
+            ax.draw_artist(ax.legend(handles=ax.lines[1:] + ax.lines[:1], loc="lower right", fontsize=7))
         self.title.set_text(title)
-        return _png(self.fig)
+        self.fig.draw_artist(self.title)
+        buf = io.BytesIO()
+        matplotlib.image.imsave(buf, np.asarray(self.canvas.buffer_rgba()), format="png", dpi=self.fig.dpi,
+                                metadata={"Software": None})
+        return buf.getvalue()
 
 
 def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, figure: RocFigure | None = None) -> bytes:
