@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -123,11 +124,54 @@ def _given_value(exc: BaseException, args: list) -> Optional[str]:
     return None
 
 
+#: A list of installed components in an option's help, ``{installed:KIND}``: filled in from the plugin
+#: registry when the help is shown, so importing the CLI (and ``miars --help``) loads no plugin.
+INSTALLED = re.compile(r"\{installed:(\w+)\}")
+
+
+def installed_names(kind: str) -> str:
+    """The components of ``kind`` the plugin registry knows (built-ins and installed plugins), comma-separated."""
+    from .contracts.plugins import get_plugins
+
+    registry = get_plugins().registry(kind)
+    return ", ".join(list(registry.names()) + [f"{p}:<Name>" for p in sorted(registry.namespaces)])
+
+
+def fill_help(text: str, names=installed_names) -> str:
+    """``text`` with each ``{installed:KIND}`` replaced by ``names(KIND)`` (``see `miars list KIND```
+    when that is empty or fails: help must show even when a plugin is broken)."""
+    def one(match: re.Match) -> str:
+        try:
+            found = names(match.group(1))
+        except Exception:  # noqa: BLE001
+            found = ""
+        return found or f"see `miars list {match.group(1)}`"
+
+    return INSTALLED.sub(one, text)
+
+
+class _RegistryHelp:
+    """Options whose help names ``{installed:KIND}`` list the registry's components when ``--help`` is shown."""
+
+    def format_help(self, ctx, formatter) -> None:
+        for param in self.get_params(ctx):  # type: ignore[attr-defined]
+            template = getattr(param, "_miars_help", None)
+            if template is None and INSTALLED.search(getattr(param, "help", None) or ""):
+                template = param._miars_help = param.help
+            if template is not None:
+                param.help = fill_help(template)
+        super().format_help(ctx, formatter)  # type: ignore[misc]
+
+
 class OneLineGroup(_OneLineErrors, TyperGroup):
     pass
 
 
-class OneLineCommand(_OneLineErrors, TyperCommand):
+class OneLineCommand(_OneLineErrors, _RegistryHelp, TyperCommand):
+    pass
+
+
+class RegistryHelpCommand(_RegistryHelp, TyperCommand):
     pass
 
 
@@ -235,12 +279,12 @@ def attack(
     shadow_dataset: Optional[str] = typer.Option(None, "--shadow-dataset", help="Take the shadow part from this dataset instead (the paper's dataset transfer)."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the dataset's original file (plain or .gz)."),
     download: bool = typer.Option(False, "--download", help="Download the official archive into ~/.cache/miars if the file is missing."),
-    target: str = typer.Option("item", help="Target recommender (`miars list recommender`), e.g. item, lfm, ncf, recbole:NeuMF."),
+    target: str = typer.Option("item", help="Target recommender (`miars list recommender`), e.g. item, lfm, ncf, recbole:NeuMF; installed: {installed:recommender}."),
     shadow: Optional[str] = typer.Option(None, help="Shadow recommender the adversary trains (default: same as --target)."),
-    featurizer: str = typer.Option("center-diff", help="Featurizer (`miars list featurizer`)."),
-    attack_model: str = typer.Option("mlp", "--attack", help="Attack model (`miars list attack`)."),
-    defense: Optional[str] = typer.Option(None, help="Defense applied to both the target's and the shadow's service (`miars list defense`)."),
-    service: str = typer.Option("popular", help="What non-members are served (`miars list service`): popular (the paper's) or foldin (the model's top-k from their own history)."),
+    featurizer: str = typer.Option("center-diff", help="Featurizer (`miars list featurizer`); installed: {installed:featurizer}."),
+    attack_model: str = typer.Option("mlp", "--attack", help="Attack model (`miars list attack`); installed: {installed:attack}."),
+    defense: Optional[str] = typer.Option(None, help="Defense applied to both the target's and the shadow's service (`miars list defense`); installed: {installed:defense}."),
+    service: str = typer.Option("popular", help="What non-members are served (`miars list service`): popular (the paper's), foldin (the model's top-k from their own history); installed: {installed:service}."),
     top_k: int = typer.Option(100, "--top-k", help="Length of every recommendation list."),
     seed: int = typer.Option(0, help="Master seed: same seed, same metrics."),
     split: str = typer.Option("interactions", help="interactions (the paper's: interactions at random into 3 parts) or users (each user wholly in one part)."),
@@ -371,7 +415,7 @@ def _silence_stdout() -> None:
         pass
 
 
-app.command("attack", help=attack.__doc__)(attack)
+app.command("attack", help=attack.__doc__, cls=RegistryHelpCommand)(attack)
 
 
 # Flags that every grid-engine command (grid, bench-defenses) takes, defined once.
@@ -393,13 +437,13 @@ def grid(
     shadow_dataset: Optional[List[str]] = typer.Option(None, "--shadow-dataset", help="Datasets to take the shadow part from (dataset transfer) (default: the target's)."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the datasets' original files."),
     download: bool = typer.Option(False, "--download", help="Download missing official datasets into ~/.cache/miars."),
-    target: Optional[List[str]] = typer.Option(None, "--target", help="Target recommenders, comma-separated (default: item)."),
+    target: Optional[List[str]] = typer.Option(None, "--target", help="Target recommenders, comma-separated (default: item); installed: {installed:recommender}."),
     shadow: Optional[List[str]] = typer.Option(None, "--shadow", help="Shadow recommenders, crossed with the targets (default: each target's own)."),
-    featurizer: Optional[List[str]] = typer.Option(None, "--featurizer", help="Featurizers (default: center-diff)."),
-    attack_model: Optional[List[str]] = typer.Option(None, "--attack", help="Attack models (default: mlp)."),
-    defense: Optional[List[str]] = typer.Option(None, "--defense", help="Defenses, `none` for no defense (default: none)."),
+    featurizer: Optional[List[str]] = typer.Option(None, "--featurizer", help="Featurizers (default: center-diff); installed: {installed:featurizer}."),
+    attack_model: Optional[List[str]] = typer.Option(None, "--attack", help="Attack models (default: mlp); installed: {installed:attack}."),
+    defense: Optional[List[str]] = typer.Option(None, "--defense", help="Defenses, `none` for no defense (default: none); installed: {installed:defense}."),
     defense_param: Optional[List[str]] = typer.Option(None, "--defense-param", help="[DEFENSE.]KEY=V1,V2,... values to sweep (repeatable)."),
-    service: Optional[List[str]] = typer.Option(None, "--service", help="Service models for non-members, comma-separated: popular (the paper's), foldin (default: popular)."),
+    service: Optional[List[str]] = typer.Option(None, "--service", help="Service models for non-members, comma-separated: popular (the paper's), foldin (default: popular); installed: {installed:service}."),
     service_param: Optional[List[str]] = typer.Option(None, "--service-param", help="[NAME.]KEY=VALUE for service models."),
     target_param: Optional[List[str]] = typer.Option(None, "--target-param", help="[NAME.]KEY=VALUE for target recommenders (repeatable)."),
     shadow_param: Optional[List[str]] = typer.Option(None, "--shadow-param", help="[NAME.]KEY=VALUE for shadow recommenders (repeatable)."),
@@ -455,20 +499,20 @@ def _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_loca
               f"see {run.run_dir}/cells/{first_id}/error.json", FAILED_EXIT)
 
 
-app.command("grid", help=grid.__doc__)(grid)
+app.command("grid", help=grid.__doc__, cls=RegistryHelpCommand)(grid)
 
 
-@app.command("bench-defenses")
+@app.command("bench-defenses", cls=RegistryHelpCommand)
 def bench_defenses(
     dataset: Optional[List[str]] = typer.Option(None, "--dataset", help="Datasets or files, comma-separated (default: ml-100k)."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the datasets' original files."),
-    target: Optional[List[str]] = typer.Option(None, "--target", help="Recommenders (each is its own shadow) (default: item,lfm,ncf)."),
-    defense: Optional[List[str]] = typer.Option(None, "--defense", help="Defenses to benchmark (default: every registered defense); `none` is always included."),
+    target: Optional[List[str]] = typer.Option(None, "--target", help="Recommenders (each is its own shadow) (default: item,lfm,ncf); installed: {installed:recommender}."),
+    defense: Optional[List[str]] = typer.Option(None, "--defense", help="Defenses to benchmark (default: every registered defense); `none` is always included; installed: {installed:defense}."),
     defense_param: Optional[List[str]] = typer.Option(None, "--defense-param", help="[DEFENSE.]KEY=V1,V2 replaces that defense's documented sweep of KEY."),
     target_param: Optional[List[str]] = typer.Option(None, "--target-param", help="[NAME.]KEY=VALUE for the recommenders (target and shadow)."),
-    attack_model: Optional[List[str]] = typer.Option(None, "--attack", help="Attacks, comma-separated (default: mlp)."),
+    attack_model: Optional[List[str]] = typer.Option(None, "--attack", help="Attacks, comma-separated (default: mlp); installed: {installed:attack}."),
     attack_param: Optional[List[str]] = typer.Option(None, "--attack-param", help="[NAME.]KEY=VALUE for the attack model."),
-    service: Optional[List[str]] = typer.Option(None, "--service", help="Service models, comma-separated: popular (the paper's), foldin (default: popular)."),
+    service: Optional[List[str]] = typer.Option(None, "--service", help="Service models, comma-separated: popular (the paper's), foldin (default: popular); installed: {installed:service}."),
     query_budget: int = typer.Option(5, "--query-budget", help="Queries per target user, on average, an attack with query access may ask: budget x target users in all; >= 1 for query attacks."),
     top_k: Optional[List[str]] = typer.Option(None, "--top-k", help="List lengths (default: 100)."),
     seed: Optional[List[str]] = typer.Option(None, "--seed", help="Master seeds, e.g. 0,1,2 (default: 0,1,2)."),

@@ -60,6 +60,8 @@ def command_names() -> list[str]:
 
 def cli_reference() -> str:
     """Markdown for every ``miars`` command: usage, description, arguments and options."""
+    from .cli import fill_help
+
     out = []
     for name, command, ctx in _commands():
         pieces = [re.sub(r"\{(\w+)\}", lambda m: m.group(1).upper(), p) for p in command.collect_usage_pieces(ctx)]
@@ -73,6 +75,7 @@ def cli_reference() -> str:
             if record is None:
                 continue
             decl, text = record
+            text = fill_help(text, names=lambda kind: "")  # the page is the same whatever is installed
             kind = "argument" if p.param_type_name == "argument" else "option"
             rows.append(f"| `{_cell(decl)}` | {kind} | {_cell(text)} |")
         if rows:

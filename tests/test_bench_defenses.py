@@ -80,7 +80,7 @@ def _record(defense, params, privacy, seed, auc):
 
 
 def test_epsilon_unit_is_a_column_of_every_defense_table_and_labels_the_frontier():
-    from miars_core.reports.defensereport import _point_label, defenses_csv, defenses_markdown, frontier_png
+    from miars_core.reports.defensereport import _key_label, defenses_csv, defenses_markdown, frontier_png
 
     records = [_record("none", {}, None, 0, 0.9)]
     for seed, eps in ((0, 0.98), (1, 1.0)):
@@ -98,7 +98,8 @@ def test_epsilon_unit_is_a_column_of_every_defense_table_and_labels_the_frontier
     csv = defenses_csv(rows).splitlines()
     assert csv[0].endswith(",epsilon_unit")
     assert {line.rsplit(",", 1)[1] for line in csv[1:] if line.startswith("d,lfm,dp-sgd,")} == {"record"}
-    assert _point_label(by["dp-sgd"]) == "eps=0.99 record" and _point_label(by["dp-user"]) == "eps=1 user"
+    assert _key_label(by["dp-sgd"]) == "dp-sgd (epsilon=1.0), ε=0.99 per record"
+    assert _key_label(by["dp-user"]) == "dp-user (epsilon=1.0), ε=1 per user"
     assert frontier_png(rows, "d", "lfm")[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -116,3 +117,78 @@ def test_a_dp_cell_reports_its_guarantee_and_what_lies_outside_it(small_dataset,
     rows = [line for line in (out / "report" / "defenses.md").read_text().splitlines()
             if line.startswith("| dp-itemknn (epsilon=5)")]  # a [no signal] marker may follow the label
     assert len(rows) == 1 and rows[0].split(" | ")[1:3] == ["1", "user"]
+
+
+def _crowded_records():
+    """Cells of a frontier as crowded as ml-1m's: points piled at the undefended point's utility and leakage."""
+    def record(defense, params, privacy, auc, static, ndcg):
+        from pathlib import Path
+
+        from miars_core.reports.gridreport import CellRecord
+
+        result = {"metrics": {"roc_auc": auc}, "attackers": {"defense_aware": {"roc_auc": auc},
+                                                              "defense_unaware": {"roc_auc": static}},
+                  "utility": {"defended": {"ndcg@100": ndcg}},
+                  "recommenders": {"target": {"fit_seconds": 1.0, **({"privacy": privacy} if privacy else {})}}}
+        cell = {"dataset": "d", "target": "item", "defense": defense, "defense_params": params, "top_k": 100, "seed": 0}
+        return CellRecord(f"{defense}-{sorted(params.items())}", Path("."), cell, "ok", result)
+
+    records = [record("none", {}, None, 0.995, 0.995, 0.157)]
+    for r in (0.1, 0.25, 0.5, 0.75):
+        records.append(record("subsample", {"ratio": r}, None, 0.995, 0.995, 0.157 - r * 0.0001))
+    for r in (0.1, 0.2, 0.5, 1.0):
+        records.append(record("popularity-randomization", {"ratio": r}, None, 0.995, 0.25 - r * 0.18, 0.157))
+    for w in (5, 10, 20, 100):
+        records.append(record("rank-shuffle", {"window": w}, None, 0.99, 0.95, 0.156))
+    for e in (0.5, 1.0, 5.0):
+        records.append(record("dp-itemknn", {"epsilon": e}, {"epsilon": e, "level": "user"}, 0.6 + 0.3 / e, 0.6, 0.02 * e))
+    records.append(record("dp-sgd", {"epsilon": 1.0}, {"epsilon": 1.0, "level": "record"}, 0.7, 0.6, 0.05))
+    return records
+
+
+def test_frontier_labels_do_not_overlap_and_the_undefended_point_is_on_top():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from miars_core.reports.defensereport import frontier_figure, frontier_points
+
+    rows = defense_rows(_crowded_records())
+    fig = frontier_figure(rows, "d", "item")
+    ax = fig.axes[0]
+    position = ax.get_position().bounds
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # what the PNG shows: the labels were placed on this same layout
+    assert ax.get_position().bounds == position
+    renderer = canvas.get_renderer()
+    labels = [t for t in ax.texts if t.get_gid() == "frontier-label"]
+    numbered = frontier_points(rows, "d", "item")
+    assert sorted(t.get_text() for t in labels) == sorted(str(n) for n, _ in numbered) and len(labels) == 16
+    from matplotlib.text import Text
+
+    boxes = [Text.get_window_extent(t, renderer) for t in labels]  # the text itself, without its leader line
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), f"labels overlap: {a} {b}"
+    frame = ax.get_window_extent(renderer)
+    assert all(frame.contains(b.x0, b.y0) and frame.contains(b.x1, b.y1) for b in boxes)
+    star = [c for c in ax.collections if c.get_offsets().shape[0] and c.get_sizes()[0] > 200]
+    assert len(star) == 1 and star[0].get_zorder() > max(c.get_zorder() for c in ax.collections if c is not star[0])
+    # record- and user-level epsilon: their own markers and key entries
+    key = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("epsilon per user" in t for t in key) and any("epsilon per record" in t for t in key)
+    assert "dp-itemknn (epsilon=0.5), ε=0.5 per user" in key and "dp-sgd (epsilon=1.0), ε=1 per record" in key
+    markers = {m.get_marker() for m in fig.legends[0].legend_handles}
+    assert {"D", "^", "o", "*", "s"} <= markers
+
+
+def test_the_defense_table_numbers_the_frontier_s_points():
+    from miars_core.reports.defensereport import defense_section, frontier_points
+
+    records = _crowded_records()
+    numbered = {r.label: n for n, r in frontier_points(defense_rows(records), "d", "item")}
+    assert numbered["dp-itemknn (epsilon=0.5)"] == 1 and "none" not in numbered
+    images: dict[str, bytes] = {}
+    html, _, _ = defense_section(records, images)
+    assert list(images) == ["frontier-d-item.png"]
+    for label, n in numbered.items():
+        assert f'<td>{n}</td><td class="l">{label}</td>' in html
+    assert '<td></td><td class="l">none</td>' in html

@@ -254,7 +254,8 @@ def test_pngs_on_disk_are_valid_heatmaps_and_roc_plots(run):
     pngs = sorted((root / "report" / "img").glob("*.png"))
     heat = [p for p in pngs if p.name.startswith("heatmap-")]
     roc = [p for p in pngs if p.name.startswith("roc-")]
-    assert len(heat) == 3 * 2  # 3 groups x (ROC-AUC, balanced accuracy)
+    # the 2 x 2 group: ROC-AUC and balanced accuracy; the defended groups (one cell each, two attackers) are tables
+    assert len(heat) == 1 * 2 and all("-none-" in p.name for p in heat)
     assert len(roc) == len(results)
     for p in pngs:
         w, h = _png_size(p.read_bytes())
@@ -271,7 +272,7 @@ def test_html_is_self_contained_and_holds_every_table_plot_and_failure(run):
         for metric, _ in TABLE_METRICS:
             assert f'data-group="{g.slug}" data-metric="{metric}"' in page
     n_images = page.count(DATA_URI)
-    assert n_images == 3 * 2 + len(results)
+    assert n_images == 1 * 2 + len(results)  # heatmaps of the 2 x 2 group only, one ROC plot per cell
     for b64 in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page):
         _png_size(base64.b64decode(b64))
     assert "toy-lfm-lfm-s3" in page and "boom at epoch 7" in page and "toy-never-written" in page
@@ -294,6 +295,23 @@ def test_unreadable_cells_are_listed_not_fatal(tmp_path):
     assert "(n=2)" in md and "Seeds per entry (n): 2, 3;" in md  # an entry with fewer seeds than its table says so
 
 
+def test_a_matrix_is_drawn_only_when_it_has_more_than_one_row_and_column(tmp_path):
+    from miars_core.reports.gridreport import has_heatmap
+
+    root = tmp_path / "run"
+    for t, sh in (("item", "item"), ("item", "lfm")):  # one target, two shadows: one row
+        _write_cell(root, _cell(t, sh, 0), STRENGTH[(t, sh)])
+    (groups,) = build_groups(load_cells(root))
+    assert (groups.targets, groups.shadows) == (["item"], ["item", "lfm"]) and not has_heatmap(groups)
+    page = write_report(root).read_text()
+    assert not list((root / "report" / "img").glob("heatmap-*")) and page.count(DATA_URI) == 2  # the ROC plots
+    for metric, _ in TABLE_METRICS:  # the table holds what the heatmap would have
+        assert page.count(f'data-metric="{metric}"') == 1
+    _write_cell(root, _cell("lfm", "lfm", 0), STRENGTH[("lfm", "lfm")])  # now 2 x 2 (one cell missing): drawn
+    write_report(root)
+    assert len(list((root / "report" / "img").glob("heatmap-*"))) == 2
+
+
 def test_a_miars_attack_out_folder_reports_as_one_cell(tmp_path):
     y, s = _scores(1.5, 0)
     _write_scores(tmp_path / "scores.tsv", y, s)
@@ -303,7 +321,9 @@ def test_a_miars_attack_out_folder_reports_as_one_cell(tmp_path):
     page = write_report(tmp_path).read_text()
     rows = _csv_rows(tmp_path)
     assert {(r["target"], r["shadow"], r["dataset"], r["n_seeds"]) for r in rows} == {("lfm", "item", "ml-100k", "1")}
-    assert page.count(DATA_URI) == 3  # two heatmaps, one ROC plot
+    assert page.count(DATA_URI) == 1  # the ROC plot; a one-cell matrix is a table, not a heatmap
+    assert not list((tmp_path / "report" / "img").glob("heatmap-*"))
+    assert page.count('data-metric="roc_auc"') == 1 and '<div class="figs">' not in page
 
 
 # ------------------------------------------------------------------------- command line

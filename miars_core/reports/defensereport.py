@@ -230,54 +230,173 @@ def defenses_csv(rows: list[DefenseRow]) -> str:
     return "\n".join(out) + "\n"
 
 
+#: Marker of a defended row's adaptive point by the unit of its DP epsilon ("" : no DP guarantee).
+UNIT_MARKERS = {"user": "D", "record": "^", "": "o"}
+UNIT_WORDS = {"user": "epsilon per user", "record": "epsilon per record"}
+
+
+def _unit_marker(level: str) -> str:
+    return UNIT_MARKERS.get(level, "X")  # "X": cells of the row disagree on the unit
+
+
+def frontier_points(rows: list[DefenseRow], dataset: str, target: str) -> list[tuple[int, DefenseRow]]:
+    """The defended rows the frontier of ``(dataset, target)`` draws, numbered from 1 in table order.
+
+    The number is the point's label on the plot, its entry in the plot's key and the ``#`` column
+    of the HTML table; the undefended row (``none``) is the star, without a number.
+    """
+    mine = [r for r in rows if (r.dataset, r.target) == (dataset, target)]
+    k = mine[0].k if mine else 0
+    drawn = [r for r in mine if r.defense != "none" and f"utility:ndcg@{k}" in r.estimates
+             and any(f"{a}:roc_auc" in r.estimates for a in ATTACKERS)]
+    return list(enumerate(drawn, start=1))
+
+
+def _key_label(row: DefenseRow) -> str:
+    """A numbered point's entry in the frontier's key: its table label, and a DP epsilon with its unit."""
+    est = row.estimates.get("privacy:epsilon")
+    text = row.label
+    if row.level and est is not None and est.n_seeds:
+        text += f", ε={est.mean:.3g} " + ("per " + row.level if "/" not in row.level else f"({row.level})")
+    return text
+
+
 def frontier_png(rows: list[DefenseRow], dataset: str, target: str) -> bytes:
     """Privacy-utility frontier: x = NDCG@k of the defended service, y = ROC-AUC of each attacker."""
-    from .shared import _figure, _png
+    from .shared import _png
+
+    return _png(frontier_figure(rows, dataset, target))
+
+
+def frontier_figure(rows: list[DefenseRow], dataset: str, target: str):
+    """The frontier as a matplotlib Figure: numbered points, a key beside the axes, the undefended star on top.
+
+    Each defended row is a numbered pair of points joined by a thin line: its adaptive attacker
+    (filled; a diamond when its DP epsilon counts users, a triangle when it counts records, a circle
+    without a DP guarantee) and its static attacker (hollow square). Numbers are placed where
+    they overlap no other number (:func:`_place_labels`); the key beside the axes names each.
+    """
+    from matplotlib.lines import Line2D
+
+    from .shared import _figure
 
     mine = [r for r in rows if (r.dataset, r.target) == (dataset, target)]
     k = mine[0].k if mine else 0
     util_key = f"utility:ndcg@{k}"
-    fig = _figure(7.0, 4.8)
+    numbered = frontier_points(rows, dataset, target)
+    colours: dict[str, str] = {}
+    for _, r in numbered:
+        colours.setdefault(r.defense, f"C{len(colours) % 10}")
+    style_entries = 2 + len({r.level for _, r in numbered})
+    entries = style_entries + len(numbered)
+    ncols = 1 if entries <= 28 else 2
+    fig = _figure(7.0 + 3.0 * ncols, max(4.8, 1.2 + 0.16 * math.ceil(entries / ncols)))
     ax = fig.add_subplot(1, 1, 1)
-    colours = {}
-    for r in mine:
-        x = r.estimates.get(util_key)
-        if x is None:
-            continue
-        colour = colours.setdefault(r.defense, f"C{len(colours) % 10}")
-        for attacker, marker, fill in (("adaptive", "o", colour), ("static", "s", "none")):
-            y = r.estimates.get(f"{attacker}:roc_auc")
-            if y is None:
-                continue
-            ax.scatter([x.mean], [y.mean], marker="*" if r.defense == "none" else marker, s=90 if r.defense == "none" else 45,
-                       facecolors=fill if r.defense != "none" else "black", edgecolors=colour if r.defense != "none" else "black",
-                       zorder=3)
-            if r.params and attacker == "adaptive":
-                ax.annotate(_point_label(r), (x.mean, y.mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    units = {r.defense: r.level for r in mine}
-    for defense, colour in colours.items():
-        if defense == "none":
-            ax.scatter([], [], marker="*", color="black", s=90, label="none (undefended)")
-        else:
-            unit = units.get(defense)
-            ax.scatter([], [], color=colour, label=f"{defense} ({unit}-level epsilon)" if unit else defense)
-    ax.scatter([], [], marker="o", color="gray", label="adaptive attacker (filled)")
-    ax.scatter([], [], marker="s", facecolors="none", edgecolors="gray", label="static attacker (hollow)")
-    ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+    points, labels = [], []  # (x, y) of every drawn point (obstacles); (number, x, y, colour) of each label
+    for n, r in numbered:
+        x = r.estimates[util_key].mean
+        colour = colours[r.defense]
+        ys = {a: r.estimates[f"{a}:roc_auc"].mean for a in ATTACKERS if f"{a}:roc_auc" in r.estimates}
+        if len(ys) == 2:
+            ax.plot([x, x], [ys["static"], ys["adaptive"]], color=colour, lw=0.6, alpha=0.45, zorder=2)
+        if "static" in ys:
+            ax.scatter([x], [ys["static"]], marker="s", s=36, facecolors="none", edgecolors=colour, linewidths=1.0, zorder=3)
+            points.append((x, ys["static"]))
+        if "adaptive" in ys:
+            ax.scatter([x], [ys["adaptive"]], marker=_unit_marker(r.level), s=42, color=colour, zorder=4)
+            points.append((x, ys["adaptive"]))
+        labels.append((str(n), x, ys.get("adaptive", ys.get("static")), colour))
+    for r in mine:  # the undefended point, on top of every other (both attackers are the same one)
+        y = r.estimates.get("adaptive:roc_auc") or r.estimates.get("static:roc_auc")
+        if r.defense == "none" and util_key in r.estimates and y is not None:
+            ax.scatter([r.estimates[util_key].mean], [y.mean], marker="*", s=220, color="black", edgecolors="white",
+                       linewidths=0.8, zorder=10)
+            points.append((r.estimates[util_key].mean, y.mean))
+    ax.axhline(0.5, color="gray", lw=0.8, ls="--", zorder=1)
     ax.set_xlabel(f"utility: NDCG@{k} of the defended service on held-out items")
     ax.set_ylabel("attack ROC-AUC (0.5 = chance)")
     ax.set_title(f"privacy-utility frontier: {target} on {dataset.rsplit('/', 1)[-1]}", fontsize=10)
-    ax.legend(fontsize=7, loc="best")
-    return _png(fig)
+    handles = [Line2D([], [], ls="", marker="*", markersize=12, color="black", label="none (undefended, drawn on top)"),
+               Line2D([], [], ls="", marker="s", markersize=6, markerfacecolor="none", color="gray",
+                      label="static attacker (hollow)")]
+    for level in sorted({r.level for _, r in numbered}, key=lambda u: (u not in UNIT_MARKERS, u)):
+        what = UNIT_WORDS.get(level, "no DP guarantee" if not level else f"epsilon units disagree ({level})")
+        handles.append(Line2D([], [], ls="", marker=_unit_marker(level), markersize=6, color="gray",
+                              label=f"adaptive attacker (filled), {what}"))
+    for n, r in numbered:
+        handles.append(Line2D([], [], ls="", marker=f"${n}$", markersize=6 + 2.5 * len(str(n)), color=colours[r.defense],
+                              label=_key_label(r)))
+    fig.legend(handles=handles, loc="outside right upper", fontsize=7, ncols=ncols, frameon=False,
+               title="key (numbers: the table's # column)", title_fontsize=7, alignment="left")
+    _place_labels(fig, ax, points, labels)
+    return fig
 
 
-def _point_label(row: DefenseRow) -> str:
-    """A frontier point's label: its parameter values, and for a DP defense epsilon with its unit (``eps=1 user``)."""
-    text = ",".join(f"{v}" for _, v in sorted(row.params.items()))
-    est = row.estimates.get("privacy:epsilon")
-    if row.level and est is not None and est.n_seeds:
-        return f"eps={est.mean:.3g} {row.level}" + (f" ({text})" if set(row.params) - {"epsilon"} else "")
-    return text
+def _place_labels(fig, ax, points, labels, fontsize: float = 8.0) -> list:
+    """Write each label near its point where its box overlaps no label placed before it (greedy).
+
+    ``points``: (x, y) in data coordinates of every marker (avoided when possible); ``labels``:
+    (text, x, y, colour). Candidates lie on rings of growing radius around the point, eight
+    directions each; the first one free of every label placed wins, looked for in three tiers:
+    inside the axes and clear of markers, inside the axes, anywhere. A label away from its
+    point gets a leader line. The layout is fixed first (one draw) and the labels are left out of
+    it, so what is measured here is what the PNG shows. Returns the annotations.
+    """
+    import matplotlib.patheffects as pe
+    from matplotlib.transforms import Bbox
+
+    if not labels:
+        return []
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    fig.draw_without_rendering()  # the constrained layout, without rasterizing
+    renderer = canvas.get_renderer()
+    to_px = ax.transData.transform
+    frame = ax.get_window_extent(renderer)
+    half = 5.5 * fig.dpi / 72.0  # half a marker, in pixels
+    marks = [Bbox.from_extents(px - half, py - half, px + half, py + half)
+             for px, py in (to_px(p) for p in points)]
+    placed: list = []
+    out = []
+    directions = [(1, 1), (1, 0), (0, 1), (-1, 1), (-1, 0), (1, -1), (0, -1), (-1, -1)]
+    inside = lambda b: frame.contains(b.x0, b.y0) and frame.contains(b.x1, b.y1)  # noqa: E731
+    tiers = (lambda b: inside(b) and not any(b.overlaps(m) for m in marks), inside, lambda b: True)
+    for text, x, y, colour in labels:
+        style = dict(fontsize=fontsize, fontweight="bold", color=colour, zorder=11, ha="center", va="center")
+        probe = ax.text(x, y, text, **style)
+        box = probe.get_window_extent(renderer)
+        probe.remove()
+        w, h = box.width + 2.0, box.height + 1.0
+        px, py = to_px((x, y))
+        choice = None
+        for tier in tiers:
+            radius, limit = 0.5 * max(w, h) + half, 50.0 * (frame.width + frame.height)
+            while choice is None and radius < limit:
+                for dx, dy in directions:
+                    cx, cy = px + dx * radius, py + dy * radius
+                    cand = Bbox.from_extents(cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+                    if tier(cand) and not any(cand.overlaps(b) for b in placed):
+                        choice = (cx - px, cy - py, cand)
+                        break
+                radius *= 1.3
+                if tier is not tiers[-1] and radius > 2 * (frame.width + frame.height):
+                    break  # no room inside the axes: the next tier
+            if choice is not None:
+                break
+        if choice is None:  # not reached: the last tier's outer rings lie beyond every label placed
+            choice = (0.0, 0.0, Bbox.from_extents(px - w / 2, py - h / 2, px + w / 2, py + h / 2))
+        dx, dy, cand = choice
+        far = math.hypot(dx, dy) > 2.5 * half + 0.5 * max(w, h)
+        ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset pixels", annotation_clip=False,
+                          path_effects=[pe.withStroke(linewidth=2.0, foreground="white")],
+                          arrowprops=dict(arrowstyle="-", color=colour, lw=0.6, alpha=0.7, shrinkA=0, shrinkB=half)
+                          if far else None, **style)
+        ann.set_in_layout(False)
+        ann.set_gid("frontier-label")
+        placed.append(cand)
+        out.append(ann)
+    return out
 
 
 def defense_section(records: list[CellRecord], images: dict[str, bytes], skipped: list[str] = ()) -> tuple[str, str, str]:
@@ -305,13 +424,16 @@ def defense_section(records: list[CellRecord], images: dict[str, bytes], skipped
     parts += [f'<p class="{"warn" if "No signal in" in note else "note"}">{e(note)}</p>' for note in _notes(rows)]
     for (dataset, target) in dict.fromkeys((r.dataset, r.target) for r in rows):
         parts.append(f"<h3>{e(_title(rows, dataset, target))}</h3>")
-        parts.append(f'<table><tr><th class="l">defense</th><th>n</th><th class="l">{e(UNIT)}</th>'
+        numbers = {id(r): n for n, r in frontier_points(rows, dataset, target)}
+        parts.append(f'<table class="defenses"><tr><th title="the point\'s number on the frontier below">#</th>'
+                     f'<th class="l">defense</th><th>n</th><th class="l">{e(UNIT)}</th>'
                      + "".join(f"<th>{e(_label(c))}</th>" for c in cols) + "</tr>")
         for r in rows:
             if (r.dataset, r.target) == (dataset, target):
                 n = _usual_n(r.estimates.values())
                 css = " ".join(c for c, on in (("control", r.control), ("nosignal", bool(r.flagged))) if on)
-                parts.append(f'<tr{f" class={chr(34)}{css}{chr(34)}" if css else ""}><td class="l">{e(r.label)}</td>'
+                parts.append(f'<tr{f" class={chr(34)}{css}{chr(34)}" if css else ""}><td>{numbers.get(id(r), "")}</td>'
+                             f'<td class="l">{e(r.label)}</td>'
                              f'<td>{_n(r)}</td><td class="l">{e(_unit(r))}</td>'
                              + "".join(f"<td>{e(_fmt_estimate(r.estimates.get(c), n))}</td>" for c in cols) + "</tr>")
         parts.append("</table>")

@@ -1,4 +1,5 @@
-"""Reports of a grid run: paper-style tables with Student-t CIs over seeds, heatmaps, ROC curves, one HTML file.
+"""Reports of a grid run: paper-style tables with Student-t CIs over seeds, heatmaps (of matrices larger than one
+row and column), ROC curves, one HTML file.
 
 ``write_report(run_dir)`` reads what ``miars grid --out RUN_DIR`` wrote::
 
@@ -54,7 +55,7 @@ HEATMAP_METRICS = {"roc_auc": "ROC-AUC", "balanced_accuracy": "balanced accuracy
 #: Columns that name a group (one matrix per metric); target and shadow are its rows and columns.
 GROUP_KEYS = ("dataset", "shadow_dataset", "service", "defense", "defense_params", "top_k", "featurizer", "attack", "attacker")
 #: Bump when roc_png draws differently: stored ROC images of earlier reports are then redrawn.
-REPORT_PLOT_VERSION = 1
+REPORT_PLOT_VERSION = 3
 SCORE_FILES = {"headline": "scores.tsv", "defense_aware": "scores.tsv", "defense_unaware": "scores_defense_unaware.tsv"}
 
 
@@ -394,6 +395,13 @@ def _csvnum(x: float | None) -> str:
 # ----------------------------------------------------------------------------- plots
 
 
+def has_heatmap(group: Group) -> bool:
+    """Whether the group's matrices are drawn: only a matrix of more than one row (target) and one
+    column (shadow); a single cell, row or column is just its table (a benchmark of defenses, each
+    target its own shadow, would otherwise draw two one-square heatmaps per defense setting)."""
+    return len(group.targets) > 1 and len(group.shadows) > 1
+
+
 def heatmap_png(group: Group, metric: str, label: str) -> bytes:
     """Target x shadow heatmap of one metric's means, each square annotated (with its CI when there is one)."""
     data = np.full((len(group.targets), len(group.shadows)), np.nan)
@@ -429,30 +437,81 @@ def heatmap_png(group: Group, metric: str, label: str) -> bytes:
     return _png(fig)
 
 
-def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> bytes:
-    """Linear ROC and log-log ROC (low-FPR view) of one cell; ``curves`` maps a label to (is_member, score)."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+class RocFigure:
+    """One figure (linear ROC, log-log ROC) redrawn for each cell of a report.
 
-    fig = _figure(9.0, 3.9)
-    lin, log = fig.subplots(1, 2)
-    floor = 1.0
-    for label, (y, s) in curves.items():
-        fpr, tpr, _ = roc_curve(y, s)
-        auc = roc_auc_score(y, s)
-        n_neg, n_pos = int((~y).sum()), int(y.sum())
-        floor = min(floor, 0.5 / max(n_neg, 1), 0.5 / max(n_pos, 1))
-        lin.plot(fpr, tpr, label=f"{label} (ROC-AUC {auc:.3f})")
-        log.plot(np.maximum(fpr, 0.5 / n_neg), np.maximum(tpr, 0.5 / n_pos), label=label)
-    grid = np.logspace(np.log10(floor), 0, 50)
-    lin.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="chance")
-    log.plot(grid, grid, ls="--", color="grey", lw=0.8, label="chance")
-    lin.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), title="ROC")
-    log.set(xscale="log", yscale="log", xlabel="false positive rate (log)", ylabel="true positive rate (log)",
-            xlim=(floor, 1), ylim=(floor, 1.05), title="ROC, log-log (zero rates drawn at 0.5/n)")
-    lin.legend(loc="lower right", fontsize=7)
-    log.legend(loc="lower right", fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    return _png(fig)
+    The axes, their ticks, labels and fixed margins are drawn once into a background (again
+    only when the log plot's lower limit, 0.5/n, changes); each cell restores it and draws just
+    its curves, legends and title on top (matplotlib's blitting). Building a figure, solving its
+    layout and drawing its tick labels cost several times more than the curves, and a benchmark
+    draws one ROC plot per cell.
+    """
+
+    def __init__(self):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        self.fig = Figure(figsize=(9.0, 3.9), dpi=100)
+        self.canvas = FigureCanvasAgg(self.fig)
+        self.fig.subplots_adjust(left=0.065, right=0.985, bottom=0.13, top=0.84, wspace=0.25)
+        self.lin, self.log = self.fig.subplots(1, 2)
+        self.lin.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), title="ROC")
+        self.lin.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="chance")
+        self.log.set(xscale="log", yscale="log", xlabel="false positive rate (log)", ylabel="true positive rate (log)",
+                     title="ROC, log-log (zero rates drawn at 0.5/n)")
+        (self.chance,) = self.log.plot([1e-3, 1], [1e-3, 1], ls="--", color="grey", lw=0.8, label="chance")
+        self.title = self.fig.suptitle("", fontsize=9)
+        self.curves: list = []
+        self.background: tuple[float, object] | None = None  # (floor, the pixels of the empty axes)
+
+    def png(self, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> bytes:
+        import matplotlib.image
+        from sklearn.metrics import roc_auc_score, roc_curve
+
+        drawn, floor = [], 1.0
+        for label, (y, s) in curves.items():
+            fpr, tpr, _ = roc_curve(y, s)
+            n_neg, n_pos = int((~y).sum()), int(y.sum())
+            floor = min(floor, 0.5 / max(n_neg, 1), 0.5 / max(n_pos, 1))
+            drawn.append((label, fpr, tpr, roc_auc_score(y, s), n_neg, n_pos))
+        for line in self.curves:
+            line.remove()
+        self.curves = []
+        for ax in (self.lin, self.log):
+            if ax.get_legend() is not None:
+                ax.get_legend().remove()
+        if self.background is None or self.background[0] != floor:
+            self.chance.set_data([floor, 1], [floor, 1])
+            self.log.set(xlim=(floor, 1), ylim=(floor, 1.05))
+            self.title.set_text("")
+            self.canvas.draw()
+            self.background = (floor, self.canvas.copy_from_bbox(self.fig.bbox))
+        self.canvas.restore_region(self.background[1])
+        for i, (label, fpr, tpr, auc, n_neg, n_pos) in enumerate(drawn):
+            self.curves += self.lin.plot(fpr, tpr, color=f"C{i % 10}", label=f"{label} (ROC-AUC {auc:.3f})")
+            self.curves += self.log.plot(np.maximum(fpr, 0.5 / n_neg), np.maximum(tpr, 0.5 / n_pos), color=f"C{i % 10}",
+                                         label=label)
+        for line in self.curves:
+            line.axes.draw_artist(line)
+        for ax in (self.lin, self.log):  # the curves, then chance
+            ax.draw_artist(ax.legend(handles=ax.lines[1:] + ax.lines[:1], loc="lower right", fontsize=7))
+        self.title.set_text(title)
+        self.fig.draw_artist(self.title)
+        buf = io.BytesIO()
+        matplotlib.image.imsave(buf, np.asarray(self.canvas.buffer_rgba()), format="png", dpi=self.fig.dpi,
+                                metadata={"Software": None})
+        return buf.getvalue()
+
+
+def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, figure: RocFigure | None = None) -> bytes:
+    """Linear ROC and log-log ROC (low-FPR view) of one cell; ``curves`` maps a label to (is_member, score).
+
+    ``figure``: a :class:`RocFigure` to redraw (a report draws every cell's plot on one).
+    """
+    return (figure or RocFigure()).png(curves, title)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -536,12 +595,15 @@ def write_report(run_dir: str | Path, force: bool = False) -> Path:
     images: dict[str, bytes] = {}
     heatmaps: dict[str, list[tuple[str, str]]] = {}
     for g in groups:
+        if not has_heatmap(g):  # a one-row or one-column matrix reads better as the table below it
+            continue
         for metric, label in HEATMAP_METRICS.items():
             name = f"heatmap-{metric}-{g.slug}.png"
             images[name] = heatmap_png(g, metric, label)
             heatmaps.setdefault(g.slug, []).append((name, label))
     rocs: list[tuple[CellRecord, str | None, str | None]] = []
     rendered = _read_digests(img)  # ROC plots are the slow part: redraw only those whose scores changed
+    figure: RocFigure | None = None  # built at the first plot drawn
     digests: dict[str, str] = {}
     for rec in records:
         if rec.status != "ok":
@@ -561,7 +623,8 @@ def write_report(run_dir: str | Path, force: bool = False) -> Path:
         if rendered.get(name) == digest and previous.is_file():
             images[name] = previous.read_bytes()  # same scores, same title: the same picture
         else:
-            images[name] = roc_png(curves, title)
+            figure = figure or RocFigure()
+            images[name] = roc_png(curves, title, figure)
         digests[name] = digest
         rocs.append((rec, name, None))
     from .defensereport import defense_section
@@ -692,7 +755,9 @@ def _html(root, grid, records, groups, heatmaps, rocs, images, extra: str = "") 
     for g in groups:
         parts.append(f'<h2 id="{e(g.slug)}">{e(g.title)}</h2>')
         parts.append(f'<p class="note seeds">{e(seeds_line([x for per in g.estimates.values() for x in per.values()]))}</p>')
-        parts.append('<div class="figs">' + "".join(_img(n, images, f"{label}: {g.title}") for n, label in heatmaps.get(g.slug, [])) + "</div>")
+        if heatmaps.get(g.slug):
+            parts.append('<div class="figs">' + "".join(_img(n, images, f"{label}: {g.title}") for n, label in heatmaps[g.slug])
+                         + "</div>")
         parts.append('<div class="tables">' + "".join(_html_table(g, metric, f"{label} ({metric})") for metric, label in TABLE_METRICS) + "</div>")
     if rocs:
         parts.append('<h2 id="roc">ROC curves per cell</h2>'
