@@ -154,6 +154,11 @@ METRICS_HELP = (
 )
 
 
+DEVICE_HELP = ("Where torch stages run (recommender fits, fold-in, scoring, the attack MLP, dp-sgd): auto (a GPU "
+               "when torch sees one, else the CPU), cpu, cuda or cuda:N. A run option: same seed, same metrics on a given "
+               "device; GPU floats may differ slightly from the CPU's (docs/engine.md).")
+
+
 def _fail(message: str, code: int = 2) -> None:
     """Print ``miars: error: <message>`` as one line on stderr and exit ``code`` (2: bad input)."""
     _echo_error(_one_line(message))
@@ -283,18 +288,20 @@ def attack(
     no_cache: bool = typer.Option(False, "--no-cache", help="Compute every stage afresh and store nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
     force: bool = typer.Option(False, "--force", help="Write into an --out folder that is not empty and not a miars-attack output folder (only result.json and scores.tsv are replaced there)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Run the CCS'21 membership inference attack end to end and print its metrics."""
     with guarded():
         _attack(dataset, data_dir, download, target, shadow, featurizer, attack_model, defense, top_k, seed, split,
                 min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
-                out, export_miars, quiet, shadow_dataset, cache, no_cache, service, service_param, query_budget, force)
+                out, export_miars, quiet, shadow_dataset, cache, no_cache, service, service_param, query_budget, force,
+                device)
 
 
 def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_model, defense, top_k, seed, split,
             min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
             out, export_miars, quiet, shadow_dataset=None, cache=None, no_cache=False, service="popular",
-            service_param=None, query_budget=5, force=False) -> None:
+            service_param=None, query_budget=5, force=False, device="auto") -> None:
     from .engine.config import AttackConfig
 
     dataset, data_dir, out, export_miars = _expand(dataset), _expand(data_dir), _expand(out), _expand(export_miars)
@@ -312,6 +319,7 @@ def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_mode
         attack_params=parse_params(attack_param, "--attack-param"),
         defense_params=parse_params(defense_param, "--defense-param"),
         service=service, service_params=parse_params(service_param, "--service-param"), query_budget=query_budget,
+        device=device,
     ).validate()
     if config.query_budget < 1:  # a query attack without queries: refused before any folder is made
         from .contracts.plugins import get_plugins
@@ -444,6 +452,7 @@ DaskLocalOpt = Annotated[Optional[int], typer.Option("--dask-local", help="Start
 NoReportOpt = Annotated[bool, typer.Option("--no-report", help="Do not write RUN_DIR/report/ at the end.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write into an --out folder that is not empty and not a run folder of this command (miars replaces only the files it writes).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help=DEVICE_HELP + " (TOML key device; default: auto)")]
 MaxCellsOpt = Annotated[Optional[int], typer.Option("--max-cells", help="Refuse a grid of more cells than this, before any work (default: 2,000; TOML key max_cells): a typo in a list must not start days of computing.")]
 
 #: Grids at least this large say "planning N cells" before planning (it takes a few seconds per 10,000 cells).
@@ -486,6 +495,7 @@ def grid(
     quiet: QuietOpt = False,
     force: ForceOpt = False,
     max_cells: MaxCellsOpt = None,
+    device: DeviceOpt = None,
 ) -> None:
     """Run a grid of attack cells (cached, resumable), then write tables, plots and report.html."""
     with guarded():
@@ -512,6 +522,7 @@ def grid(
             "data_dir": data_dir,
             "download": download or None,
             "controls": controls or None,
+            "device": device,
         }
         values.update({k: v for k, v in flags.items() if v is not None})
         for key, flag, given, sweep in (("defense_params", "--defense-param", defense_param, True),
@@ -623,6 +634,7 @@ def bench_defenses(
     quiet: QuietOpt = False,
     force: ForceOpt = False,
     max_cells: MaxCellsOpt = None,
+    device: DeviceOpt = None,
 ) -> None:
     """Benchmark defenses: privacy for a static and an adaptive attacker, utility and cost, with a privacy-utility frontier."""
     with guarded():
@@ -673,7 +685,7 @@ def bench_defenses(
             attack=parse_list_flag(attack_model, "--attack") or ["mlp"],
             service=parse_list_flag(service, "--service") or ["popular"], query_budget=query_budget,
             utility_holdout=utility_holdout, defense_targets={k: v for k, v in only.items() if v and k in names},
-            skipped=left_out, controls=controls,
+            skipped=left_out, controls=controls, device=device or "auto",
         )
         _run_grid(spec, _expand(out), _expand(cache), no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
                   max_cells, skippable, command="bench-defenses", force=force, notes=notes)
@@ -707,20 +719,23 @@ def audit_dp(
     cache: Optional[str] = typer.Option(None, "--cache", help="Folder of cached stage outputs (default: $MIARS_CACHE/stages or ~/.cache/miars/stages); keeps the canaries' scores."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Fit afresh and store nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Audit a training defense's DP claim: a 95% lower bound on epsilon from canaries in one run (Steinke et al., NeurIPS 2023)."""
     with guarded():
         from rich.console import Console
 
         from .engine import audit
+        from .kit.torch_utils import check_device
 
+        check_device(device)
         _check_input_path("--dataset", _expand(dataset))
         _check_input_path("--data-dir", _expand(data_dir))
         err = Console(stderr=True, quiet=quiet, log_path=False)
         record = audit.run(_expand(dataset), target, defense, target_params=parse_params(target_param, "--target-param"),
                            defense_params=parse_params(defense_param, "--defense-param"), canaries=canaries,
                            guesses=guesses, seed=seed, out=_expand(out), data_dir=_expand(data_dir),
-                           store=_store(_expand(cache), no_cache), progress=err.log)
+                           store=_store(_expand(cache), no_cache), progress=err.log, device=device)
         err.print(f"wrote {Path(_expand(out)).expanduser() / audit.OUT_FILE}")
         typer.echo(audit.verdict_line(record))
 

@@ -54,6 +54,7 @@ from ..contracts.defenses import acts_on
 from ..contracts.errors import MiarsError
 from ..contracts.seeds import stage_seed
 from ..contracts.types import Interactions, Part, ServiceContext, Split, random_row_ranks
+from ..kit.torch_utils import use_device
 from ..science.metrics import membership_metrics
 from ..science.protocol import split_dataset
 from ..science.service import Served, defend, popularity_order, serve, stage_threads
@@ -279,6 +280,7 @@ class Cell:
         self.store = store if store is not None else MemoryStore()
         self.progress = progress
         self.timings: dict[str, float] = {}
+        self.devices: dict[str, dict] = {}  # timing name -> the device its torch work ran on (from the stored records)
         self.computed: dict[str, float] = {}  # stage -> seconds computed in this process
         self.hits: list[str] = []
         self.stage: str | None = None  # the stage being computed (named in a failed cell's error)
@@ -407,7 +409,8 @@ class Cell:
                 self.progress(message)
             start = time.perf_counter()
             try:
-                arrays, meta = compute(*args)
+                with use_device(self.config.device) as device:  # a run option: in no key (kit.torch_utils)
+                    arrays, meta = compute(*args)
             except Exception as exc:
                 broken = getattr(self.store, "broken", {}).get((stage, key))
                 if broken is None:
@@ -416,7 +419,7 @@ class Cell:
                 line = str(exc) if isinstance(exc, MiarsError) else f"{type(exc).__name__}: {exc}"
                 raise MiarsError(f"cached file {broken[0]!r} {broken[1]}, and computing the {stage} stage again failed: "
                                  f"{' '.join(line.split())}") from exc
-            meta = {**meta, "seconds": round(time.perf_counter() - start, 3)}
+            meta = {**meta, "seconds": round(time.perf_counter() - start, 3), **device.record()}
             out = self.store.put(stage, key, arrays, meta)
             self.computed[timing] = round(self.computed.get(timing, 0.0) + meta["seconds"], 3)
         else:
@@ -425,6 +428,8 @@ class Cell:
             self._counted.add((stage, key))
             name = TIMING[timing]
             self.timings[name] = round(self.timings.get(name, 0.0) + float(out.meta.get("seconds", 0.0)), 3)
+            if out.meta.get("device"):
+                self.devices[name] = {k: str(out.meta[k]) for k in ("device", "device_name") if out.meta.get(k)}
         return out
 
     def _once(self, name: str, fn: Callable[[], Any]) -> Any:
