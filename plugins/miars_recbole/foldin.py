@@ -32,25 +32,27 @@ def _fit_user_vectors(h_rb: sp.csr_matrix, item_tables: list, loss, seed: int, s
 
     Each starts at the mean of its table's rows over the user's history (a warm start); every
     step draws one uniform negative item per (user, positive) pair and minimises
-    ``loss(vectors, users, pos, neg)``. Non-finite vectors fail in one line.
+    ``loss(vectors, users, pos, neg)``. Non-finite vectors fail in one line. Everything runs on
+    the item tables' device; negatives are drawn on the CPU (the same draws on every device).
     """
     import torch
 
+    device = item_tables[0].device
     coo = h_rb.tocoo()
-    users = torch.as_tensor(coo.row.astype(np.int64))
-    pos = torch.as_tensor(coo.col.astype(np.int64))
+    users = torch.as_tensor(coo.row.astype(np.int64), device=device)
+    pos = torch.as_tensor(coo.col.astype(np.int64), device=device)
     gen = torch.Generator().manual_seed(int(seed))
-    counts = torch.clamp(torch.as_tensor(np.diff(h_rb.indptr), dtype=torch.float32), min=1)[:, None]
+    counts = torch.clamp(torch.as_tensor(np.diff(h_rb.indptr), dtype=torch.float32, device=device), min=1)[:, None]
     vectors = []
     for table in item_tables:
-        u = torch.zeros((h_rb.shape[0], table.shape[1]), dtype=torch.float32)
+        u = torch.zeros((h_rb.shape[0], table.shape[1]), dtype=torch.float32, device=device)
         if len(users):
             u.index_add_(0, users, table[pos])
             u /= counts
         vectors.append(u.requires_grad_(True))
     opt = torch.optim.Adam(vectors, lr=lr)
     for _ in range(steps):
-        neg = torch.randint(1, item_tables[0].shape[0], (len(users),), generator=gen)
+        neg = torch.randint(1, item_tables[0].shape[0], (len(users),), generator=gen).to(device)
         value = loss(vectors, users, pos, neg)
         opt.zero_grad()
         value.backward()
@@ -150,9 +152,11 @@ def foldin_scorer(side, histories: sp.csr_matrix, seed: int = 0, steps: int = FO
     targets = torch.as_tensor(side.item_cols[1:])
     n_items = side.n_items
 
-    def place(block: np.ndarray) -> "torch.Tensor":
-        out = torch.full((block.shape[0], n_items), -torch.inf)
-        out[:, targets] = torch.as_tensor(np.ascontiguousarray(block[:, 1:]), dtype=torch.float32)
+    def place(block) -> "torch.Tensor":
+        """Scores over the model's items (numpy or a tensor on the model's device) -> over every column, same device."""
+        block = torch.as_tensor(block)
+        out = torch.full((block.shape[0], n_items), -torch.inf, device=block.device)
+        out[:, targets.to(block.device)] = block[:, 1:].to(torch.float32)
         return out
 
     if side.kind == "itemknn":
@@ -163,7 +167,8 @@ def foldin_scorer(side, histories: sp.csr_matrix, seed: int = 0, steps: int = FO
         u = _bpr_user_vectors(h_rb, v, seed, steps, learning_rate)
 
         def scores(rows):
-            return place((u[torch.as_tensor(np.asarray(rows))] @ v.T).numpy())
+            with torch.no_grad():
+                return place(u[torch.as_tensor(np.asarray(rows), device=u.device)] @ v.T)
 
         return scores
     from .session import neumf_logits_for
@@ -172,12 +177,12 @@ def foldin_scorer(side, histories: sp.csr_matrix, seed: int = 0, steps: int = FO
     u_mf, u_mlp = _neumf_user_vectors(items, h_rb, seed, steps, learning_rate)
 
     def neumf_scores(rows):
-        index = torch.as_tensor(np.asarray(rows))
+        index = torch.as_tensor(np.asarray(rows), device=u_mf.device)
         with torch.no_grad():
             block = neumf_logits_for(items, u_mf[index], u_mlp[index])
         if block is None:
             raise MiarsError("NeuMF with batch normalisation cannot fold in new users; use --service popular")
-        return place(block.numpy())
+        return place(block)
 
     return neumf_scores
 
