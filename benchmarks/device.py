@@ -76,8 +76,8 @@ def main() -> None:
     devices = list(dict.fromkeys(resolve_device(d) for d in asked))
     k = args.top_k
     data = load_dataset(AttackConfig(dataset=args.dataset), get_plugins())
-    part = split_dataset(data, seed=0).target
-    split_vectorization = split_dataset(data, seed=0).vectorization
+    split = split_dataset(data, seed=0)
+    part = split.target
     members, member_mask = part.members, part.is_member
     others = part.interactions.matrix[~member_mask]
     gpus = {d: torch.cuda.get_device_name(d) for d in devices if d != "cpu"}
@@ -87,7 +87,7 @@ def main() -> None:
           + ", ".join(f"{d}" + (f" ({gpus[d]})" if d in gpus else "") for d in devices)
           + ("" if torch.cuda.is_available() else "; torch sees no GPU, so the CPU alone is measured"))
 
-    vectors = CenterDiff(dim=100).fit(split_vectorization, seed=0)
+    vectors = CenterDiff(dim=100).fit(split.vectorization, seed=0)
     state: dict[str, dict] = {d: {} for d in devices}
 
     def fit(cls, epochs):

@@ -452,7 +452,8 @@ DaskLocalOpt = Annotated[Optional[int], typer.Option("--dask-local", help="Start
 NoReportOpt = Annotated[bool, typer.Option("--no-report", help="Do not write RUN_DIR/report/ at the end.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write into an --out folder that is not empty and not a run folder of this command (miars replaces only the files it writes).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help=DEVICE_HELP + " (TOML key device; default: auto)")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help=DEVICE_HELP + " (default: auto)")]
+GridDeviceOpt = Annotated[Optional[str], typer.Option("--device", help=DEVICE_HELP + " (TOML key device; default: auto)")]
 MaxCellsOpt = Annotated[Optional[int], typer.Option("--max-cells", help="Refuse a grid of more cells than this, before any work (default: 2,000; TOML key max_cells): a typo in a list must not start days of computing.")]
 
 #: Grids at least this large say "planning N cells" before planning (it takes a few seconds per 10,000 cells).
@@ -495,7 +496,7 @@ def grid(
     quiet: QuietOpt = False,
     force: ForceOpt = False,
     max_cells: MaxCellsOpt = None,
-    device: DeviceOpt = None,
+    device: GridDeviceOpt = None,
 ) -> None:
     """Run a grid of attack cells (cached, resumable), then write tables, plots and report.html."""
     with guarded():
