@@ -205,6 +205,95 @@ def test_the_engine_hands_a_gpu_to_components_when_one_is_asked_for(small_datase
     assert not torch.are_deterministic_algorithms_enabled()  # restored after each stage
 
 
+class _Stored(Component):
+    """A recommender with the state contract that records the device offered to fit, restore and serve (co-counts)."""
+
+    seen: list = []
+
+    def __init__(self):
+        pass
+
+    def _saw(self, what):
+        from miars_core.kit.torch_utils import current_device
+
+        _Stored.seen.append((what, current_device()))
+
+    def fit(self, train, seed=0):
+        import scipy.sparse as sp
+
+        self._saw("fit")
+        x = sp.csr_matrix(train.matrix, dtype=np.float32)
+        self.w_, self.train_, self.fit_info_ = sp.csr_matrix(x.T @ x), x, {"epochs_run": 0}
+        return self
+
+    def recommend(self, k):
+        from miars_core.science.ranking import top_k_excluding
+
+        self._saw("recommend")
+        return top_k_excluding(lambda rows: np.asarray((self.train_[rows] @ self.w_).todense()), self.train_, k)
+
+    def recommend_for(self, histories, k, seed=0, **fit):
+        import scipy.sparse as sp
+
+        from miars_core.science.ranking import top_k_excluding
+
+        self._saw("recommend_for")
+        h = sp.csr_matrix(histories, dtype=np.float32)
+        return top_k_excluding(lambda rows: np.asarray((h[rows] @ self.w_).todense()), h, k)
+
+    def get_state(self):
+        from miars_core.contracts.state import csr_arrays
+
+        return {**csr_arrays("w", self.w_), **csr_arrays("train", self.train_)}, {"shape": list(self.train_.shape)}
+
+    def set_state(self, arrays, record):
+        from miars_core.contracts.state import csr_from_arrays
+
+        self._saw("set_state")
+        n_users, n_items = record["shape"]
+        self.w_ = csr_from_arrays(arrays, "w", (n_items, n_items))
+        self.train_ = csr_from_arrays(arrays, "train", (n_users, n_items))
+        self.fit_info_ = {"epochs_run": 0}
+        return self
+
+
+def _stored_plugins():
+    from miars_core.contracts.hookspecs import hookimpl
+
+    module = types.ModuleType("test_device_stored")
+
+    @hookimpl
+    def register_recommenders(register):
+        register("stored", _Stored)
+
+    module.register_recommenders = register_recommenders
+    return get_plugins(extra=[module])
+
+
+def test_stored_models_and_reference_models_are_fitted_and_restored_on_the_run_device(small_dataset, tmp_path, fake_gpu):
+    """The declared graph's walker computes every stage (reference models too) and decodes every stored model in
+    the run's device context; torch.cuda is mocked (the recorder puts nothing on a GPU)."""
+    plugins = _stored_plugins()
+    cfg = dict(dataset=str(small_dataset), target="stored", top_k=10, service="foldin", attack="query-recall",
+               attack_params={"queries": 2})
+    _Stored.seen = []
+    first = run_attack(AttackConfig(**cfg, device="cuda"), plugins=plugins, store=DiskStore(tmp_path))
+    assert [w for w, _ in _Stored.seen].count("fit") == 5  # shadow, target, 3 reference models
+    assert {d for _, d in _Stored.seen} == {"cuda:0"}
+    stages = first.versions["device"]["stages"]
+    assert stages["reference_models"] == stages["target_recommender"] == stages["shadow_recommender"] == "cuda:0"
+    assert not torch.are_deterministic_algorithms_enabled()
+    for device, expected, both, k in (("cuda", "cuda:0", "cuda:0", 12), ("cpu", "cpu", "cpu,cuda:0", 14)):
+        _Stored.seen = []  # another list length: the stored models are read back (restored), never fitted again
+        again = run_attack(AttackConfig(**{**cfg, "top_k": k}, device=device), plugins=plugins, store=DiskStore(tmp_path))
+        assert "fit" not in [w for w, _ in _Stored.seen]
+        assert ("set_state", expected) in _Stored.seen and {d for _, d in _Stored.seen} == {expected}
+        # the reference models were stored by the first run: read back, they report where they were computed
+        assert again.versions["device"]["stages"]["reference_models"] == "cuda:0"
+        # the model stage (stored by the first run) and the lists computed now count under one timing name
+        assert again.versions["device"]["stages"]["target_recommender"] == both
+
+
 def test_a_cell_read_back_from_the_cache_reports_where_its_stages_ran(small_dataset, tmp_path):
     store = DiskStore(tmp_path)
     first = run_attack(_config(small_dataset, device="cpu"), plugins=_recording_plugins(), store=store)
@@ -219,7 +308,8 @@ def test_a_cell_read_back_from_the_cache_reports_where_its_stages_ran(small_data
 def test_the_device_is_in_no_stage_key_nor_cell_id(small_dataset):
     plugins = _recording_plugins()
     cells = [Cell(_config(small_dataset, device=d), plugins) for d in ("auto", "cpu")]
-    for stage, part in (("split", "target"), ("serve", "target"), ("serve", "shadow"), ("vectors", "target")):
+    for stage, part in (("split", "target"), ("model", "target"), ("serve", "target"), ("serve", "shadow"),
+                        ("vectors", "target"), ("attack", "")):
         assert cells[0].key(stage, part) == cells[1].key(stage, part)
     assert cell_id(_config(small_dataset, device="cpu")) == cell_id(_config(small_dataset))
     spec = GridSpec(dataset=[str(small_dataset)], target=["pop"], device="cpu")

@@ -19,7 +19,8 @@ from miars_core.contracts.types import Interactions, Part, Split
 from miars_core.engine.pipeline import AttackConfig
 from miars_core.engine.stages import Cell
 from miars_core.kit import checks
-from miars_core.science.service import Served
+from miars_core.engine.graph import Walker
+from miars_core.science.service import Fitted, Served
 from miars_core.science.threat import QueryAccess
 
 RNG = np.random.default_rng(3)
@@ -122,13 +123,14 @@ def test_nothing_reachable_from_the_target_view_holds_labels_or_training_data(sm
     view.query.recommend(view.histories[:5])  # used once, as an attack would
     view.reference(0).recommend(view.histories[:5])  # a reference model built
     under_fit = defended and cell.defense_point in ("data", "training")
-    served = cell._memo[f"fitted:target:{under_fit}"]
-    fitted = served.fitted
+    served = cell.fitted("target", under_fit)
+    fitted = served.model
     forbidden = [cell, served, fitted, getattr(fitted, "model_", None), getattr(getattr(fitted, "model_", None), "model", None),
                  cell.split("target"), cell.part("target"), cell.part("shadow")]
     walked = checks.check_isolation(view, is_member=cell.part("target").is_member, train=served.train.matrix,
                                     forbidden=[x for x in forbidden if x is not None],
-                                    forbidden_types=(Cell, Part, Split, Served, FittedRecBole, AbstractRecommender))
+                                    forbidden_types=(Cell, Walker, Part, Split, Served, Fitted, FittedRecBole,
+                                                     AbstractRecommender))
     assert walked > 20
     assert view.labels is None and view.pair_labels is None
 

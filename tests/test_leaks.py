@@ -16,6 +16,7 @@ import scipy.sparse as sp
 import miars_attacks
 from miars_core.contracts.plugins import get_plugins
 from miars_core.engine.pipeline import AttackConfig, run_attack
+from miars_core.engine.graph import Node
 from miars_core.engine.stages import Cell
 from miars_core.engine.store import MemoryStore
 from miars_core.kit import checks
@@ -98,11 +99,13 @@ def test_the_holdout_enters_the_keys_of_every_stage_it_changes_and_no_holdout_ke
     base = dict(dataset=str(small_dataset), target="item", defense="list-noise", **SMALL)
     plain, held = Cell(AttackConfig(**base), plugins), Cell(AttackConfig(**base, utility_holdout=0.2), plugins)
     for part in ("shadow", "target"):
-        assert "holdout" not in plain._key_record("serve", part, False)
-        assert "holdout" not in plain._key_record("features", part, False)
+        # the hold-out is in the key of the visible part, which every stage reading the part's users has as an input
+        assert "holdout" not in plain.walker.record(Node("part", part)) and "holdout" in held.walker.record(Node("part", part))
+        assert plain.walker.record(Node("model", part))["part"] == plain.key("part", part)
         assert plain.key("split", part) == held.key("split", part)  # the split itself does not change
         assert plain.key("vectors", part) == held.key("vectors", part)  # nor the adversary's own data
-        for stage, defended in (("serve", False), ("defend", False), ("features", False), ("features", True)):
+        for stage, defended in (("model", False), ("serve", False), ("defend", False), ("features", False),
+                                ("features", True)):
             assert plain.key(stage, part, defended) != held.key(stage, part, defended), (stage, part)
     assert plain.key("attack", "", True) != held.key("attack", "", True)
     assert plain.part("target") is getattr(plain.split("target"), "target") and plain.future("target") is None

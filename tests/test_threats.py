@@ -203,7 +203,7 @@ def test_interaction_attack_scores_pairs_with_its_own_metrics(small_dataset, tmp
     cell = Cell(defended, get_plugins())
     labels = cell.pair_labels("target", True, pairs)
     assert not labels[~target.is_member[pairs[:, 0]]].any()
-    train = cell._memo["fitted:target:True"].train.matrix
+    train = cell.fitted("target", True).train.matrix
     assert 0 < labels.sum() < target.is_member[pairs[:, 0]].sum()
     assert labels.sum() == sum(train[int(np.flatnonzero(target.is_member).tolist().index(r)), i] > 0
                                for r, i in pairs[labels])

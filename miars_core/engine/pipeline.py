@@ -91,7 +91,8 @@ def cell_result(cell) -> AttackResult:
     )
 
 
-_TIMING_ORDER = ("load", "split", "shadow_recommender", "target_recommender", "defense", "featurize", "attack")
+_TIMING_ORDER = ("warmup", "load", "split", "shadow_recommender", "target_recommender", "defense", "featurize", "attack",
+                 "reference_models")
 
 def _transfer_split(cell) -> Split:
     raise MiarsError("--export-miars is not available for a dataset-transfer run (shadow and target items differ); "
@@ -124,8 +125,9 @@ def device_record(cell) -> dict:
     Read from the stages' stored records, so a cell read back from the cache reports where its
     stages were computed; a stage that used no device-aware code (numpy, scipy) is not listed.
     """
-    stages = {name: d["device"] for name, d in cell.devices.items()}
-    gpus = {d["device"]: d["device_name"] for d in cell.devices.values() if "device_name" in d}
+    stages = cell.stage_devices()
+    stages = {k: stages[k] for k in _TIMING_ORDER if k in stages}
+    gpus = cell.gpu_names()
     return {"asked": cell.config.device, "stages": stages, **({"gpus": gpus} if gpus else {})}
 
 

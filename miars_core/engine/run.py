@@ -83,26 +83,29 @@ class Task:
 
 
 def plan(cells: dict[str, Any], store, cache: str | None, threads: int | None) -> dict[str, Task]:
-    """Tasks for every unique split and fit, and one per cell; stages already stored are skipped."""
+    """Tasks for every unique split and fit, and one per cell; stages already stored are skipped.
+
+    Which stages are tasks, and what each needs, comes from the stage declarations
+    (:meth:`~miars_core.engine.stages.Cell.tasks`: the stages declared with ``task=True``).
+    """
     tasks: dict[str, Task] = {}
     stored: set[str] = set()  # each stage is looked up in the store once, however many cells share it
     for cid, cell in cells.items():
         base = {"config": {f.name: getattr(cell.config, f.name) for f in fields(cell.config)}, "cache": cache,
                 "threads": threads}
-        keys = cell.task_keys()
+        own = cell.tasks()
+        names = {what: f"{stage}:{key}" for what, (stage, key, _) in own.items()}
         needs = []
-        for what in keys:
-            kind, _, arg = what.partition(":")
-            stage = "split" if kind == "split" else "serve"
-            name = f"{stage}:{keys[what]}"
+        for what, (stage, key, upstream) in own.items():
+            name = names[what]
             if name in stored:
                 continue
-            if name not in tasks and store.meta(stage, keys[what]) is not None:
+            if name not in tasks and store.meta(stage, key) is not None:
                 stored.add(name)
                 continue  # stored by an earlier run
             if name not in tasks:
-                upstream = [f"split:{keys['split:' + arg]}"] if stage == "serve" else []
-                tasks[name] = Task(name, {**base, "kind": "prepare", "what": what}, [u for u in upstream if u in tasks])
+                tasks[name] = Task(name, {**base, "kind": "prepare", "what": what},
+                                   [names[u] for u in upstream if names[u] in tasks])
             tasks[name].cells.append(cid)
             needs.append(name)
         tasks[f"cell:{cid}"] = Task(f"cell:{cid}", {**base, "kind": "cell"}, needs, [cid])

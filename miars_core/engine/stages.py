@@ -1,28 +1,47 @@
-"""The stage graph of one attack cell: every stage, its inputs, and what its cache key covers.
+"""The stage graph of one attack cell, declared: every stage, its inputs, and what its key covers.
 
-One cell is one :class:`~miars_core.engine.config.AttackConfig`. Its stages, in the order data flows::
+One cell is one :class:`~miars_core.engine.config.AttackConfig`. Each stage below is one function
+declared with :meth:`GRAPH.stage <miars_core.engine.graph.Graph.stage>`: its parameters after
+``(cell, node)`` are its inputs (other stages, by name), ``covers`` says what its key holds
+besides the inputs' keys, and one walker (:class:`~miars_core.engine.graph.Walker`) reads, checks,
+computes, stores and times them all. In the order data flows::
 
-    stage     inputs                                  key covers (besides the inputs' keys)
-    -------   -------------------------------------   ------------------------------------------------
-    load      dataset name or file                    file content (sha256) or name + data dir; loader version
-    split     load                                    split mode, min interactions, seed("split")
-    serve     split, part (shadow | target)           recommender name, all its hyperparameters and version,
-                                                      top-k, seed(part)     -- fit on members + serve lists;
-                                                      with a data or training defense also the defense
-                                                      (name, hyperparameters, version, seed): another fit;
-                                                      with a utility hold-out its fraction, seed("holdout-<part>")
-    defend    serve                                   a defense acting on lists: name, hyperparameters,
-                                                      version, seed("defense-<part>")
-    vectors   split (vectorization part)              featurizer name, hyperparameters, version, seed("featurizer")
-    features  vectors, serve or defend                the utility hold-out (fraction, seed), if any: the histories
-    attack    features of shadow and of target        attack name, hyperparameters, version, seed("attack")
-    metrics   attack                                  not stored: milliseconds
+    stage      inputs                         key covers (besides the inputs' keys)
+    ---------  -----------------------------  -------------------------------------------------------------
+    load       -                              file content (sha256) or name + data dir; loader version
+    split      load                           split mode, min interactions, seed("split")          [grid task]
+    part*      split                          the part's name; the utility hold-out (fraction, seed("holdout-<part>"))
+    model      part                           recommender name, all its hyperparameters and version, seed(part);
+                                              under a data or training defense also the defense (name,
+                                              hyperparameters, version, seed("defense-<part>")): the fitted model
+    serve      model, part                    top-k, the service (name, hyperparameters, version): the lists [grid task]
+    defend     serve, part                    a defense acting on lists: name, hyperparameters, version,
+                                              seed("defense-<part>")
+    vectors    split                          featurizer name, hyperparameters, version, seed("featurizer")
+    features   vectors, serve or defend, part nothing else
+    attack     features of shadow and target  attack name, hyperparameters, version, seed("attack"); query
+                                              attacks: the budget; interaction attacks: seed("pairs-target")
+    adversary* split (side), split (target)   the shadow recommender (name, hyperparameters, version), --seed
+    reference  adversary                      the index: reference model number i (a family, asked for lazily)
+    metrics    attack                         not stored: milliseconds
+
+    * derived: kept in memory only; its key flows into the keys of the stages that read it.
 
 Every key is the sha256 of a JSON record of those fields plus :data:`STAGES_VERSION` and a hash
 of the core modules that compute stages, so changed code never reads a stale output. Each
 stage's output is a set of arrays plus a JSON record (:mod:`miars_core.engine.store`), never a pickle.
 The shadow part may come from another dataset than the target part (``shadow_dataset``, the
 paper's dataset transfer): each side then has its own load, split and item vectors.
+
+**Fitted models are stage outputs.** The ``model`` stage stores a fitted recommender (or the model
+a training defense fitted) through the recommender state contract
+(:mod:`miars_core.contracts.state`: ``get_state`` / ``set_state``), with the data it was trained
+on; the model key holds neither top-k nor the service, so a popular and a fold-in cell, or two
+lengths of list, share one fit, and query access and interaction labels read the stored model
+instead of fitting again. A model without the contract is stored as a marker and fitted again in
+each process that needs it (the lists it serves are then checked against the stored ones).
+Reference models (``view.reference(i)``) are the ``reference`` stage, keyed by the adversary's
+data, the shadow recommender, --seed and the index: shared by every cell that trains the same ones.
 
 Components keep their plugin contracts (a recommender only fits and recommends): this module
 does the caching around them. Seeds are those of miars v0, so results did not change.
@@ -35,15 +54,16 @@ what the service trains on and knows, and what the adversary sees (views, featur
 of query attacks, interaction pairs). :meth:`Cell.future` keeps the removed interactions; only
 the target members' rows are read, to score utility. Without a hold-out the parts are the
 split's, unchanged.
+
+**Adding a stage** is one declaration here: a function, its inputs, what its key covers, the
+timing it counts under, and a check of its output read back (see docs/engine.md).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -53,215 +73,360 @@ from ..contracts.components import get_params
 from ..contracts.defenses import acts_on
 from ..contracts.errors import MiarsError
 from ..contracts.seeds import stage_seed
+from ..contracts.state import check_state
 from ..contracts.types import Interactions, Part, ServiceContext, Split, random_row_ranks
-from ..kit.torch_utils import use_device
 from ..science.metrics import membership_metrics
 from ..science.protocol import split_dataset
-from ..science.service import Served, defend, popularity_order, serve, stage_threads
-from ..science.threat import (AdversaryView, QueryAccess, ReferenceModels, decision_threshold, level_of,
-                              require_budget, threat_of)
+from ..science.ranking import check_k
+from ..science.service import Fitted, Served, fit_model, popularity_order, serve_fitted, stage_threads
+from ..science.service import defend as apply_defense
+from ..science.threat import (AdversaryView, QueryAccess, ReferenceModels, decision_threshold, fit_reference,
+                              level_of, require_budget, threat_of)
 from ..science.utility import holdout, list_signal, utility_metrics
+from .codecs import (_csr_problem, _finite_problem, _flags_problem, _index_problem, interactions_from_arrays,  # noqa: F401
+                     interactions_problem, interactions_to_arrays, learned_state, split_from_arrays, split_problem,
+                     split_to_arrays)
+from .graph import Clock, Graph, Node, Unusable, Walker, compute, on_device, read
+from .keys import (STAGE_MODULES, STAGES_VERSION, _entry_version, component_version, core_version,  # noqa: F401
+                   dataset_identity, digest, file_fingerprint)
 from .store import MemoryStore, Output
 
-#: Bump when a stage's computation changes in a way the module hash below would not see.
-STAGES_VERSION = "1"
-
-#: Core modules whose code decides stage outputs, under miars_core (their source is hashed into every key).
-STAGE_MODULES = ("engine.stages", "science.protocol", "science.service", "science.ranking", "contracts.types",
-                 "contracts.seeds", "engine.store", "science.utility", "contracts.defenses", "science.threat")
-
-#: Timing names reported in result.json (those of miars v0).
+#: Timing names reported in result.json (those of miars v0, plus the reference models and the warm-up).
 TIMING = {"load": "load", "split": "split", "serve:shadow": "shadow_recommender", "serve:target": "target_recommender",
-          "defend": "defense", "vectors": "featurize", "features": "featurize", "attack": "attack"}
+          "defend": "defense", "vectors": "featurize", "features": "featurize", "attack": "attack",
+          "reference": "reference_models"}
+
+#: Every stage of a cell, declared below.
+GRAPH = Graph()
 
 
-# -- keys ----------------------------------------------------------------------------------------
-def digest(record: Any) -> str:
-    """sha256 of a JSON record (sorted keys): the content address of a stage output."""
-    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+# -- edges -----------------------------------------------------------------------------------------
+def _split_of(cell, node: Node) -> Node:
+    return Node("split", node.part)
 
 
-@functools.lru_cache(maxsize=None)
-def _source_hash(package_dir: str) -> str:
-    h = hashlib.sha256()
-    for path in sorted(Path(package_dir).rglob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
+def _part_of(cell, node: Node) -> Node:
+    return Node("part", node.part)
 
 
-@functools.lru_cache(maxsize=1)
-def core_version() -> str:
-    """Version of the stage code: miars' version plus a hash of the modules in :data:`STAGE_MODULES`."""
-    from .. import __version__
-
-    here = Path(__file__).resolve().parents[1]  # miars_core/
-    h = hashlib.sha256()
-    for name in STAGE_MODULES:
-        h.update((here / f"{name.replace('.', '/')}.py").read_bytes())
-    return f"{__version__}+{STAGES_VERSION}.{h.hexdigest()[:16]}"
+def _lists_of(cell, node: Node) -> Node:
+    """The node whose output is the lists ``node.part``'s users see, with or without the defense."""
+    return cell.lists_node(node.part, node.defended)
 
 
-def component_version(factory: Callable[..., Any], plugin_version: str) -> str:
-    """A component's version: its plugin's version plus a hash of the source of its package."""
-    module = getattr(factory, "__module__", None) or getattr(getattr(factory, "func", None), "__module__", "")
-    import importlib
-    import sys
+# -- the stages -------------------------------------------------------------------------------------
+@GRAPH.stage(covers=lambda cell, node: {"dataset": cell.dataset_id(node.part)}, timing=lambda node: "load",
+             message=lambda cell, node: f"loading {cell.dataset_of(node.part)}",
+             check=lambda cell, node, out: interactions_problem(out.arrays),
+             decode=lambda cell, node, out: interactions_from_arrays(out.arrays))
+def load(cell, node):
+    from .datasets import load_named
 
-    top = (module or "").split(".")[0]
-    mod = sys.modules.get(top) or (importlib.import_module(top) if top else None)
-    files = getattr(mod, "__path__", None) or ([str(Path(mod.__file__).parent)] if getattr(mod, "__file__", None) else [])
-    return f"{plugin_version}+{_source_hash(files[0])}" if files else plugin_version
-
-
-@functools.lru_cache(maxsize=64)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    data = load_named(cell.dataset_of(node.part), cell.config.data_dir, cell.config.download, cell.plugins)
+    return interactions_to_arrays(data), {"users": data.n_users, "items": data.n_items,
+                                          "interactions": data.n_interactions}
 
 
-def file_fingerprint(path: str | Path) -> str:
-    p = Path(path).expanduser().resolve()
-    st = p.stat()
-    return _file_sha256(str(p), st.st_size, st.st_mtime_ns)
+@GRAPH.stage(inputs={"data": lambda cell, node: Node("load", node.part)},
+             covers=lambda cell, node: {"mode": cell.config.split, "min_interactions": cell.config.min_interactions,
+                                        "seed": stage_seed(cell.config.seed, "split")},
+             timing=lambda node: "split", task=True,
+             message=lambda cell, node: f"splitting {cell.dataset_of(node.part)} into shadow / target / vectorization",
+             check=lambda cell, node, out: split_problem(out.arrays),
+             decode=lambda cell, node, out: split_from_arrays(out.arrays))
+def split(cell, node, data: Interactions):
+    c = cell.config
+    s = split_dataset(data, mode=c.split, min_interactions=c.min_interactions, seed=stage_seed(c.seed, "split"))
+    return split_to_arrays(s), {"summary": s.summary(),
+                                "dataset": {"users": data.n_users, "items": data.n_items,
+                                            "interactions": data.n_interactions}}
 
 
-# -- (de)serialising the data types --------------------------------------------------------------
-def _ids(values: np.ndarray) -> np.ndarray:
-    values = np.asarray(values)
-    return values.astype(str) if values.dtype == object else values
+@GRAPH.stage(inputs={"split": _split_of}, stored=False,
+             covers=lambda cell, node: {"part": node.part, **cell.holdout_record(node.part)})
+def part(cell, node, split: Split) -> tuple[Part, sp.csr_matrix | None]:
+    """The part as the service and the adversary know it (without its future), and its future (None without a hold-out)."""
+    p, f = getattr(split, node.part), cell.config.utility_holdout
+    if f <= 0:
+        return p, None
+    visible, held = holdout(p.interactions, f, stage_seed(cell.config.seed, f"holdout-{node.part}"))
+    if node.part == "target" and held[p.is_member].nnz == 0:  # every utility number would be NaN
+        raise MiarsError(f"--utility-holdout {f} holds out no interaction of any target member (each holds out "
+                         f"round({f} x her interactions), at most n - 1); raise it, e.g. --utility-holdout 0.2")
+    return Part(p.name, visible, p.is_member), held
 
 
-def _csr_arrays(prefix: str, m: sp.csr_matrix) -> dict[str, np.ndarray]:
-    return {f"{prefix}_indptr": m.indptr, f"{prefix}_indices": m.indices}
+def _model_covers(cell, node: Node) -> dict:
+    rec = {"recommender": cell.component_id(f"recommender:{node.part}"), "seed": stage_seed(cell.config.seed, node.part)}
+    if node.defended:  # a data or training defense: another fit
+        rec.update(defense=cell.component_id("defense"), defense_seed=stage_seed(cell.config.seed, f"defense-{node.part}"))
+    return rec
 
 
-def _csr(arrays: dict[str, np.ndarray], prefix: str, n_items: int) -> sp.csr_matrix:
-    indptr, indices = arrays[f"{prefix}_indptr"], arrays[f"{prefix}_indices"]
-    data = np.ones(len(indices), dtype=np.float32)
-    return sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_items))
+def _model_message(cell, node: Node) -> str:
+    under = f" under defense {cell.config.defense}" if node.defended else ""
+    return f"training {node.part} recommender {cell.specs[f'recommender:{node.part}'][0]}{under}"
 
 
-def interactions_to_arrays(data: Interactions) -> dict[str, np.ndarray]:
-    return {**_csr_arrays("m", data.matrix), "user_ids": _ids(data.user_ids), "item_ids": _ids(data.item_ids)}
+@GRAPH.stage(inputs={"part": _part_of}, covers=_model_covers, timing=lambda node: f"serve:{node.part}",
+             message=_model_message, check=lambda cell, node, out: cell.model_problem(node, out),
+             decode=lambda cell, node, out: cell.restore_model(node, out))
+def model(cell, node, part):
+    """Fit the part's recommender on its members (under a data or training defense): the fitted model, stored."""
+    fitted = cell.fit(node.part, node.defended)
+    arrays, meta = model_output(fitted, f"recommender {cell.specs[f'recommender:{node.part}'][0]!r}",
+                                cell.model_versions(node))
+    return arrays, meta, fitted
 
 
-def interactions_from_arrays(a: dict[str, np.ndarray]) -> Interactions:
-    return Interactions(_csr(a, "m", len(a["item_ids"])), a["user_ids"], a["item_ids"])
+def model_output(fitted: Fitted, who: str, versions: dict) -> tuple[dict[str, np.ndarray], dict]:
+    """A fit as a stage output: the training matrix, the model's state (``state.<name>`` arrays) or a marker."""
+    m = sp.csr_matrix(fitted.train.matrix)
+    arrays: dict[str, np.ndarray] = {"train_indptr": m.indptr, "train_indices": m.indices}
+    get = getattr(fitted.model, "get_state", None)
+    state = check_state(get(), who) if callable(get) else None
+    meta: dict[str, Any] = {"report": fitted.report, "versions": versions, "storable": state is not None}
+    if state is not None:
+        arrays.update({f"state.{name}": value for name, value in state[0].items()})
+        meta["state"] = state[1]
+    return arrays, meta
 
 
-def split_to_arrays(split: Split) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {"item_ids": _ids(split.item_ids)}
-    for part in (split.shadow, split.target):
-        out.update(_csr_arrays(part.name, part.interactions.matrix))
-        out[f"{part.name}_user_ids"] = _ids(part.interactions.user_ids)
-        out[f"{part.name}_is_member"] = part.is_member
-    out.update(_csr_arrays("vectorization", split.vectorization.matrix))
-    out["vectorization_user_ids"] = _ids(split.vectorization.user_ids)
-    return out
-
-
-def split_from_arrays(a: dict[str, np.ndarray]) -> Split:
-    n_items = len(a["item_ids"])
-
-    def inter(name: str) -> Interactions:
-        return Interactions(_csr(a, name, n_items), a[f"{name}_user_ids"], a["item_ids"])
-
-    parts = [Part(name, inter(name), a[f"{name}_is_member"].astype(bool)) for name in ("shadow", "target")]
-    return Split(parts[0], parts[1], inter("vectorization"), a["item_ids"])
-
-
-# -- checks of outputs read back (a stage's output must be usable before anything indexes with it) -------
-def _index_problem(arr: np.ndarray | None, name: str, upper: int, shape: tuple | None = None) -> tuple[str, str] | None:
-    """``arr`` holds integer indices in ``0..upper-1`` (and has ``shape``, -1 meaning any)."""
-    if arr is None:
-        return name, "is missing"
-    if arr.dtype.kind not in "iu":
-        return name, f"holds {arr.dtype} values, not integer indices"
-    if shape is not None and (arr.ndim != len(shape) or any(want not in (-1, got) for want, got in zip(shape, arr.shape))):
-        return name, f"has shape {list(arr.shape)}, expected {[('any' if d == -1 else d) for d in shape]}"
-    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= upper):
-        return name, f"holds indices outside 0..{upper - 1}"
-    return None
-
-
-def _csr_problem(a: dict[str, np.ndarray], prefix: str, n_rows: int, n_items: int) -> tuple[str, str] | None:
-    indptr, indices = a.get(f"{prefix}_indptr"), a.get(f"{prefix}_indices")
-    bad = _index_problem(indptr, f"{prefix}_indptr", (len(indices) + 1) if indices is not None else 1, (n_rows + 1,))
+def _model_arrays_problem(out: Output, n_rows: int, n_items: int) -> tuple[str, str] | None:
+    meta = out.meta
+    if not isinstance(meta.get("report"), dict) or not isinstance(meta.get("storable"), bool) or (
+            meta["storable"] and not isinstance(meta.get("state"), dict)):
+        return "meta.json", "holds no valid model record"
+    bad = _csr_problem(out.arrays, "train", n_rows, n_items)
     if bad:
         return bad
-    if indptr[0] != 0 or indptr[-1] != len(indices) or (np.diff(indptr) < 0).any():
-        return f"{prefix}_indptr", "is not a valid row index of its matrix"
-    return _index_problem(indices, f"{prefix}_indices", n_items, (-1,))
-
-
-def _flags_problem(arr: np.ndarray | None, name: str, n: int) -> tuple[str, str] | None:
-    if arr is None:
-        return name, "is missing"
-    if arr.dtype != np.bool_ or arr.shape != (n,):
-        return name, f"holds {arr.dtype} {list(arr.shape)}, expected bool [{n}]"
+    for name, arr in out.arrays.items():
+        if name.startswith("state.") and arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            return name, "holds non-finite values"
     return None
 
 
-def _finite_problem(arr: np.ndarray | None, name: str, shape: tuple) -> tuple[str, str] | None:
-    if arr is None:
-        return name, "is missing"
-    if arr.dtype.kind != "f" or arr.ndim != len(shape) or any(want not in (-1, got) for want, got in zip(shape, arr.shape)):
-        return name, f"holds {arr.dtype} {list(arr.shape)}, expected floats of shape {[('any' if d == -1 else d) for d in shape]}"
-    if not np.isfinite(arr).all():
-        return name, "holds non-finite values"
+def _restore(out: Output, versions: dict, make: Callable[[dict[str, np.ndarray], dict], Any], train: Interactions) -> Fitted | None:
+    """The fit a ``model`` or ``reference`` output holds (None: a marker, fit again in this process)."""
+    if not out.meta["storable"]:
+        return None
+    if out.meta.get("versions") != versions:
+        raise Unusable(f"was stored by another version of its components ({out.meta.get('versions')}, now {versions})")
+    state = {name[6:]: arr for name, arr in out.arrays.items() if name.startswith("state.")}
+    try:
+        fitted = make(state, out.meta["state"])
+    except Exception as exc:  # noqa: BLE001 - any refusal of set_state: computed again, in one line
+        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise Unusable(f"cannot be restored ({type(exc).__name__}: {text})") from None
+    if fitted is None:
+        raise Unusable("cannot be restored (set_state returned None)")
+    return Fitted(fitted, train, out.meta["report"])
+
+
+@GRAPH.stage(inputs={"model": lambda cell, node: Node("model", node.part, node.defended), "part": _part_of},
+             covers=lambda cell, node: {"k": cell.config.top_k, "service": cell.component_id("service")},
+             timing=lambda node: f"serve:{node.part}", task=True,
+             before=lambda cell, node: check_k(cell.config.top_k, cell.part(node.part).interactions.matrix,
+                                               who=f"{node.part} users"),
+             message=lambda cell, node: f"serving the {node.part} part's users ({cell.config.service} service)",
+             check=lambda cell, node, out: cell.lists_problem(node.part, out))
+def serve(cell, node, model, part):
+    """Members get the fitted model's top-k, everyone else what the service serves new accounts."""
+    fitted = model if model is not None else cell.fitted(node.part, node.defended, agree=False)
+    p, future = part
+    held = future[p.is_member] if future is not None and node.part == "target" else None  # utility: target members
+    s = serve_fitted(p, fitted, cell.config.top_k, stage_seed(cell.config.seed, node.part), heldout=held,
+                     service=cell.create("service"))
+    model_seconds = cell.walker.output(Node("model", node.part, node.defended)).meta.get("seconds", 0.0)
+    return {"lists": s.lists}, {"report": s.report, "model_seconds": model_seconds}
+
+
+@GRAPH.stage(inputs={"lists": lambda cell, node: Node("serve", node.part), "part": _part_of},
+             covers=lambda cell, node: {"defense": cell.component_id("defense"),
+                                        "seed": stage_seed(cell.config.seed, f"defense-{node.part}")},
+             timing=lambda node: "defend",
+             message=lambda cell, node: f"applying defense {cell.config.defense} to the {node.part} part",
+             check=lambda cell, node, out: cell.lists_problem(node.part, out))
+def defend(cell, node, lists: Output, part):
+    p, future = part
+    context = ServiceContext(p.interactions, p.is_member, popularity_order(p), cell.config.top_k)
+    out = apply_defense(Served(lists.arrays["lists"], context), cell.create("defense"),
+                 stage_seed(cell.config.seed, f"defense-{node.part}"))
+    if node.part != "target" or future is None:
+        return {"lists": out}, {}
+    members = p.is_member
+    return {"lists": out}, {"utility": utility_metrics(out[members], future[members], cell.config.top_k)}
+
+
+def _vectors_problem(cell, node, out: Output) -> tuple[str, str] | None:
+    if not isinstance(out.meta.get("plain", {}), dict):
+        return "meta.json", "has no valid learned state"
+    for name, arr in out.arrays.items():
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            return name, "holds non-finite values"
     return None
 
 
-def interactions_problem(a: dict[str, np.ndarray]) -> tuple[str, str] | None:
-    """What is wrong with a stored ``load`` output (None: usable)."""
-    if "user_ids" not in a or "item_ids" not in a:
-        return "user_ids" if "user_ids" not in a else "item_ids", "is missing"
-    return _csr_problem(a, "m", len(a["user_ids"]), len(a["item_ids"]))
+def _vectors_decode(cell, node, out: Output) -> Any:
+    if not out.meta.get("storable"):
+        return None  # learned state that is not arrays: fitted again in each process that needs it
+    f = cell.create("featurizer")
+    for name, value in {**out.arrays, **out.meta.get("plain", {})}.items():
+        setattr(f, name, value)
+    return f
 
 
-def split_problem(a: dict[str, np.ndarray]) -> tuple[str, str] | None:
-    """What is wrong with a stored ``split`` output (None: usable)."""
-    if "item_ids" not in a:
-        return "item_ids", "is missing"
-    n_items = len(a["item_ids"])
-    for name in ("shadow", "target", "vectorization"):
-        users = a.get(f"{name}_user_ids")
-        if users is None:
-            return f"{name}_user_ids", "is missing"
-        bad = _csr_problem(a, name, len(users), n_items)
-        if bad is None and name != "vectorization":
-            bad = _flags_problem(a.get(f"{name}_is_member"), f"{name}_is_member", len(users))
-        if bad:
-            return bad
-    return None
+@GRAPH.stage(inputs={"split": _split_of},
+             covers=lambda cell, node: {"featurizer": cell.component_id("featurizer"),
+                                        "seed": stage_seed(cell.config.seed, "featurizer")},
+             timing=lambda node: "vectors",
+             message=lambda cell, node: (f"fitting featurizer {cell.config.featurizer} on the {node.part} side's "
+                                         "vectorization part"),
+             check=_vectors_problem, decode=_vectors_decode)
+def vectors(cell, node, split: Split):
+    """The featurizer fitted on the side's vectorization part; its learned state (attributes ending in ``_``) stored."""
+    f = cell.fit_featurizer(split.vectorization)
+    state = learned_state(f)
+    if state is None:
+        return {}, {"storable": False}, f
+    return state[0], {"storable": True, "plain": state[1]}, f
 
 
-def learned_state(component: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-    """A fitted component's learned state (attributes ending in ``_``) as arrays + JSON, or None.
+@GRAPH.stage(inputs={"featurizer": lambda cell, node: Node("vectors", node.part), "lists": _lists_of, "part": _part_of},
+             timing=lambda node: "features", message=lambda cell, node: f"featurizing the {node.part} part",
+             check=lambda cell, node, out: _finite_problem(out.arrays.get("X"), "X",
+                                                           (cell.part(node.part).interactions.n_users, -1)))
+def features(cell, node, featurizer, lists: Output, part):
+    featurizer = featurizer if featurizer is not None else cell.featurizer(node.part)
+    interactions = part[0].interactions
+    with stage_threads():
+        x = np.asarray(featurizer.transform(interactions, lists.arrays["lists"]), dtype=np.float32)
+    name = cell.config.featurizer
+    if x.ndim != 2 or x.shape[0] != interactions.n_users:
+        raise MiarsError(f"featurizer {name!r} returned features of shape {x.shape}, expected one row per user "
+                         f"({interactions.n_users}, d)")
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(axis=1).sum())
+        raise MiarsError(f"featurizer {name!r} produced non-finite features (NaN or infinity) for {bad} of "
+                         f"{x.shape[0]} {node.part} users: the run is broken; check its parameters and inputs")
+    return {"X": x}, {}
 
-    None means some learned attribute is neither an array nor a plain value, so the state cannot
-    be stored without pickle; the stage is then recomputed in each process that needs it.
+
+def _attack_covers(cell, node: Node) -> dict:
+    c = cell.config
+    rec: dict[str, Any] = {"attack": cell.component_id("attack"), "seed": stage_seed(c.seed, "attack")}
+    if cell.threat == "queries":  # query access: the budget, and the reference models' data
+        rec.update(query_budget=c.query_budget, reference=cell.key("split", "shadow"))
+    if cell.level == "interaction":
+        rec.update(pairs_seed=stage_seed(c.seed, "pairs-target"))
+    return rec
+
+
+@GRAPH.stage(inputs={"shadow": lambda cell, node: Node("features", "shadow", node.defended),
+                     "target": lambda cell, node: Node("features", "target", bool(cell.config.defense))},
+             covers=_attack_covers, timing=lambda node: "attack",
+             message=lambda cell, node: f"training attack {cell.config.attack}",
+             check=lambda cell, node, out: cell.attack_problem(out))
+def attack(cell, node, shadow: Output, target: Output):
+    return cell.attack_outcome(node.defended, shadow.arrays["X"], target.arrays["X"])
+
+
+@dataclass(frozen=True)
+class Adversary:
+    """What the adversary trains reference models with: its own data (a vectorization part), the target's
+    member count, and the shadow recommender's factory. Nothing of the shadow or target parts."""
+
+    data: Interactions
+    n_users: int
+    min_interactions: int
+    seed: int
+    make_recommender: Callable[[], Any]
+    recommender_name: str
+    versions: dict
+
+
+@GRAPH.stage(inputs={"split": _split_of, "members": lambda cell, node: Node("split", "target")}, stored=False,
+             covers=lambda cell, node: {"recommender": cell.component_id("recommender:shadow"), "seed": cell.config.seed})
+def adversary(cell, node, split: Split, members: Split) -> Adversary:
+    name, params = cell.specs["recommender:shadow"]
+    return Adversary(split.vectorization, int(members.target.is_member.sum()), cell.config.min_interactions,
+                     cell.config.seed, functools.partial(cell.plugins.create, "recommender", name, **params), name,
+                     {"recommender": cell.component_id("recommender:shadow")["version"]})
+
+
+def _reference_problem(ctx: Adversary, node, out: Output) -> tuple[str, str] | None:
+    rows = out.arrays.get("rows")
+    bad = _index_problem(rows, "rows", ctx.data.n_users, (-1,))
+    if bad:
+        return bad
+    return _model_arrays_problem(out, len(rows), ctx.data.n_items)
+
+
+def _reference_decode(ctx: Adversary, node, out: Output) -> Fitted | None:
+    train = ctx.data.rows(out.arrays["rows"])
+    return _restore(out, ctx.versions, lambda arrays, record: ctx.make_recommender().set_state(arrays, record), train)
+
+
+@GRAPH.stage(inputs={"adversary": lambda cell, node: Node("adversary", node.part)}, family=True,
+             timing=lambda node: "reference", check=_reference_problem, decode=_reference_decode,
+             message=lambda ctx, node: f"training reference model {node.index} on the adversary's own data")
+def reference(ctx, node, adversary: Adversary):
+    """Reference model number ``node.index`` (:func:`~miars_core.science.threat.fit_reference`). Runs against the
+    adversary's context, never the cell: an attack asks for it, and reaches nothing else through it."""
+    fitted, rows = fit_reference(adversary.data, adversary.n_users, adversary.min_interactions, adversary.seed,
+                                 node.index, adversary.make_recommender(), adversary.recommender_name)
+    arrays, meta = model_output(fitted, f"recommender {adversary.recommender_name!r}", adversary.versions)
+    arrays["rows"] = rows
+    return arrays, meta, fitted
+
+
+class FamilyRunner:
+    """Member ``index`` of a family stage (reference models), read from or computed into the store, on demand.
+
+    Holds the stage, a store scoped to that stage, the family's key record, its context (what its
+    input gave: for reference models the adversary's own data), the cell's clock, and a list the
+    keys it used go into: no cell. Calling it returns the member's value.
     """
-    arrays, plain = {}, {}
-    for name, value in vars(component).items():
-        if not name.endswith("_") or name.startswith("_"):
-            continue
-        if isinstance(value, np.ndarray) and value.dtype != object:
-            arrays[name] = value
-        elif value is None or isinstance(value, (bool, int, float, str)):
-            plain[name] = value
-        else:
-            return None
-    return arrays, plain
+
+    __slots__ = ("_stage", "_store", "_base", "_context", "_clock", "_progress", "_computed", "_device", "keys",
+                 "seconds")
+
+    def __init__(self, stage, store, base: dict, context: Any, clock: Clock, progress, computed: dict, keys: list,
+                 device: str | None = None):
+        self._stage, self._store, self._base, self._context = stage, store, base, context
+        self._clock, self._progress, self._computed = clock, progress, computed
+        self._device = device  # the run's device: members are fitted and restored there (a run option, in no key)
+        self.keys = keys
+        self.seconds = 0.0
+
+    def __call__(self, index: int) -> Any:
+        stage, ctx = self._stage, self._context
+        node = Node(stage.name, "", False, int(index))
+        key = digest({**self._base, "index": int(index)})
+        if key not in self.keys:
+            self.keys.append(key)
+        (name,) = stage.inputs
+        found = read(self._store, stage, key, ctx, node, self._device)
+        if found is not None and found[1] is not None:
+            return found[1]
+        if self._progress and stage.message:
+            self._progress(stage.message(ctx, node))
+        start = time.perf_counter()
+        if found is None:
+            _, value, _ = compute(self._store, stage, key, self._clock, lambda: stage.compute(ctx, node, **{name: ctx}),
+                                  self._device)
+            timing = stage.time_name(node)
+            self._computed[timing] = round(self._computed.get(timing, 0.0) + time.perf_counter() - start, 3)
+        else:  # stored as a marker: this model cannot be stored, fit it again here
+            with on_device(self._device):
+                value = stage.compute(ctx, node, **{name: ctx})[2]
+        self.seconds += time.perf_counter() - start
+        return value
 
 
 # -- the cell ------------------------------------------------------------------------------------
 class Cell:
-    """One attack cell as a graph of cached stages; each method returns a stage's output.
+    """One attack cell: its config, its components, and the walker over the declared stages.
 
     ``store`` holds outputs (a :class:`~miars_core.engine.store.DiskStore` for ``--cache``, a
     :class:`~miars_core.engine.store.MemoryStore` otherwise). Keys are computed without touching data,
@@ -279,15 +444,11 @@ class Cell:
         self.plugins = plugins
         self.store = store if store is not None else MemoryStore()
         self.progress = progress
-        self.timings: dict[str, float] = {}
-        self.devices: dict[str, dict] = {}  # timing name -> the device its torch work ran on (from the stored records)
-        self.computed: dict[str, float] = {}  # stage -> seconds computed in this process
-        self.hits: list[str] = []
-        self.stage: str | None = None  # the stage being computed (named in a failed cell's error)
+        self.walker = Walker(GRAPH, self, self.store, progress, device=self.config.device)
         self._memo: dict[str, Any] = {}
-        self._counted: set[tuple[str, str]] = set()
-        self._checked: set[tuple[str, str]] = set()  # outputs read back that passed their check
-        self._refit_seconds = 0.0  # fits done again for query access (models are not stored), and reference fits
+        self._refit_seconds = 0.0  # models fitted again for query access (those that cannot be stored)
+        self._reference_keys: list[str] = []
+        self._runners: list[FamilyRunner] = []
         c = config
         #: (name, hyperparameters) of every component of the cell, by role.
         self.specs = {
@@ -302,6 +463,25 @@ class Cell:
         if c.query_budget < 1:  # a query attack with no query: refused now
             require_budget(self.create("attack"), c.query_budget, c.attack)
 
+    # -- what the walker reports ---------------------------------------------------------------
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.walker.timings
+
+    @property
+    def computed(self) -> dict[str, float]:
+        """Seconds of each stage computed in this process (by timing name)."""
+        return self.walker.computed
+
+    @property
+    def hits(self) -> list[str]:
+        return self.walker.hits
+
+    @property
+    def stage(self) -> str | None:
+        """The stage being (or last) computed: a failed cell's error names it."""
+        return self.walker.current
+
     # -- component identities ---------------------------------------------------------------
     def _component_id(self, role: str) -> dict:
         """What identifies a component in keys: its name, every hyperparameter (defaults included), its version."""
@@ -313,6 +493,9 @@ class Cell:
                                   "version": _entry_version(entry, self.plugins)}
         return self._shared[memo]
 
+    def component_id(self, role: str) -> dict:
+        return self._ids[role]
+
     def create(self, role: str) -> Any:
         """A fresh, unfitted component of the cell (``recommender:shadow``, ``featurizer``, ...)."""
         name, params = self.specs[role]
@@ -322,49 +505,18 @@ class Cell:
         c = self.config
         return (c.shadow_dataset or c.dataset) if side == "shadow" else c.dataset
 
+    def dataset_id(self, side: str) -> dict:
+        memo = ("dataset", self.dataset_of(side), self.config.data_dir)
+        if memo not in self._shared:
+            self._shared[memo] = dataset_identity(self.dataset_of(side), self.config.data_dir, self.plugins)
+        return self._shared[memo]
+
     # -- keys (no data is read) --------------------------------------------------------------
     def key(self, stage: str, side_or_part: str = "", defended: bool = False) -> str:
-        memo_key = f"key:{stage}:{side_or_part}:{defended}"
-        if memo_key not in self._memo:
-            self._memo[memo_key] = digest(self._key_record(stage, side_or_part, defended))
-        return self._memo[memo_key]
+        """The key of a stage of this cell (``defend`` and ``attack`` as in the stage table above)."""
+        return self.walker.key(Node(stage, side_or_part, defended))
 
-    def _key_record(self, stage: str, s: str, defended: bool) -> dict:
-        c, seed = self.config, self.config.seed
-        rec: dict[str, Any] = {"stage": stage, "core": core_version()}
-        if stage == "load":
-            memo = ("dataset", self.dataset_of(s), c.data_dir)
-            if memo not in self._shared:
-                self._shared[memo] = dataset_identity(self.dataset_of(s), c.data_dir, self.plugins)
-            rec["dataset"] = self._shared[memo]
-        elif stage == "split":
-            rec.update(load=self.key("load", s), mode=c.split, min_interactions=c.min_interactions,
-                       seed=stage_seed(seed, "split"))
-        elif stage == "serve":
-            rec.update(split=self.key("split", s), part=s, recommender=self._ids[f"recommender:{s}"], k=c.top_k,
-                       seed=stage_seed(seed, s))
-            if defended:  # a data or training defense: another fit
-                rec.update(defense=self._ids["defense"], defense_seed=stage_seed(seed, f"defense-{s}"))
-            rec.update(self._holdout_record(s))
-            rec.update(service=self._ids["service"])
-        elif stage == "defend":
-            rec.update(serve=self.key("serve", s), defense=self._ids["defense"], seed=stage_seed(seed, f"defense-{s}"))
-        elif stage == "vectors":
-            rec.update(split=self.key("split", s), featurizer=self._ids["featurizer"], seed=stage_seed(seed, "featurizer"))
-        elif stage == "features":
-            rec.update(vectors=self.key("vectors", s), lists=self.lists_key(s, defended), **self._holdout_record(s))
-        elif stage == "attack":
-            rec.update(shadow=self.key("features", "shadow", defended), target=self.key("features", "target", bool(c.defense)),
-                       attack=self._ids["attack"], seed=stage_seed(seed, "attack"))
-            if self.threat == "queries":  # query access: the budget, and the reference model's data
-                rec.update(query_budget=c.query_budget, reference=self.key("split", "shadow"))
-            if self.level == "interaction":
-                rec.update(pairs_seed=stage_seed(seed, "pairs-target"))
-        else:
-            raise ValueError(f"unknown stage {stage!r}")
-        return rec
-
-    def _holdout_record(self, part: str) -> dict:
+    def holdout_record(self, part: str) -> dict:
         """What the utility hold-out adds to the keys of stages that read ``part``'s users (nothing without one)."""
         f = self.config.utility_holdout
         return {"holdout": f, "holdout_seed": stage_seed(self.config.seed, f"holdout-{part}")} if f > 0 else {}
@@ -376,117 +528,61 @@ class Cell:
             return None
         return self._once("defense_point", lambda: acts_on(self.create("defense")))
 
+    def lists_node(self, part: str, defended: bool) -> Node:
+        """The node whose output is the lists ``part``'s users see (with or without the defense)."""
+        if not defended:
+            return Node("serve", part)
+        return Node("defend", part) if self.defense_point == "lists" else Node("serve", part, True)
+
     def lists_key(self, part: str, defended: bool) -> str:
         """Key of the stage whose output is the lists ``part``'s users see (with or without the defense)."""
-        if not defended:
-            return self.key("serve", part)
-        return self.key("defend", part) if self.defense_point == "lists" else self.key("serve", part, True)
-
-    # -- running a stage ---------------------------------------------------------------------
-    def _run(self, stage: str, key: str, timing: str, message: str, inputs: Callable[[], tuple],
-             compute: Callable[..., tuple[dict, dict]],
-             check: Callable[[Output], tuple[str, str] | None] | None = None) -> Output:
-        """Read a stage's output, or gather its ``inputs()`` (upstream stages) and ``compute`` it.
-
-        An output read back is checked first (``check``: ids and indices in range, shapes, finite
-        values); one that fails is treated as broken (:meth:`DiskStore.reject`) and computed again.
-        """
-        out = self.store.get(stage, key)
-        if out is not None and check is not None and (stage, key) not in self._checked:
-            try:
-                problem = check(out)
-            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-                problem = ("", f"cannot be used ({type(exc).__name__}: {exc})")
-            if problem:
-                self.store.reject(stage, key, problem[1], problem[0] or None)
-                out = None
-            else:
-                self._checked.add((stage, key))
-        if out is None:
-            args = inputs()
-            self.stage = timing
-            if self.progress:
-                self.progress(message)
-            start = time.perf_counter()
-            try:
-                with use_device(self.config.device) as device:  # a run option: in no key (kit.torch_utils)
-                    arrays, meta = compute(*args)
-            except Exception as exc:
-                broken = getattr(self.store, "broken", {}).get((stage, key))
-                if broken is None:
-                    raise
-                # the stored output was broken and cannot be computed again: the cell fails naming the file
-                line = str(exc) if isinstance(exc, MiarsError) else f"{type(exc).__name__}: {exc}"
-                raise MiarsError(f"cached file {broken[0]!r} {broken[1]}, and computing the {stage} stage again failed: "
-                                 f"{' '.join(line.split())}") from exc
-            meta = {**meta, "seconds": round(time.perf_counter() - start, 3), **device.record()}
-            out = self.store.put(stage, key, arrays, meta)
-            self.computed[timing] = round(self.computed.get(timing, 0.0) + meta["seconds"], 3)
-        else:
-            self.hits.append(timing)
-        if (stage, key) not in self._counted:  # a stage shared by both sides counts once
-            self._counted.add((stage, key))
-            name = TIMING[timing]
-            self.timings[name] = round(self.timings.get(name, 0.0) + float(out.meta.get("seconds", 0.0)), 3)
-            if out.meta.get("device"):
-                self.devices[name] = {k: str(out.meta[k]) for k in ("device", "device_name") if out.meta.get(k)}
-        return out
+        return self.walker.key(self.lists_node(part, defended))
 
     def _once(self, name: str, fn: Callable[[], Any]) -> Any:
         if name not in self._memo:
             self._memo[name] = fn()
         return self._memo[name]
 
-    # -- the stages --------------------------------------------------------------------------
+    # -- checks of outputs read back ---------------------------------------------------------------
+    def lists_problem(self, part: str, out: Output) -> tuple[str, str] | None:
+        """Stored lists must be one row of ``top_k`` item indices per user of ``part``."""
+        p = self.part(part)
+        return _index_problem(out.arrays.get("lists"), "lists", p.interactions.n_items,
+                              (p.interactions.n_users, self.config.top_k))
+
+    def model_problem(self, node: Node, out: Output) -> tuple[str, str] | None:
+        p = self.part(node.part)
+        return _model_arrays_problem(out, p.n_members, p.interactions.n_items)
+
+    def attack_problem(self, out: Output) -> tuple[str, str] | None:
+        a, target = out.arrays, self.part("target").interactions
+        bad = _finite_problem(a.get("scores"), "scores", (target.n_users,)) or \
+            _flags_problem(a.get("predicted"), "predicted", target.n_users)
+        if bad or "pair_rows" not in a:
+            return bad
+        n = len(a["pair_rows"])
+        return (_index_problem(a["pair_rows"], "pair_rows", target.n_users, (n,))
+                or _index_problem(a.get("pair_items"), "pair_items", target.n_items, (n,))
+                or _finite_problem(a.get("pair_scores"), "pair_scores", (n,))
+                or _flags_problem(a.get("pair_labels"), "pair_labels", n))
+
+    # -- data --------------------------------------------------------------------------------
     def data(self, side: str) -> Interactions:
-        def compute():
-            from .datasets import load_named
-
-            data = load_named(self.dataset_of(side), self.config.data_dir, self.config.download, self.plugins)
-            return interactions_to_arrays(data), {"users": data.n_users, "items": data.n_items,
-                                                  "interactions": data.n_interactions}
-
-        return self._once(f"data:{side}", lambda: interactions_from_arrays(
-            self._run("load", self.key("load", side), "load", f"loading {self.dataset_of(side)}",
-                      lambda: (), compute, lambda out: interactions_problem(out.arrays)).arrays))
+        return self.walker.value(Node("load", side))
 
     def split_output(self, side: str) -> Output:
-        c = self.config
-
-        def compute(data: Interactions):
-            split = split_dataset(data, mode=c.split, min_interactions=c.min_interactions, seed=stage_seed(c.seed, "split"))
-            return split_to_arrays(split), {
-                "summary": split.summary(),
-                "dataset": {"users": data.n_users, "items": data.n_items, "interactions": data.n_interactions},
-            }
-
-        return self._run("split", self.key("split", side), "split",
-                         f"splitting {self.dataset_of(side)} into shadow / target / vectorization",
-                         lambda: (self.data(side),), compute, lambda out: split_problem(out.arrays))
+        return self.walker.output(Node("split", side))
 
     def split(self, side: str) -> Split:
-        return self._once(f"split:{side}", lambda: split_from_arrays(self.split_output(side).arrays))
+        return self.walker.value(Node("split", side))
 
     def part(self, part: str) -> Part:
         """The shadow or target part as the service and the adversary know it: without its future (hold-out)."""
-        return self._visible(part)[0]
+        return self.walker.value(Node("part", part))[0]
 
     def future(self, part: str) -> sp.csr_matrix | None:
         """The part's held-out interactions (rows aligned with :meth:`part`), or None without a hold-out."""
-        return self._visible(part)[1]
-
-    def _visible(self, part: str) -> tuple[Part, sp.csr_matrix | None]:
-        def build():
-            p, f = getattr(self.split(part), part), self.config.utility_holdout
-            if f <= 0:
-                return p, None
-            visible, held = holdout(p.interactions, f, stage_seed(self.config.seed, f"holdout-{part}"))
-            if part == "target" and held[p.is_member].nnz == 0:  # every utility number would be NaN
-                raise MiarsError(f"--utility-holdout {f} holds out no interaction of any target member (each holds out "
-                                 f"round({f} x her interactions), at most n - 1); raise it, e.g. --utility-holdout 0.2")
-            return Part(p.name, visible, p.is_member), held
-
-        return self._once(f"visible:{part}", build)
+        return self.walker.value(Node("part", part))[1]
 
     def visible_split(self) -> Split:
         """The target side's split with both parts as :meth:`part` gives them (export, scores.tsv); one dataset only."""
@@ -497,62 +593,177 @@ class Cell:
             raise MiarsError("a dataset-transfer cell has no single split of both parts")
         return Split(self.part("shadow"), self.part("target"), split.vectorization, split.item_ids)
 
-    def served(self, part: str, defended: bool = False) -> Output:
-        """Fit on the part's members and serve everyone; ``defended``: under a data or training defense."""
-        name = self.specs[f"recommender:{part}"][0]
-        defense = self.create("defense") if defended else None
+    # -- fitted models -------------------------------------------------------------------------
+    def fit(self, part: str, defended: bool) -> Fitted:
+        """Fit the part's recommender on its members (under the cell's data or training defense when ``defended``)."""
+        seed = self.config.seed
+        return fit_model(self.part(part), self.create(f"recommender:{part}"), self.specs[f"recommender:{part}"][0],
+                         stage_seed(seed, part), defense=self.create("defense") if defended else None,
+                         defense_seed=stage_seed(seed, f"defense-{part}"))
 
-        def compute(p: Part):
-            s = self._serve(p, part, defense)
-            return {"lists": s.lists}, {"report": s.report}
+    def model_versions(self, node: Node) -> dict:
+        """The versions a stored model was written by (checked again when it is read)."""
+        out = {"recommender": self.component_id(f"recommender:{node.part}")["version"]}
+        if node.defended and self.defense_point == "training":
+            out["defense"] = self.component_id("defense")["version"]
+        return out
 
-        under = f" under defense {self.config.defense}" if defended else ""
-        return self._run("serve", self.key("serve", part, defended), f"serve:{part}",
-                         f"training {part} recommender {name}{under}", lambda: (self.part(part),), compute,
-                         self._lists_check(part))
+    def restore_model(self, node: Node, out: Output) -> Fitted | None:
+        p = self.part(node.part)
+        members = p.members
+        train = Interactions(sp.csr_matrix((np.ones(len(out.arrays["train_indices"]), dtype=np.float32),
+                                            out.arrays["train_indices"], out.arrays["train_indptr"]),
+                                           shape=members.matrix.shape), members.user_ids, members.item_ids)
+        recommender = self.create(f"recommender:{node.part}")
+        if node.defended and self.defense_point == "training":
+            defense = self.create("defense")
+            make = functools.partial(defense.set_state, recommender)
+        else:
+            make = recommender.set_state
+        return _restore(out, self.model_versions(node), lambda arrays, record: make(arrays, record), train)
 
-    def _lists_check(self, part: str) -> Callable[[Output], tuple[str, str] | None]:
-        """Stored lists must be one row of ``top_k`` item indices per user of ``part``."""
-        def check(out: Output) -> tuple[str, str] | None:
-            p = self.part(part)
-            return _index_problem(out.arrays.get("lists"), "lists", p.interactions.n_items,
-                                  (p.interactions.n_users, self.config.top_k))
-        return check
+    def fitted(self, part: str, defended: bool = False, agree: bool = True) -> Fitted:
+        """The fitted model of ``part`` (under a data or training defense when ``defended``): stored, or fitted again.
 
-    def _serve(self, p: Part, part: str, defense: Any) -> Served:
-        """Fit the part's recommender (under a data or training defense) and serve; the fit is kept in memory."""
-        seed, name = self.config.seed, self.specs[f"recommender:{part}"][0]
-        future = self.future(part) if part == "target" else None  # utility is scored on the target members only
-        s = serve(p, self.create(f"recommender:{part}"), name, self.config.top_k, stage_seed(seed, part),
-                  defense=defense, defense_seed=stage_seed(seed, f"defense-{part}"),
-                  heldout=future[p.is_member] if future is not None else None, service=self.create("service"))
-        self._memo[f"fitted:{part}:{defense is not None}"] = s
-        return s
-
-    def access(self, part: str, defended: bool, budget: int | None = None) -> QueryAccess:
-        """Query access to the service of ``part`` (with the cell's defense when ``defended``).
-
-        Fitted models are not stored, so a cell whose lists came from the cache fits the
-        recommender again (same data, same seed) and checks that it serves the stored lists.
+        A model without the state contract is stored as a marker; it is fitted again here (same
+        data, same seed) and, with ``agree``, checked to serve the stored lists.
         """
-        c = self.config
-        under_fit = defended and self.defense_point in ("data", "training")
-        key = f"fitted:{part}:{under_fit}"
-        stored = self.served(part, under_fit).arrays["lists"]
-        if key not in self._memo:
+        node = Node("model", part, defended)
+        fitted = self.walker.value(node)
+        if fitted is not None:
+            return fitted
+        if node not in self._memo:
             start = time.perf_counter()
             if self.progress:
-                self.progress(f"fitting the {part} recommender again for query access")
-            s = self._serve(self.part(part), part, self.create("defense") if under_fit else None)
+                self.progress(f"fitting the {part} recommender again (its fitted model cannot be stored)")
+            fitted = self.fit(part, defended)
             self._refit_seconds += time.perf_counter() - start
-            agree = float((s.lists == stored).mean())
-            if agree < 0.9:
-                raise MiarsError(f"the {part} recommender fitted again for query access serves other lists than the "
-                                 f"cached ones ({agree:.1%} of positions agree): its training is not deterministic; "
-                                 "run with --no-cache")
-        s = self._memo[key]
+            if agree:
+                stored = self.walker.output(Node("serve", part, defended)).arrays["lists"]
+                p, future = self.walker.value(Node("part", part))
+                lists = serve_fitted(p, fitted, self.config.top_k, stage_seed(self.config.seed, part),
+                                     service=self.create("service")).lists
+                share = float((lists == stored).mean())
+                if share < 0.9:
+                    raise MiarsError(f"the {part} recommender fitted again for query access serves other lists than "
+                                     f"the cached ones ({share:.1%} of positions agree): its training is not "
+                                     "deterministic; run with --no-cache")
+            self._memo[node] = fitted
+        return self._memo[node]
+
+    def served(self, part: str, defended: bool = False) -> Output:
+        """The lists of the part's users (``defended``: from the fit under a data or training defense)."""
+        return self.walker.output(Node("serve", part, defended))
+
+    def report(self, part: str) -> dict:
+        """What result.json says about the recommender of ``part`` (the defended fit, when there is one)."""
+        defended = self.defense_point in ("data", "training")
+        out = self.served(part, defended)
+        # utility on the held-out items is the result's own ``utility`` block, not the recommender's
+        seconds = round(float(out.meta["seconds"]) + float(out.meta.get("model_seconds", 0.0)), 3)
+        report = {**{k: v for k, v in out.meta["report"].items() if k != "utility"}, "fit_seconds": seconds}
+        if defended:
+            report["undefended"] = {k: v for k, v in self.served(part).meta["report"].items() if k not in ("params", "utility")}
+        return report
+
+    # -- featurizer and features ---------------------------------------------------------------
+    def fit_featurizer(self, vectorization: Interactions) -> Any:
+        f = self.create("featurizer")
+        return f.fit(vectorization, seed=stage_seed(self.config.seed, "featurizer")) or f
+
+    def featurizer(self, side: str) -> Any:
+        """The featurizer fitted on ``side``'s vectorization part (its learned state is stored when it can be)."""
+        f = self.walker.value(Node("vectors", side))
+        if f is None:
+            f = self._once(f"featurizer:{self.key('vectors', side)}",
+                           lambda: self.fit_featurizer(self.split(side).vectorization))
+        return f
+
+    def features(self, part: str, defended: bool) -> np.ndarray:
+        return self.walker.output(Node("features", part, defended)).arrays["X"]
+
+    @property
+    def threat(self) -> str:
+        """What the cell's attack needs: ``features``, ``lists`` or ``queries`` (:mod:`miars_core.science.threat`)."""
+        return self._once("threat", lambda: threat_of(self.create("attack")))
+
+    @property
+    def level(self) -> str:
+        """``user`` or ``interaction``: what the cell's attack infers membership of."""
+        return self._once("level", lambda: level_of(self.create("attack")))
+
+    # -- the attack ----------------------------------------------------------------------------
+    def attack_scores(self, defended_shadow: bool) -> Output:
+        return self.walker.output(Node("attack", "", defended_shadow))
+
+    def attack_outcome(self, defended_shadow: bool, x_shadow: np.ndarray, x_target: np.ndarray) -> tuple[dict, dict]:
+        """The attack stage's computation: fit on the shadow part, score the target once."""
+        c = self.config
+        meta: dict[str, Any] = {}
+        seed = stage_seed(c.seed, "attack")
+        with stage_threads():
+            model = self.create("attack")
+            if self.threat == "features":
+                model.fit(x_shadow, self.part("shadow").is_member, seed=seed)
+                target: Any = x_target
+            else:
+                model.fit(self.view("shadow", defended_shadow, x_shadow, self.threat), seed=seed)
+                target = self.view("target", bool(c.defense), x_target, self.threat)
+            # Scored once: predictions come from these scores, never from a second pass (which would spend
+            # a query attack's budget twice).
+            scores = np.asarray(model.decision_function(target), dtype=np.float64)
+            threshold = decision_threshold(model)
+            predicted = scores > threshold
+            arrays: dict[str, np.ndarray] = {}
+            if self.level == "interaction":
+                scores, predicted, arrays, meta["interaction"] = self._pair_outcome(
+                    target, scores, threshold, bool(c.defense))
+            if self.threat == "queries":
+                meta["queries"] = {"per_target_user": c.query_budget, **target.query.record(),
+                                   "target_users": target.n_users,
+                                   "refit_seconds": round(self._query_seconds(), 3)}
+        if self.threat == "queries":  # the reference models it read: their seconds count in result.json's timings
+            meta["references"] = list(self._reference_keys)
+        n = self.part("target").interactions.n_users
+        if scores.shape != (n,) or predicted.shape != (n,):
+            raise MiarsError(f"attack {c.attack!r} returned scores of shape {scores.shape}, expected one per target "
+                             f"user ({n},)")
+        if not np.isfinite(scores).all():
+            raise MiarsError(f"attack {c.attack!r} produced non-finite scores; check its inputs and parameters")
+        return {"scores": scores, "predicted": predicted, **arrays}, meta
+
+    def _pair_outcome(self, view: AdversaryView, scores: np.ndarray, threshold: float, defended: bool):
+        """Pair scores -> per-user scores (mean over the user's pairs) and the interaction-level metrics."""
+        c, pairs = self.config, view.pairs
+        predicted = scores > threshold
+        if scores.shape != (len(pairs),):
+            raise MiarsError(f"attack {c.attack!r} returned {scores.shape} scores for {len(pairs)} pairs; an "
+                             "interaction-level attack scores each pair of view.pairs")
+        if not np.isfinite(scores).all():
+            raise MiarsError(f"attack {c.attack!r} produced non-finite pair scores; check its inputs and parameters")
+        labels = self.pair_labels("target", defended, pairs)
+        n = view.n_users
+        per_user = np.bincount(pairs[:, 0], minlength=n)
+        user_scores = np.bincount(pairs[:, 0], weights=scores, minlength=n) / np.maximum(per_user, 1)
+        members = self.part("target").is_member[pairs[:, 0]]
+        report = {"pairs": int(len(pairs)), "trained_pairs": int(labels.sum())}
+        if labels.any() and not labels.all():
+            report["all_pairs"] = membership_metrics(labels, scores, predicted)
+        held = members & ~labels  # members' pairs left out of training (hold-out, data defense)
+        if held.any() and labels[members].any():
+            report["members_pairs"] = membership_metrics(labels[members], scores[members], predicted[members])
+            report["members_pairs"]["untrained_pairs"] = int(held.sum())
+        arrays = {"pair_rows": pairs[:, 0], "pair_items": pairs[:, 1], "pair_scores": scores, "pair_labels": labels}
+        return user_scores, user_scores > threshold, arrays, report
+
+    # -- what the adversary sees -----------------------------------------------------------------
+    def access(self, part: str, defended: bool, budget: int | None = None) -> QueryAccess:
+        """Query access to the service of ``part`` (with the cell's defense when ``defended``), from the stored model."""
+        c = self.config
+        under_fit = defended and self.defense_point in ("data", "training")
+        s = self.fitted(part, under_fit)
         defense = self.create("defense") if defended and self.defense_point == "lists" else None
-        return QueryAccess.of(self.create("service"), s.fitted, s.train, c.top_k, defense=defense,
+        return QueryAccess.of(self.create("service"), s.model, s.train, c.top_k, defense=defense,
                               defense_seed=stage_seed(c.seed, f"defense-query-{part}"),
                               seed=stage_seed(c.seed, f"query-{part}"), budget=budget, name=part)
 
@@ -562,28 +773,33 @@ class Cell:
         Each is the shadow recommender fitted on that part restricted to users with at least
         ``min_interactions`` interactions and sampled to as many users as the target part has
         members (the service's training set's size and filter); each index draws its own sample
-        and fit seed. One set per dataset: shared by both sides when they share the dataset.
-        The object holds the adversary's data and component factories, not this cell.
+        and fit seed. They are the ``reference`` stage: stored, and shared by every cell with
+        the same adversary data, shadow recommender and seed. The object holds the adversary's
+        data, component factories and a store scoped to reference models, not this cell.
         """
         def build() -> ReferenceModels:
             c = self.config
-            name, params = self.specs["recommender:shadow"]
+            ctx = self.walker.value(Node("adversary", side))
             service, service_params = self.specs["service"]
-            return ReferenceModels(
-                self.split(side).vectorization, int(self.part("target").is_member.sum()), c.min_interactions, c.top_k,
-                c.seed, functools.partial(self.plugins.create, "recommender", name, **params), name,
-                functools.partial(self.plugins.create, "service", service, **service_params), self.progress)
+            runner = FamilyRunner(GRAPH["reference"], _scoped(self.store, "reference"),
+                                  self.walker.record(Node("reference", side)), ctx, self.walker.clock, self.progress,
+                                  self.walker.computed, self._reference_keys, self.walker.device)
+            self._runners.append(runner)
+            return ReferenceModels(ctx.data, ctx.n_users, c.min_interactions, c.top_k, c.seed, ctx.make_recommender,
+                                   ctx.recommender_name,
+                                   functools.partial(self.plugins.create, "service", service, **service_params),
+                                   self.progress, fit=runner)
 
-        return self._once(f"references:{self.key('split', side)}", build)
+        return self._once(f"references:{self.walker.key(Node('adversary', side))}", build)
 
     def reference_access(self, side: str, index: int = 0) -> QueryAccess:
         """Query access to reference model number ``index`` of ``side`` (:meth:`references`)."""
         return self.references(side)(index)
 
     def _query_seconds(self) -> float:
-        """Seconds spent fitting for query access: refits of the cell's recommenders and the reference models."""
-        refs = sum(v.seconds_ for k, v in self._memo.items() if k.startswith("references:"))
-        return self._refit_seconds + refs
+        """Seconds spent in this process fitting for query access: models fitted again (those that cannot be
+        stored) and reference models fitted here (0 when they were read from the store)."""
+        return self._refit_seconds + sum(runner.seconds for runner in self._runners)
 
     def view(self, part: str, defended: bool, features: np.ndarray, threat: str) -> AdversaryView:
         """What the adversary sees of ``part`` (labels on the shadow part only)."""
@@ -606,11 +822,6 @@ class Cell:
                 view.pair_labels = self.pair_labels(part, defended, view.pairs)
         return view
 
-    @property
-    def level(self) -> str:
-        """``user`` or ``interaction``: what the cell's attack infers membership of."""
-        return self._once("level", lambda: level_of(self.create("attack")))
-
     def pairs(self, part: str) -> np.ndarray:
         """(user row, item column) pairs an interaction-level attack scores: up to the attack's ``pairs`` per user,
         drawn (seeded) from each user's history."""
@@ -624,9 +835,7 @@ class Cell:
         """Whether each pair was in the data the part's recommender was trained on (members' rows, after any
         hold-out or data defense)."""
         under_fit = defended and self.defense_point in ("data", "training")
-        if f"fitted:{part}:{under_fit}" not in self._memo:
-            self.access(part, defended)
-        train = self._memo[f"fitted:{part}:{under_fit}"].train.matrix
+        train = self.fitted(part, under_fit).train.matrix
         is_member = self.part(part).is_member
         position = np.full(len(is_member), -1)
         position[is_member] = np.arange(int(is_member.sum()))
@@ -640,24 +849,12 @@ class Cell:
         p = self.part(part)
         return ServiceContext(p.interactions, p.is_member, popularity_order(p), self.config.top_k)
 
+    # -- lists, utility, the no-signal check -----------------------------------------------------
     def defended(self, part: str) -> Output:
-        def compute(lists: np.ndarray, context: ServiceContext):
-            out = defend(Served(lists, context), self.create("defense"), stage_seed(self.config.seed, f"defense-{part}"))
-            future = self.future(part) if part == "target" else None
-            if future is None:
-                return {"lists": out}, {}
-            members = self.part(part).is_member
-            return {"lists": out}, {"utility": utility_metrics(out[members], future[members], self.config.top_k)}
-
-        return self._run("defend", self.key("defend", part), "defend",
-                         f"applying defense {self.config.defense} to the {part} part",
-                         lambda: (self.served(part).arrays["lists"], self.context(part)), compute, self._lists_check(part))
+        return self.walker.output(Node("defend", part))
 
     def lists(self, part: str, defended: bool) -> np.ndarray:
-        if not defended:
-            return self.served(part).arrays["lists"]
-        out = self.defended(part) if self.defense_point == "lists" else self.served(part, True)
-        return out.arrays["lists"]
+        return self.walker.output(self.lists_node(part, defended)).arrays["lists"]
 
     def utility(self) -> dict | None:
         """Recall / NDCG / HR of the target members' lists on their held-out items, without and with the defense."""
@@ -714,155 +911,6 @@ class Cell:
                               "broken, so the attack metrics do not measure a leak")
         return out
 
-    def report(self, part: str) -> dict:
-        """What result.json says about the recommender of ``part`` (the defended fit, when there is one)."""
-        defended = self.defense_point in ("data", "training")
-        out = self.served(part, defended)
-        # utility on the held-out items is the result's own ``utility`` block, not the recommender's
-        report = {**{k: v for k, v in out.meta["report"].items() if k != "utility"}, "fit_seconds": out.meta["seconds"]}
-        if defended:
-            report["undefended"] = {k: v for k, v in self.served(part).meta["report"].items() if k not in ("params", "utility")}
-        return report
-
-    def _fit_featurizer(self, vectorization: Interactions) -> Any:
-        f = self.create("featurizer")
-        return f.fit(vectorization, seed=stage_seed(self.config.seed, "featurizer")) or f
-
-    def featurizer(self, side: str) -> Any:
-        """The featurizer fitted on ``side``'s vectorization part (its learned state is stored)."""
-
-        def load():
-            fitted: list[Any] = []
-
-            def compute(vectorization: Interactions):
-                f = self._fit_featurizer(vectorization)
-                fitted.append(f)
-                state = learned_state(f)
-                if state is None:
-                    return {}, {"storable": False}
-                return state[0], {"storable": True, "plain": state[1]}
-
-            def check(out: Output) -> tuple[str, str] | None:
-                if not isinstance(out.meta.get("plain", {}), dict):
-                    return "meta.json", "has no valid learned state"
-                for name, arr in out.arrays.items():
-                    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
-                        return name, "holds non-finite values"
-                return None
-
-            out = self._run("vectors", self.key("vectors", side), "vectors",
-                            f"fitting featurizer {self.config.featurizer} on the {side} side's vectorization part",
-                            lambda: (self.split(side).vectorization,), compute, check)
-            if fitted:
-                return fitted[0]
-            if not out.meta.get("storable"):
-                return self._fit_featurizer(self.split(side).vectorization)
-            f = self.create("featurizer")
-            for name, value in {**out.arrays, **out.meta.get("plain", {})}.items():
-                setattr(f, name, value)
-            return f
-
-        return self._once(f"featurizer:{side}", load)
-
-    def features(self, part: str, defended: bool) -> np.ndarray:
-        def compute(featurizer, interactions: Interactions, lists: np.ndarray):
-            with stage_threads():
-                x = np.asarray(featurizer.transform(interactions, lists), dtype=np.float32)
-            name = self.config.featurizer
-            if x.ndim != 2 or x.shape[0] != interactions.n_users:
-                raise MiarsError(f"featurizer {name!r} returned features of shape {x.shape}, expected one row per user "
-                                 f"({interactions.n_users}, d)")
-            if not np.isfinite(x).all():
-                bad = int((~np.isfinite(x)).any(axis=1).sum())
-                raise MiarsError(f"featurizer {name!r} produced non-finite features (NaN or infinity) for {bad} of "
-                                 f"{x.shape[0]} {part} users: the run is broken; check its parameters and inputs")
-            return {"X": x}, {}
-
-        return self._run("features", self.key("features", part, defended), "features", f"featurizing the {part} part",
-                         lambda: (self.featurizer(part), self.part(part).interactions, self.lists(part, defended)),
-                         compute, lambda out: _finite_problem(out.arrays.get("X"), "X",
-                                                              (self.part(part).interactions.n_users, -1))).arrays["X"]
-
-    @property
-    def threat(self) -> str:
-        """What the cell's attack needs: ``features``, ``lists`` or ``queries`` (:mod:`miars_core.science.threat`)."""
-        return self._once("threat", lambda: threat_of(self.create("attack")))
-
-    def attack_scores(self, defended_shadow: bool) -> Output:
-        c = self.config
-
-        def compute(x_shadow: np.ndarray, y_shadow: np.ndarray, x_target: np.ndarray):
-            meta: dict[str, Any] = {}
-            seed = stage_seed(c.seed, "attack")
-            with stage_threads():
-                model = self.create("attack")
-                if self.threat == "features":
-                    model.fit(x_shadow, y_shadow, seed=seed)
-                    target: Any = x_target
-                else:
-                    model.fit(self.view("shadow", defended_shadow, x_shadow, self.threat), seed=seed)
-                    target = self.view("target", bool(c.defense), x_target, self.threat)
-                # Scored once: predictions come from these scores, never from a second pass (which would spend
-                # a query attack's budget twice).
-                scores = np.asarray(model.decision_function(target), dtype=np.float64)
-                threshold = decision_threshold(model)
-                predicted = scores > threshold
-                arrays: dict[str, np.ndarray] = {}
-                if self.level == "interaction":
-                    scores, predicted, arrays, meta["interaction"] = self._pair_outcome(
-                        target, scores, threshold, bool(c.defense))
-                if self.threat == "queries":
-                    meta["queries"] = {"per_target_user": c.query_budget, **target.query.record(),
-                                       "target_users": target.n_users,
-                                       "refit_seconds": round(self._query_seconds(), 3)}
-            n = self.part("target").interactions.n_users
-            if scores.shape != (n,) or predicted.shape != (n,):
-                raise MiarsError(f"attack {c.attack!r} returned scores of shape {scores.shape}, expected one per target "
-                                 f"user ({n},)")
-            if not np.isfinite(scores).all():
-                raise MiarsError(f"attack {c.attack!r} produced non-finite scores; check its inputs and parameters")
-            return {"scores": scores, "predicted": predicted, **arrays}, meta
-
-        def check(out: Output) -> tuple[str, str] | None:
-            a, target = out.arrays, self.part("target").interactions
-            bad = _finite_problem(a.get("scores"), "scores", (target.n_users,)) or \
-                _flags_problem(a.get("predicted"), "predicted", target.n_users)
-            if bad or "pair_rows" not in a:
-                return bad
-            n = len(a["pair_rows"])
-            return (_index_problem(a["pair_rows"], "pair_rows", target.n_users, (n,))
-                    or _index_problem(a.get("pair_items"), "pair_items", target.n_items, (n,))
-                    or _finite_problem(a.get("pair_scores"), "pair_scores", (n,))
-                    or _flags_problem(a.get("pair_labels"), "pair_labels", n))
-
-        return self._run("attack", self.key("attack", "", defended_shadow), "attack", f"training attack {c.attack}",
-                         lambda: (self.features("shadow", defended_shadow), self.part("shadow").is_member,
-                                  self.features("target", bool(c.defense))), compute, check)
-
-    def _pair_outcome(self, view: AdversaryView, scores: np.ndarray, threshold: float, defended: bool):
-        """Pair scores -> per-user scores (mean over the user's pairs) and the interaction-level metrics."""
-        c, pairs = self.config, view.pairs
-        predicted = scores > threshold
-        if scores.shape != (len(pairs),):
-            raise MiarsError(f"attack {c.attack!r} returned {scores.shape} scores for {len(pairs)} pairs; an "
-                             "interaction-level attack scores each pair of view.pairs")
-        if not np.isfinite(scores).all():
-            raise MiarsError(f"attack {c.attack!r} produced non-finite pair scores; check its inputs and parameters")
-        labels = self.pair_labels("target", defended, pairs)
-        n = view.n_users
-        per_user = np.bincount(pairs[:, 0], minlength=n)
-        user_scores = np.bincount(pairs[:, 0], weights=scores, minlength=n) / np.maximum(per_user, 1)
-        members = self.part("target").is_member[pairs[:, 0]]
-        report = {"pairs": int(len(pairs)), "trained_pairs": int(labels.sum())}
-        if labels.any() and not labels.all():
-            report["all_pairs"] = membership_metrics(labels, scores, predicted)
-        held = members & ~labels  # members' pairs left out of training (hold-out, data defense)
-        if held.any() and labels[members].any():
-            report["members_pairs"] = membership_metrics(labels[members], scores[members], predicted[members])
-            report["members_pairs"]["untrained_pairs"] = int(held.sum())
-        arrays = {"pair_rows": pairs[:, 0], "pair_items": pairs[:, 1], "pair_scores": scores, "pair_labels": labels}
-        return user_scores, user_scores > threshold, arrays, report
-
     # -- all of it -----------------------------------------------------------------------------
     def attackers(self) -> dict[str, Output]:
         """Attack outputs by attacker: ``undefended`` always, ``defended`` with a defense."""
@@ -871,63 +919,103 @@ class Cell:
             out["defended"] = self.attack_scores(True)
         return out
 
+    def roots(self) -> list[Node]:
+        """The nodes a cell's result is made of: its attack(s) and the recommenders it reports (undefended, and
+        under a data or training defense the defended fit too)."""
+        out = [Node("attack", "", False)] + ([Node("attack", "", True)] if self.config.defense else [])
+        out += [Node("serve", part) for part in self.SIDES]
+        if self.defense_point in ("data", "training"):
+            out += [Node("serve", part, True) for part in self.SIDES]
+        return out
+
     def graph(self) -> list[tuple[str, str, str]]:
-        """Every (stage, timing name, key) of the cell, each key once, in data-flow order."""
-        c, out, seen = self.config, [], set()
-
-        def add(stage: str, timing: str, key: str) -> None:
-            if key not in seen:
+        """Every stored (stage, timing name, key) of the cell, each key once, in data-flow order (planning,
+        timings). Reference models come from what the stored attack records say it used."""
+        out, seen = [], set()
+        for node in GRAPH.upstream(self, self.roots()):
+            stage = GRAPH[node.stage]
+            key = self.walker.key(node)
+            if stage.stored and key not in seen:
                 seen.add(key)
-                out.append((stage, timing, key))
-
-        for side in self.SIDES:
-            add("load", "load", self.key("load", side))
-            add("split", "split", self.key("split", side))
-        for part in self.SIDES:
-            add("serve", f"serve:{part}", self.key("serve", part))
-            if self.defense_point == "lists":
-                add("defend", "defend", self.key("defend", part))
-            elif c.defense:
-                add("serve", f"serve:{part}", self.key("serve", part, True))
-        for side in self.SIDES:
-            add("vectors", "vectors", self.key("vectors", side))
-        add("features", "features", self.key("features", "shadow", False))
-        if c.defense:
-            add("features", "features", self.key("features", "shadow", True))
-        add("features", "features", self.key("features", "target", bool(c.defense)))
-        add("attack", "attack", self.key("attack", "", False))
-        if c.defense:
-            add("attack", "attack", self.key("attack", "", True))
+                out.append((stage.name, stage.time_name(node), key))
+        for node in self.roots():
+            if node.stage != "attack":
+                continue
+            meta = self.store.meta("attack", self.walker.key(node)) or {}
+            for key in meta.get("references", ()):
+                if key not in seen:
+                    seen.add(key)
+                    out.append(("reference", "reference", key))
         return out
 
     def stage_seconds(self) -> dict[str, float]:
-        """Seconds each stage took when it was computed (read from the stored records), v0's names."""
+        """Seconds each stage took when it was computed (read from the stored records), v0's names, and the
+        one-time warm-up of the processes that computed them (``warmup``)."""
         timings: dict[str, float] = {}
         for stage, timing, key in self.graph():
-            meta = self.store.meta(stage, key) or {}
+            meta = (_scoped(self.store, "reference") if stage == "reference" else self.store).meta(stage, key) or {}
             name = TIMING[timing]
             timings[name] = round(timings.get(name, 0.0) + float(meta.get("seconds", 0.0)), 3)
+            if meta.get("warmup"):
+                timings["warmup"] = round(timings.get("warmup", 0.0) + float(meta["warmup"]), 3)
         return timings
 
-    def prepare(self, what: str) -> None:
-        """Compute one intermediate stage (``split:<side>`` or ``serve:<part>``) for the grid's scheduler."""
-        stage, _, arg = what.partition(":")
-        if stage == "split":
-            self.split_output(arg)
-        elif stage == "serve":
-            self.served(arg)
-        elif stage == "serve-defended":
-            self.served(arg, True)
-        else:
-            raise ValueError(f"unknown preparation {what!r}")
+    def stage_devices(self) -> dict[str, str]:
+        """The device each stage's torch work ran on, by v0's timing names, read from the stored records (so a cell
+        read from the cache says where its stages were computed); stages that asked for no device are left out.
+        Stages of one timing name that ran on different devices list them all (``cpu,cuda:0``)."""
+        found: dict[str, list[str]] = {}
+        for stage, timing, key in self.graph():
+            meta = (_scoped(self.store, "reference") if stage == "reference" else self.store).meta(stage, key) or {}
+            if meta.get("device"):
+                devices = found.setdefault(TIMING[timing], [])
+                if str(meta["device"]) not in devices:
+                    devices.append(str(meta["device"]))
+        return {name: ",".join(sorted(devices)) for name, devices in found.items()}
+
+    def gpu_names(self) -> dict[str, str]:
+        """The name of each GPU a stage of the cell ran on (``{"cuda:0": "NVIDIA H200"}``), from the stored records."""
+        out: dict[str, str] = {}
+        for stage, _, key in self.graph():
+            meta = (_scoped(self.store, "reference") if stage == "reference" else self.store).meta(stage, key) or {}
+            if meta.get("device_name"):
+                out[str(meta["device"])] = str(meta["device_name"])
+        return out
+
+    # -- the grid's tasks --------------------------------------------------------------------------
+    def tasks(self) -> dict[str, tuple[str, str, list[str]]]:
+        """The stages the grid runs as their own tasks (declared with ``task=True``), by name
+        (``split:shadow``, ``serve:target``, ``serve-defended:target``): (stage, key, names of the tasks it needs)."""
+        out: dict[str, tuple[str, str, list[str]]] = {}
+        nodes = GRAPH.upstream(self, self.roots())
+        for node in nodes:
+            if GRAPH[node.stage].task:
+                needs = [_task_name(up) for up in GRAPH.upstream(self, list(GRAPH.edges(self, node).values()))
+                         if GRAPH[up.stage].task]
+                out[_task_name(node)] = (node.stage, self.walker.key(node), needs)
+        return out
 
     def task_keys(self) -> dict[str, str]:
         """Keys of the intermediate stages the grid schedules as their own tasks."""
-        keys = {f"split:{side}": self.key("split", side) for side in self.SIDES}
-        keys.update({f"serve:{part}": self.key("serve", part) for part in self.SIDES})
-        if self.defense_point in ("data", "training"):
-            keys.update({f"serve-defended:{part}": self.key("serve", part, True) for part in self.SIDES})
-        return keys
+        return {name: key for name, (_, key, _) in self.tasks().items()}
+
+    def prepare(self, what: str) -> None:
+        """Compute one task's stage (a name of :meth:`tasks`) for the grid's scheduler."""
+        head, _, part = what.partition(":")
+        stage, _, defended = head.partition("-")
+        if stage not in GRAPH.stages or not GRAPH[stage].task or defended not in ("", "defended"):
+            raise ValueError(f"unknown preparation {what!r}")
+        self.walker.value(Node(stage, part, defended == "defended"))
+
+
+def _task_name(node: Node) -> str:
+    return f"{node.stage}{'-defended' if node.defended else ''}:{node.part}"
+
+
+def _scoped(store, stage: str):
+    """The store of one stage's outputs (reference models): what an attack may be handed, nothing else."""
+    scope = getattr(store, "scope", None)
+    return scope(stage) if scope is not None else store
 
 
 def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -937,29 +1025,6 @@ def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     if not np.array_equal(ids[at], wanted):
         raise MiarsError("the target part holds users the vectorization part does not list; the split is inconsistent")
     return at
-
-
-def dataset_identity(name: str, data_dir: str | None, plugins) -> dict:
-    """What identifies a dataset's content: a file's sha256, else the name, data dir and loader version."""
-    from .datasets import dataset_file
-
-    registry = plugins.registry("dataset")
-    path = dataset_file(name, registry)
-    if path is not None:
-        return {"file_sha256": file_fingerprint(path), "loader": _entry_version(registry.get("file"), plugins)}
-    entry = registry.get(name)
-    rec: dict[str, Any] = {"name": name, "loader": _entry_version(entry, plugins)}
-    try:  # official datasets can tell which file they would read
-        path, _ = entry.factory().locate(data_dir=Path(data_dir).expanduser() if data_dir else None, download=False)
-        rec["file_sha256"] = file_fingerprint(path)
-    except Exception:  # noqa: BLE001 - no such method, or the file is not there yet (downloaded later)
-        rec["data_dir"] = str(Path(data_dir).expanduser().resolve()) if data_dir else None
-    return rec
-
-
-def _entry_version(entry, plugins) -> str:
-    info = plugins.info.get(entry.plugin)
-    return component_version(entry.factory, f"{entry.plugin}=={info.version if info else ''}")
 
 
 def cell_metrics(cell: Cell) -> dict[str, dict]:

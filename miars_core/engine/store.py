@@ -116,6 +116,19 @@ class MemoryStore:
         self.drop(stage, key)
         self.problems.append(f"the {stage} stage's output {name or ''} in memory {reason}; computing it again")
 
+    def scope(self, stage: str) -> "MemoryStore":
+        """A store of ``stage``'s outputs only, kept with this one (shared by every cell that uses this store).
+
+        What a lazily asked stage (reference models) reads and writes through, so that the object
+        handed to an attack reaches no other stage's output. Its problems are this store's.
+        """
+        scopes = self.__dict__.setdefault("_scopes", {})
+        if stage not in scopes:
+            child = MemoryStore(self.max_bytes)
+            child.problems = self.problems
+            scopes[stage] = child
+        return scopes[stage]
+
     def __repr__(self) -> str:
         return "MemoryStore()"
 
@@ -153,6 +166,17 @@ class DiskStore:
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / STORE_FORMAT / stage / key[:2] / key
+
+    def scope(self, stage: str) -> "DiskStore":
+        """A store of ``stage``'s outputs in the same folder with its own in-memory copies: what a lazily asked
+        stage (reference models) reads and writes through, so that the object handed to an attack reaches no
+        other stage's output. Its problems and broken outputs are reported with this store's."""
+        scopes = self.__dict__.setdefault("_scopes", {})
+        if stage not in scopes:
+            child = DiskStore(self.root, memo_bytes=self._memo.max_bytes or (1 << 30))
+            child.problems, child.broken = self.problems, self.broken
+            scopes[stage] = child
+        return scopes[stage]
 
     # -- reading, verified -------------------------------------------------------------------
     def get(self, stage: str, key: str) -> Output | None:

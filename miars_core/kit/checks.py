@@ -39,7 +39,13 @@ Then, per kind:
   attack has no such attribute), so an attack that also defines ``predict`` must agree:
   ``predict(X) == (decision_function(X) > threshold)``; on easily separable data members
   score higher than non-members (the sign convention);
-* dataset: ``load(data_dir, download=False)`` returns a binary :class:`Interactions`.
+* dataset: ``load(data_dir, download=False)`` returns a binary :class:`Interactions`;
+* a recommender (or a training defense's fitted model) with the optional state contract
+  (``get_state`` / ``set_state``, :mod:`miars_core.contracts.state`): its state is arrays of
+  numbers plus a JSON record, and a model stored (through ``.npy`` bytes without pickle and JSON
+  text, as the stage store writes them) and loaded on a fresh component serves the same lists,
+  to members (``recommend``) and to new accounts (``recommend_for``, ``new_accounts``)
+  (:func:`check_state`; :func:`check_recommender` runs it when ``get_state`` is defined).
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ __all__ = [
     "check_list_defense",
     "check_data_defense",
     "check_training_defense",
+    "check_state",
 ]
 
 N_USERS = 40
@@ -218,6 +225,62 @@ def check_recommender(factory: Callable[..., Any], /, **params: Any) -> None:
     again = _build(factory, params)
     _fit(again, who, train, seed=0)
     assert np.array_equal(again.recommend(K), out), f"{who}: two fits with seed=0 recommend differently; use the seed for all randomness"
+    if callable(getattr(rec, "get_state", None)):
+        _check_stored(rec, who, lambda arrays, record: _build(factory, params).set_state(arrays, record))
+
+
+def check_state(factory: Callable[..., Any], /, **params: Any) -> None:
+    """Check a recommender's state contract: ``get_state()`` after ``fit`` gives arrays plus a JSON record (or
+    None: "cannot be stored"), and ``set_state`` on a fresh component gives a model serving the same lists.
+
+    The state goes through ``.npy`` bytes (no pickle) and JSON text first, as the stage store writes it.
+    """
+    who = _name(factory)
+    rec = _build(factory, params)
+    _fit(rec, who, make_interactions(), seed=0)
+    assert callable(getattr(rec, "get_state", None)), f"{who} has no get_state method (the state contract is optional)"
+    _check_stored(rec, who, lambda arrays, record: _build(factory, params).set_state(arrays, record))
+
+
+def _round_trip(arrays: dict, record: dict) -> tuple[dict, dict]:
+    """A state as the stage store gives it back: each array through .npy bytes without pickle, the record through JSON."""
+    import io
+    import json
+
+    out = {}
+    for name, value in arrays.items():
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(value), allow_pickle=False)
+        buf.seek(0)
+        out[name] = np.load(buf, allow_pickle=False)
+    return out, json.loads(json.dumps(record, allow_nan=False))
+
+
+def _check_stored(fitted: Any, who: str, restore: Callable[[dict, dict], Any]) -> None:
+    """``fitted``'s state, stored and loaded by ``restore(arrays, record)``, serves what ``fitted`` serves."""
+    from ..contracts.errors import MiarsError
+    from ..contracts.state import check_state as valid_state
+
+    assert callable(getattr(fitted, "get_state", None)), f"{who}: the fitted model has no get_state"
+    try:
+        state = valid_state(fitted.get_state(), who)
+    except MiarsError as exc:
+        raise AssertionError(str(exc)) from None
+    if state is None:  # "this fit cannot be stored": the engine fits it again where needed
+        return
+    arrays, record = _round_trip(*state)
+    restored = restore(arrays, record)
+    assert restored is not None and callable(getattr(restored, "recommend", None)), (
+        f"{who}: set_state must return the fitted model (usually self), got {type(restored).__name__}")
+    assert np.array_equal(np.asarray(restored.recommend(K)), np.asarray(fitted.recommend(K))), (
+        f"{who}: a model stored with get_state and loaded with set_state serves other lists to members")
+    new = make_interactions(seed=3).matrix[:8]
+    for name, serve in (("recommend_for", lambda m: m.recommend_for(new, K, seed=1)),
+                        ("new_accounts", lambda m: m.new_accounts().recommend_for(new, K, seed=1))):
+        if callable(getattr(fitted, name, None)):
+            assert np.array_equal(np.asarray(serve(restored)), np.asarray(serve(fitted))), (
+                f"{who}: a model stored with get_state and loaded with set_state serves other lists to new accounts "
+                f"({name})")
 
 
 def check_defense(factory: Callable[..., Any], /, **params: Any) -> None:
@@ -942,6 +1005,10 @@ def _check_training_fit(obj: Any, who: str, build_rec: Callable[[], Any], member
     if repeat:
         again = _build(factory, params).fit(build_rec(), members, seed=0).recommend(K)
         assert np.array_equal(np.asarray(again), out), f"{who}: two fits with seed=0 recommend differently; use the seed"
+    if callable(getattr(fitted, "get_state", None)):  # the state contract: defense.set_state(recommender, arrays, record)
+        assert callable(getattr(obj, "set_state", None)), (
+            f"{who}: its fitted model has get_state but the defense has no set_state(recommender, arrays, record)")
+        _check_stored(fitted, who, lambda arrays, record: _build(factory, params).set_state(build_rec(), arrays, record))
     return out
 
 

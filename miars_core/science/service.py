@@ -152,28 +152,30 @@ def check_lists(lists: Any, shape: tuple[int, int], known, who: str, what: str =
     return arr
 
 
-def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: Any = None, defense_seed: int = 0,
-          heldout: sp.spmatrix | None = None, service: Any = None) -> Served:
-    """Fit ``recommender`` on the part's members; members get its top-k, non-members what ``service`` serves new accounts.
+@dataclass
+class Fitted:
+    """A fitted model, the data it was trained on and what is worth reporting about the fit.
+
+    The engine's ``model`` stage stores it (the model through the recommender state contract,
+    :mod:`miars_core.contracts.state`); serving (:func:`serve_fitted`), query access and
+    interaction labels read it.
+    """
+
+    #: What ``fit`` returned: the fitted recommender, or the model a training defense fitted.
+    model: Any
+    #: The members' data the model was trained on (after a data defense, the defended data).
+    train: Any
+    #: ``name``, ``params``, ``fit_info``; under a data or training defense ``trained_interactions`` and ``privacy``.
+    report: dict = field(default_factory=dict)
+
+
+def fit_model(part: Part, recommender: Any, name: str, seed: int, defense: Any = None, defense_seed: int = 0) -> Fitted:
+    """Fit ``recommender`` on the part's members (under a data or training defense): the first half of :func:`serve`.
 
     A ``data`` defense rewrites the members' training data first; a ``training`` defense fits
-    the recommender its own way (``defense.fit(recommender, members, seed)``). Members' lists
-    never hold an item the member knows, even one a data defense left out of training.
-    ``part`` holds what the service knows of its users. ``heldout`` (members x items, rows
-    aligned with ``part.members``) is the members' future: interactions the service never saw
-    (:func:`miars_core.science.utility.holdout`, applied to the whole part before serving); the
-    report's ``utility`` says how well the members' lists find them (Recall / NDCG / HR at k).
-    ``service`` decides the non-members' lists (:func:`new_account_server`; default: the popular
-    top-k) and, with ``members="foldin"``, the members' too: each member is then served like a
-    new account with its known (training) history, and the report's ``members_foldin_overlap``
-    is the mean share of a member's trained top-k that its folded-in list keeps.
-    The lists are validated (:func:`check_lists`); a failure names the recommender and its
-    plugin. Non-finite training losses in ``fit_info_`` fail the run.
+    the recommender its own way (``defense.fit(recommender, members, seed)``). Non-finite
+    training losses in ``fit_info_`` fail the run.
     """
-    check_k(k, part.interactions.matrix, who=f"{part.name} users")
-    fold_members = members_mode(service) == "foldin"
-    members = np.flatnonzero(part.is_member)
-    others = np.flatnonzero(~part.is_member)
     who = _who("recommender", name, recommender)
     point = acts_on(defense) if defense is not None else None
     seen = part.members
@@ -190,12 +192,59 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
             fitted = _call(defense.fit, dwho, "fit", recommender, train, seed=defense_seed)
         else:
             fitted = _call(recommender.fit, who, "fit", train, seed=seed)
-        member_lists = _unknown_top_k(fitted, train.matrix, seen.matrix, k, who)
     info = dict(getattr(fitted, "fit_info_", {}) or {})
     for key, value in info.items():
         if isinstance(value, float) and not np.isfinite(value):
             raise MiarsError(f"{who} reports {key}={value} after training: the training diverged; "
                              "lower its learning_rate (or check its other parameters)")
+    report: dict = {"name": name, "params": get_params(recommender), "fit_info": info}
+    if point in ("data", "training"):
+        report["trained_interactions"] = int(train.n_interactions)
+        privacy = getattr(defense, "privacy_", None)
+        if privacy:
+            report["privacy"] = dict(privacy)
+    return Fitted(fitted, train, report)
+
+
+def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: Any = None, defense_seed: int = 0,
+          heldout: sp.spmatrix | None = None, service: Any = None) -> Served:
+    """Fit ``recommender`` on the part's members; members get its top-k, non-members what ``service`` serves new accounts.
+
+    :func:`fit_model` then :func:`serve_fitted` (the engine stores the fit between the two).
+    A ``data`` defense rewrites the members' training data first; a ``training`` defense fits
+    the recommender its own way (``defense.fit(recommender, members, seed)``). Members' lists
+    never hold an item the member knows, even one a data defense left out of training.
+    ``part`` holds what the service knows of its users. ``heldout`` (members x items, rows
+    aligned with ``part.members``) is the members' future: interactions the service never saw
+    (:func:`miars_core.science.utility.holdout`, applied to the whole part before serving); the
+    report's ``utility`` says how well the members' lists find them (Recall / NDCG / HR at k).
+    ``service`` decides the non-members' lists (:func:`new_account_server`; default: the popular
+    top-k) and, with ``members="foldin"``, the members' too: each member is then served like a
+    new account with its known (training) history, and the report's ``members_foldin_overlap``
+    is the mean share of a member's trained top-k that its folded-in list keeps.
+    The lists are validated (:func:`check_lists`); a failure names the recommender and its
+    plugin. Non-finite training losses in ``fit_info_`` fail the run.
+    """
+    check_k(k, part.interactions.matrix, who=f"{part.name} users")
+    fitted = fit_model(part, recommender, name, seed, defense=defense, defense_seed=defense_seed)
+    return serve_fitted(part, fitted, k, seed, heldout=heldout, service=service)
+
+
+def serve_fitted(part: Part, fit: Fitted, k: int, seed: int, heldout: sp.spmatrix | None = None,
+                 service: Any = None) -> Served:
+    """Serve the part's users from a fitted model: the second half of :func:`serve` (see there).
+
+    ``seed`` is the fit's seed (the service's fold-in of new accounts draws from it).
+    """
+    check_k(k, part.interactions.matrix, who=f"{part.name} users")
+    fold_members = members_mode(service) == "foldin"
+    members = np.flatnonzero(part.is_member)
+    others = np.flatnonzero(~part.is_member)
+    fitted, train = fit.model, fit.train
+    who = _who("recommender", fit.report.get("name", type(fitted).__name__), fitted)
+    seen = part.members
+    with stage_threads():
+        member_lists = _unknown_top_k(fitted, train.matrix, seen.matrix, k, who)
     popularity = train.item_popularity()
     popular = np.argsort(-popularity, kind="stable")
     known_others = part.interactions.matrix[others]
@@ -203,7 +252,7 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
     with stage_threads():
         other_lists = server(known_others) if len(others) else np.empty((0, k), dtype=np.int64)
         folded = server(seen.matrix) if fold_members and len(members) else None
-    report = {"name": name, "params": get_params(recommender), "fit_info": info}
+    report = {key: fit.report[key] for key in ("name", "params", "fit_info") if key in fit.report}
     if folded is not None:  # members served as new accounts: how much of their trained list they keep
         kept = (member_lists[:, :, None] == folded[:, None, :]).any(axis=2).mean()
         report.update(members_served="foldin", members_foldin_overlap=round(float(kept), 4))
@@ -215,11 +264,7 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
     report["members_popular_overlap"] = round(float(overlap), 4)
     if heldout is not None:
         report["utility"] = utility_metrics(member_lists, heldout, k)
-    if point in ("data", "training"):
-        report["trained_interactions"] = int(train.n_interactions)
-        privacy = getattr(defense, "privacy_", None)
-        if privacy:
-            report["privacy"] = dict(privacy)
+    report.update({key: value for key, value in fit.report.items() if key not in report})
     return Served(lists, ServiceContext(part.interactions, part.is_member, popular, k), report, fitted, train)
 
 

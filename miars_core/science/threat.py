@@ -161,20 +161,59 @@ class QueryAccess:
         return {"budget": self.budget, "used": self.used_, "calls": self.calls_}
 
 
+def reference_tag(index: int) -> str:
+    """The seed tag of reference model number ``index`` (``reference``, ``reference-1``, ...)."""
+    return "reference" if index == 0 else f"reference-{index}"
+
+
+def fit_reference(data: Interactions, n_users: int, min_interactions: int, seed: int, index: int,
+                  recommender: Any, recommender_name: str):
+    """Fit reference model number ``index``: the recommender on a seeded sample of the adversary's ``data``.
+
+    The sample: ``n_users`` users (at most) among those of ``data`` with at least
+    ``min_interactions`` interactions, drawn with seed(``reference[-index]``); the fit uses the
+    same seed. Returns the fit (:class:`~miars_core.science.service.Fitted`) and the sampled rows.
+    """
+    from ..contracts.seeds import stage_seed
+    from ..contracts.types import Part
+    from .service import fit_model
+
+    tag = reference_tag(index)
+    rows = reference_rows(data, n_users, min_interactions, seed, index)
+    part = Part("reference", data.rows(rows), np.ones(len(rows), dtype=bool))
+    return fit_model(part, recommender, recommender_name, stage_seed(seed, tag)), rows
+
+
+def reference_rows(data: Interactions, n_users: int, min_interactions: int, seed: int, index: int) -> np.ndarray:
+    """The rows of ``data`` reference model ``index`` is trained on (see :func:`fit_reference`)."""
+    from ..contracts.seeds import stage_seed
+
+    counts = np.diff(data.matrix.indptr)
+    eligible = np.flatnonzero(counts >= min_interactions)
+    n = min(len(eligible), int(n_users))
+    if n < 2:
+        raise MiarsError(f"the vectorization part has {len(eligible)} users with >= {min_interactions} "
+                         "interactions: too few to train a reference model; use a larger dataset")
+    rng = np.random.default_rng(stage_seed(seed, reference_tag(index)))
+    return np.sort(rng.choice(eligible, size=n, replace=False))
+
+
 class ReferenceModels:
     """``reference(index=0)``: query access to reference model number ``index``, which the adversary trains on its own data.
 
     Each model is the shadow recommender fitted on ``data`` (the adversary's own data, the
     vectorization part) restricted to users with at least ``min_interactions`` interactions and
     sampled (seeded per index) to ``n_users`` users (the service's training set's size and
-    filter), then served by a fresh ``make_service()`` like the target. Models are built on
-    first use and kept; ``seconds_`` sums their fit times. Holds nothing of the shadow or
-    target parts.
+    filter), then served by a fresh ``make_service()`` like the target (:func:`fit_reference`).
+    ``fit(index)``, when given, returns that fit (a :class:`~miars_core.science.service.Fitted`)
+    instead, e.g. read from the engine's stage store; it must hold nothing but the adversary's
+    data. Models are built on first use and kept; ``seconds_`` sums the time spent building
+    them here. Holds nothing of the shadow or target parts.
     """
 
     def __init__(self, data: Interactions, n_users: int, min_interactions: int, k: int, seed: int,
                  make_recommender: Callable[[], Any], recommender_name: str, make_service: Callable[[], Any],
-                 progress: Callable[[str], None] | None = None):
+                 progress: Callable[[str], None] | None = None, fit: Callable[[int], Any] | None = None):
         self._data = data
         self._n_users = int(n_users)
         self._min_interactions = int(min_interactions)
@@ -184,6 +223,7 @@ class ReferenceModels:
         self._recommender_name = recommender_name
         self._make_service = make_service
         self._progress = progress
+        self._fit = fit
         self._built: dict[int, QueryAccess] = {}
         self.seconds_ = 0.0
 
@@ -199,25 +239,21 @@ class ReferenceModels:
         import time
 
         from ..contracts.seeds import stage_seed
-        from ..contracts.types import Part
-        from .service import serve
+        from .ranking import check_k
 
-        tag = "reference" if index == 0 else f"reference-{index}"
-        counts = np.diff(self._data.matrix.indptr)
-        eligible = np.flatnonzero(counts >= self._min_interactions)
-        n = min(len(eligible), self._n_users)
-        if n < 2:
-            raise MiarsError(f"the vectorization part has {len(eligible)} users with >= {self._min_interactions} "
-                             "interactions: too few to train a reference model; use a larger dataset")
-        rng = np.random.default_rng(stage_seed(self._seed, tag))
-        rows = np.sort(rng.choice(eligible, size=n, replace=False))
-        part = Part("reference", self._data.rows(rows), np.ones(n, dtype=bool))
+        tag = reference_tag(index)
         start = time.perf_counter()
-        if self._progress:
-            self._progress("training a reference model on the adversary's own data (the vectorization part)")
-        s = serve(part, self._make_recommender(), self._recommender_name, self._k, stage_seed(self._seed, tag),
-                  service=self._make_service())
-        access = QueryAccess.of(self._make_service(), s.fitted, s.train, self._k,
+        if self._fit is not None:
+            fitted = self._fit(index)
+            check_k(self._k, fitted.train.matrix, who="reference users")
+        else:
+            if self._progress:
+                self._progress("training a reference model on the adversary's own data (the vectorization part)")
+            rows = reference_rows(self._data, self._n_users, self._min_interactions, self._seed, index)
+            check_k(self._k, self._data.matrix[rows], who="reference users")
+            fitted, _ = fit_reference(self._data, self._n_users, self._min_interactions, self._seed, index,
+                                      self._make_recommender(), self._recommender_name)
+        access = QueryAccess.of(self._make_service(), fitted.model, fitted.train, self._k,
                                 seed=stage_seed(self._seed, f"{tag}-query"), name="reference")
         self.seconds_ += time.perf_counter() - start
         return access

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from miars_core.contracts.components import Component
 from miars_core.contracts.errors import MiarsError
 from miars_core.contracts.params import Interval, Options, OrNone  # noqa: F401 - param_constraints
+from miars_core.contracts.state import csr_arrays, csr_from_arrays
 from miars_core.contracts.types import Interactions, random_row_ranks
 from miars_core.science.ranking import top_k_excluding
 
@@ -186,6 +187,10 @@ class DPItemKNN(Component):
                             "kept_interactions": int(x.nnz), "interactions": int(members.matrix.nnz), **self.privacy_}
         return fitted
 
+    def set_state(self, recommender, arrays, record) -> "_FittedKNN":
+        """The model :meth:`fit` built, back from what its ``get_state`` saved (no noise is drawn again)."""
+        return _FittedKNN.from_state(arrays, record)
+
 
 def _noise_block(seed: int, i: int, j: int, shape: tuple[int, int], mechanism: str, scale: float) -> np.ndarray:
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x6B6E6E, i, j])
@@ -262,6 +267,24 @@ class _FittedKNN:
         pop = np.zeros(w.shape[0]) if popularity is None else np.asarray(popularity, dtype=np.float64)
         span = pop.max() - pop.min() if len(pop) else 0.0
         self.prior_ = (1e-6 * (pop - pop.min()) / span if span > 0 else np.zeros_like(pop)).astype(np.float32)
+
+    def get_state(self):
+        """The private similarity, tie-break and training rows as arrays (the recommender state contract)."""
+        return ({**csr_arrays("w", self.w_), **csr_arrays("train", self.train_), "prior": self.prior_},
+                {"n_items": int(self.w_.shape[0]), "train_shape": list(self.train_.shape),
+                 "score_batch_size": int(self.score_batch_size), "fit_info": self.fit_info_})
+
+    @classmethod
+    def from_state(cls, arrays, record) -> "_FittedKNN":
+        n = int(record["n_items"])
+        out = cls(csr_from_arrays(arrays, "w", (n, n)), csr_from_arrays(arrays, "train", tuple(record["train_shape"])),
+                  int(record["score_batch_size"]))
+        prior = np.asarray(arrays["prior"])
+        if prior.shape != (n,):
+            raise ValueError(f"the stored tie-break has shape {prior.shape}, expected ({n},)")
+        out.prior_ = prior
+        out.fit_info_ = dict(record["fit_info"])
+        return out
 
     def recommend(self, k: int) -> np.ndarray:
         def rows(index: np.ndarray) -> np.ndarray:

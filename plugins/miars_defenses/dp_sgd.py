@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from miars_core.contracts.components import Component
 from miars_core.contracts.errors import MiarsError
 from miars_core.contracts.params import Interval, Options, OrNone  # noqa: F401 - param_constraints
+from miars_core.contracts.state import csr_arrays, csr_from_arrays
 from miars_core.contracts.types import Interactions
 from miars_core.science.ranking import top_k_excluding
 
@@ -152,6 +153,17 @@ class DPSGD(Component):
                          "final_train_loss": info["final_loss"], **self.privacy_}
         return out
 
+    def set_state(self, recommender, arrays, record) -> "_FittedDP":
+        """The model :meth:`fit` trained, back from what its ``get_state`` saved (no training)."""
+        from miars_recbole.training import restore_fitted
+
+        train = csr_from_arrays(arrays, "train", tuple(record["train_shape"]))
+        model = restore_fitted({k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")},
+                               record["model"], train)
+        out = _FittedDP(model, train, int(record["score_batch_size"]))
+        out.fit_info_ = dict(record["fit_info"])
+        return out
+
 
 class _FittedDP:
     """The privately trained RecBole model, served like the plain wrapper (batched full ranking)."""
@@ -160,6 +172,19 @@ class _FittedDP:
         self.model_ = fitted
         self.train_ = train
         self.score_batch_size = score_batch_size
+
+    def get_state(self):
+        """The private model as arrays plus a JSON record (the recommender state contract); restored by
+        :meth:`DPSGD.set_state`."""
+        from miars_recbole.training import fitted_state
+
+        state = fitted_state(self.model_)
+        if state is None:
+            return None
+        arrays, record = state
+        return ({**{f"model.{k}": v for k, v in arrays.items()}, **csr_arrays("train", self.train_)},
+                {"model": record, "train_shape": list(self.train_.shape), "score_batch_size": int(self.score_batch_size),
+                 "fit_info": self.fit_info_})
 
     def recommend(self, k: int) -> np.ndarray:
         return top_k_excluding(self.model_.score_rows, self.train_, k, batch_size=self.score_batch_size)
@@ -269,9 +294,13 @@ def _train(model_name, train, overrides, seed, *, epochs, batch_size, lr, epsilo
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         # the RDP bound is valid at the largest order too, just not the tightest one
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-        return _train_loop(PrivacyEngine(accountant=accountant), model, user_rb, item_cols, train, users, items, seed,
-                           epochs=epochs, batch_size=batch_size, lr=lr, epsilon=epsilon, noise_multiplier=noise_multiplier,
-                           max_grad_norm=max_grad_norm, delta=delta, threads=threads)
+        fitted, info = _train_loop(PrivacyEngine(accountant=accountant), model, user_rb, item_cols, train, users, items,
+                                   seed, epochs=epochs, batch_size=batch_size, lr=lr, epsilon=epsilon,
+                                   noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, delta=delta,
+                                   threads=threads)
+    # how to build the module again around its stored state (the recommender state contract): as _build did
+    fitted.build = {"path": "lean", "model": model_name, "overrides": dict(overrides), "seed": int(seed)}
+    return fitted, info
 
 
 #: RDP orders used to calibrate the noise multiplier (a valid bound at any set of orders; this compact

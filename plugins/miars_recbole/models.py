@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from miars_core.contracts.components import Component
 from miars_core.contracts.errors import MiarsError
 from miars_core.contracts.params import AnyOf, Interval, ListOf, Mapping, Options, OrNone  # noqa: F401 - param_constraints
+from miars_core.contracts.state import csr_arrays, csr_from_arrays
 from miars_core.science.ranking import check_k, top_k_excluding, top_k_popular
 from miars_core.contracts.types import Interactions
 
@@ -169,6 +170,18 @@ class RecBoleModel(Component):
     def recommend(self, k: int) -> np.ndarray:
         return top_k_excluding(self.model_.score_rows, self.train_, k, batch_size=self.score_batch_size, scratch=True)
 
+    def get_state(self):
+        """The fitted model as arrays plus a JSON record (``miars_recbole.state``), or None when it cannot be stored."""
+        from .state import recommender_state
+
+        return recommender_state(self)
+
+    def set_state(self, arrays, record) -> "RecBoleModel":
+        """Restore what :meth:`get_state` saved on this fresh wrapper (no training)."""
+        from .state import restore_recommender
+
+        return restore_recommender(self, arrays, record)
+
     def recommend_for(self, histories, k: int, seed: int = 0, **fit) -> np.ndarray:
         """Top-k for accounts the model was not trained on, from their histories, without retraining (fold-in).
 
@@ -280,6 +293,16 @@ class Popularity(Component):
         self.fit_info_ = {"epochs_run": 0}
         return self
 
+    def get_state(self):
+        return ({"popularity": self.popularity_, **csr_arrays("train", self.train_)},
+                {"train_shape": list(self.train_.shape), "fit_info": self.fit_info_})
+
+    def set_state(self, arrays, record) -> "Popularity":
+        self.popularity_ = arrays["popularity"]
+        self.train_ = csr_from_arrays(arrays, "train", tuple(record["train_shape"]))
+        self.fit_info_ = dict(record["fit_info"])
+        return self
+
     def recommend(self, k: int) -> np.ndarray:
         return top_k_popular(self.popularity_, self.train_, k)
 
@@ -326,6 +349,17 @@ class RandomItems(Component):
         self.catalog_ = train.item_popularity() > 0
         self.seed_ = int(seed)
         self.fit_info_ = {"epochs_run": 0}
+        return self
+
+    def get_state(self):
+        return ({"catalog": self.catalog_, **csr_arrays("train", self.train_)},
+                {"train_shape": list(self.train_.shape), "seed": self.seed_, "fit_info": self.fit_info_})
+
+    def set_state(self, arrays, record) -> "RandomItems":
+        self.train_ = csr_from_arrays(arrays, "train", tuple(record["train_shape"]))
+        self.catalog_ = arrays["catalog"].astype(bool)
+        self.seed_ = int(record["seed"])
+        self.fit_info_ = dict(record["fit_info"])
         return self
 
     def recommend(self, k: int) -> np.ndarray:

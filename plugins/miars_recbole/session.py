@@ -28,6 +28,8 @@ class FittedRecBole:
     epochs_run: int
     final_loss: float | None
     settings: dict
+    #: How to build the model's module again around a stored state (``miars_recbole.state``); None: it cannot be.
+    build: dict | None = None
 
     def score_rows(self, rows: np.ndarray):
         """Scores (len(rows) x all global items) as a torch tensor, on the model's device; unscorable items are -inf."""
@@ -124,6 +126,8 @@ class RecBoleRun:
             raise MiarsError(f"cannot train RecBole {model_name}: the members have no interactions")
         self.model_name = model_name
         self.overrides = dict(overrides)
+        self.build = {"path": "recbole", "model": model_name, "overrides": dict(overrides), "seed": int(seed),
+                      "lr_scale": float(lr_scale)}
         with tempfile.TemporaryDirectory(prefix="miars-recbole-") as tmp:
             os.makedirs(os.path.join(tmp, "members"))
             path = os.path.join(tmp, "members", "members.inter")
@@ -177,7 +181,8 @@ class RecBoleRun:
         cfg = self.config
         settings = {key: _plain(cfg[key]) for key in sorted(set(self.overrides) | {"epochs", "learning_rate", "train_batch_size", "train_neg_sample_args", "embedding_size"}) if key in cfg}
         final = self.losses[-1] if self.losses else None
-        return FittedRecBole(self.model, self.user_rb, self.item_cols, self.n_items, len(self.losses), final, settings)
+        return FittedRecBole(self.model, self.user_rb, self.item_cols, self.n_items, len(self.losses), final, settings,
+                             self.build)
 
 
 def train_recbole_model(model_name: str, train: sp.csr_matrix, overrides: dict, seed: int,
@@ -226,8 +231,9 @@ class LeanRun:
             raise MiarsError(f"cannot train RecBole {model_name}: the members have no interactions")
         self.model_name = model_name
         threads = torch.get_num_threads()
-        self.config = lean.recbole_config(model_name, {**overrides, "train_batch_size": int(batch_size),
-                                                       "learning_rate": float(learning_rate)}, seed)
+        settings = {**overrides, "train_batch_size": int(batch_size), "learning_rate": float(learning_rate)}
+        self.build = {"path": "lean", "model": model_name, "overrides": settings, "seed": int(seed)}
+        self.config = lean.recbole_config(model_name, settings, seed)
         self.data = lean.index_members(train)
         self.model = lean.build_model(model_name, self.config, self.data, seed)
         torch.set_num_threads(threads)  # RecBole's init_seed may change it
@@ -246,7 +252,7 @@ class LeanRun:
         settings["data_path"] = "lean (torch tensors, uniform negatives excluding known items)"
         losses = self.trainer.losses
         return FittedRecBole(self.model, self.data.user_rb, self.data.item_cols, self.n_items, len(losses),
-                             losses[-1] if losses else None, settings)
+                             losses[-1] if losses else None, settings, self.build)
 
 
 def fit_itemknn(train: sp.csr_matrix, k: int, shrink: float, seed: int) -> FittedRecBole:
@@ -262,7 +268,8 @@ def fit_itemknn(train: sp.csr_matrix, k: int, shrink: float, seed: int) -> Fitte
     model = lean.sparse_itemknn_class()(config, lean.StandInDataset(data, config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]), w)
     model.eval()
     settings = {"k": int(k), "shrink": float(shrink), "similarity": "sparse item-item top-k (cosine)"}
-    return FittedRecBole(model, data.user_rb, data.item_cols, train.shape[1], 0, None, settings)
+    build = {"path": "itemknn", "model": "ItemKNN", "k": int(k), "shrink": float(shrink), "seed": int(seed)}
+    return FittedRecBole(model, data.user_rb, data.item_cols, train.shape[1], 0, None, settings, build)
 
 
 def _id_maps(dataset, n_rows: int) -> tuple[np.ndarray, np.ndarray]:

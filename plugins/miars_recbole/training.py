@@ -9,11 +9,16 @@ Importing it is cheap: torch and RecBole load only when a model is built.
   columns, without data on disk.
 - :class:`FittedRecBole`: a trained model plus its id maps; scores rows, recommends.
 - :class:`FoldInModel`, :class:`ItemSide`: serving accounts the model was not trained on from its item side.
+- :func:`fitted_state`, :func:`restore_fitted`: a :class:`FittedRecBole` as arrays plus a JSON record and back
+  (the recommender state contract, :mod:`miars_core.contracts.state`); a model built with :func:`build_model`
+  restores when its ``FittedRecBole`` carries ``build={"path": "lean", "model": ..., "overrides": ..., "seed": ...}``.
 """
 
 from .compat import apply as apply_compat
 from .foldin import FoldInModel, ItemSide
 from .lean import LeanData, build_model, recbole_config
 from .session import FittedRecBole
+from .state import fitted_state, restore_fitted
 
-__all__ = ["FittedRecBole", "FoldInModel", "ItemSide", "LeanData", "apply_compat", "build_model", "recbole_config"]
+__all__ = ["FittedRecBole", "FoldInModel", "ItemSide", "LeanData", "apply_compat", "build_model", "fitted_state",
+           "recbole_config", "restore_fitted"]
