@@ -130,6 +130,24 @@ def test_use_device_on_a_gpu_picks_deterministic_kernels_and_restores_the_settin
     assert current_device() == "cpu"
 
 
+def test_a_stage_using_a_model_already_on_a_gpu_records_it_and_runs_deterministic(fake_gpu):
+    """A serve stage handed a model fitted on a GPU by the model stage never asks current_device(); device_of()
+    (where scoring and fold-in start) tells the stage where its work runs."""
+    from miars_core.kit.torch_utils import device_of
+
+    on_gpu = types.SimpleNamespace(device=torch.device("cuda", 0))  # a model's .device; no tensor goes there
+    with use_device("auto") as use:
+        assert use.record() == {}
+        assert device_of(on_gpu) == torch.device("cuda", 0)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert use.record() == {"device": "cuda:0", "device_name": "Fake GPU"}
+    assert not torch.are_deterministic_algorithms_enabled()
+    with use_device("auto") as use:  # e.g. item (ItemKNN, on the CPU) in a GPU run
+        assert device_of(torch.zeros(1)) == torch.device("cpu")
+        assert use.record() == {"device": "cpu"} and not torch.are_deterministic_algorithms_enabled()
+    assert device_of(on_gpu) == torch.device("cuda", 0)  # outside a stage: nothing to tell
+
+
 def test_use_device_refuses_a_bad_name_before_its_body():
     ran = []
     with pytest.raises(MiarsError, match="--device 'tpu'"):

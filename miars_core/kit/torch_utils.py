@@ -115,28 +115,39 @@ def check_device(device: Any, flag: str = "--device") -> None:
 
 @dataclass
 class DeviceUse:
-    """The device one stage was offered (``asked``) and, once something asked for it, the one it ran on (``used``)."""
+    """The device one stage was offered (``asked``), the one it resolved to once code asked (``used``), and every
+    device its torch work ran on (``seen``: the resolved one, and those of fitted models it used, :func:`device_of`)."""
 
     asked: str
     used: str | None = None
+    seen: list = field(default_factory=list)
     _restore: list = field(default_factory=list, repr=False)
 
     def resolve(self) -> str:
         if self.used is None:
             used = resolve_device(self.asked)
-            if used != "cpu":
-                self._restore.append(_deterministic_cuda(used))
+            self.note(used)
             self.used = used
         return self.used
 
+    def note(self, device: str) -> None:
+        """Torch work of the stage runs on ``device`` (``cpu``, ``cuda:N``): recorded, and on a GPU with
+        deterministic kernels from now to the end of the stage."""
+        if device in self.seen:
+            return
+        self.seen.append(device)
+        if device.startswith("cuda"):
+            self._restore.append(_deterministic_cuda(device))
+
     def record(self) -> dict:
         """What the stage's stored record says (empty when no code asked for a device: numpy/scipy only)."""
-        if self.used is None:
+        if not self.seen:
             return {}
-        out: dict[str, Any] = {"device": self.used}
-        if self.used != "cpu":
+        out: dict[str, Any] = {"device": ",".join(sorted(self.seen))}
+        gpus = [d for d in self.seen if d != "cpu"]
+        if gpus:
             try:
-                out["device_name"] = str(_torch().cuda.get_device_name(self.used))
+                out["device_name"] = str(_torch().cuda.get_device_name(gpus[0]))
             except Exception:  # noqa: BLE001 - a name is nice to have, never a failure
                 pass
         return out
@@ -201,16 +212,34 @@ def _deterministic_cuda(device: str) -> Callable[[], None]:
 
 
 def device_of(obj: Any, default: str = "cpu") -> Any:
-    """The torch device of a tensor, a module (its first parameter or buffer) or a RecBole model (``.device``)."""
+    """The torch device of a tensor, a module (its first parameter or buffer) or a RecBole model (``.device``).
+
+    Call it where torch work starts on a fitted model (scoring, fold-in, training steps): inside a
+    stage it also tells the stage that its work runs there (:meth:`DeviceUse.note`), so a stage
+    handed a model fitted on a GPU by an earlier stage records the GPU and runs with deterministic
+    kernels, although it never asked :func:`current_device` itself.
+    """
     torch = sys.modules.get("torch")
     if torch is None:
         return default
+    found: Any = None
     if torch.is_tensor(obj):
-        return obj.device
-    if isinstance(obj, torch.nn.Module):
-        for t in obj.parameters():
-            return t.device
-        for t in obj.buffers():
-            return t.device
-    found = getattr(obj, "device", None)
-    return found if found is not None else torch.device(default)
+        found = obj.device
+    elif isinstance(obj, torch.nn.Module):
+        found = next(iter(obj.parameters()), None)
+        found = found if found is not None else next(iter(obj.buffers()), None)
+        found = found.device if found is not None else None
+    if found is None:
+        found = getattr(obj, "device", None)
+    found = torch.device(found) if found is not None else torch.device(default)
+    use = _CURRENT.get()
+    if use is not None:
+        use.note(_name(found))
+    return found
+
+
+def _name(device: Any) -> str:
+    """``cpu`` or ``cuda:N`` for a torch device (``cuda`` without an index: the current GPU)."""
+    if device.type != "cuda":
+        return device.type
+    return f"cuda:{device.index if device.index is not None else _torch().cuda.current_device()}"

@@ -324,10 +324,11 @@ def _train_loop(engine, model, user_rb, item_cols, train, users, items, seed, *,
     from opacus.accountants.utils import get_noise_multiplier
     from torch.utils.data import DataLoader, TensorDataset
 
+    from miars_core.kit.torch_utils import device_of
     from miars_recbole.training import FittedRecBole
 
     n_records, n_rb_items = len(users), len(item_cols)
-    device = next(model.parameters()).device
+    device = device_of(model)
     torch.manual_seed(int(seed))
     module, criterion = _modules(type(model).__name__, model)
     module.train()

@@ -37,7 +37,9 @@ def _fit_user_vectors(h_rb: sp.csr_matrix, item_tables: list, loss, seed: int, s
     """
     import torch
 
-    device = item_tables[0].device
+    from miars_core.kit.torch_utils import device_of
+
+    device = device_of(item_tables[0])
     coo = h_rb.tocoo()
     users = torch.as_tensor(coo.row.astype(np.int64), device=device)
     pos = torch.as_tensor(coo.col.astype(np.int64), device=device)

@@ -195,8 +195,10 @@ class LeanTrainer:
         import torch
         from recbole.utils import InputType
 
+        from miars_core.kit.torch_utils import device_of
+
         self.gen = torch.Generator().manual_seed(int(self.seed))  # on the CPU: the same draws on every device
-        self.device = next(self.model.parameters()).device
+        self.device = device_of(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         self.pointwise = self.model.input_type == InputType.POINTWISE
         if self.model.input_type not in (InputType.POINTWISE, InputType.PAIRWISE):
