@@ -23,7 +23,7 @@ from miars_core.engine.grid import GridSpec, cell_id, load_toml
 from miars_core.engine.pipeline import AttackConfig, run_attack
 from miars_core.engine.stages import Cell
 from miars_core.engine.store import DiskStore
-from miars_core.kit import checks
+from miars_core.kit import checks, torch_utils
 from miars_core.kit.torch_utils import (Device, check_device, current_device, device_problem, resolve_device,
                                         use_device)
 
@@ -45,6 +45,8 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch_utils, "_warm_cuda", lambda device: None)  # a GPU's first use: nothing to do here
+    monkeypatch.setattr(torch_utils, "_WARM", {})
 
 
 @pytest.fixture
@@ -146,6 +148,33 @@ def test_a_stage_using_a_model_already_on_a_gpu_records_it_and_runs_deterministi
         assert device_of(torch.zeros(1)) == torch.device("cpu")
         assert use.record() == {"device": "cpu"} and not torch.are_deterministic_algorithms_enabled()
     assert device_of(on_gpu) == torch.device("cuda", 0)  # outside a stage: nothing to tell
+
+
+def test_a_gpus_first_use_is_warm_up_not_the_time_of_the_stage_that_paid_it(fake_gpu, monkeypatch):
+    import time
+
+    from miars_core.engine import warmup
+    from miars_core.engine.graph import Clock
+
+    monkeypatch.setattr(warmup, "_done", True)  # the process's own warm-up: paid already
+    monkeypatch.setattr(torch_utils, "_warm_cuda", lambda device: time.sleep(0.6))
+    clock = Clock()
+
+    def stage(inner=None):
+        with use_device("cuda"):
+            if inner:
+                clock.run(inner)
+            current_device()  # the first use of the GPU in this process: 0.6 s of warm-up
+
+    _, seconds, warm = clock.run(stage)
+    assert seconds < 0.5 and warm >= 0.6
+    assert clock.run(stage)[2] == 0  # paid once per process and GPU
+    monkeypatch.setattr(torch_utils, "_WARM", {})
+    results = []
+    _, outer_seconds, outer_warm = clock.run(lambda: stage(lambda: results.append(clock.run(stage))))
+    (_, inner_seconds, inner_warm), = results
+    assert inner_warm >= 0.6 and inner_seconds < 0.5  # the inner stage paid it
+    assert outer_warm == 0 and outer_seconds < 0.5  # and the stage it ran inside counts neither
 
 
 def test_use_device_refuses_a_bad_name_before_its_body():

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 from ..contracts.errors import MiarsError
-from ..kit.torch_utils import DeviceUse, use_device
+from ..kit.torch_utils import DeviceUse, use_device, warm_seconds
 from .keys import core_version, digest
 from .store import Output
 
@@ -144,24 +144,29 @@ class Clock:
     __slots__ = ("_open",)
 
     def __init__(self) -> None:
-        self._open: list[float] = []
+        self._open: list[list[float]] = []  # per open run: [seconds of runs inside it, GPU warm-up inside those]
 
     def run(self, fn: Callable[[], Any]) -> tuple[Any, float, float]:
         """``fn()``, its own seconds (stages it computed inside excluded; they count for it in its caller) and the
-        seconds of the process's one-time warm-up when this call paid it (else 0)."""
+        seconds of the process's one-time warm-up when this call paid it (else 0): the warm-up before the first
+        stage, and a GPU's first use (:func:`~miars_core.kit.torch_utils.warm_seconds`) when ``fn`` paid it."""
         from .warmup import warm_up
 
         paid = warm_up()  # once per process: outside every stage's time
-        self._open.append(0.0)
+        self._open.append([0.0, 0.0])
+        gpu = warm_seconds()
         start = time.perf_counter()
         try:
             result = fn()
         finally:
-            inner = self._open.pop()
+            inner, inner_gpu = self._open.pop()
             total = time.perf_counter() - start
+            gpu = warm_seconds() - gpu
             if self._open:
-                self._open[-1] += total
-        return result, max(0.0, total - inner), paid
+                self._open[-1][0] += total
+                self._open[-1][1] += gpu
+        own_gpu = gpu - inner_gpu  # a GPU's first use paid by fn itself (not by a stage computed inside it)
+        return result, max(0.0, total - inner - own_gpu), paid + own_gpu
 
 
 def on_device(device: str | None) -> contextlib.AbstractContextManager[DeviceUse | None]:

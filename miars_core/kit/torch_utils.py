@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -137,7 +138,11 @@ class DeviceUse:
             return
         self.seen.append(device)
         if device.startswith("cuda"):
-            self._restore.append(_deterministic_cuda(device))
+            start = time.perf_counter()
+            self._restore.append(_deterministic_cuda(device))  # selecting the GPU creates its context
+            if device not in _WARM:  # its first use in this process: warm it up, after the cuBLAS setting
+                _warm_cuda(device)
+                _WARM[device] = time.perf_counter() - start
 
     def record(self) -> dict:
         """What the stage's stored record says (empty when no code asked for a device: numpy/scipy only)."""
@@ -189,6 +194,29 @@ def use_device(device: str | None = "auto") -> Iterator[DeviceUse]:
         _CURRENT.reset(token)
         while use._restore:
             use._restore.pop()()
+
+
+#: Seconds the first use of each GPU took in this process (CUDA context, cuBLAS handle, first kernels).
+_WARM: dict[str, float] = {}
+
+
+def warm_seconds() -> float:
+    """Seconds this process has spent on the first use of its GPUs so far (0 on the CPU): the engine's clock
+    counts them as warm-up, not as the time of the stage that happened to use a GPU first."""
+    return sum(_WARM.values())
+
+
+def _warm_cuda(device: str) -> None:
+    """A GPU's one-time initialisation: its context, cuBLAS, a top-k and an Adam step; no random draw."""
+    torch = _torch()
+    with torch.no_grad():
+        x = torch.ones((64, 64), device=device)
+        torch.topk(x @ x, 4, dim=1)
+    w = torch.zeros((8, 4), device=device, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=0.01)
+    ((w @ torch.ones((4, 1), device=device)).sum() ** 2).backward()
+    opt.step()
+    torch.cuda.synchronize(device)
 
 
 def _deterministic_cuda(device: str) -> Callable[[], None]:
