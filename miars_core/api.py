@@ -216,7 +216,7 @@ def _warn(message: str, stacklevel: int = 4) -> None:
 def attack_config(*, dataset="ml-100k", shadow_dataset=None, data_dir=None, download=False, target="item", shadow=None,
                   featurizer="center-diff", attack="mlp", defense=None, service="popular", top_k=100, seed=0,
                   split="interactions", min_interactions=20, target_param=None, shadow_param=None, featurizer_param=None,
-                  attack_param=None, defense_param=None, service_param=None, query_budget=5):
+                  attack_param=None, defense_param=None, service_param=None, query_budget=5, device="auto"):
     """The checked :class:`~miars_core.engine.config.AttackConfig` of ``miars attack``'s options (refused before any work)."""
     from .engine.config import AttackConfig
 
@@ -234,6 +234,7 @@ def attack_config(*, dataset="ml-100k", shadow_dataset=None, data_dir=None, down
         attack_params=parse_params(attack_param, "--attack-param"),
         defense_params=parse_params(defense_param, "--defense-param"),
         service=service, service_params=parse_params(service_param, "--service-param"), query_budget=query_budget,
+        device=device,
     ).validate()
     if config.query_budget < 1:  # a query attack without queries: refused before any folder is made
         from .contracts.plugins import get_plugins
@@ -332,7 +333,7 @@ def attack(*, dataset="ml-100k", shadow_dataset=None, data_dir=None, download=Fa
            featurizer="center-diff", attack="mlp", defense=None, service="popular", top_k=100, seed=0,
            split="interactions", min_interactions=20, target_param=None, shadow_param=None, featurizer_param=None,
            attack_param=None, defense_param=None, service_param=None, query_budget=5, out=None, export_miars=None,
-           cache=None, no_cache=False, quiet=False, force=False) -> AttackRun:
+           cache=None, no_cache=False, quiet=False, force=False, device="auto") -> AttackRun:
     """``miars attack``: run the CCS'21 membership inference attack end to end; return an :class:`AttackRun`.
 
     Same options, defaults and checks as the command (``miars attack --help``); ``out`` writes
@@ -344,7 +345,7 @@ def attack(*, dataset="ml-100k", shadow_dataset=None, data_dir=None, download=Fa
                            service=service, top_k=top_k, seed=seed, split=split, min_interactions=min_interactions,
                            target_param=target_param, shadow_param=shadow_param, featurizer_param=featurizer_param,
                            attack_param=attack_param, defense_param=defense_param, service_param=service_param,
-                           query_budget=query_budget)
+                           query_budget=query_budget, device=device)
     run, problem = execute_attack(config, _expand(out), _expand(export_miars), stage_store(cache, no_cache), force,
                                   _progress(quiet))
     if problem:
@@ -363,7 +364,7 @@ def grid_spec(*, config=None, dataset=None, shadow_dataset=None, data_dir=None, 
               shadow=None, featurizer=None, attack=None, defense=None, defense_param=None, service=None,
               service_param=None, target_param=None, shadow_param=None, featurizer_param=None, attack_param=None,
               top_k=None, seed=None, split=None, min_interactions=None, query_budget=None, utility_holdout=None,
-              controls=False, max_cells=None):
+              controls=False, max_cells=None, device=None):
     """``miars grid``'s options (a TOML file, then the options over it) as a :class:`~miars_core.engine.grid.GridSpec`
     and the ``max_cells`` limit (given, or the file's)."""
     from .engine.grid import GridSpec, load_toml, parse_list_flag
@@ -389,6 +390,7 @@ def grid_spec(*, config=None, dataset=None, shadow_dataset=None, data_dir=None, 
         "data_dir": _expand(data_dir),
         "download": download or None,
         "controls": controls or None,
+        "device": device,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     for key, flag, given, sweep in (("defense_params", "--defense-param", defense_param, True),
@@ -407,7 +409,7 @@ def grid_spec(*, config=None, dataset=None, shadow_dataset=None, data_dir=None, 
 
 def bench_spec(*, dataset=None, data_dir=None, target=None, defense=None, defense_param=None, target_param=None,
                attack=None, attack_param=None, service=None, query_budget=5, top_k=None, seed=None,
-               utility_holdout=0.2, controls=False):
+               utility_holdout=0.2, controls=False, device=None):
     """``miars bench-defenses``'s options as ``(GridSpec, skippable, notes)``: every registered defense at its
     documented sweep by default (one that trains none of the targets is left out, with a note)."""
     from .contracts.plugins import get_plugins
@@ -459,6 +461,7 @@ def bench_spec(*, dataset=None, data_dir=None, target=None, defense=None, defens
         service=parse_list_flag(_list_values(service, "--service"), "--service") or ["popular"],
         query_budget=query_budget, utility_holdout=utility_holdout,
         defense_targets={k: v for k, v in only.items() if v and k in names}, skipped=left_out, controls=controls,
+        device=device or "auto",
     )
     return spec, skippable, notes
 
@@ -546,7 +549,7 @@ def grid(*, config=None, dataset=None, shadow_dataset=None, data_dir=None, downl
          target_param=None, shadow_param=None, featurizer_param=None, attack_param=None, top_k=None, seed=None,
          split=None, min_interactions=None, query_budget=None, utility_holdout=None, controls=False, out,
          cache=None, no_cache=False, workers=None, threads=1, scheduler=None, dask_local=None, no_report=False,
-         quiet=False, force=False, max_cells=None) -> "GridRun":
+         quiet=False, force=False, max_cells=None, device=None) -> "GridRun":
     """``miars grid``: run a grid of attack cells (cached, resumable) into ``out``, then write its report.
 
     Same options, defaults and checks as the command (``miars grid --help``): e.g.
@@ -559,7 +562,8 @@ def grid(*, config=None, dataset=None, shadow_dataset=None, data_dir=None, downl
                                 service_param=service_param, target_param=target_param, shadow_param=shadow_param,
                                 featurizer_param=featurizer_param, attack_param=attack_param, top_k=top_k, seed=seed,
                                 split=split, min_interactions=min_interactions, query_budget=query_budget,
-                                utility_holdout=utility_holdout, controls=controls, max_cells=max_cells)
+                                utility_holdout=utility_holdout, controls=controls, max_cells=max_cells,
+                                device=device)
     run = run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
                    max_cells, command="grid", force=force)
     run._warn_failed()
@@ -571,7 +575,7 @@ def bench_defenses(*, dataset=None, data_dir=None, target=None, defense=None, de
                    attack=None, attack_param=None, service=None, query_budget=5, top_k=None, seed=None,
                    utility_holdout=0.2, controls=False, out, cache=None, no_cache=False, workers=None, threads=1,
                    scheduler=None, dask_local=None, no_report=False, quiet=False, force=False,
-                   max_cells=None) -> "GridRun":
+                   max_cells=None, device=None) -> "GridRun":
     """``miars bench-defenses``: privacy for a static and an adaptive attacker, utility and cost of every defense.
 
     Same options, defaults and checks as the command (``miars bench-defenses --help``);
@@ -580,7 +584,8 @@ def bench_defenses(*, dataset=None, data_dir=None, target=None, defense=None, de
     spec, skippable, notes = bench_spec(dataset=dataset, data_dir=data_dir, target=target, defense=defense,
                                         defense_param=defense_param, target_param=target_param, attack=attack,
                                         attack_param=attack_param, service=service, query_budget=query_budget,
-                                        top_k=top_k, seed=seed, utility_holdout=utility_holdout, controls=controls)
+                                        top_k=top_k, seed=seed, utility_holdout=utility_holdout, controls=controls,
+                                        device=device)
     run = run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
                    max_cells, skippable, command="bench-defenses", force=force, notes=notes)
     run._warn_failed()
@@ -684,7 +689,8 @@ class AuditRun:
 
 @_options
 def audit_dp(*, dataset="ml-100k", data_dir=None, target, target_param=None, defense, defense_param=None,
-             canaries=200, guesses=None, seed=0, out, cache=None, no_cache=False, quiet=False) -> AuditRun:
+             canaries=200, guesses=None, seed=0, out, cache=None, no_cache=False, quiet=False,
+             device="auto") -> AuditRun:
     """``miars audit-dp``: a 95% lower bound on a training defense's epsilon from canaries in one run.
 
     Same options, defaults and checks as the command (``miars audit-dp --help``); returns an
@@ -698,7 +704,7 @@ def audit_dp(*, dataset="ml-100k", data_dir=None, target, target_param=None, def
     record = audit.run(dataset, target, defense, target_params=parse_params(target_param, "--target-param"),
                        defense_params=parse_params(defense_param, "--defense-param"), canaries=canaries,
                        guesses=guesses, seed=seed, out=out, data_dir=data_dir, store=stage_store(cache, no_cache),
-                       progress=_progress(quiet))
+                       progress=_progress(quiet), device=device)
     return AuditRun(record, {"out": Path(out).expanduser(), audit.OUT_FILE: Path(out).expanduser() / audit.OUT_FILE})
 
 

@@ -197,6 +197,11 @@ METRICS_HELP = (
 )
 
 
+DEVICE_HELP = ("Where torch stages run (recommender fits, fold-in, scoring, the attack MLP, dp-sgd): auto (a GPU "
+               "when torch sees one, else the CPU), cpu, cuda or cuda:N. A run option: same seed, same metrics on a given "
+               "device; GPU floats may differ slightly from the CPU's (docs/engine.md).")
+
+
 def _fail(message: str, code: int = 2) -> None:
     """Print ``miars: error: <message>`` as one line on stderr and exit ``code`` (2: bad input)."""
     _echo_error(_one_line(message))
@@ -302,18 +307,20 @@ def attack(
     no_cache: bool = typer.Option(False, "--no-cache", help="Compute every stage afresh and store nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
     force: bool = typer.Option(False, "--force", help="Write into an --out folder that is not empty and not a miars-attack output folder (only result.json and scores.tsv are replaced there)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Run the CCS'21 membership inference attack end to end and print its metrics."""
     with guarded():
         _attack(dataset, data_dir, download, target, shadow, featurizer, attack_model, defense, top_k, seed, split,
                 min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
-                out, export_miars, quiet, shadow_dataset, cache, no_cache, service, service_param, query_budget, force)
+                out, export_miars, quiet, shadow_dataset, cache, no_cache, service, service_param, query_budget, force,
+                device)
 
 
 def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_model, defense, top_k, seed, split,
             min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
             out, export_miars, quiet, shadow_dataset=None, cache=None, no_cache=False, service="popular",
-            service_param=None, query_budget=5, force=False) -> None:
+            service_param=None, query_budget=5, force=False, device="auto") -> None:
     from . import api
 
     config = api.attack_config(
@@ -321,7 +328,7 @@ def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_mode
         shadow=shadow, featurizer=featurizer, attack=attack_model, defense=defense, top_k=top_k, seed=seed, split=split,
         min_interactions=min_interactions, target_param=target_param, shadow_param=shadow_param,
         featurizer_param=featurizer_param, attack_param=attack_param, defense_param=defense_param, service=service,
-        service_param=service_param, query_budget=query_budget)
+        service_param=service_param, query_budget=query_budget, device=device)
     _run(config, _expand(out), _expand(export_miars), quiet, api.stage_store(_expand(cache), no_cache), force)
 
 
@@ -429,6 +436,8 @@ DaskLocalOpt = Annotated[Optional[int], typer.Option("--dask-local", help="Start
 NoReportOpt = Annotated[bool, typer.Option("--no-report", help="Do not write RUN_DIR/report/ at the end.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write into an --out folder that is not empty and not a run folder of this command (miars replaces only the files it writes).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help=DEVICE_HELP + " (default: auto)")]
+GridDeviceOpt = Annotated[Optional[str], typer.Option("--device", help=DEVICE_HELP + " (TOML key device; default: auto)")]
 MaxCellsOpt = Annotated[Optional[int], typer.Option("--max-cells", help="Refuse a grid of more cells than this, before any work (default: 2,000; TOML key max_cells): a typo in a list must not start days of computing.")]
 
 def grid(
@@ -467,6 +476,7 @@ def grid(
     quiet: QuietOpt = False,
     force: ForceOpt = False,
     max_cells: MaxCellsOpt = None,
+    device: GridDeviceOpt = None,
 ) -> None:
     """Run a grid of attack cells (cached, resumable), then write tables, plots and report.html."""
     with guarded():
@@ -478,7 +488,7 @@ def grid(
             defense_param=defense_param, service=service, service_param=service_param, target_param=target_param,
             shadow_param=shadow_param, featurizer_param=featurizer_param, attack_param=attack_param, top_k=top_k,
             seed=seed, split=split, min_interactions=min_interactions, query_budget=query_budget,
-            utility_holdout=utility_holdout, controls=controls, max_cells=max_cells)
+            utility_holdout=utility_holdout, controls=controls, max_cells=max_cells, device=device)
         _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
                   max_cells, command="grid", force=force)
 
@@ -529,6 +539,7 @@ def bench_defenses(
     quiet: QuietOpt = False,
     force: ForceOpt = False,
     max_cells: MaxCellsOpt = None,
+    device: DeviceOpt = None,
 ) -> None:
     """Benchmark defenses: privacy for a static and an adaptive attacker, utility and cost, with a privacy-utility frontier."""
     with guarded():
@@ -537,7 +548,8 @@ def bench_defenses(
         spec, skippable, notes = api.bench_spec(
             dataset=dataset, data_dir=data_dir, target=target, defense=defense, defense_param=defense_param,
             target_param=target_param, attack=attack_model, attack_param=attack_param, service=service,
-            query_budget=query_budget, top_k=top_k, seed=seed, utility_holdout=utility_holdout, controls=controls)
+            query_budget=query_budget, top_k=top_k, seed=seed, utility_holdout=utility_holdout, controls=controls,
+            device=device)
         _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
                   max_cells, skippable, command="bench-defenses", force=force, notes=notes)
 
@@ -566,6 +578,7 @@ def audit_dp(
     cache: Optional[str] = typer.Option(None, "--cache", help="Folder of cached stage outputs (default: $MIARS_CACHE/stages or ~/.cache/miars/stages); keeps the canaries' scores."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Fit afresh and store nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Audit a training defense's DP claim: a 95% lower bound on epsilon from canaries in one run (Steinke et al., NeurIPS 2023)."""
     with guarded():
@@ -576,7 +589,7 @@ def audit_dp(
 
         run = api.audit_dp(dataset=dataset, data_dir=data_dir, target=target, target_param=target_param, defense=defense,
                            defense_param=defense_param, canaries=canaries, guesses=guesses, seed=seed, out=out,
-                           cache=cache, no_cache=no_cache, quiet=quiet)
+                           cache=cache, no_cache=no_cache, quiet=quiet, device=device)
         Console(stderr=True, quiet=quiet).print(f"wrote {run.paths['audit.json']}")
         typer.echo(verdict_line(run.record))
 

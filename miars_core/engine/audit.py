@@ -439,13 +439,25 @@ def check_request(canaries: Any, guesses: Any, seed: Any, defense_obj: Any, who:
 def run(dataset: str, target: str, defense: str, *, target_params: dict | None = None,
         defense_params: dict | None = None, canaries: int = DEFAULT_CANARIES, guesses: int | None = None,
         seed: int = 0, out: str | Path, data_dir: str | None = None, download: bool = False, store=None,
-        plugins=None, progress: Callable[[str], None] | None = None) -> dict:
+        plugins=None, progress: Callable[[str], None] | None = None, device: str = "auto") -> dict:
     """``miars audit-dp``: validate everything, audit, write ``OUT/audit.json`` (atomically) and return the record.
 
     Bad input fails with a one-line MiarsError before any training on the data set and before
     anything is written: unknown names, bad parameters, a defense that does not act on training
-    or sets no ``privacy_``, too few or too many canaries.
+    or sets no ``privacy_``, too few or too many canaries, a ``device`` that is not usable.
+    The fits run on ``device`` (:func:`miars_core.kit.torch_utils.use_device`), recorded as ``device``.
     """
+    from ..kit.torch_utils import check_device, use_device
+
+    check_device(device)
+    with use_device(device) as use:
+        return _run(dataset, target, defense, target_params=target_params, defense_params=defense_params,
+                    canaries=canaries, guesses=guesses, seed=seed, out=out, data_dir=data_dir, download=download,
+                    store=store, plugins=plugins, progress=progress, device=use)
+
+
+def _run(dataset, target, defense, *, target_params, defense_params, canaries, guesses, seed, out, data_dir, download,
+         store, plugins, progress, device) -> dict:
     from ..contracts.components import get_params
     from ..contracts.files import _publish
     from ..contracts.plugins import get_plugins
@@ -487,7 +499,7 @@ def run(dataset: str, target: str, defense: str, *, target_params: dict | None =
     record["timings"] = {"probe_fit": probe_seconds, **record["timings"],
                          "total": round(time.perf_counter() - start, 3)}
     record = {"dataset": dataset, "target": target, "target_params": _plain(target_params), "defense": defense,
-              "defense_params": _plain(defense_params), **record}
+              "defense_params": _plain(defense_params), **record, "device": {"asked": device.asked, **device.record()}}
     _publish(out, {OUT_FILE: _render(record).encode("utf-8")}, "--out")
     return record
 

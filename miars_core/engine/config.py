@@ -11,6 +11,7 @@ from typing import Any
 
 from ..contracts.errors import MiarsError
 from ..contracts.params import AnyOf, Constraint, Flag, Interval, Mapping, Options, OrNone, Text
+from ..kit.torch_utils import Device, check_device
 from ..science.protocol import SPLIT_MODES
 
 
@@ -37,6 +38,8 @@ SETTINGS: dict[str, tuple[Constraint, Any]] = {
     "query_budget": (Interval(int, 0), 5),
     **{f"{kind}_params": (Mapping(), {"epochs": 5})
        for kind in ("target", "shadow", "featurizer", "attack", "defense", "service")},
+    # a run option, not a setting of the result: in no stage key nor cell id (miars_core.kit.torch_utils)
+    "device": (Device(), "cuda"),
 }
 
 
@@ -78,6 +81,7 @@ class AttackConfig:
     attack_params: dict[str, Any] = field(default_factory=dict)
     defense_params: dict[str, Any] = field(default_factory=dict)
     service_params: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"  # where torch stages run: auto (a GPU when torch sees one), cpu, cuda, cuda:N
 
     def validate(self) -> "AttackConfig":
         """Reject impossible plain values before any component is built or data is read (fills the default shadow)."""
@@ -93,6 +97,7 @@ class AttackConfig:
             keys = ", ".join(f"{k}={shown(v)}" for k, v in sorted(self.defense_params.items()))
             raise MiarsError(f"--defense-param {keys} is given without a defense, so nothing would use it; add "
                              "--defense NAME (`miars list defense`) or drop --defense-param")
+        check_device(self.device)  # cuda without a usable GPU: refused here, before any work
         return self
 
 

@@ -19,16 +19,24 @@ touching data, reads a stored output and checks it (``check``, then ``decode``),
 inputs, computes, stores, and times the computation (excluding stages computed inside it, and
 excluding the process's one-time warm-up, :mod:`miars_core.engine.warmup`). Everything that
 plans (the grid's tasks, the list of a cell's stored outputs) reads the same declarations.
+
+**The device.** The walker computes every stored stage, and decodes every stored output (a
+fitted model is rebuilt there), inside :func:`~miars_core.kit.torch_utils.use_device` for the
+run's device (``--device``): a run option, in no key. ``auto`` is resolved only when a stage's
+code asks, and the device a stage's torch work ran on goes into its stored record (``device``,
+``device_name``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 from ..contracts.errors import MiarsError
+from ..kit.torch_utils import DeviceUse, use_device, warm_seconds
 from .keys import core_version, digest
 from .store import Output
 
@@ -136,29 +144,40 @@ class Clock:
     __slots__ = ("_open",)
 
     def __init__(self) -> None:
-        self._open: list[float] = []
+        self._open: list[list[float]] = []  # per open run: [seconds of runs inside it, GPU warm-up inside those]
 
     def run(self, fn: Callable[[], Any]) -> tuple[Any, float, float]:
         """``fn()``, its own seconds (stages it computed inside excluded; they count for it in its caller) and the
-        seconds of the process's one-time warm-up when this call paid it (else 0)."""
+        seconds of the process's one-time warm-up when this call paid it (else 0): the warm-up before the first
+        stage, and a GPU's first use (:func:`~miars_core.kit.torch_utils.warm_seconds`) when ``fn`` paid it."""
         from .warmup import warm_up
 
         paid = warm_up()  # once per process: outside every stage's time
-        self._open.append(0.0)
+        self._open.append([0.0, 0.0])
+        gpu = warm_seconds()
         start = time.perf_counter()
         try:
             result = fn()
         finally:
-            inner = self._open.pop()
+            inner, inner_gpu = self._open.pop()
             total = time.perf_counter() - start
+            gpu = warm_seconds() - gpu
             if self._open:
-                self._open[-1] += total
-        return result, max(0.0, total - inner), paid
+                self._open[-1][0] += total
+                self._open[-1][1] += gpu
+        own_gpu = gpu - inner_gpu  # a GPU's first use paid by fn itself (not by a stage computed inside it)
+        return result, max(0.0, total - inner - own_gpu), paid + own_gpu
 
 
-def read(store: Any, stage: Stage, key: str, cell: Any, node: Node) -> tuple[Output, Any] | None:
+def on_device(device: str | None) -> contextlib.AbstractContextManager[DeviceUse | None]:
+    """:func:`~miars_core.kit.torch_utils.use_device` for ``device``; with None, no device context (the caller's)."""
+    return use_device(device) if device is not None else contextlib.nullcontext()
+
+
+def read(store: Any, stage: Stage, key: str, cell: Any, node: Node, device: str | None = None) -> tuple[Output, Any] | None:
     """A stored output and its decoded value, or None when missing or broken (a broken one is moved away
-    by the store, with one line naming the file, and is then computed again by the caller)."""
+    by the store, with one line naming the file, and is then computed again by the caller).
+    ``device``: where the decode builds what it rebuilds (a fitted model), see :func:`on_device`."""
     out = store.get(stage.name, key)
     if out is None:
         return None
@@ -170,7 +189,8 @@ def read(store: Any, stage: Stage, key: str, cell: Any, node: Node) -> tuple[Out
     value: Any = out
     if not problem and stage.decode is not None:
         try:
-            value = stage.decode(cell, node, out)
+            with on_device(device):
+                value = stage.decode(cell, node, out)
         except Unusable as exc:
             problem = (exc.name, exc.reason)
     if problem:
@@ -179,15 +199,19 @@ def read(store: Any, stage: Stage, key: str, cell: Any, node: Node) -> tuple[Out
     return out, value
 
 
-def compute(store: Any, stage: Stage, key: str, clock: Clock, fn: Callable[[], Any]) -> tuple[Output, Any, float]:
+def compute(store: Any, stage: Stage, key: str, clock: Clock, fn: Callable[[], Any],
+            device: str | None = None) -> tuple[Output, Any, float]:
     """Compute a stage (``fn() -> (arrays, record[, value])``) and store it with its seconds.
 
     Returns (output, value, seconds): the value is the output itself when ``fn`` gave none.
+    ``fn`` runs on ``device`` (:func:`on_device`); the record says where its torch work ran
+    (``device``, ``device_name``; nothing when it asked for no device).
 
     When the stored output was broken and computing it again fails, the error names the file.
     """
     try:
-        result, seconds, warmup = clock.run(fn)
+        with on_device(device) as use:
+            result, seconds, warmup = clock.run(fn)
     except Exception as exc:
         broken = getattr(store, "broken", {}).get((stage.name, key))
         if broken is None:
@@ -196,7 +220,7 @@ def compute(store: Any, stage: Stage, key: str, clock: Clock, fn: Callable[[], A
         raise MiarsError(f"cached file {broken[0]!r} {broken[1]}, and computing the {stage.name} stage again failed: "
                          f"{' '.join(line.split())}") from exc
     arrays, meta = result[0], result[1]
-    meta = {**meta, "seconds": round(seconds, 3)}
+    meta = {**meta, "seconds": round(seconds, 3), **(use.record() if use is not None else {})}
     if warmup:
         meta["warmup"] = round(warmup, 3)
     out = store.put(stage.name, key, arrays, meta)
@@ -207,14 +231,17 @@ class Walker:
     """Walks one cell's declared graph: keys, reads, computations, timings and progress.
 
     ``cell`` is what the declarations receive (config, components); the walker holds the store,
-    the in-process values (by stage and key) and what was computed or read.
+    the in-process values (by stage and key) and what was computed or read. ``device``: the run's
+    device (``auto``, ``cpu``, ``cuda:N``) every stage is computed and decoded on; None: the caller's.
     """
 
-    def __init__(self, graph: Graph, cell: Any, store: Any, progress: Callable[[str], None] | None = None):
+    def __init__(self, graph: Graph, cell: Any, store: Any, progress: Callable[[str], None] | None = None,
+                 device: str | None = None):
         self.graph = graph
         self.cell = cell
         self.store = store
         self.progress = progress
+        self.device = device
         self.clock = Clock()
         self.timings: dict[str, float] = {}
         self.computed: dict[str, float] = {}  # timing name -> seconds computed in this process
@@ -266,7 +293,7 @@ class Walker:
         return self._outputs[(stage.name, key)]
 
     def _stored(self, stage: Stage, node: Node, key: str) -> Any:
-        found = read(self.store, stage, key, self.cell, node)
+        found = read(self.store, stage, key, self.cell, node, self.device)
         timing = stage.time_name(node)
         if found is None:
             if stage.before is not None:
@@ -276,9 +303,10 @@ class Walker:
             if self.progress and stage.message:
                 self.progress(stage.message(self.cell, node))
             out, value, seconds = compute(self.store, stage, key, self.clock,
-                                          lambda: stage.compute(self.cell, node, **inputs))
+                                          lambda: stage.compute(self.cell, node, **inputs), self.device)
             if value is out and stage.decode is not None:
-                value = stage.decode(self.cell, node, out)
+                with on_device(self.device):
+                    value = stage.decode(self.cell, node, out)
             self.computed[timing] = round(self.computed.get(timing, 0.0) + seconds, 3)
         else:
             out, value = found

@@ -19,6 +19,7 @@ from typing import Any
 from ..contracts.errors import MiarsError
 from ..contracts.params import (Anything, Constraint, Flag, Interval, ListOf, Mapping, OrNone, Table, Text, find_problem,
                                 parse_value)
+from ..kit.torch_utils import check_device
 from .config import SETTINGS, AttackConfig, flag_of, shown
 from .stages import digest
 
@@ -56,6 +57,8 @@ class GridSpec:
     query_budget: int = 5
     data_dir: str | None = None
     download: bool = False
+    #: Where torch stages run (``auto``, ``cpu``, ``cuda``, ``cuda:N``): a run option, in no cell id nor stage key.
+    device: str = "auto"
     #: ``{name or "*": {key: value}}`` for each component kind; defense values are lists to sweep.
     target_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     shadow_params: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -86,6 +89,7 @@ class GridSpec:
             if found is not None:
                 raise MiarsError(_flag_error(f.name, *found, example))
         self._check_selected()
+        check_device(self.device)  # cuda without a usable GPU: refused before any work
         return self
 
     def _shadows(self, target: str) -> list[str]:
@@ -211,7 +215,7 @@ class GridSpec:
                             shadow_params=_scoped(self.shadow_params, shadow, is_control(shadow)),
                             featurizer_params=_scoped(self.featurizer_params, featurizer),
                             attack_params=_scoped(self.attack_params, attack),
-                            defense_params=dparams,
+                            defense_params=dparams, device=self.device,
                         ))  # every value was checked by check() with the same rules
         if self.skipped:
             out = [c for c in out if not self._skips(c)]
@@ -259,6 +263,10 @@ def cell_record(config: AttackConfig) -> dict:
     }
 
 
+#: AttackConfig fields that say how a cell runs, not what it computes: no cell id covers them.
+RUN_OPTIONS = ("device",)
+
+
 @functools.lru_cache(maxsize=1)
 def _defaults() -> dict:
     return asdict(AttackConfig())
@@ -269,11 +277,13 @@ def cell_id(config: AttackConfig) -> str:
 
     The hash covers every setting that differs from :class:`AttackConfig`'s defaults, plus the
     names, so a setting added to miars later (at its default) does not rename existing cells.
+    Run options (:data:`RUN_OPTIONS`: the device) are not settings of the result: a grid computed on
+    the CPU is resumed on a GPU in the same folder, cell for cell.
     """
     defaults = _defaults()
     always = ("dataset", "target", "shadow", "seed", "top_k")
     record = {k: v for k, v in ((f.name, getattr(config, f.name)) for f in fields(config))
-              if k in always or v != defaults.get(k)}
+              if k not in RUN_OPTIONS and (k in always or v != defaults.get(k))}
     h = digest(record)[:10]
 
     def slug(text: str) -> str:
@@ -373,7 +383,7 @@ def _grid_rules() -> dict[str, tuple[Constraint, Any]]:
             rule = rule.inner
         rules[key] = (ListOf(rule, min_len=1), [example])
     rules["shadow"] = (OrNone(rules["shadow"][0]), ["lfm"])
-    for key in ("split", "min_interactions", "utility_holdout", "query_budget", "data_dir", "download"):
+    for key in ("split", "min_interactions", "utility_holdout", "query_budget", "data_dir", "download", "device"):
         rules[key] = SETTINGS[key]
     for key in PARAM_KEYS:
         sweep = key == "defense_params"

@@ -90,7 +90,7 @@ def cell_result(cell) -> AttackResult:
         split=split_info,
         recommenders={"shadow": cell.report("shadow"), "target": {**cell.report("target"), "utility": cell.signal()}},
         components=components,
-        versions=versions(cell.plugins),
+        versions={**versions(cell.plugins), "device": device_record(cell)},
         attackers={named[k]: v for k, v in attackers.items()} if config.defense else {},
         artifacts=artifacts,
         cache={"computed": dict(cell.computed), "cached": sorted(set(cell.hits) - set(cell.computed))},
@@ -126,6 +126,18 @@ class _LazyArtifacts(dict):
             return self[key]
         except KeyError:
             return default
+
+
+def device_record(cell) -> dict:
+    """result.json's ``versions.device``: the device asked for and the one each torch stage ran on.
+
+    Read from the stages' stored records, so a cell read back from the cache reports where its
+    stages were computed; a stage that used no device-aware code (numpy, scipy) is not listed.
+    """
+    stages = cell.stage_devices()
+    stages = {k: stages[k] for k in _TIMING_ORDER if k in stages}
+    gpus = cell.gpu_names()
+    return {"asked": cell.config.device, "stages": stages, **({"gpus": gpus} if gpus else {})}
 
 
 def versions(plugins: Plugins) -> dict:

@@ -86,7 +86,7 @@ from ..science.utility import holdout, list_signal, utility_metrics
 from .codecs import (_csr_problem, _finite_problem, _flags_problem, _index_problem, interactions_from_arrays,  # noqa: F401
                      interactions_problem, interactions_to_arrays, learned_state, split_from_arrays, split_problem,
                      split_to_arrays)
-from .graph import Clock, Graph, Node, Unusable, Walker, compute, read
+from .graph import Clock, Graph, Node, Unusable, Walker, compute, on_device, read
 from .keys import (STAGE_MODULES, STAGES_VERSION, _entry_version, component_version, core_version,  # noqa: F401
                    dataset_identity, digest, file_fingerprint)
 from .store import MemoryStore, Output
@@ -388,11 +388,14 @@ class FamilyRunner:
     keys it used go into: no cell. Calling it returns the member's value.
     """
 
-    __slots__ = ("_stage", "_store", "_base", "_context", "_clock", "_progress", "_computed", "keys", "seconds")
+    __slots__ = ("_stage", "_store", "_base", "_context", "_clock", "_progress", "_computed", "_device", "keys",
+                 "seconds")
 
-    def __init__(self, stage, store, base: dict, context: Any, clock: Clock, progress, computed: dict, keys: list):
+    def __init__(self, stage, store, base: dict, context: Any, clock: Clock, progress, computed: dict, keys: list,
+                 device: str | None = None):
         self._stage, self._store, self._base, self._context = stage, store, base, context
         self._clock, self._progress, self._computed = clock, progress, computed
+        self._device = device  # the run's device: members are fitted and restored there (a run option, in no key)
         self.keys = keys
         self.seconds = 0.0
 
@@ -403,18 +406,20 @@ class FamilyRunner:
         if key not in self.keys:
             self.keys.append(key)
         (name,) = stage.inputs
-        found = read(self._store, stage, key, ctx, node)
+        found = read(self._store, stage, key, ctx, node, self._device)
         if found is not None and found[1] is not None:
             return found[1]
         if self._progress and stage.message:
             self._progress(stage.message(ctx, node))
         start = time.perf_counter()
         if found is None:
-            _, value, _ = compute(self._store, stage, key, self._clock, lambda: stage.compute(ctx, node, **{name: ctx}))
+            _, value, _ = compute(self._store, stage, key, self._clock, lambda: stage.compute(ctx, node, **{name: ctx}),
+                                  self._device)
             timing = stage.time_name(node)
             self._computed[timing] = round(self._computed.get(timing, 0.0) + time.perf_counter() - start, 3)
         else:  # stored as a marker: this model cannot be stored, fit it again here
-            value = stage.compute(ctx, node, **{name: ctx})[2]
+            with on_device(self._device):
+                value = stage.compute(ctx, node, **{name: ctx})[2]
         self.seconds += time.perf_counter() - start
         return value
 
@@ -439,7 +444,7 @@ class Cell:
         self.plugins = plugins
         self.store = store if store is not None else MemoryStore()
         self.progress = progress
-        self.walker = Walker(GRAPH, self, self.store, progress)
+        self.walker = Walker(GRAPH, self, self.store, progress, device=self.config.device)
         self._memo: dict[str, Any] = {}
         self._refit_seconds = 0.0  # models fitted again for query access (those that cannot be stored)
         self._reference_keys: list[str] = []
@@ -787,7 +792,7 @@ class Cell:
             service, service_params = self.specs["service"]
             runner = FamilyRunner(GRAPH["reference"], _scoped(self.store, "reference"),
                                   self.walker.record(Node("reference", side)), ctx, self.walker.clock, self.progress,
-                                  self.walker.computed, self._reference_keys)
+                                  self.walker.computed, self._reference_keys, self.walker.device)
             self._runners.append(runner)
             return ReferenceModels(ctx.data, ctx.n_users, c.min_interactions, c.top_k, c.seed, ctx.make_recommender,
                                    ctx.recommender_name,
@@ -963,6 +968,28 @@ class Cell:
             if meta.get("warmup"):
                 timings["warmup"] = round(timings.get("warmup", 0.0) + float(meta["warmup"]), 3)
         return timings
+
+    def stage_devices(self) -> dict[str, str]:
+        """The device each stage's torch work ran on, by v0's timing names, read from the stored records (so a cell
+        read from the cache says where its stages were computed); stages that asked for no device are left out.
+        Stages of one timing name that ran on different devices list them all (``cpu,cuda:0``)."""
+        found: dict[str, list[str]] = {}
+        for stage, timing, key in self.graph():
+            meta = (_scoped(self.store, "reference") if stage == "reference" else self.store).meta(stage, key) or {}
+            if meta.get("device"):
+                devices = found.setdefault(TIMING[timing], [])
+                if str(meta["device"]) not in devices:
+                    devices.append(str(meta["device"]))
+        return {name: ",".join(sorted(devices)) for name, devices in found.items()}
+
+    def gpu_names(self) -> dict[str, str]:
+        """The name of each GPU a stage of the cell ran on (``{"cuda:0": "NVIDIA H200"}``), from the stored records."""
+        out: dict[str, str] = {}
+        for stage, _, key in self.graph():
+            meta = (_scoped(self.store, "reference") if stage == "reference" else self.store).meta(stage, key) or {}
+            if meta.get("device_name"):
+                out[str(meta["device"])] = str(meta["device_name"])
+        return out
 
     # -- the grid's tasks --------------------------------------------------------------------------
     def tasks(self) -> dict[str, tuple[str, str, list[str]]]:

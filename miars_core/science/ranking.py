@@ -43,7 +43,8 @@ def top_k_excluding(scores: np.ndarray | ScoreRows, known: sp.csr_matrix, k: int
     ``scores`` is a dense (users x items) array or a function returning the score rows of the
     given user indices; rows are processed in batches (one GEMM-sized block at a time).
     The same scores always give the same lists. ``scratch=True`` says the score function returns
-    fresh float32 tensors that may be overwritten (saves one copy of every block).
+    fresh float32 tensors that may be overwritten (saves one copy of every block). A score block
+    on a GPU is masked and ranked there; only the lists come back to the CPU.
     """
     import torch
 
@@ -68,6 +69,6 @@ def top_k_excluding(scores: np.ndarray | ScoreRows, known: sp.csr_matrix, k: int
         torch.nan_to_num_(s, nan=lowest / 2, neginf=lowest / 2, posinf=-lowest)
         sub = known[rows]
         r = np.repeat(np.arange(len(rows)), np.diff(sub.indptr))
-        s[torch.as_tensor(r), torch.as_tensor(sub.indices.astype(np.int64))] = lowest
-        out[rows] = torch.topk(s, k, dim=1, sorted=True).indices.numpy()
+        s[torch.as_tensor(r, device=s.device), torch.as_tensor(sub.indices.astype(np.int64), device=s.device)] = lowest
+        out[rows] = torch.topk(s, k, dim=1, sorted=True).indices.cpu().numpy()
     return out

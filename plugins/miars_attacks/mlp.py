@@ -17,6 +17,8 @@ class MLPAttack(Component):
     compute floor for a model this small; ``optimizer="sgd"`` with a ``batch_size`` gives the
     authors' optimizer (SGD + momentum) over shuffled, seeded mini-batches instead (not their
     unshuffled batch-size-1 loop, which makes results swing between runs).
+    It trains and scores on the stage's device (``--device``); the weights are initialised and
+    the batches shuffled on the CPU, so only the arithmetic differs between devices.
     """
 
     param_constraints = {
@@ -45,6 +47,8 @@ class MLPAttack(Component):
     def _fit(self, X: np.ndarray, y: np.ndarray, seed: int) -> "MLPAttack":
         import torch
 
+        from miars_core.kit.torch_utils import current_device
+
         X = np.asarray(X, dtype=np.float32)
         y = np.asarray(y).astype(np.int64)
         if X.ndim != 2 or len(X) != len(y):
@@ -64,14 +68,15 @@ class MLPAttack(Component):
         layers: list[torch.nn.Module] = []
         for a, b in zip(sizes[:-1], sizes[1:]):
             layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
-        net = torch.nn.Sequential(*layers[:-1])
+        device = torch.device(current_device())
+        net = torch.nn.Sequential(*layers[:-1]).to(device)
         if self.optimizer == "adam":
             opt = torch.optim.Adam(net.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         else:
             opt = torch.optim.SGD(net.parameters(), lr=self.learning_rate, momentum=self.momentum,
                                   weight_decay=self.weight_decay)
-        xt = torch.from_numpy((X - self.mean_) / self.scale_)
-        yt = torch.from_numpy(y)
+        xt = torch.from_numpy((X - self.mean_) / self.scale_).to(device)
+        yt = torch.from_numpy(y).to(device)
         loss_fn = torch.nn.CrossEntropyLoss()
         n = len(xt)
         bs = n if self.batch_size is None else max(1, int(self.batch_size))
@@ -82,7 +87,7 @@ class MLPAttack(Component):
                 loss_fn(net(xt), yt).backward()
                 opt.step()
                 continue
-            perm = torch.randperm(n, generator=gen)
+            perm = torch.randperm(n, generator=gen).to(device)
             for start in range(0, n, bs):
                 idx = perm[start : start + bs]
                 opt.zero_grad(set_to_none=True)
@@ -101,10 +106,12 @@ class MLPAttack(Component):
         """Logit margin z_member - z_non_member: never saturates, unlike a float32 softmax."""
         import torch
 
-        xt = torch.from_numpy((np.asarray(X, dtype=np.float32) - self.mean_) / self.scale_)
+        from miars_core.kit.torch_utils import device_of
+
+        xt = torch.from_numpy((np.asarray(X, dtype=np.float32) - self.mean_) / self.scale_).to(device_of(self.net_))
         with torch.no_grad():
             z = self.net_(xt).double()
-        return (z[:, 1] - z[:, 0]).numpy()
+        return (z[:, 1] - z[:, 0]).cpu().numpy()
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.decision_function(X) > 0

@@ -315,16 +315,20 @@ def _train_loop(engine, model, user_rb, item_cols, train, users, items, seed, *,
     The loader handed to opacus only tells it the sample rate ``q = 1 / ceil(n / batch_size)``;
     the loop draws each step's sample itself (every record independently with probability
     ``q``, which is what the accountant assumes), ``int(epochs / q)`` steps in all, as opacus
-    counts them when it calibrates the noise for a target epsilon.
+    counts them when it calibrates the noise for a target epsilon. Samples and negatives are
+    drawn on the CPU (the same on every device); the model, its steps and the noise run on the
+    model's device (``--device``; the noise comes from a generator on that device).
     """
     import opacus
     import torch
     from opacus.accountants.utils import get_noise_multiplier
     from torch.utils.data import DataLoader, TensorDataset
 
+    from miars_core.kit.torch_utils import device_of
     from miars_recbole.training import FittedRecBole
 
     n_records, n_rb_items = len(users), len(item_cols)
+    device = device_of(model)
     torch.manual_seed(int(seed))
     module, criterion = _modules(type(model).__name__, model)
     module.train()
@@ -339,15 +343,15 @@ def _train_loop(engine, model, user_rb, item_cols, train, users, items, seed, *,
     dp_module, dp_opt, dp_crit, _ = engine.make_private(
         module=module, optimizer=optimizer, criterion=criterion, data_loader=loader, noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm, poisson_sampling=False, grad_sample_mode="ghost",
-        noise_generator=torch.Generator().manual_seed(int(seed) + 1))
+        noise_generator=torch.Generator(device=device).manual_seed(int(seed) + 1))
     sample_gen = torch.Generator().manual_seed(int(seed) + 2)
     steps, total, count = 0, 0.0, 0
     for _ in range(n_steps):
         index = torch.nonzero(torch.rand(n_records, generator=sample_gen) < q).squeeze(1)
         if len(index) == 0:  # an empty Poisson sample: nothing is released, nothing is counted
             continue
-        u, pos = users[index], items[index]
-        neg = torch.randint(1, n_rb_items, (len(index),), generator=sample_gen)
+        u, pos = users[index].to(device), items[index].to(device)
+        neg = torch.randint(1, n_rb_items, (len(index),), generator=sample_gen).to(device)
         dp_opt.zero_grad()
         loss = dp_crit(dp_module(u, torch.stack([pos, neg], dim=1)), None)
         loss.backward()

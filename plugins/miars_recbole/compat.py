@@ -9,7 +9,10 @@ Each patch answers one known failure (see docs/recbole.md); none edits site-pack
   adjacency matrix with it): give it back as a plain dict update of the matrix's entries;
 - DGCF samples ``max(users, items) / batches`` ids *of each kind* without replacement, which fails
   ("Sample larger than population") when a member part has fewer users than that: cap the sample
-  at the population of each kind.
+  at the population of each kind;
+- ``Config`` ignores the ``device`` it is given (it picks ``cuda`` whenever torch sees a GPU) and
+  writes ``gpu_id`` ('0' by default) into ``CUDA_VISIBLE_DEVICES`` of the whole process: use the
+  ``device`` miars passes (``--device``) and leave the environment alone.
 We never import ``recbole.quick_start`` (it imports ray, which needs pkg_resources), never call
 ``init_logger`` (it writes ``./log/``), and never save RecBole checkpoints (torch>=2.6 cannot reload
 them with ``weights_only=True``); the checkpoint directory points at a temporary folder.
@@ -53,6 +56,7 @@ def apply() -> None:
     import recbole.utils as rb_utils
 
     configurator.Config._load_cmd_line = lambda self: {}
+    configurator.Config._init_device = _init_device
     rb_utils.get_tensorboard = lambda logger: _NullWriter()
     rb_trainer.get_tensorboard = lambda logger: _NullWriter()
     rb_dataset.Dataset._fill_nan = _fill_nan
@@ -65,6 +69,18 @@ def apply() -> None:
     rb_dgcf.sample_cor_samples = _sample_cor_samples
     logging.getLogger("recbole").setLevel(logging.WARNING)
     _applied = True
+
+
+def _init_device(self) -> None:
+    """``Config``'s device: the ``device`` setting as given (miars sets it), never an environment variable."""
+    import torch
+
+    cfg = self.final_config_dict
+    gpu_id = cfg.get("gpu_id", "")
+    cfg["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (tuple, list)) else str(gpu_id)
+    cfg["single_spec"] = True
+    cfg["local_rank"] = 0
+    cfg["device"] = torch.device(str(cfg.get("device") or "cpu"))
 
 
 def _fill_nan(self) -> None:

@@ -106,32 +106,37 @@ def _fit_user_vectors(h_rb: sp.csr_matrix, item_tables: list, make_loss, seed: i
     involves only its own pairs, and negatives are drawn per (seed, step, pair), so the chunk
     size bounds memory without changing the result. ``make_loss(pos)`` returns
     ``loss(vectors, users, neg) -> sum over the chunk's pairs`` (``pos``: the chunk's positives).
-    Non-finite vectors fail in one line.
+    Non-finite vectors fail in one line. Everything runs on the item tables' device; negatives are
+    drawn on the CPU (the same draws on every device).
     """
     import torch
+
+    from miars_core.kit.torch_utils import device_of
+
+    device = device_of(item_tables[0])
 
     indptr = h_rb.indptr.astype(np.int64)
     total = max(1, int(indptr[-1]))
     n_items = item_tables[0].shape[0]
-    out = [torch.zeros((h_rb.shape[0], t.shape[1]), dtype=torch.float32) for t in item_tables]
+    out = [torch.zeros((h_rb.shape[0], t.shape[1]), dtype=torch.float32, device=device) for t in item_tables]
     for a, b in _chunks(indptr, max_pairs):
         lo, hi = int(indptr[a]), int(indptr[b])
         if hi == lo:
             continue
         counts = np.diff(indptr[a:b + 1])
-        users = torch.as_tensor(np.repeat(np.arange(b - a), counts))
-        pos = torch.as_tensor(h_rb.indices[lo:hi].astype(np.int64))
+        users = torch.as_tensor(np.repeat(np.arange(b - a), counts), device=device)
+        pos = torch.as_tensor(h_rb.indices[lo:hi].astype(np.int64), device=device)
         pairs = np.arange(lo, hi, dtype=np.int64)
-        denom = torch.clamp(torch.as_tensor(counts, dtype=torch.float32), min=1)[:, None]
+        denom = torch.clamp(torch.as_tensor(counts, dtype=torch.float32, device=device), min=1)[:, None]
         vectors = []
         for table in item_tables:
-            u = torch.zeros((b - a, table.shape[1]), dtype=torch.float32)
+            u = torch.zeros((b - a, table.shape[1]), dtype=torch.float32, device=device)
             u.index_add_(0, users, table[pos])
             vectors.append((u / denom).requires_grad_(True))
         loss = make_loss(pos)
         opt = torch.optim.Adam(vectors, lr=lr)
         for step in range(steps):
-            neg = _negatives(seed, step, pairs, n_items)
+            neg = _negatives(seed, step, pairs, n_items).to(device)
             value = loss(vectors, users, neg) / total
             opt.zero_grad()
             value.backward()
@@ -169,7 +174,8 @@ def _bpr_user_vectors(h_rb: sp.csr_matrix, v, seed: int, steps: int = FOLDIN_STE
             def backward(ctx, grad):
                 users, diff, w = ctx.saved_tensors
                 diff.mul_((-grad * w)[:, None])
-                return torch.zeros((ctx.n, diff.shape[1]), dtype=diff.dtype).index_add_(0, users, diff), None, None
+                return (torch.zeros((ctx.n, diff.shape[1]), dtype=diff.dtype, device=diff.device)
+                        .index_add_(0, users, diff), None, None)
 
         return lambda vectors, users, neg: _BPR.apply(vectors[0], users, neg)
 
@@ -197,8 +203,8 @@ def _ridge_user_vectors(h_rb: sp.csr_matrix, v, reg: float = FOLDIN_REG):
     gram = items.T @ items
     d = gram.shape[0]
     lam = float(reg) * max(float(torch.trace(gram)) / d, np.finfo(np.float64).tiny)
-    chol = torch.linalg.cholesky(gram + lam * torch.eye(d, dtype=torch.float64))
-    rhs = torch.from_numpy(np.asarray(h_rb[:, 1:] @ items.numpy()))  # (accounts, d): V'x per account
+    chol = torch.linalg.cholesky(gram + lam * torch.eye(d, dtype=torch.float64, device=items.device))
+    rhs = torch.from_numpy(np.asarray(h_rb[:, 1:] @ items.cpu().numpy())).to(items.device)  # (accounts, d): V'x
     u = torch.cholesky_solve(rhs.T, chol).T.to(torch.float32).contiguous()
     if not torch.isfinite(u).all():
         raise MiarsError("ridge fold-in of new users gave non-finite user vectors; the service cannot serve them")
@@ -301,12 +307,14 @@ def foldin_scorer(side, histories: sp.csr_matrix, seed: int = 0, steps: int = FO
     n_items = side.n_items
     in_order = n_rb - 1 == n_items and np.array_equal(side.item_cols[1:], np.arange(n_items))
 
-    def place(block: "torch.Tensor") -> "torch.Tensor":
-        """Scores over the model's items (padding column 0 included) -> scores over every column."""
+    def place(block) -> "torch.Tensor":
+        """Scores over the model's items (padding column 0 included; numpy or a tensor on the model's device)
+        -> scores over every column, on the same device."""
+        block = torch.as_tensor(block)
         if in_order:
-            return block[:, 1:].contiguous()
-        out = torch.full((block.shape[0], n_items), -torch.inf)
-        out[:, targets] = block[:, 1:]
+            return block[:, 1:].to(torch.float32).contiguous()
+        out = torch.full((block.shape[0], n_items), -torch.inf, device=block.device)
+        out[:, targets.to(block.device)] = block[:, 1:].to(torch.float32)
         return out
 
     if side.kind == "itemknn":
@@ -321,7 +329,7 @@ def foldin_scorer(side, histories: sp.csr_matrix, seed: int = 0, steps: int = FO
 
         def scores(rows):
             with torch.no_grad():
-                return place(u[torch.as_tensor(np.asarray(rows))] @ v.T)
+                return place(u[torch.as_tensor(np.asarray(rows), device=u.device)] @ v.T)
 
         return scores
     from .session import neumf_logits_for
@@ -330,7 +338,7 @@ def foldin_scorer(side, histories: sp.csr_matrix, seed: int = 0, steps: int = FO
     u_mf, u_mlp = _neumf_user_vectors(items, h_rb, seed, steps, learning_rate, max_pairs)
 
     def neumf_scores(rows):
-        index = torch.as_tensor(np.asarray(rows))
+        index = torch.as_tensor(np.asarray(rows), device=u_mf.device)
         with torch.no_grad():
             block = neumf_logits_for(items, u_mf[index], u_mlp[index])
         if block is None:

@@ -155,13 +155,18 @@ def sample_negatives(data: LeanData, users, gen, max_rounds: int = 100):
 
 # --------------------------------------------------------------------------------------------
 # model and training
-def recbole_config(model_name: str, overrides: dict, seed: int):
-    """RecBole ``Config`` for ``model_name`` without any data on disk."""
+def recbole_config(model_name: str, overrides: dict, seed: int, device: str | None = None):
+    """RecBole ``Config`` for ``model_name`` without any data on disk, on ``device`` (default: the stage's,
+    :func:`miars_core.kit.torch_utils.current_device`)."""
     from recbole.config import Config
 
-    from .settings import FIXED as _FIXED
+    from miars_core.kit.torch_utils import current_device
 
-    cfg = {**_FIXED, **overrides, "seed": int(seed), "data_path": "miars-lean-unused", "checkpoint_dir": "miars-lean-unused"}
+    from .settings import FIXED as _FIXED
+    from .settings import for_device
+
+    cfg = {**_FIXED, **overrides, **for_device(device or current_device()), "seed": int(seed),
+           "data_path": "miars-lean-unused", "checkpoint_dir": "miars-lean-unused"}
     try:
         return Config(model=model_name, dataset="members", config_dict=cfg)
     except (ValueError, KeyError, AttributeError) as exc:
@@ -169,11 +174,14 @@ def recbole_config(model_name: str, overrides: dict, seed: int):
 
 
 def build_model(model_name: str, config, data: LeanData, seed: int):
-    """RecBole's own model class, built on the stand-in dataset with RecBole's seeding."""
+    """RecBole's own model class, built on the stand-in dataset with RecBole's seeding, on ``config["device"]``.
+
+    Its parameters are initialised on the CPU (the same numbers on every device), then moved.
+    """
     from recbole.utils import get_model, init_seed
 
     init_seed(int(seed), True)
-    return get_model(model_name)(config, StandInDataset(data, config["USER_ID_FIELD"], config["ITEM_ID_FIELD"])).to("cpu")
+    return get_model(model_name)(config, StandInDataset(data, config["USER_ID_FIELD"], config["ITEM_ID_FIELD"])).to(config["device"])
 
 
 @dataclass
@@ -193,7 +201,10 @@ class LeanTrainer:
         import torch
         from recbole.utils import InputType
 
-        self.gen = torch.Generator().manual_seed(int(self.seed))
+        from miars_core.kit.torch_utils import device_of
+
+        self.gen = torch.Generator().manual_seed(int(self.seed))  # on the CPU: the same draws on every device
+        self.device = device_of(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         self.pointwise = self.model.input_type == InputType.POINTWISE
         if self.model.input_type not in (InputType.POINTWISE, InputType.PAIRWISE):
@@ -209,14 +220,15 @@ class LeanTrainer:
         perm = torch.randperm(n, generator=self.gen)
         users, items = d.user[perm], d.item[perm]
         negs = sample_negatives(d, users, self.gen)
+        users, items, negs = users.to(self.device), items.to(self.device), negs.to(self.device)  # once per epoch
         # RecBole counts a pointwise batch's rows: positives + their negatives.
         step = max(1, self.batch_size // 2) if self.pointwise else self.batch_size
-        total = torch.zeros((), dtype=torch.float64)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         for start in range(0, n, step):
             u, i, j = users[start : start + step], items[start : start + step], negs[start : start + step]
             if self.pointwise:
                 batch = {m.USER_ID: torch.cat([u, u]), m.ITEM_ID: torch.cat([i, j]),
-                         m.LABEL: torch.cat([torch.ones(len(u)), torch.zeros(len(u))])}
+                         m.LABEL: torch.cat([torch.ones(len(u), device=self.device), torch.zeros(len(u), device=self.device)])}
             else:
                 batch = {m.USER_ID: u, m.ITEM_ID: i, m.NEG_ITEM_ID: j}
             self.optimizer.zero_grad(set_to_none=True)

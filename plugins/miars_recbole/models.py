@@ -42,8 +42,9 @@ class RecBoleModel(Component):
         "batch_size": OrNone(Interval(int, 1)), "score_batch_size": Interval(int, 1), "config": OrNone(Mapping(
             values={"embedding_size": Interval(int, 1), "epochs": Interval(int, 1), "train_batch_size": Interval(int, 1),
                     "learning_rate": Interval(float, 0, 10, closed="right")},
-            forbidden={k: "miars sets itself" for k in ("model", "dataset", "data_path", "seed", "checkpoint_dir", "device",
-                                                          "use_gpu", "eval_args", "load_col", "USER_ID_FIELD", "ITEM_ID_FIELD")})),
+            forbidden={**{k: "miars sets itself" for k in ("model", "dataset", "data_path", "seed", "checkpoint_dir",
+                                                             "eval_args", "load_col", "USER_ID_FIELD", "ITEM_ID_FIELD")},
+                       **{k: "miars sets it from --device" for k in ("device", "use_gpu", "gpu_id")}})),
     }
 
     def __init__(

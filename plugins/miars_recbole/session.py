@@ -14,6 +14,7 @@ from miars_core.contracts.errors import MiarsError
 
 from . import compat
 from .settings import FIXED as _FIXED
+from .settings import for_device
 
 
 @dataclass
@@ -31,21 +32,23 @@ class FittedRecBole:
     build: dict | None = None
 
     def score_rows(self, rows: np.ndarray):
-        """Scores (len(rows) x all global items) as a torch tensor; unscorable items are -inf."""
+        """Scores (len(rows) x all global items) as a torch tensor, on the model's device; unscorable items are -inf."""
         import torch
 
+        from miars_core.kit.torch_utils import device_of
+
         rb = self.user_rb[rows]
-        users = torch.as_tensor(rb, dtype=torch.long)
+        users = torch.as_tensor(rb, dtype=torch.long, device=device_of(self.model))
         n_rb = len(self.item_cols)
         with torch.no_grad():
             block = self._full_sort(users, n_rb)
         if n_rb - 1 == self.n_items and np.array_equal(self.item_cols[1:], np.arange(self.n_items)):
             out = block[:, 1:].to(torch.float32)  # every item known to the model, in column order
         else:
-            out = torch.full((len(rows), self.n_items), -torch.inf)
-            out[:, torch.as_tensor(self.item_cols[1:])] = block[:, 1:].to(torch.float32)
+            out = torch.full((len(rows), self.n_items), -torch.inf, device=block.device)
+            out[:, torch.as_tensor(self.item_cols[1:], device=block.device)] = block[:, 1:].to(torch.float32)
         if (rb == 0).any():
-            out[torch.as_tensor(rb == 0)] = -torch.inf
+            out[torch.as_tensor(rb == 0, device=out.device)] = -torch.inf
         return out
 
     def _full_sort(self, users, n_rb: int):
@@ -63,7 +66,7 @@ class FittedRecBole:
         except NotImplementedError:
             pass
         # No full-ranking path (NeuMF): one batched predict over users x all items.
-        items = torch.arange(n_rb)
+        items = torch.arange(n_rb, device=users.device)
         inter = Interaction({m.USER_ID: users.repeat_interleave(n_rb), m.ITEM_ID: items.repeat(len(users))})
         return m.predict(inter).view(len(users), n_rb)
 
@@ -122,6 +125,8 @@ class RecBoleRun:
         from recbole.data.utils import create_samplers
         from recbole.utils import get_model, get_trainer, init_seed
 
+        from miars_core.kit.torch_utils import current_device
+
         coo = train.tocoo()
         if coo.nnz == 0:
             raise MiarsError(f"cannot train RecBole {model_name}: the members have no interactions")
@@ -137,7 +142,8 @@ class RecBoleRun:
             with open(path, "w") as fh:
                 fh.write("user_id:token\titem_id:token\n")
                 np.savetxt(fh, body, fmt="%d", delimiter="\t")
-            cfg = {**_FIXED, **overrides, "seed": int(seed), "data_path": tmp, "checkpoint_dir": os.path.join(tmp, "saved")}
+            cfg = {**_FIXED, **overrides, **for_device(current_device()), "seed": int(seed), "data_path": tmp,
+                   "checkpoint_dir": os.path.join(tmp, "saved")}
             try:
                 config = Config(model=model_name, dataset="members", config_dict=cfg)
             except (ValueError, KeyError, AttributeError) as exc:
@@ -150,7 +156,7 @@ class RecBoleRun:
             train_sampler, _, _ = create_samplers(config, dataset, built)
             self.loader = TrainDataLoader(config, built[0], train_sampler, shuffle=True)
             init_seed(int(seed), True)
-            self.model = get_model(model_name)(config, self.loader.dataset).to("cpu")
+            self.model = get_model(model_name)(config, self.loader.dataset).to(config["device"])
             self.trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, self.model)
         self.config = config
         self.user_rb, self.item_cols = _id_maps(dataset, train.shape[0])
@@ -262,7 +268,7 @@ def fit_itemknn(train: sp.csr_matrix, k: int, shrink: float, seed: int) -> Fitte
 
     if train.nnz == 0:
         raise MiarsError("cannot train RecBole ItemKNN: the members have no interactions")
-    config = lean.recbole_config("ItemKNN", {"k": int(k), "shrink": float(shrink)}, seed)
+    config = lean.recbole_config("ItemKNN", {"k": int(k), "shrink": float(shrink)}, seed, device="cpu")  # scipy: CPU
     data = lean.index_members(train)
     w = lean.item_item_topk(data.matrix, int(k), float(shrink))
     model = lean.sparse_itemknn_class()(config, lean.StandInDataset(data, config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]), w)

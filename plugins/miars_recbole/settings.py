@@ -16,3 +16,13 @@ FIXED = {
     "save_dataloaders": False,
     "worker": 0,
 }
+
+
+def for_device(device: str) -> dict:
+    """RecBole's settings for a torch device (``cpu``, ``cuda:N``): :data:`FIXED`'s on the CPU.
+
+    RecBole's own ``Config`` would ignore ``device``; ``compat`` makes it keep the one given here.
+    """
+    if device == "cpu":
+        return {"device": "cpu", "use_gpu": False}
+    return {"device": device, "use_gpu": True, "gpu_id": device.partition(":")[2] or "0"}

@@ -87,7 +87,7 @@ def restore_fitted(arrays: dict[str, np.ndarray], record: dict, train: sp.csr_ma
         compat.apply()
         if path == "itemknn":
             config = lean.recbole_config("ItemKNN", {"k": int(build["k"]), "shrink": float(build["shrink"])},
-                                         int(build["seed"]))
+                                         int(build["seed"]), device="cpu")  # scipy: CPU, as fit_itemknn
             data = lean.index_members(train)
             _same_maps(data.user_rb, data.item_cols, user_rb, item_cols)
             w = csr_from_arrays(arrays, "w", tuple(record["w_shape"]))
