@@ -831,7 +831,8 @@ class Cell:
             histories=p.interactions.matrix, lists=self.lists(part, defended), k=c.top_k, features=features,
             item_vectors=np.asarray(vectors) if vectors is not None else None,
             popular=np.argsort(-popularity, kind="stable"), popularity=popularity,
-            labels=p.is_member.copy() if part == "shadow" else None)
+            labels=p.is_member.copy() if part == "shadow" else None,
+            sequences=p.interactions.ordered_matrix() if p.interactions.has_order else None)
         if threat == "queries":
             budget = c.query_budget * p.interactions.n_users if part == "target" else None
             view.query = self.access(part, defended, budget)

@@ -283,14 +283,17 @@ def selection_criterion(train: sp.csr_matrix, overrides: dict | None) -> dict:
 
 
 def select_epochs(train: sp.csr_matrix, seed: int, crit: dict,
-                  start: Callable[[sp.csr_matrix], tuple[Callable[[], None], Callable]]) -> Selection:
+                  start: Callable[[sp.csr_matrix], tuple[Callable[[], None], Callable]],
+                  split: Callable[[sp.csr_matrix, float, int], tuple[sp.csr_matrix, sp.csr_matrix]] | None = None) -> Selection:
     """Choose a training length by held-out recall (see the module docstring).
 
     ``start(fit_matrix)`` builds a fresh model on ``fit_matrix`` and returns ``(train_one_epoch,
-    score_rows)``; ``score_rows(rows)`` scores training rows against all columns.
+    score_rows)``; ``score_rows(rows)`` scores training rows against all columns. ``split(train,
+    share, seed) -> (fit, held)`` chooses what is held out (default :func:`holdout_split`: a random
+    share of each user's items; sequential models hold out each member's last items).
     """
     t0 = time.perf_counter()
-    fit, held = holdout_split(train, float(crit["holdout"]), seed)
+    fit, held = (split or holdout_split)(train, float(crit["holdout"]), seed)
     rows = np.flatnonzero(np.diff(held.indptr) > 0)
     if len(rows) == 0:
         raise MiarsError("auto epochs needs members with >= 5 interactions to hold some out; pass epochs=N")
