@@ -141,3 +141,21 @@ def test_an_attack_on_a_sequential_target_runs_end_to_end(tmp_path, attack, serv
     assert 0.0 <= result["metrics"]["roc_auc"] <= 1.0
     if attack == "query-recall":
         assert result["queries"]["attack"]["used"] > 0
+
+
+def test_docs_table_lists_every_recbole_sequential_model():
+    from pathlib import Path
+
+    from miars_recbole import UNSUPPORTED_SEQUENTIAL, sequential_model_names
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "sequential.md").read_text()
+    assert set(UNSUPPORTED_SEQUENTIAL) <= set(sequential_model_names())
+    for name in sequential_model_names():
+        row = next((line for line in doc.splitlines() if line.startswith(f"| `{name}` |")), None)
+        assert row is not None, f"docs/sequential.md has no row for {name}"
+        assert ("not supported" in row) == (name in UNSUPPORTED_SEQUENTIAL), row
+    reg = get_plugins().registry("recommender")
+    for name, reason in UNSUPPORTED_SEQUENTIAL.items():
+        with pytest.raises(MiarsError, match="not supported") as err:
+            reg.get(f"recbole:{name}")
+        assert reason in str(err.value)
