@@ -256,3 +256,53 @@ def test_the_command_line_refuses_a_dataset_without_order_in_one_line(small_data
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("miars: error: ") and "has none" in lines[0], proc.stderr
+
+
+# -- query access hands the order to sequential services only ------------------------------------------------
+class _Recorder:
+    """A new-account server that records what it was handed (``ordered``: it reads histories in order)."""
+
+    def __init__(self, ordered: bool):
+        self.ordered = ordered
+        self.seen = []
+
+    def __call__(self, histories):
+        import scipy.sparse as sp
+
+        from miars_core.science.ranking import top_k_popular
+
+        self.seen.append(sp.csr_matrix(histories, copy=True))
+        return top_k_popular(np.arange(histories.shape[1])[::-1], histories, 2)
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_query_access_passes_positions_to_a_sequential_server_and_0_1_to_others(ordered):
+    import scipy.sparse as sp
+
+    from miars_core.science.threat import QueryAccess
+
+    server = _Recorder(ordered)
+    access = QueryAccess(server, np.ones(6), 2)
+    query = sp.csr_matrix(np.array([[0, 3, 0, 1, 2, 0], [0, 0, 0, 0, 0, 0]], dtype=np.float32))
+    lists = access.recommend(query)
+    assert lists.shape == (2, 2) and access.used_ == 2
+    (seen,) = server.seen
+    assert seen.shape[0] == 1  # the empty account got the popular list without asking the server
+    expected = [3.0, 1.0, 2.0] if ordered else [1.0, 1.0, 1.0]
+    assert seen.toarray()[0, [1, 3, 4]].tolist() == expected
+    if ordered:
+        assert sequences(seen)[0].tolist() == [3, 4, 1]
+
+
+def test_query_recall_keeps_each_query_half_in_the_users_order():
+    import scipy.sparse as sp
+
+    from miars_attacks.query import half_splits
+
+    positions = sp.csr_matrix(np.array([[5, 1, 4, 2, 3, 6]], dtype=np.float32))
+    q, t = half_splits(positions, 3, seed=0)
+    for row in range(3):
+        kept = q[row].toarray()[0]
+        assert (kept > 0).sum() == 3 and set(kept[kept > 0]) <= {1, 2, 3, 4, 5, 6}
+        assert np.array_equal(kept[kept > 0], positions.toarray()[0][kept > 0])  # the positions, unchanged
+        assert set(t[row].data) == {1.0} and (t[row].toarray()[0] > 0).sum() == 3
