@@ -464,7 +464,13 @@ class Cell:
         sequential target with a shadow of another kind (docs/sequential.md)."""
         from .datasets import dataset_has_order, is_sequential
 
-        kinds = {side: is_sequential(self.create(f"recommender:{side}")) for side in self.SIDES}
+        kinds = {}
+        for side in self.SIDES:  # once per distinct recommender of a grid, as the component identities
+            name, params = self.specs[f"recommender:{side}"]
+            memo = ("sequential", name, digest(params))
+            if memo not in self._shared:
+                self._shared[memo] = is_sequential(self.create(f"recommender:{side}"))
+            kinds[side] = self._shared[memo]
         c = self.config
         if kinds["target"] and not kinds["shadow"]:
             raise MiarsError(f"target {c.target!r} is a sequential recommender but shadow {c.shadow!r} is not: the shadow "
