@@ -415,7 +415,8 @@ def test_plugin_registers_all_datasets():
         assert entry.plugin == "datasets"
         assert entry.summary and "\n" not in entry.summary
     assert isinstance(registry.create("ml-1m"), MovieLens1M)
-    assert registry.create("file", path="x.csv").get_params() == {"path": "x.csv", "sep": None, "header": None}
+    assert registry.create("file", path="x.csv").get_params() == {"path": "x.csv", "sep": None, "header": None,
+                                                                 "time": None}
 
 
 def test_components_pass_check_dataset(tmp_path):

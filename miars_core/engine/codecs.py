@@ -26,21 +26,29 @@ def _csr(arrays: dict[str, np.ndarray], prefix: str, n_items: int) -> sp.csr_mat
     return sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_items))
 
 
+def _order_arrays(prefix: str, data: Interactions) -> dict[str, np.ndarray]:
+    """``<prefix>_order``: each interaction's time or position (aligned with the matrix's entries), when there is one."""
+    return {} if data.order is None else {f"{prefix}_order": np.asarray(data.order, dtype=np.float64)}
+
+
 def interactions_to_arrays(data: Interactions) -> dict[str, np.ndarray]:
-    return {**_csr_arrays("m", data.matrix), "user_ids": _ids(data.user_ids), "item_ids": _ids(data.item_ids)}
+    return {**_csr_arrays("m", data.matrix), **_order_arrays("m", data), "user_ids": _ids(data.user_ids),
+            "item_ids": _ids(data.item_ids)}
 
 
 def interactions_from_arrays(a: dict[str, np.ndarray]) -> Interactions:
-    return Interactions(_csr(a, "m", len(a["item_ids"])), a["user_ids"], a["item_ids"])
+    return Interactions(_csr(a, "m", len(a["item_ids"])), a["user_ids"], a["item_ids"], a.get("m_order"))
 
 
 def split_to_arrays(split: Split) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {"item_ids": _ids(split.item_ids)}
     for part in (split.shadow, split.target):
         out.update(_csr_arrays(part.name, part.interactions.matrix))
+        out.update(_order_arrays(part.name, part.interactions))
         out[f"{part.name}_user_ids"] = _ids(part.interactions.user_ids)
         out[f"{part.name}_is_member"] = part.is_member
     out.update(_csr_arrays("vectorization", split.vectorization.matrix))
+    out.update(_order_arrays("vectorization", split.vectorization))
     out["vectorization_user_ids"] = _ids(split.vectorization.user_ids)
     return out
 
@@ -49,7 +57,7 @@ def split_from_arrays(a: dict[str, np.ndarray]) -> Split:
     n_items = len(a["item_ids"])
 
     def inter(name: str) -> Interactions:
-        return Interactions(_csr(a, name, n_items), a[f"{name}_user_ids"], a["item_ids"])
+        return Interactions(_csr(a, name, n_items), a[f"{name}_user_ids"], a["item_ids"], a.get(f"{name}_order"))
 
     parts = [Part(name, inter(name), a[f"{name}_is_member"].astype(bool)) for name in ("shadow", "target")]
     return Split(parts[0], parts[1], inter("vectorization"), a["item_ids"])
@@ -76,7 +84,18 @@ def _csr_problem(a: dict[str, np.ndarray], prefix: str, n_rows: int, n_items: in
         return bad
     if indptr[0] != 0 or indptr[-1] != len(indices) or (np.diff(indptr) < 0).any():
         return f"{prefix}_indptr", "is not a valid row index of its matrix"
-    return _index_problem(indices, f"{prefix}_indices", n_items, (-1,))
+    bad = _index_problem(indices, f"{prefix}_indices", n_items, (-1,))
+    if bad or f"{prefix}_order" not in a:
+        return bad
+    # an order (time or position per interaction): finite, one per entry, over canonical rows
+    bad = _finite_problem(a[f"{prefix}_order"], f"{prefix}_order", (len(indices),))
+    if bad:
+        return bad
+    if len(indices) > 1:
+        rows = np.repeat(np.arange(n_rows), np.diff(indptr))
+        if ((np.diff(indices) <= 0) & (rows[1:] == rows[:-1])).any():
+            return f"{prefix}_indices", "is not sorted within rows (the order array is aligned with sorted rows)"
+    return None
 
 
 def _flags_problem(arr: np.ndarray | None, name: str, n: int) -> tuple[str, str] | None:

@@ -42,3 +42,20 @@ def load_named(name: str, data_dir: str | None, download: bool, plugins: Plugins
 def load_dataset(config: AttackConfig, plugins: Plugins) -> Interactions:
     """Load ``config.dataset``: a registered name, or the path of an interactions file."""
     return load_named(config.dataset, config.data_dir, config.download, plugins)
+
+
+def dataset_has_order(name: str, data_dir: str | None, plugins: Plugins) -> bool | None:
+    """Whether the dataset ``--dataset name`` would load carries an order (each interaction's time or position),
+    told without loading it: True, False, or None when the dataset cannot tell (it says so when loaded)."""
+    registry = plugins.registry("dataset")
+    path = dataset_file(name, registry)
+    dataset = registry.create("file", path=str(path)) if path is not None else registry.create(name)
+    ask = getattr(dataset, "has_order", None)
+    if ask is None:
+        return None
+    return ask(Path(data_dir).expanduser() if data_dir else None)
+
+
+def is_sequential(recommender) -> bool:
+    """Whether a recommender reads each user's history in order (class attribute ``sequential = True``)."""
+    return bool(getattr(recommender, "sequential", False))

@@ -471,6 +471,37 @@ class Cell:
                 self._shared[memo] = True
         if c.query_budget < 1:  # a query attack with no query: refused now
             require_budget(self.create("attack"), c.query_budget, c.attack)
+        self._check_order()
+
+    def _check_order(self) -> None:
+        """Sequential recommenders: refused in one line, before any data is read, on a dataset without order, and a
+        sequential target with a shadow of another kind (docs/sequential.md)."""
+        from .datasets import dataset_has_order, is_sequential
+
+        kinds = {}
+        for side in self.SIDES:  # once per distinct recommender of a grid, as the component identities
+            name, params = self.specs[f"recommender:{side}"]
+            memo = ("sequential", name, digest(params))
+            if memo not in self._shared:
+                self._shared[memo] = is_sequential(self.create(f"recommender:{side}"))
+            kinds[side] = self._shared[memo]
+        c = self.config
+        if kinds["target"] and not kinds["shadow"]:
+            raise MiarsError(f"target {c.target!r} is a sequential recommender but shadow {c.shadow!r} is not: the shadow "
+                             "imitates the target's service, so it must be sequential too (e.g. --shadow "
+                             f"{c.target})")
+        for side in self.SIDES:
+            if not kinds[side]:
+                continue
+            memo = ("order", self.dataset_of(side), c.data_dir)
+            if memo not in self._shared:
+                self._shared[memo] = dataset_has_order(self.dataset_of(side), c.data_dir, self.plugins)
+            if self._shared[memo] is False:
+                name = c.target if side == "target" else c.shadow
+                raise MiarsError(f"{side} recommender {name!r} is sequential and needs the order of each user's "
+                                 f"interactions, but dataset {self.dataset_of(side)!r} has none (no timestamp or "
+                                 "position); use a dataset with times (ml-100k, ml-1m ratings.dat, a file with a "
+                                 "time column) or a general recommender")
 
     # -- what the walker reports ---------------------------------------------------------------
     @property
@@ -820,7 +851,8 @@ class Cell:
             histories=p.interactions.matrix, lists=self.lists(part, defended), k=c.top_k, features=features,
             item_vectors=np.asarray(vectors) if vectors is not None else None,
             popular=np.argsort(-popularity, kind="stable"), popularity=popularity,
-            labels=p.is_member.copy() if part == "shadow" else None)
+            labels=p.is_member.copy() if part == "shadow" else None,
+            sequences=p.interactions.ordered_matrix() if p.interactions.has_order else None)
         if threat == "queries":
             budget = c.query_budget * p.interactions.n_users if part == "target" else None
             view.query = self.access(part, defended, budget)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..contracts.errors import MiarsError
-from ..contracts.types import Interactions, Part, Split, binary_csr
+from ..contracts.types import Interactions, Part, Split, binary_csr, canonical, ordered_csr
 
 SPLIT_MODES = ("interactions", "users")
 
@@ -23,7 +23,7 @@ def split_dataset(data: Interactions, *, mode: str = "interactions", min_interac
     if min_interactions < 1:
         raise MiarsError(f"--min-interactions must be >= 1, got {min_interactions}")
     rng = np.random.default_rng(seed)
-    coo = data.matrix.tocoo()
+    coo = canonical(data.matrix).tocoo()  # entries in CSR order: aligned with data.order
     users, items = coo.row.astype(np.int64), coo.col.astype(np.int64)
     if mode == "interactions":
         part_of = _equal_thirds(len(users), rng)
@@ -32,8 +32,11 @@ def split_dataset(data: Interactions, *, mode: str = "interactions", min_interac
     parts = []
     for p, name in enumerate(("shadow", "target", "vectorization")):
         sel = part_of == p
-        m = binary_csr(users[sel], items[sel], data.matrix.shape)
-        parts.append(Interactions(m, data.user_ids, data.item_ids))
+        if data.order is None:
+            parts.append(Interactions(binary_csr(users[sel], items[sel], data.matrix.shape), data.user_ids, data.item_ids))
+        else:
+            m, order = ordered_csr(users[sel], items[sel], np.asarray(data.order)[sel], data.matrix.shape)
+            parts.append(Interactions(m, data.user_ids, data.item_ids, order))
     shadow = _members_part("shadow", parts[0], min_interactions, rng)
     target = _members_part("target", parts[1], min_interactions, rng)
     return Split(shadow, target, parts[2], data.item_ids)

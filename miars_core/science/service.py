@@ -62,6 +62,12 @@ class NewAccountServer:
         self.recommender = recommender
         self._service_type = service_type  # a class, never the service's state
 
+    @property
+    def ordered(self) -> bool:
+        """Whether the server reads histories in order (a sequential model's): it is then handed histories whose
+        values are each item's position (:meth:`~miars_core.contracts.types.Interactions.ordered_matrix`), not 0/1."""
+        return bool(getattr(self._serve, "ordered", False))
+
     def __call__(self, histories) -> np.ndarray:
         raw = _call_serving(self._serve, self.who, "serving new accounts", self.recommender, self._service_type,
                             histories)
@@ -259,11 +265,15 @@ def serve_fitted(part: Part, fit: Fitted, k: int, seed: int, heldout: sp.spmatri
         member_lists = _unknown_top_k(fitted, train.matrix, seen.matrix, k, who)
     popularity = train.item_popularity()
     popular = np.argsort(-popularity, kind="stable")
-    known_others = part.interactions.matrix[others]
     server = new_account_server(service, fitted, train, k, seed, recommender=who)
+    if server.ordered and part.interactions.has_order:  # a sequential model reads each account's history in order
+        ordered = part.interactions.ordered_matrix()
+        known_others, known_members = ordered[others], ordered[members]
+    else:
+        known_others, known_members = part.interactions.matrix[others], seen.matrix
     with stage_threads():
         other_lists = _served_new(server, known_others, fitted, who, seed) if len(others) else np.empty((0, k), dtype=np.int64)
-        folded = _served_new(server, seen.matrix, fitted, who, seed) if fold_members and len(members) else None
+        folded = _served_new(server, known_members, fitted, who, seed) if fold_members and len(members) else None
     report = {key: fit.report[key] for key in ("name", "params", "fit_info") if key in fit.report}
     if folded is not None:  # members served as new accounts: how much of their trained list they keep
         kept = (member_lists[:, :, None] == folded[:, None, :]).any(axis=2).mean()

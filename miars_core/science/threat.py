@@ -129,14 +129,25 @@ class QueryAccess:
                    defense_seed=defense_seed, budget=budget, name=name)
 
     def recommend(self, histories: sp.spmatrix | np.ndarray) -> np.ndarray:
-        """Top-k item columns (best first) for each row of ``histories`` (accounts x items, 0/1)."""
+        """Top-k item columns (best first) for each row of ``histories`` (accounts x items).
+
+        Any non-zero value is an interaction. A sequential service reads the values as the order of
+        the account's history (positions or times, ascending; ties by item column); every other
+        service sees 0/1.
+        """
         from .service import Served, defend
 
-        h = sp.csr_matrix(histories, dtype=np.float32, copy=True)
+        h = sp.csr_matrix(histories, dtype=np.float64, copy=True)
         if h.shape[1] != self.n_items:
             raise MiarsError(f"a query to the {self.name} service has {h.shape[1]} item columns; the service has "
                              f"{self.n_items}")
         h.eliminate_zeros()  # an explicit 0 is no interaction (the caller's matrix is never modified: copied above)
+        h.sum_duplicates()
+        if not np.isfinite(h.data).all():
+            raise MiarsError(f"a query to the {self.name} service has non-finite values; a history is 0/1, or "
+                             "positions / times for a sequential service")
+        ordered = h.copy() if self._server.ordered else None
+        h = h.astype(np.float32)
         h.data[:] = 1.0
         n = h.shape[0]
         if self.budget is not None and self.used_ + n > self.budget:
@@ -147,7 +158,7 @@ class QueryAccess:
         if empty.any():
             lists[empty] = top_k_popular(self._popularity, h[empty], self.k)
         if (~empty).any():
-            lists[~empty] = self._server(h[~empty])
+            lists[~empty] = self._server((ordered if ordered is not None else h)[~empty])
         if self._defense is not None:
             context = ServiceContext(Interactions(h, np.arange(n), np.arange(self.n_items)), np.zeros(n, dtype=bool),
                                      np.argsort(-self._popularity, kind="stable"), self.k)
@@ -283,6 +294,10 @@ class AdversaryView:
     #: ``reference(index=0)`` builds query access to a reference model the adversary trained on its own
     #: data; each index is another model (its own sample of that data and its own seed): :class:`ReferenceModels`.
     reference: Callable[..., QueryAccess] | None = None
+    #: The same histories in order, when the data has one: each entry's value is the item's 1-based position in
+    #: the user's sequence (same pattern as ``histories``). A query whose values are positions is read in
+    #: that order by a sequential service (:meth:`QueryAccess.recommend`).
+    sequences: sp.csr_matrix | None = None
     #: Interaction-level attacks (``level = "interaction"``): (n_pairs, 2) rows of (user row, item column)
     #: taken from the users' histories; was each pair in the training data?
     pairs: np.ndarray | None = None

@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..contracts.errors import MiarsError
-from ..contracts.types import Interactions, binary_csr, random_row_ranks
+from ..contracts.types import Interactions, binary_csr, ordered_csr, random_row_ranks
 
 __all__ = ["holdout", "list_signal", "utility_metrics"]
 
@@ -53,9 +53,13 @@ def holdout(interactions: Interactions, fraction: float = 0.2, seed: int = 0) ->
     rows, rank = random_row_ranks(m, seed)
     n_out = np.minimum(np.maximum(counts - 1, 0), np.rint(fraction * counts).astype(np.int64))
     out = rank < n_out[rows]
-    train = binary_csr(rows[~out], m.indices[~out], m.shape)
     held = binary_csr(rows[out], m.indices[out], m.shape)
-    return Interactions(train, interactions.user_ids, interactions.item_ids), held
+    if interactions.order is None:
+        train = binary_csr(rows[~out], m.indices[~out], m.shape)
+        return Interactions(train, interactions.user_ids, interactions.item_ids), held
+    # the kept interactions keep their order (the matrix was canonical: ``order`` is aligned with m's entries)
+    train, order = ordered_csr(rows[~out], m.indices[~out], np.asarray(interactions.order)[~out], m.shape)
+    return Interactions(train, interactions.user_ids, interactions.item_ids, order), held
 
 
 def utility_metrics(lists: np.ndarray, heldout: sp.spmatrix, k: int) -> dict:

@@ -16,9 +16,14 @@ def half_splits(histories: sp.csr_matrix, queries: int, seed: int) -> tuple[sp.c
     """``queries`` random halves of every history, stacked (query s of user u is row s * n + u).
 
     Returns (query halves Q, held-out halves T): Q holds ``|H| // 2`` of the user's items
-    chosen at random, T the rest (other fractions measured worse: docs/notes.md).
+    chosen at random, T the rest (other fractions measured worse: docs/notes.md). Q keeps the
+    values of ``histories`` (positions, when they are the view's ``sequences``: a sequential
+    service then reads each query half in the user's order); T is 0/1.
     """
-    h = sp.csr_matrix(histories, dtype=np.float32)
+    values = sp.csr_matrix(histories, dtype=np.float32)
+    values.sum_duplicates()
+    values.eliminate_zeros()
+    h = values.copy()
     h.data[:] = 1.0
     counts = np.diff(h.indptr)
     row_of = np.repeat(np.arange(h.shape[0]), counts)
@@ -26,10 +31,11 @@ def half_splits(histories: sp.csr_matrix, queries: int, seed: int) -> tuple[sp.c
     for s in range(queries):  # a handful of vectorised passes, one per query
         _, ranks = random_row_ranks(h, seed + 7919 * s)
         in_query = ranks < (counts // 2)[row_of]
-        q = h.copy()
-        q.data = in_query.astype(np.float32)
+        q = values.copy()
+        q.data = values.data * in_query
         q.eliminate_zeros()
-        t = h - q
+        t = h.copy()
+        t.data = (~in_query).astype(np.float32)
         t.eliminate_zeros()
         qs.append(q)
         ts.append(t)
@@ -81,7 +87,7 @@ class QueryRecall(_ShadowCalibrated):
         """Mean recall over the queries on the service and, when calibrating, on the reference model."""
         view.require("query-recall", "query")
         n, s = view.n_users, int(self.queries)
-        q, t = half_splits(view.histories, s, seed)
+        q, t = half_splits(view.sequences if view.sequences is not None else view.histories, s, seed)
         recall = recall_of_lists(view.query.recommend(q), t).reshape(s, n).mean(axis=0)
         if self.calibration == "none":
             return recall, None
@@ -161,9 +167,10 @@ class InteractionQuery(_ShadowCalibrated):
 
         view.require("interaction", "query", "pairs")
         rows, items = view.pairs[:, 0], view.pairs[:, 1]
-        h = sp.csr_matrix(view.histories, dtype=np.float32)[rows]
-        h.data[:] = 1.0
-        accounts = h - binary_csr(np.arange(len(rows)), items, h.shape)
+        source = view.sequences if view.sequences is not None else view.histories  # in order, when there is one
+        h = sp.csr_matrix(source, dtype=np.float32)[rows]
+        h.eliminate_zeros()
+        accounts = h - h.multiply(binary_csr(np.arange(len(rows)), items, h.shape))  # the history without the item
         accounts.eliminate_zeros()
         score = rank_hits(view.query.recommend(accounts), items)
         if self.calibration == "reference":

@@ -46,7 +46,7 @@ __all__ = [
     "sha256_of",
 ]
 
-Reader = Callable[[Path], "tuple[np.ndarray, np.ndarray]"]
+Reader = Callable[[Path], "tuple[np.ndarray, ...]"]  # (users, items) or (users, items, order or None)
 
 
 class _OfficialDataset(Component):
@@ -69,6 +69,15 @@ class _OfficialDataset(Component):
         """Read the dataset as implicit-feedback Interactions (see the module docstring for where)."""
         path, read = self.locate(data_dir, download)
         return _interactions(*read(path))
+
+    def has_order(self, data_dir: Path | str | None = None) -> bool | None:
+        """Whether the file :meth:`load` would read carries each interaction's time (read from its
+        name, not its content); None when no file is found here (it would be downloaded)."""
+        try:
+            _, read = self.locate(data_dir, download=False)
+        except MiarsError:  # not here: the official file (downloaded) is what would be read
+            return type(self).read in ORDERED_READERS
+        return read in ORDERED_READERS
 
     # -- finding the file
 
@@ -130,6 +139,11 @@ class MovieLens100K(_OfficialDataset):
                 return _interactions(*readers.read_inter(embedded))
         return super().load(data_dir, download)
 
+    def has_order(self, data_dir: Path | str | None = None) -> bool | None:
+        if data_dir is None and embedded_ml100k() is not None:
+            return True  # RecBole's ml-100k.inter has its timestamp:float field
+        return super().has_order(data_dir)
+
 
 class MovieLens1M(_OfficialDataset):
     """MovieLens 1M (GroupLens; Harper & Konstan, ACM TiiS 2015): 6,040 users, 3,706 movies, 1,000,209 ratings.
@@ -187,30 +201,61 @@ class InteractionFile(Component):
     Delimited files: the first two columns are user and item; the separator is sniffed
     among tab, ``::``, comma, ``;`` and whitespace, and a header row is detected, unless
     ``sep`` / ``header`` are given. A file whose header has RecBole typed fields
-    (``user_id:token``...) is read by column name (``user_id``, ``item_id``). Plain or
+    (``user_id:token``...) is read by column name (``user_id``, ``item_id``, ``timestamp``). Plain or
     gzip. A column's ids are ints when all of them are canonical decimal integers
-    (no leading zeros), else strings.
+    (no leading zeros), else strings. The interactions' order (for sequential recommenders):
+    a column declared as time, by ``time`` (1-based column number or header name) or by a
+    header naming it ``timestamp``, ``time``, ``position``, ... (``readers.TIME_NAMES``).
     """
 
     name = "file"
 
-    def __init__(self, path: str | Path, sep: str | None = None, header: bool | None = None) -> None:
+    def __init__(self, path: str | Path, sep: str | None = None, header: bool | None = None,
+                 time: int | str | None = None) -> None:
         self.path = path
         self.sep = sep
         self.header = header
+        self.time = time
 
     def load(self, data_dir: Path | str | None = None, download: bool = False) -> Interactions:
         """Read ``path`` (a relative path missing here is also looked for in ``data_dir``)."""
         path = Path(self.path).expanduser()
         if not path.exists() and data_dir is not None and not path.is_absolute() and (Path(data_dir) / path).exists():
             path = Path(data_dir) / path
-        return _interactions(*readers.read_delimited(path, sep=self.sep, header=self.header))
+        return _interactions(*readers.read_delimited(path, sep=self.sep, header=self.header, time=self.time))
+
+    def has_order(self, data_dir: Path | str | None = None) -> bool | None:
+        """Whether the file declares an order (a ``time`` column given, a RecBole ``timestamp`` field, a header
+        naming a time column), read from its first lines; whether the values parse is checked when it is read."""
+        path = Path(self.path).expanduser()
+        if not path.exists() and data_dir is not None and not path.is_absolute() and (Path(data_dir) / path).exists():
+            path = Path(data_dir) / path
+        if not path.is_file():
+            return None
+        if self.time not in (None, 0, "0"):
+            return True
+        if self.time is not None:
+            return False
+        lines = readers._sample_lines(path, 50)
+        if not lines:
+            return None
+        if self.sep in (None, "\t") and self.header is not False and readers.looks_like_recbole_header(lines[0]):
+            return any(f.strip().split(":", 1)[0] == "timestamp" for f in lines[0].split("\t"))
+        sep = self.sep or readers.sniff_separator(lines)
+        if sep is None:
+            return None
+        header = self.header if self.header is not None else readers.sniff_header(lines, sep)
+        if not header:
+            return False
+        names = [f.strip().strip('"').lower() for f in readers._split(lines[0], sep)]
+        return any(c >= 2 and name in readers.TIME_NAMES for c, name in enumerate(names))
 
 
-def _interactions(users: np.ndarray, items: np.ndarray) -> Interactions:
+def _interactions(users: np.ndarray, items: np.ndarray, order: np.ndarray | None = None) -> Interactions:
+    """Interactions from a reader's columns; ``order`` (each line's time or position) is kept when the file has it."""
     from miars_core.contracts.types import Interactions  # scipy: imported on first load, not on plugin discovery
 
-    return Interactions.from_pairs(users, items)
+    return Interactions.from_pairs(users, items, order)
 
 
 def embedded_ml100k() -> Path | None:
@@ -224,6 +269,9 @@ def embedded_ml100k() -> Path | None:
     path = Path(list(spec.submodule_search_locations)[0]) / "dataset_example" / "ml-100k" / "ml-100k.inter"
     return path if path.is_file() else None
 
+
+#: Readers whose files carry each interaction's time.
+ORDERED_READERS = (readers.read_u_data, readers.read_ratings_dat, readers.read_amazon_csv)
 
 #: Registered name -> dataset class.
 DATASETS: dict[str, type] = {

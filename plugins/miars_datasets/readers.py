@@ -1,7 +1,10 @@
 """Fast parsers for interaction files (pandas' C reader; pandas is imported lazily).
 
-Every reader returns ``(users, items)``: two parallel numpy arrays of original ids, one
-entry per line (duplicates are collapsed later by ``Interactions.from_pairs``). Any
+Every reader returns ``(users, items, order)``: two parallel numpy arrays of original ids, one
+entry per line (duplicates are collapsed later by ``Interactions.from_pairs``), and the
+interactions' times as float64 where the file has them (MovieLens ``u.data`` and ``ratings.dat``,
+Amazon CSV, a RecBole ``.inter`` with a ``timestamp`` field, a delimited file whose header names a
+time column), else None. Any
 problem (missing, empty, wrong column count, unparsable values) raises a one-line
 :class:`~miars_core.contracts.errors.MiarsError` that names the file and the expected format.
 
@@ -146,6 +149,28 @@ def _canonical_ints(ids: np.ndarray) -> bool:
     return bool((np.char.isdecimal(body) & (nb == np.char.str_len(rest) - 1) & (nb >= 1) & (nb <= 18) & ~np.char.startswith(body, "0")).all())
 
 
+def _times(series, path: Path, expected: str, what: str = "timestamp", dates: bool = False) -> np.ndarray:
+    """A column of times as float64: numbers (unix seconds, positions), or with ``dates`` ISO 8601 dates
+    (as unix seconds); anything else is a one-line MiarsError naming the row."""
+    import pandas as pd
+
+    text = series.str.strip()
+    values = pd.to_numeric(text, errors="coerce")
+    bad = values.isna().to_numpy() | ~np.isfinite(values.to_numpy(dtype=np.float64, na_value=np.nan))
+    if bad.any() and dates and bad.all():
+        try:
+            stamps = pd.to_datetime(text, format="ISO8601", utc=True)
+        except (ValueError, TypeError, OverflowError):
+            stamps = None
+        if stamps is not None and not stamps.isna().any():
+            return ((stamps - pd.Timestamp("1970-01-01", tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        kind = "a number or an ISO 8601 date" if dates else "a number"
+        raise _fail(path, expected, f"data row {row + 1} has {what} {series.iloc[row]!r}, not {kind}")
+    return values.to_numpy(dtype=np.float64)
+
+
 def _check_numeric(series, path: Path, expected: str, what: str) -> None:
     import pandas as pd
 
@@ -164,17 +189,18 @@ AMAZON_CSV = "comma-separated 'user,item,rating,timestamp' lines without a heade
 PAIRS_TSV = "tab-separated 'user_id<TAB>item_id' lines without a header"
 
 
-def read_u_data(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """MovieLens-100K ``u.data`` (plain or gzip): int user and item ids."""
+def read_u_data(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MovieLens-100K ``u.data`` (plain or gzip): int user and item ids, unix timestamps."""
     path = Path(path)
     df = _read(path, U_DATA, sep="\t", quoting=csv.QUOTE_NONE)
     _check_columns(df, path, U_DATA, 4)
     _check_numeric(df[2], path, U_DATA, "rating")
-    return _int_ids(df[0], path, U_DATA, "user id"), _int_ids(df[1], path, U_DATA, "item id")
+    return (_int_ids(df[0], path, U_DATA, "user id"), _int_ids(df[1], path, U_DATA, "item id"),
+            _times(df[3], path, U_DATA))
 
 
-def read_ratings_dat(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """MovieLens-1M ``ratings.dat`` (plain or gzip): int user and movie ids.
+def read_ratings_dat(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MovieLens-1M ``ratings.dat`` (plain or gzip): int user and movie ids, unix timestamps.
 
     ``::`` is read as the single-character separator ``:`` so pandas' C parser applies;
     the empty fields between the two colons are checked to be empty.
@@ -189,35 +215,37 @@ def read_ratings_dat(path: Path) -> tuple[np.ndarray, np.ndarray]:
         row = int(np.flatnonzero(gaps.to_numpy())[0])
         raise _fail(path, RATINGS_DAT, f"data row {row + 1} is not separated by '::'")
     _check_numeric(df[4], path, RATINGS_DAT, "rating")
-    return _int_ids(df[0], path, RATINGS_DAT, "user id"), _int_ids(df[2], path, RATINGS_DAT, "movie id")
+    return (_int_ids(df[0], path, RATINGS_DAT, "user id"), _int_ids(df[2], path, RATINGS_DAT, "movie id"),
+            _times(df[6], path, RATINGS_DAT))
 
 
-def read_user_artists(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """hetrec2011 Last.fm ``user_artists.dat`` (plain or gzip): int user and artist ids."""
+def read_user_artists(path: Path) -> tuple[np.ndarray, np.ndarray, None]:
+    """hetrec2011 Last.fm ``user_artists.dat`` (plain or gzip): int user and artist ids (no order: the file has no time)."""
     path = Path(path)
     df = _read(path, USER_ARTISTS, sep="\t", header=0, quoting=csv.QUOTE_NONE)
     names = [str(c).strip().lower() for c in df.columns]
     if names != ["userid", "artistid", "weight"]:
         raise _fail(path, USER_ARTISTS, f"the header is {'<TAB>'.join(map(str, df.columns))!r}")
     _check_columns(df, path, USER_ARTISTS, 3)
-    return _int_ids(df.iloc[:, 0], path, USER_ARTISTS, "user id"), _int_ids(df.iloc[:, 1], path, USER_ARTISTS, "artist id")
+    return (_int_ids(df.iloc[:, 0], path, USER_ARTISTS, "user id"), _int_ids(df.iloc[:, 1], path, USER_ARTISTS, "artist id"),
+            None)
 
 
-def read_amazon_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Amazon 2014 ratings-only CSV (plain or gzip): string reviewer ids and ASINs."""
+def read_amazon_csv(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Amazon 2014 ratings-only CSV (plain or gzip): string reviewer ids and ASINs, unix timestamps."""
     path = Path(path)
     df = _read(path, AMAZON_CSV, sep=",")
     _check_columns(df, path, AMAZON_CSV, 4)
     _check_numeric(df[2], path, AMAZON_CSV, "rating")
-    return _str_ids(df[0]), _str_ids(df[1])
+    return _str_ids(df[0]), _str_ids(df[1]), _times(df[3], path, AMAZON_CSV)
 
 
-def read_pairs_tsv(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A headerless ``user<TAB>item`` file of integer ids (such as ``ml-1m-pairs.tsv.gz``)."""
+def read_pairs_tsv(path: Path) -> tuple[np.ndarray, np.ndarray, None]:
+    """A headerless ``user<TAB>item`` file of integer ids (such as ``ml-1m-pairs.tsv.gz``); no order."""
     path = Path(path)
     df = _read(path, PAIRS_TSV, sep="\t", quoting=csv.QUOTE_NONE)
     _check_columns(df, path, PAIRS_TSV, 2)
-    return _int_ids(df[0], path, PAIRS_TSV, "user id"), _int_ids(df[1], path, PAIRS_TSV, "item id")
+    return _int_ids(df[0], path, PAIRS_TSV, "user id"), _int_ids(df[1], path, PAIRS_TSV, "item id"), None
 
 
 # --------------------------------------------------------------------------- RecBole atomic files
@@ -225,8 +253,10 @@ def read_pairs_tsv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 INTER = "a RecBole atomic .inter file: tab-separated, header of typed fields such as 'user_id:token<TAB>item_id:token'"
 
 
-def read_inter(path: Path, user_field: str = "user_id", item_field: str = "item_id") -> tuple[np.ndarray, np.ndarray]:
-    """A RecBole ``.inter`` file: the ``user_field`` and ``item_field`` columns, taken by name."""
+def read_inter(path: Path, user_field: str = "user_id", item_field: str = "item_id",
+               time_field: str = "timestamp") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A RecBole ``.inter`` file: the ``user_field`` and ``item_field`` columns, taken by name, and the
+    ``time_field`` column (RecBole's ``TIME_FIELD``, typed ``:float``) as the order when there is one."""
     path = Path(path)
     df = _read(path, INTER, sep="\t", header=0, quoting=csv.QUOTE_NONE)
     columns = [f.strip() for f in _sample_lines(path, 1)[0].split("\t")]  # pandas would rename repeated names
@@ -250,7 +280,15 @@ def read_inter(path: Path, user_field: str = "user_id", item_field: str = "item_
                    else "must be typed ':token' (ids)")
             raise _fail(path, INTER, f"column {found[0]!r} {why}")
     users, items = df.iloc[:, columns.index(by_name[user_field][0])], df.iloc[:, columns.index(by_name[item_field][0])]
-    return _auto_ids(users, path, INTER, user_field), _auto_ids(items, path, INTER, item_field)
+    order = None
+    if time_field in by_name:
+        found = by_name[time_field]
+        if len(found) > 1:
+            raise _fail(path, INTER, f"the header has {len(found)} {time_field!r} columns ({', '.join(found)}); keep exactly one")
+        if found[0].split(":", 1)[1] != "float":
+            raise _fail(path, INTER, f"column {found[0]!r} must be typed ':float' (RecBole's time field)")
+        order = _times(df.iloc[:, columns.index(found[0])], path, INTER, what=time_field)
+    return _auto_ids(users, path, INTER, user_field), _auto_ids(items, path, INTER, item_field), order
 
 
 # --------------------------------------------------------------------------- any delimited file
@@ -330,13 +368,24 @@ def looks_like_recbole_header(line: str) -> bool:
     return len(fields) >= 2 and all(_TYPED_FIELD.match(f.strip()) for f in fields)
 
 
-def read_delimited(path: Path, sep: str | None = None, header: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+#: Header names that declare a column of a delimited file as the interactions' time (or position).
+TIME_NAMES = ("timestamp", "time", "ts", "datetime", "date", "position", "pos", "order", "seq", "step")
+
+
+def read_delimited(path: Path, sep: str | None = None, header: bool | None = None,
+                   time: int | str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Any delimited interaction file (plain or gzip) or a RecBole ``.inter`` file.
 
     A file whose header has RecBole typed fields (``user_id:token``...) is read as an
-    atomic file, taking its ``user_id`` and ``item_id`` columns by name. Otherwise the
-    first two columns are user and item; ``sep`` and ``header`` are sniffed unless given
-    (see :func:`sniff_separator`, :func:`sniff_header`).
+    atomic file, taking its ``user_id`` and ``item_id`` columns by name (and ``timestamp``
+    as the order). Otherwise the first two columns are user and item; ``sep`` and ``header``
+    are sniffed unless given (see :func:`sniff_separator`, :func:`sniff_header`).
+
+    The order: ``time`` names the column that holds each interaction's time or position (a
+    1-based column number, or a header name); a column number 0 means none. Without it, a
+    header that names a later column one of :data:`TIME_NAMES` (``timestamp``, ``time``,
+    ``position``, ...) declares it; a headerless file has no order (its third column may be a
+    rating). Times are numbers or ISO 8601 dates; anything else fails in one line.
     """
     path = Path(path)
     _check_exists(path, DELIMITED)
@@ -364,4 +413,29 @@ def read_delimited(path: Path, sep: str | None = None, header: bool | None = Non
         df = _read(path, DELIMITED, sep=sep, **kwargs)
     if df.shape[1] < 2:
         raise _fail(path, DELIMITED, f"found {df.shape[1]} column with separator {sep!r}")
-    return _auto_ids(df.iloc[:, 0], path, DELIMITED, "user"), _auto_ids(df.iloc[:, 1], path, DELIMITED, "item")
+    users, items = _auto_ids(df.iloc[:, 0], path, DELIMITED, "user"), _auto_ids(df.iloc[:, 1], path, DELIMITED, "item")
+    column = _time_column(df, path, time, header)
+    return users, items, (None if column is None else _times(df.iloc[:, column], path, DELIMITED, dates=True,
+                                                             what=f"time (column {column + 1})"))
+
+
+def _time_column(df, path: Path, time: int | str | None, header: bool) -> int | None:
+    """The 0-based column that holds the order, or None (see :func:`read_delimited`)."""
+    names = [str(c).strip().strip('"').lower() for c in df.columns] if header else []
+    if time is None:
+        found = [c for c, name in enumerate(names) if c >= 2 and name in TIME_NAMES]
+        return found[0] if found else None
+    if isinstance(time, bool):
+        raise MiarsError(f"file dataset: time must be a column number (1-based) or a header name, got {time!r}")
+    if isinstance(time, (int, np.integer)) or (isinstance(time, str) and time.strip().isdigit()):
+        number = int(time)
+        if number == 0:
+            return None
+        if number < 3 or number > df.shape[1]:
+            raise _fail(path, DELIMITED, f"time column {number} is not one of columns 3..{df.shape[1]} "
+                        "(columns 1 and 2 are user and item)")
+        return number - 1
+    if not header or str(time).strip().lower() not in names:
+        where = f"its header has {', '.join(names)}" if header else "it has no header"
+        raise _fail(path, DELIMITED, f"no time column named {time!r}: {where}")
+    return names.index(str(time).strip().lower())

@@ -15,20 +15,31 @@ from miars_core.contracts.errors import MiarsError
 from miars_core.contracts.hookspecs import hookimpl
 
 from .models import ItemKNN, LatentFactorModel, NeuralCF, Popularity, RandomItems, RecBoleModel, TUNED
+from .sequential import SequentialModel
 
 __version__ = "0.1.0"
-__all__ = ["ItemKNN", "LatentFactorModel", "NeuralCF", "Popularity", "RandomItems", "RecBoleModel", "UNSUPPORTED",
-           "general_model_names", "supported_model_names"]
+__all__ = ["ItemKNN", "LatentFactorModel", "NeuralCF", "Popularity", "RandomItems", "RecBoleModel", "SequentialModel",
+           "UNSUPPORTED", "UNSUPPORTED_SEQUENTIAL", "general_model_names", "sequential_model_names",
+           "supported_model_names"]
 
 
-@functools.lru_cache(maxsize=1)
-def general_model_names() -> list[str]:
-    """Names of RecBole's general recommenders, read from its package without importing it."""
+@functools.lru_cache(maxsize=2)
+def _model_names(kind: str) -> tuple[str, ...]:
     spec = importlib.util.find_spec("recbole")
     if spec is None or not spec.submodule_search_locations:
-        return []
-    init = Path(spec.submodule_search_locations[0]) / "model" / "general_recommender" / "__init__.py"
-    return sorted(re.findall(r"^from \S+ import (\w+)\s*$", init.read_text(), flags=re.M))
+        return ()
+    init = Path(spec.submodule_search_locations[0]) / "model" / kind / "__init__.py"
+    return tuple(sorted(re.findall(r"^from \S+ import (\w+)\s*$", init.read_text(), flags=re.M)))
+
+
+def general_model_names() -> list[str]:
+    """Names of RecBole's general recommenders, read from its package without importing it."""
+    return list(_model_names("general_recommender"))
+
+
+def sequential_model_names() -> list[str]:
+    """Names of RecBole's sequential recommenders, read from its package without importing it."""
+    return list(_model_names("sequential_recommender"))
 
 
 #: RecBole general models that do not run inside miars, with the reason (docs/recbole.md has
@@ -61,6 +72,23 @@ UNSUPPORTED: dict[str, str] = {
 }
 
 
+#: RecBole sequential models that do not run inside miars, with the reason (docs/sequential.md has the
+#: table of every sequential model). Refused before any data is read; not listed by ``miars list recommender``.
+UNSUPPORTED_SEQUENTIAL: dict[str, str] = {
+    "DIN": ("a click-through-rate model: it trains on labelled (user, item, label) rows with user and item feature "
+            "tables and has no full ranking of the catalogue; miars data are implicit interactions without features"),
+    "DIEN": ("a click-through-rate model: it trains on labelled (user, item, label) rows with user and item feature "
+             "tables and has no full ranking of the catalogue; miars data are implicit interactions without features"),
+    "FDSA": "it reads item features (selected_features from a .item file); miars data have items without features",
+    "GRU4RecF": "it reads item features (selected_features from a .item file); miars data have items without features",
+    "SASRecF": "it reads item features (selected_features from a .item file); miars data have items without features",
+    "KSR": "it reads a knowledge graph (.kg and .link files with pretrained entity embeddings), which miars data lack",
+    "GRU4RecKG": "it reads a knowledge graph (.kg and .link files with pretrained entity embeddings), which miars data lack",
+    "S3Rec": ("it pre-trains on item attributes (a .item feature field) and fine-tunes from a saved checkpoint in a "
+              "second run; miars data have no item attributes and miars runs one training"),
+}
+
+
 #: Smaller scoring batches (users at a time) for models without a full-ranking path whose
 #: per-pair forward pass is large: NNCF at the default 256 users x 1,682 items allocated 2.8 GB
 #: per intermediate tensor on ml-100k and failed at a 6 GB limit; 16 users need ~0.2 GB each.
@@ -83,12 +111,18 @@ def missing_requirement(name: str) -> str | None:
 
 
 def supported_model_names() -> list[str]:
-    """RecBole general models that ``recbole:<Name>`` accepts here."""
-    return [n for n in general_model_names() if n not in UNSUPPORTED and missing_requirement(n) is None]
+    """RecBole general and sequential models that ``recbole:<Name>`` accepts here."""
+    general = [n for n in general_model_names() if n not in UNSUPPORTED and missing_requirement(n) is None]
+    return sorted(general + [n for n in sequential_model_names() if n not in UNSUPPORTED_SEQUENTIAL])
 
 
 def _resolve(name: str):
-    """``recbole:<Name>``: our tuned class for ItemKNN/BPR/NeuMF, else RecBole's own defaults."""
+    """``recbole:<Name>``: our tuned class for ItemKNN/BPR/NeuMF, a sequential model, else RecBole's own defaults."""
+    if name in UNSUPPORTED_SEQUENTIAL:
+        raise MiarsError(f"recommender 'recbole:{name}' is not supported: {UNSUPPORTED_SEQUENTIAL[name]}; "
+                         "see docs/sequential.md for the sequential models that run")
+    if name in sequential_model_names():
+        return functools.partial(SequentialModel, model=name)
     if name in UNSUPPORTED:
         raise MiarsError(f"recommender 'recbole:{name}' is not supported: {UNSUPPORTED[name]}; "
                          "see docs/recbole.md for the models that run")

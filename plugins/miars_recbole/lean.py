@@ -310,7 +310,8 @@ def selection_criterion(train: sp.csr_matrix, overrides: dict | None) -> dict:
 
 
 def select_epochs(train: sp.csr_matrix, seed: int, crit: dict,
-                  start: Callable[[sp.csr_matrix], tuple]) -> Selection:
+                  start: Callable[[sp.csr_matrix], tuple],
+                  split: Callable[[sp.csr_matrix, float, int], tuple[sp.csr_matrix, sp.csr_matrix]] | None = None) -> Selection:
     """Choose a training length by held-out recall (see the module docstring).
 
     ``start(fit_matrix)`` builds a fresh model on ``fit_matrix`` and returns ``(train_one_epoch,
@@ -320,10 +321,12 @@ def select_epochs(train: sp.csr_matrix, seed: int, crit: dict,
     evaluation scores a seeded subsample of the eval users and the stop rule reads that curve;
     the ``confirm`` epochs with the best subsample recall (their weights kept) are then scored
     on every eval user and the best of them is chosen, so the chosen length's recall is
-    measured as without the subsample (``chosen_recall``, ``confirmed``).
+    measured as without the subsample (``chosen_recall``, ``confirmed``). ``split(train, share,
+    seed) -> (fit, held)`` chooses what is held out (default :func:`holdout_split`: a random
+    share of each user's items; sequential models hold out each member's last items).
     """
     t0 = time.perf_counter()
-    fit, held = holdout_split(train, float(crit["holdout"]), seed)
+    fit, held = (split or holdout_split)(train, float(crit["holdout"]), seed)
     rows = np.flatnonzero(np.diff(held.indptr) > 0)
     if len(rows) == 0:
         raise MiarsError("auto epochs needs members with >= 5 interactions to hold some out; pass epochs=N")

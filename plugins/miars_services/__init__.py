@@ -129,6 +129,12 @@ class FoldInServer:
         self.seed = int(seed)
         self.options = dict(options)
 
+    @property
+    def ordered(self) -> bool:
+        """A sequential model's side reads histories in order (values = positions): query access and the service
+        hand it ordered histories."""
+        return bool(getattr(self.side, "sequential", False))
+
     def __call__(self, histories: sp.csr_matrix) -> np.ndarray:
         return self.side.recommend_for(histories, self.k, seed=self.seed, **self.options)
 
