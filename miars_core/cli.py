@@ -313,12 +313,13 @@ def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_mode
         defense_params=parse_params(defense_param, "--defense-param"),
         service=service, service_params=parse_params(service_param, "--service-param"), query_budget=query_budget,
     ).validate()
-    if config.query_budget < 1:  # a query attack without queries: refused before any folder is made
-        from .contracts.plugins import get_plugins
-        from .science.threat import require_budget
+    # the attack built now: a bad parameter, or a query attack without queries (or fewer than it asks per
+    # target user), is refused before any folder is made
+    from .contracts.plugins import get_plugins
+    from .science.threat import require_budget
 
-        require_budget(get_plugins().create("attack", config.attack, **config.attack_params), config.query_budget,
-                       config.attack)
+    require_budget(get_plugins().create("attack", config.attack, **config.attack_params), config.query_budget,
+                   config.attack)
     _run(config, out, export_miars, quiet, _store(cache, no_cache), force)
 
 
