@@ -44,6 +44,27 @@ def statistics(cell, queries: int, largest: int):
     return x, offline, online, inside
 
 
+def summarize(paths: list[str]) -> str:
+    """A markdown table of curve files: per (target, attack, references), ROC-AUC and TPRs per seed and their mean."""
+    rows = [r for path in paths for r in json.load(open(path))]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        name = r["attack"] if r["attack"] != "lira" else f"lira {'online' if r['online'] else 'offline'}"
+        if r["attack"] == "lira" and r.get("variance") != "auto":
+            name += f", {r['variance']} variance"
+        groups.setdefault((r["target"], name, r.get("references", "")), []).append(r)
+    out = ["| target | attack | references | ROC-AUC per seed: mean | TPR@1%FPR per seed: mean | TPR@0.1%FPR per seed: mean |",
+           "|---|---|---:|---|---|---|"]
+    for (target, name, refs), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        cells = []
+        for key in ("roc_auc", "tpr_at_fpr_0.01", "tpr_at_fpr_0.001"):
+            values = [r[key] for r in rs]
+            cells.append(" / ".join(f"{v:.3f}" for v in values) + f": {np.mean(values):.3f}")
+        out.append(f"| {target} | {name} | {refs} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main() -> int:
     from miars_attacks.lira import lira_scores
     from miars_core.contracts.plugins import get_plugins
@@ -58,10 +79,17 @@ def main() -> int:
     ap.add_argument("--seed", default="0,1,2")
     ap.add_argument("--references", default="1,2,4,8,16")
     ap.add_argument("--queries", type=int, default=5)
-    ap.add_argument("--cache", required=True)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--cache")
+    ap.add_argument("--out")
+    ap.add_argument("--summarize", nargs="+", metavar="JSON", help="print a markdown table of curve files and exit")
     ap.add_argument("--verify", action="store_true")
+    ap.add_argument("--save", help="folder: each cell's statistics as <target>-<seed>.npz (x, offline, online, inside, y)")
     a = ap.parse_args()
+    if a.summarize:
+        print(summarize(a.summarize))
+        return 0
+    if not (a.cache and a.out):
+        ap.error("--cache and --out are required (or --summarize)")
     counts = [int(r) for r in a.references.split(",")]
     plugins, rows = get_plugins(), []
     for target in a.target.split(","):
@@ -72,6 +100,8 @@ def main() -> int:
             cell = Cell(config, plugins, store=DiskStore(a.cache))
             y = cell.part("target").is_member
             x, offline, online, inside = statistics(cell, a.queries, max(counts))
+            if a.save:
+                np.savez(f"{a.save}/{target}-{seed}.npz", x=x, offline=offline, online=online, inside=inside, y=y)
 
             def record(attack: str, scores: np.ndarray, **extra) -> None:
                 m = membership_metrics(y, scores)
@@ -84,8 +114,10 @@ def main() -> int:
                 if r >= 2:
                     record("lira", lira_scores(x, online[:r], inside[:r]), online=True, references=r, variance="auto")
             for variance in ("per-user", "global"):
-                record("lira", lira_scores(x, offline), online=False, references=max(counts), variance=variance)
-                record("lira", lira_scores(x, online, inside), online=True, references=max(counts), variance=variance)
+                record("lira", lira_scores(x, offline, variance=variance), online=False, references=max(counts),
+                       variance=variance)
+                record("lira", lira_scores(x, online, inside, variance=variance), online=True, references=max(counts),
+                       variance=variance)
             record("raw recall", x)
             qr = run_attack(AttackConfig(dataset=a.dataset, target=target, service="foldin", attack="query-recall",
                                          seed=seed), plugins=plugins, store=DiskStore(a.cache))

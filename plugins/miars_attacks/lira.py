@@ -13,7 +13,7 @@ from .query import half_splits, recall_of_lists
 
 #: ``variance="auto"`` fits a user's own variance when each of her Gaussians has at least this many reference
 #: statistics, else the global one (Carlini et al. found the global variance better with few models).
-PER_USER_MIN = 16
+PER_USER_MIN = 64
 #: A fitted variance is at least this share of the global one (a user whose references all agree would
 #: otherwise get a near-zero variance and an unbounded score), and at least ``VARIANCE_FLOOR``.
 RELATIVE_FLOOR = 0.01
@@ -112,7 +112,7 @@ class LiRA(Component):
       out-Gaussians. Threshold 0 (the likelihood-ratio test at equal priors); the shadow part
       is not used. Needs ``references`` >= 2.
 
-    ``variance``: ``auto`` (a user's own variance where she has >= 16 statistics per Gaussian,
+    ``variance``: ``auto`` (a user's own variance where she has >= 64 statistics per Gaussian,
     else the global one), ``per-user``, ``global`` (:func:`lira_scores`). The target is asked
     exactly ``queries`` queries per user; a ``--query-budget`` below that is refused before any work.
     """
