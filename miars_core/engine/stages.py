@@ -23,6 +23,9 @@ computes, stores and times them all. In the order data flows::
                                               attacks: the budget; interaction attacks: seed("pairs-target")
     adversary* split (side), split (target)   the shadow recommender (name, hyperparameters, version), --seed
     reference  adversary                      the index: reference model number i (a family, asked for lazily)
+    candidates* part                          the shadow recommender (name, hyperparameters, version), --seed
+    online_reference  candidates              the index: online reference model i, on a random half of the part's
+                                              users (a family, asked for lazily: online lira)
     metrics    attack                         not stored: milliseconds
 
     * derived: kept in memory only; its key flows into the keys of the stages that read it.
