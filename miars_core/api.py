@@ -236,12 +236,13 @@ def attack_config(*, dataset="ml-100k", shadow_dataset=None, data_dir=None, down
         service=service, service_params=parse_params(service_param, "--service-param"), query_budget=query_budget,
         device=device,
     ).validate()
-    if config.query_budget < 1:  # a query attack without queries: refused before any folder is made
-        from .contracts.plugins import get_plugins
-        from .science.threat import require_budget
+    # the attack built now: a bad parameter, or a query attack without queries (or fewer than it asks per
+    # target user), is refused before any folder is made
+    from .contracts.plugins import get_plugins
+    from .science.threat import require_budget
 
-        require_budget(get_plugins().create("attack", config.attack, **config.attack_params), config.query_budget,
-                       config.attack)
+    require_budget(get_plugins().create("attack", config.attack, **config.attack_params), config.query_budget,
+                   config.attack)
     return config
 
 

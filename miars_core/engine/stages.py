@@ -23,6 +23,9 @@ computes, stores and times them all. In the order data flows::
                                               attacks: the budget; interaction attacks: seed("pairs-target")
     adversary* split (side), split (target)   the shadow recommender (name, hyperparameters, version), --seed
     reference  adversary                      the index: reference model number i (a family, asked for lazily)
+    candidates* part                          the shadow recommender (name, hyperparameters, version), --seed
+    online_reference  candidates              the index: online reference model i, on a random half of the part's
+                                              users (a family, asked for lazily: online lira)
     metrics    attack                         not stored: milliseconds
 
     * derived: kept in memory only; its key flows into the keys of the stages that read it.
@@ -80,8 +83,8 @@ from ..science.protocol import split_dataset
 from ..science.ranking import check_k
 from ..science.service import Fitted, Served, fit_model, popularity_order, serve_fitted, stage_threads
 from ..science.service import defend as apply_defense
-from ..science.threat import (AdversaryView, QueryAccess, ReferenceModels, decision_threshold, fit_reference,
-                              level_of, require_budget, threat_of)
+from ..science.threat import (AdversaryView, OnlineReferences, QueryAccess, ReferenceModels, decision_threshold,
+                              fit_online_reference, fit_reference, level_of, require_budget, threat_of)
 from ..science.utility import holdout, list_signal, utility_metrics
 from .codecs import (_csr_problem, _finite_problem, _flags_problem, _index_problem, interactions_from_arrays,  # noqa: F401
                      interactions_problem, interactions_to_arrays, learned_state, split_from_arrays, split_problem,
@@ -94,7 +97,10 @@ from .store import MemoryStore, Output
 #: Timing names reported in result.json (those of miars v0, plus the reference models and the warm-up).
 TIMING = {"load": "load", "split": "split", "serve:shadow": "shadow_recommender", "serve:target": "target_recommender",
           "defend": "defense", "vectors": "featurize", "features": "featurize", "attack": "attack",
-          "reference": "reference_models"}
+          "reference": "reference_models", "online_reference": "reference_models"}
+
+#: The family stages an attack asks for lazily, and the attack record's list of the keys it read from each.
+FAMILIES = {"reference": "references", "online_reference": "online_references"}
 
 #: Every stage of a cell, declared below.
 GRAPH = Graph()
@@ -380,6 +386,31 @@ def reference(ctx, node, adversary: Adversary):
     return arrays, meta, fitted
 
 
+@GRAPH.stage(inputs={"part": _part_of}, stored=False,
+             covers=lambda cell, node: {"recommender": cell.component_id("recommender:shadow"), "seed": cell.config.seed})
+def candidates(cell, node, part) -> Adversary:
+    """What online reference models are trained on: the part's users as the adversary knows them (their visible
+    histories, the candidates whose membership it tests), the shadow recommender's factory. No labels."""
+    name, params = cell.specs["recommender:shadow"]
+    data = part[0].interactions
+    return Adversary(data, data.n_users // 2, 0, cell.config.seed,
+                     functools.partial(cell.plugins.create, "recommender", name, **params), name,
+                     {"recommender": cell.component_id("recommender:shadow")["version"]})
+
+
+@GRAPH.stage(inputs={"candidates": lambda cell, node: Node("candidates", node.part)}, family=True,
+             timing=lambda node: "online_reference", check=_reference_problem, decode=_reference_decode,
+             message=lambda ctx, node: f"training online reference model {node.index} on half of the candidates")
+def online_reference(ctx, node, candidates: Adversary):
+    """Online reference model ``node.index`` (:func:`~miars_core.science.threat.fit_online_reference`): the shadow
+    recommender on a random half of the part's users. Runs against the candidates' context, never the cell."""
+    fitted, rows = fit_online_reference(candidates.data, candidates.seed, node.index, candidates.make_recommender(),
+                                        candidates.recommender_name)
+    arrays, meta = model_output(fitted, f"recommender {candidates.recommender_name!r}", candidates.versions)
+    arrays["rows"] = rows
+    return arrays, meta, fitted
+
+
 class FamilyRunner:
     """Member ``index`` of a family stage (reference models), read from or computed into the store, on demand.
 
@@ -448,6 +479,7 @@ class Cell:
         self._memo: dict[str, Any] = {}
         self._refit_seconds = 0.0  # models fitted again for query access (those that cannot be stored)
         self._reference_keys: list[str] = []
+        self._online_keys: list[str] = []
         self._runners: list[FamilyRunner] = []
         c = config
         #: (name, hyperparameters) of every component of the cell, by role.
@@ -469,8 +501,8 @@ class Cell:
                 if callable(check):
                     check(self.create(f"recommender:{side}"), self.specs[f"recommender:{side}"][0])
                 self._shared[memo] = True
-        if c.query_budget < 1:  # a query attack with no query: refused now
-            require_budget(self.create("attack"), c.query_budget, c.attack)
+        # a query attack with no query, or fewer than it declares it asks per target user: refused now
+        require_budget(self.create("attack"), c.query_budget, c.attack)
         self._check_order()
 
     def _check_order(self) -> None:
@@ -764,6 +796,8 @@ class Cell:
                                    "refit_seconds": round(self._query_seconds(), 3)}
         if self.threat == "queries":  # the reference models it read: their seconds count in result.json's timings
             meta["references"] = list(self._reference_keys)
+            if self._online_keys:
+                meta["online_references"] = list(self._online_keys)
         n = self.part("target").interactions.n_users
         if scores.shape != (n,) or predicted.shape != (n,):
             raise MiarsError(f"attack {c.attack!r} returned scores of shape {scores.shape}, expected one per target "
@@ -832,6 +866,25 @@ class Cell:
 
         return self._once(f"references:{self.walker.key(Node('adversary', side))}", build)
 
+    def online_references(self, part: str) -> OnlineReferences:
+        """Online reference models of ``part`` (``view.online_reference``): the shadow recommender trained on random
+        halves of the part's users, the ``online_reference`` stage (stored, keyed by the part as the adversary knows
+        it, the shadow recommender, --seed and the index: shared by every attack, service and target of that part).
+        The object holds the candidates' known histories, component factories and a store scoped to these models."""
+        def build() -> OnlineReferences:
+            c = self.config
+            ctx = self.walker.value(Node("candidates", part))
+            service, service_params = self.specs["service"]
+            runner = FamilyRunner(GRAPH["online_reference"], _scoped(self.store, "online_reference"),
+                                  self.walker.record(Node("online_reference", part)), ctx, self.walker.clock,
+                                  self.progress, self.walker.computed, self._online_keys)
+            self._runners.append(runner)
+            return OnlineReferences(ctx.data, c.top_k, c.seed, ctx.make_recommender, ctx.recommender_name,
+                                    functools.partial(self.plugins.create, "service", service, **service_params),
+                                    fit=runner, progress=self.progress)
+
+        return self._once(f"online:{self.walker.key(Node('candidates', part))}", build)
+
     def reference_access(self, side: str, index: int = 0) -> QueryAccess:
         """Query access to reference model number ``index`` of ``side`` (:meth:`references`)."""
         return self.references(side)(index)
@@ -857,6 +910,7 @@ class Cell:
             budget = c.query_budget * p.interactions.n_users if part == "target" else None
             view.query = self.access(part, defended, budget)
             view.reference = self.references(part)
+            view.online_reference = self.online_references(part)
         if self.level == "interaction":
             view.pairs = self.pairs(part)
             if part == "shadow":
@@ -983,10 +1037,11 @@ class Cell:
             if node.stage != "attack":
                 continue
             meta = self.store.meta("attack", self.walker.key(node)) or {}
-            for key in meta.get("references", ()):
-                if key not in seen:
-                    seen.add(key)
-                    out.append(("reference", "reference", key))
+            for stage, field in FAMILIES.items():
+                for key in meta.get(field, ()):
+                    if key not in seen:
+                        seen.add(key)
+                        out.append((stage, stage, key))
         return out
 
     def stage_seconds(self) -> dict[str, float]:
@@ -994,7 +1049,7 @@ class Cell:
         one-time warm-up of the processes that computed them (``warmup``)."""
         timings: dict[str, float] = {}
         for stage, timing, key in self.graph():
-            meta = (_scoped(self.store, "reference") if stage == "reference" else self.store).meta(stage, key) or {}
+            meta = (_scoped(self.store, stage) if stage in FAMILIES else self.store).meta(stage, key) or {}
             name = TIMING[timing]
             timings[name] = round(timings.get(name, 0.0) + float(meta.get("seconds", 0.0)), 3)
             if meta.get("warmup"):

@@ -13,6 +13,9 @@ them. Attacks of other threat models see more, and only through this module:
   target user on average: budget x target users in all) and both numbers go into result.json.
 * :class:`ReferenceModels` -- ``reference(index)``: query access to models the adversary
   trains on its own data.
+* :class:`OnlineReferences` -- ``online_reference(index)``: query access to models the adversary
+  trains on random halves of the part's users (the candidates it tests, whose histories it
+  knows), and ``trained(index)``: which of them each was trained on (online LiRA).
 
 An attack declares what it needs with the class attribute ``threat``: ``"features"`` (the
 default: ``fit(X, y, seed)``, ``decision_function(X)``), ``"lists"`` or ``"queries"``
@@ -73,11 +76,22 @@ def decision_threshold(attack: Any) -> float:
 
 
 def require_budget(attack: Any, budget: int, name: str) -> None:
-    """Refuse, in one line, a query attack given a budget that allows no query (before any work)."""
-    if threat_of(attack) == "queries" and budget < 1:
+    """Refuse, in one line, a query attack given a budget too small for it (before any work).
+
+    Every query attack needs a budget of at least 1; an attack that declares how many queries
+    per target user it will ask (``queries_per_user``, an int attribute or property, e.g. ``lira``)
+    needs at least that many.
+    """
+    if threat_of(attack) != "queries":
+        return
+    if budget < 1:
         raise MiarsError(f"--query-budget {budget}: attack {name!r} queries the target service (threat 'queries') and a "
                          "budget of 0 allows no query; give --query-budget >= 1 (queries per target user on average), "
                          "or an attack without queries")
+    need = getattr(attack, "queries_per_user", None)
+    if need is not None and budget < int(need):
+        raise MiarsError(f"--query-budget {budget}: attack {name!r} asks {int(need)} queries per target user (its "
+                         f"'queries' parameter); give --query-budget >= {int(need)} or --attack-param queries={budget}")
 
 
 def threat_of(attack: Any) -> str:
@@ -209,6 +223,102 @@ def reference_rows(data: Interactions, n_users: int, min_interactions: int, seed
     return np.sort(rng.choice(eligible, size=n, replace=False))
 
 
+def online_reference_tag(index: int) -> str:
+    """The seed tag of online reference model number ``index``."""
+    return f"online-reference-{index}"
+
+
+def online_rows(n_users: int, seed: int, index: int) -> np.ndarray:
+    """The candidates (rows of the part) online reference model ``index`` is trained on: a random half.
+
+    Models come in complementary pairs: model 2j trains on a seeded random half of the part's
+    users, model 2j + 1 on the other half, so after an even number of models every user was in
+    exactly half of them (with an odd number, in one more or one fewer). A part of an odd number
+    of users leaves one user out of both models of a pair.
+    """
+    from ..contracts.seeds import stage_seed
+
+    order = np.random.default_rng(stage_seed(seed, f"online-reference-pair-{index // 2}")).permutation(int(n_users))
+    half = int(n_users) // 2
+    return np.sort(order[:half] if index % 2 == 0 else order[half:2 * half])
+
+
+def fit_online_reference(data: Interactions, seed: int, index: int, recommender: Any, recommender_name: str):
+    """Fit online reference model ``index``: the recommender on half of the candidates ``data`` (:func:`online_rows`).
+
+    Returns the fit (:class:`~miars_core.science.service.Fitted`) and the rows of ``data`` it was trained on.
+    """
+    from ..contracts.seeds import stage_seed
+    from ..contracts.types import Part
+    from .service import fit_model
+
+    rows = online_rows(data.n_users, seed, index)
+    part = Part("reference", data.rows(rows), np.ones(len(rows), dtype=bool))
+    return fit_model(part, recommender, recommender_name, stage_seed(seed, online_reference_tag(index))), rows
+
+
+class OnlineReferences:
+    """``online_reference(index)``: query access to a reference model trained on half of *this part's* users.
+
+    The online setting of LiRA (Carlini et al., S&P 2022): the adversary knows the candidates
+    whose membership it tests (the part's users and their known histories, the very histories
+    its queries are made of), but not which of them the service trained on. It trains the
+    shadow recommender on random halves of the candidates (:func:`online_rows`: complementary
+    pairs, so each user is *in* half of the models and *out* of the others), serves each like
+    the target, and asks them the same queries. ``trained(index)`` says which rows of the view
+    model ``index`` was trained on (the adversary drew them). ``fit(index)``, when given,
+    returns the fit instead (the engine's ``online_reference`` stage). Holds the candidates'
+    known histories (what the view holds anyway), nothing of the labels or the target's fit.
+    """
+
+    def __init__(self, data: Interactions, k: int, seed: int, make_recommender: Callable[[], Any],
+                 recommender_name: str, make_service: Callable[[], Any], fit: Callable[[int], Any] | None = None,
+                 progress: Callable[[str], None] | None = None):
+        self._data = data
+        self._k = int(k)
+        self._seed = int(seed)
+        self._make_recommender = make_recommender
+        self._recommender_name = recommender_name
+        self._make_service = make_service
+        self._fit = fit
+        self._progress = progress
+        self._built: dict[int, QueryAccess] = {}
+        self.seconds_ = 0.0
+
+    @property
+    def n_users(self) -> int:
+        return int(self._data.n_users)
+
+    def trained(self, index: int) -> np.ndarray:
+        """Which candidates (rows of the view) online reference model ``index`` was trained on (bool per row)."""
+        mask = np.zeros(self.n_users, dtype=bool)
+        mask[online_rows(self.n_users, self._seed, int(index))] = True
+        return mask
+
+    def __call__(self, index: int = 0) -> QueryAccess:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+            raise MiarsError(f"view.online_reference(index): index must be an integer >= 0, got {index!r}")
+        index = int(index)
+        if index not in self._built:
+            import time
+
+            from ..contracts.seeds import stage_seed
+
+            start = time.perf_counter()
+            if self._fit is not None:
+                fitted = self._fit(index)
+            else:
+                if self._progress:
+                    self._progress(f"training online reference model {index} on half of the candidates")
+                fitted, _ = fit_online_reference(self._data, self._seed, index, self._make_recommender(),
+                                                 self._recommender_name)
+            self._built[index] = QueryAccess.of(self._make_service(), fitted.model, fitted.train, self._k,
+                                                seed=stage_seed(self._seed, f"{online_reference_tag(index)}-query"),
+                                                name="online reference")
+            self.seconds_ += time.perf_counter() - start
+        return self._built[index]
+
+
 class ReferenceModels:
     """``reference(index=0)``: query access to reference model number ``index``, which the adversary trains on its own data.
 
@@ -298,6 +408,9 @@ class AdversaryView:
     #: the user's sequence (same pattern as ``histories``). A query whose values are positions is read in
     #: that order by a sequential service (:meth:`QueryAccess.recommend`).
     sequences: sp.csr_matrix | None = None
+    #: ``online_reference(index)``: query access to a model trained on a random half of *these* users (the
+    #: candidates), ``online_reference.trained(index)`` the rows it was trained on: :class:`OnlineReferences`.
+    online_reference: OnlineReferences | None = None
     #: Interaction-level attacks (``level = "interaction"``): (n_pairs, 2) rows of (user row, item column)
     #: taken from the users' histories; was each pair in the training data?
     pairs: np.ndarray | None = None

@@ -6,12 +6,13 @@ from miars_core.contracts.hookspecs import hookimpl
 
 from .controls import OverlapControl
 from .features import CenterDiff, item_vectors
+from .lira import LiRA
 from .metric import KMeansAttack, ReferenceRec, ShadowFree
 from .mlp import MLPAttack
 from .query import InteractionQuery, QueryRecall
 
 __version__ = "0.1.0"
-__all__ = ["CenterDiff", "InteractionQuery", "KMeansAttack", "MLPAttack", "OverlapControl", "QueryRecall", "ReferenceRec",
+__all__ = ["CenterDiff", "InteractionQuery", "KMeansAttack", "LiRA", "MLPAttack", "OverlapControl", "QueryRecall", "ReferenceRec",
            "ShadowFree", "item_vectors"]
 
 
@@ -28,4 +29,5 @@ def register_attacks(register):
     register("reference-rec", ReferenceRec)
     register("query-recall", QueryRecall)
     register("interaction", InteractionQuery)
+    register("lira", LiRA)
     register("overlap", OverlapControl)
