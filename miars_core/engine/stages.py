@@ -497,12 +497,12 @@ class Cell:
         for side in self.SIDES:
             memo = ("service-check", digest([*self.specs["service"], *self.specs[f"recommender:{side}"]]))
             if memo not in self._shared:
-                check = getattr(self.create("service"), "check_recommender", None)
+                check = getattr(self.checked("service"), "check_recommender", None)
                 if callable(check):
-                    check(self.create(f"recommender:{side}"), self.specs[f"recommender:{side}"][0])
+                    check(self.checked(f"recommender:{side}"), self.specs[f"recommender:{side}"][0])
                 self._shared[memo] = True
         # a query attack with no query, or fewer than it declares it asks per target user: refused now
-        require_budget(self.create("attack"), c.query_budget, c.attack)
+        require_budget(self.checked("attack"), c.query_budget, c.attack)
         self._check_order()
 
     def _check_order(self) -> None:
@@ -515,7 +515,7 @@ class Cell:
             name, params = self.specs[f"recommender:{side}"]
             memo = ("sequential", name, digest(params))
             if memo not in self._shared:
-                self._shared[memo] = is_sequential(self.create(f"recommender:{side}"))
+                self._shared[memo] = is_sequential(self.checked(f"recommender:{side}"))
             kinds[side] = self._shared[memo]
         c = self.config
         if kinds["target"] and not kinds["shadow"]:
@@ -561,7 +561,7 @@ class Cell:
         memo = ("component", kind, name, digest(params))
         if memo not in self._shared:
             entry = self.plugins.registry(kind).get(name)
-            self._shared[memo] = {"name": name, "params": get_params(self.create(role)),
+            self._shared[memo] = {"name": name, "params": get_params(self.checked(role)),
                                   "version": _entry_version(entry, self.plugins)}
         return self._shared[memo]
 
@@ -572,6 +572,15 @@ class Cell:
         """A fresh, unfitted component of the cell (``recommender:shadow``, ``featurizer``, ...)."""
         name, params = self.specs[role]
         return self.plugins.create(role.split(":")[0], name, **params)
+
+    def checked(self, role: str) -> Any:
+        """One unfitted instance per distinct component of a grid (shared by its cells), only to read its
+        parameters and declarations before any work: never fitted, so sharing it is safe."""
+        kind, (name, params) = role.split(":")[0], self.specs[role]
+        memo = ("instance", kind, name, digest(params))
+        if memo not in self._shared:
+            self._shared[memo] = self.create(role)
+        return self._shared[memo]
 
     def dataset_of(self, side: str) -> str:
         c = self.config
