@@ -100,23 +100,10 @@ class SeqRun:
         self.losses: list[float] = []
 
     def epoch(self) -> float:
-        self.trainer.model.train()
-        try:
-            loss = self.trainer._train_epoch(self.loader, len(self.losses), show_progress=False)
-        except ValueError as exc:
-            if "nan" in str(exc).lower():
-                raise MiarsError(f"RecBole {self.model_name}: training loss became nan in epoch {len(self.losses) + 1}; "
-                                 "lower learning_rate") from None
-            raise
-        if isinstance(loss, tuple):
-            loss = float(sum(loss))
-        loss = float(loss) if loss is not None else float("nan")
-        if loss == loss and not np.isfinite(loss):
-            raise MiarsError(f"RecBole {self.model_name}: training loss became {loss} in epoch {len(self.losses) + 1}; "
-                             "lower learning_rate")
-        self.losses.append(loss)
-        self.model.eval()
-        return loss
+        """One epoch of RecBole's trainer, with the general runs' loop and loss checks (``RecBoleRun.epoch``)."""
+        from .session import RecBoleRun
+
+        return RecBoleRun.epoch(self)
 
     def settings(self) -> dict:
         from .session import _plain
