@@ -159,3 +159,19 @@ def test_docs_table_lists_every_recbole_sequential_model():
         with pytest.raises(MiarsError, match="not supported") as err:
             reg.get(f"recbole:{name}")
         assert reason in str(err.value)
+
+
+def test_recboles_sequential_package_leaves_autograd_anomaly_detection_as_it_was():
+    # RecBole's sine.py turns anomaly detection on when the sequential package is imported; miars restores it,
+    # so one sequential model does not slow down (and change the errors of) every later fit in the process
+    import torch
+
+    from miars_recbole import compat
+
+    assert not torch.is_anomaly_enabled()
+    compat.apply()
+    from recbole.utils import get_model
+
+    get_model("SINE")
+    get_model("SASRec")
+    assert not torch.is_anomaly_enabled()

@@ -67,6 +67,15 @@ def apply() -> None:
     import recbole.model.general_recommender.dgcf as rb_dgcf
 
     rb_dgcf.sample_cor_samples = _sample_cor_samples
+    import torch
+
+    # RecBole's sine.py calls torch.autograd.set_detect_anomaly(True) when its package is imported (any
+    # sequential model imports it): every backward pass in the process then runs checked, slower, and a NaN
+    # raises torch's RuntimeError before miars' own one-line check. Imported here once, the switch restored.
+    anomaly = torch.is_anomaly_enabled()
+    import recbole.model.sequential_recommender  # noqa: F401
+
+    torch.autograd.set_detect_anomaly(anomaly)
     logging.getLogger("recbole").setLevel(logging.WARNING)
     _applied = True
 
