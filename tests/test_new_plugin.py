@@ -1,7 +1,9 @@
 """``miars new-plugin``: the generated package installs and passes its own tests, for every kind; bad input writes nothing.
 
-The packages are "installed" as pip would leave them for the entry points (a ``.dist-info`` folder
-on ``sys.path``, like tests/test_audit.py) and their own tests run, unchanged, in one pytest process.
+The packages are installed for real, offline: ``pip install --no-deps --no-build-isolation --no-index
+--target SITE`` builds each one's wheel with the installed setuptools and installs it (modules and
+``.dist-info`` with the entry points) into a folder put on ``PYTHONPATH``, never into the test's own
+environment. Their own tests then run, unchanged, in one pytest process.
 """
 
 from __future__ import annotations
@@ -23,18 +25,12 @@ RUNNER = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _install(site: Path, package: Path) -> None:
-    """What ``pip install -e`` leaves for discovery: a dist-info with the package's entry points."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-    project = tomllib.loads((package / "pyproject.toml").read_text())["project"]
-    info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
-    lines = "".join(f"{k} = {v}\n" for k, v in project["entry-points"]["miars"].items())
-    (info / "entry_points.txt").write_text(f"[miars]\n{lines}")
+def _install(site: Path, packages: list[Path]) -> None:
+    """``pip install`` the packages into ``site`` without the network, their dependencies or a build environment."""
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                           "--no-index", "--disable-pip-version-check", "--target", str(site), *map(str, packages)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +40,9 @@ def packages(tmp_path_factory):
     made = {kind: new_plugin(f"miars-t-{kind}", [kind], root) for kind in KINDS}
     made["all"] = new_plugin("miars-everything", list(KINDS), root)
     site = root / "site"
-    for package in made.values():
-        _install(site, package)
+    _install(site, list(made.values()))
     env = {k: v for k, v in os.environ.items() if k != AUTOLOAD_VAR}  # the entry points of these packages load
-    env["PYTHONPATH"] = os.pathsep.join([str(site), *(str(p / "src") for p in made.values()), str(ROOT)])
+    env["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT)])  # the installed modules, not the sources
     return root, made, env
 
 
