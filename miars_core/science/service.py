@@ -312,11 +312,12 @@ def _unknown_top_k(fitted: Any, trained, known, k: int, who: str) -> np.ndarray:
     return np.take_along_axis(wider, order, axis=1)
 
 
-def _call(method, who: str, what: str, *args, **kwargs):
+def _call(method, who: str, what: str, *args, _blame=None, **kwargs):
     """Call a component's method; anything but a MiarsError becomes one line naming the component.
 
     The line is a :class:`~miars_core.contracts.errors.PluginError` that keeps the original
-    traceback (``MIARS_DEBUG=1`` prints it; a grid cell's error.json holds it).
+    traceback (``MIARS_DEBUG=1`` prints it; a grid cell's error.json holds it). ``_blame(exc)``
+    may name another component instead: ``(who, what)``, or None to keep the caller's.
     """
     try:
         return method(*args, **kwargs)
@@ -325,7 +326,7 @@ def _call(method, who: str, what: str, *args, **kwargs):
     except MemoryError:
         raise MiarsError(f"{who} ran out of memory in {what}; use a smaller dataset or smaller model parameters") from None
     except Exception as exc:  # noqa: BLE001 - the component's bug or refusal, named
-        raise _named(exc, who, what) from exc
+        raise _named(exc, *((_blame(exc) if _blame else None) or (who, what))) from exc
 
 
 def _named(exc: Exception, who: str, what: str) -> PluginError:
@@ -343,17 +344,11 @@ def _call_serving(method, who: str, what: str, recommender: str | None, service_
     """:func:`_call` for a service serving new accounts: an exception raised inside the recommender's
     ``recommend_for`` or ``new_accounts`` (which the service called) names the recommender and its
     plugin, and the service that called it; any other names the service."""
-    try:
-        return method(*args, **kwargs)
-    except MiarsError:
-        raise
-    except MemoryError:
-        raise MiarsError(f"{who} ran out of memory in {what}; use a smaller dataset or smaller model parameters") from None
-    except Exception as exc:  # noqa: BLE001 - the component's bug or refusal, named
+    def blame(exc):
         inside = _fold_in_frame(exc, service_type) if recommender else None
-        if inside:
-            raise _named(exc, recommender, f"{inside} (called by {who} {what})") from exc
-        raise _named(exc, who, what) from exc
+        return (recommender, f"{inside} (called by {who} {what})") if inside else None
+
+    return _call(method, who, what, *args, _blame=blame, **kwargs)
 
 
 def _fold_in_frame(exc: BaseException, service_type: type | None) -> str | None:
