@@ -29,16 +29,7 @@ import time
 import numpy as np
 
 
-def interleaved(fns: dict, repeat: int) -> dict:
-    """Min wall time of each function over ``repeat`` interleaved rounds, and its last output."""
-    best = {name: float("inf") for name in fns}
-    out = {}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            out[name] = fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: (best[name], out[name]) for name in fns}
+from floors import interleaved  # noqa: E402 - the benchmarks' one timing loop (this folder is on sys.path)
 
 
 def previous_bpr_foldin(h_rb, v, seed: int, steps: int = 50, lr: float = 0.005):
