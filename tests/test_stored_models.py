@@ -67,6 +67,24 @@ class NoState(CoCount):
     set_state = None  # type: ignore[assignment]
 
 
+LENGTHS: list = []  # (rows, epochs given) of every AutoLength fit
+
+
+class AutoLength(CoCount):
+    """CoCount with a training length: ``epochs=None`` "selects" a length from the data (rows % 5 + 2), as the
+    RecBole models' auto criterion reports it (fit_info epochs='auto', epochs_run=n)."""
+
+    def __init__(self, shrink: float = 1.0, epochs=None):
+        self.shrink, self.epochs = shrink, epochs
+
+    def fit(self, train, seed=0):
+        super().fit(train, seed)
+        LENGTHS.append((train.n_users, self.epochs))
+        chosen = train.n_users % 5 + 2 if self.epochs is None else int(self.epochs)
+        self.fit_info_ = {"epochs": "auto" if self.epochs is None else chosen, "epochs_run": chosen}
+        return self
+
+
 def _plugins():
     module = types.ModuleType("test_stored_models_plugin")
 
@@ -74,6 +92,7 @@ def _plugins():
     def register_recommenders(register):
         register("cocount", CoCount)
         register("nostate", NoState)
+        register("autolength", AutoLength)
 
     module.register_recommenders = register_recommenders
     return get_plugins(extra=[module])
@@ -114,6 +133,33 @@ def test_reference_models_are_shared_by_cells_with_the_same_adversary(small_data
     run_attack(config(small_dataset, target="random", shadow="cocount", attack="interaction", attack_params={}),
                plugins=plugins, store=DiskStore(tmp_path))
     assert FITS == []
+
+
+def test_reference_models_train_for_the_shadow_models_automatic_length(small_dataset, tmp_path):
+    """The adversary selects a length once, on its shadow; its reference models (offline and online) reuse it."""
+    from miars_core.engine.stages import shadow_length
+
+    plugins = _plugins()
+    LENGTHS.clear()
+    run_attack(config(small_dataset, target="pop", shadow="autolength"), plugins=plugins, store=DiskStore(tmp_path))
+    (shadow_rows, given), *references = LENGTHS
+    assert given is None and len(references) == 3  # the shadow selects its own length
+    assert {epochs for _, epochs in references} == {shadow_rows % 5 + 2}
+    LENGTHS.clear()  # online lira: its references on halves of the candidates, at the shadow's length too
+    run_attack(config(small_dataset, target="pop", shadow="autolength", attack="lira",
+                      attack_params={"references": 2, "online": True}, query_budget=8),
+               plugins=plugins, store=DiskStore(tmp_path))
+    assert LENGTHS and {epochs for _, epochs in LENGTHS} == {shadow_rows % 5 + 2}
+    LENGTHS.clear()  # a length given explicitly is every model's: nothing to reuse
+    run_attack(config(small_dataset, target="pop", shadow="autolength", shadow_params={"epochs": 9}),
+               plugins=plugins, store=DiskStore(tmp_path))
+    assert {epochs for _, epochs in LENGTHS} == {9} and len(LENGTHS) == 4
+    auto = {"params": {"epochs": None}, "fit_info": {"epochs": "auto", "epochs_run": 7}}
+    assert shadow_length(auto) == {"epochs": 7}
+    assert shadow_length({**auto, "params": {"epochs": "auto"}}) == {"epochs": 7}
+    assert shadow_length({"params": {"epochs": 7}, "fit_info": {"epochs": 7, "epochs_run": 7}}) == {}
+    assert shadow_length({"params": {}, "fit_info": {"epochs_run": 1}}) == {}  # ItemKNN: no length to choose
+    assert shadow_length({"params": {"epochs": None}, "fit_info": {"epochs": "auto", "epochs_run": True}}) == {}
 
 
 def test_a_stored_model_serves_the_lists_the_fitted_one_served(small_dataset, tmp_path):

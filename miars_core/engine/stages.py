@@ -21,9 +21,10 @@ computes, stores and times them all. In the order data flows::
     features   vectors, serve or defend, part nothing else
     attack     features of shadow and target  attack name, hyperparameters, version, seed("attack"); query
                                               attacks: the budget; interaction attacks: seed("pairs-target")
-    adversary* split (side), split (target)   the shadow recommender (name, hyperparameters, version), --seed
+    adversary* split (side), split (target),  the shadow recommender (name, hyperparameters, version), --seed;
+               model (shadow)                 its training length is the shadow model's (shadow_length)
     reference  adversary                      the index: reference model number i (a family, asked for lazily)
-    candidates* part                          the shadow recommender (name, hyperparameters, version), --seed
+    candidates* part, model (shadow)          the shadow recommender (name, hyperparameters, version), --seed
     online_reference  candidates              the index: online reference model i, on a random half of the part's
                                               users (a family, asked for lazily: online lira)
     metrics    attack                         not stored: milliseconds
@@ -44,7 +45,9 @@ lengths of list, share one fit, and query access and interaction labels read the
 instead of fitting again. A model without the contract is stored as a marker and fitted again in
 each process that needs it (the lists it serves are then checked against the stored ones).
 Reference models (``view.reference(i)``) are the ``reference`` stage, keyed by the adversary's
-data, the shadow recommender, --seed and the index: shared by every cell that trains the same ones.
+data, the shadow recommender, its shadow model, --seed and the index: shared by every cell that trains the same
+ones. They train for the shadow model's automatically chosen length (:func:`shadow_length`): the adversary
+selects a length once, on its own shadow, instead of once per reference model.
 
 Components keep their plugin contracts (a recommender only fits and recommends): this module
 does the caching around them. Seeds are those of miars v0, so results did not change.
@@ -64,6 +67,7 @@ timing it counts under, and a check of its output read back (see docs/engine.md)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass
@@ -349,15 +353,45 @@ class Adversary:
     make_recommender: Callable[[], Any]
     recommender_name: str
     versions: dict
+    #: What the reference models take from the shadow model (:func:`shadow_length`): ``{"epochs": n}`` or ``{}``.
+    length: dict = dataclasses.field(default_factory=dict)
 
 
-@GRAPH.stage(inputs={"split": _split_of, "members": lambda cell, node: Node("split", "target")}, stored=False,
-             covers=lambda cell, node: {"recommender": cell.component_id("recommender:shadow"), "seed": cell.config.seed})
-def adversary(cell, node, split: Split, members: Split) -> Adversary:
+def shadow_length(report: dict) -> dict:
+    """The training length the adversary's reference models reuse: its shadow model's, when chosen automatically.
+
+    The adversary selects a length once, on its shadow (``epochs`` left to the auto criterion), and
+    trains every reference model for that many epochs instead of selecting again per model (the
+    selection is about two thirds of an auto-length BPR fit). Returns ``{"epochs": n}`` to pass to
+    the recommender, or ``{}`` (a recommender without an auto length, or one given explicitly).
+    """
+    params, info = report.get("params") or {}, report.get("fit_info") or {}
+    run = info.get("epochs_run")
+    if ("epochs" in params and (params["epochs"] is None or str(params["epochs"]).lower() == "auto")
+            and info.get("epochs") == "auto" and isinstance(run, int) and not isinstance(run, bool) and run >= 1):
+        return {"epochs": run}
+    return {}
+
+
+def _shadow_model(cell, node: Node) -> Node:
+    """The adversary's own (undefended) shadow model: its length is the reference models' (:func:`shadow_length`)."""
+    return Node("model", "shadow")
+
+
+def _adversary_factory(cell) -> tuple[str, dict, dict]:
     name, params = cell.specs["recommender:shadow"]
+    length = shadow_length(cell.walker.output(Node("model", "shadow")).meta.get("report") or {})
+    return name, {**params, **length}, length
+
+
+@GRAPH.stage(inputs={"split": _split_of, "members": lambda cell, node: Node("split", "target"),
+                     "shadow_model": _shadow_model}, stored=False,
+             covers=lambda cell, node: {"recommender": cell.component_id("recommender:shadow"), "seed": cell.config.seed})
+def adversary(cell, node, split: Split, members: Split, shadow_model) -> Adversary:
+    name, params, length = _adversary_factory(cell)
     return Adversary(split.vectorization, int(members.target.is_member.sum()), cell.config.min_interactions,
                      cell.config.seed, functools.partial(cell.plugins.create, "recommender", name, **params), name,
-                     {"recommender": cell.component_id("recommender:shadow")["version"]})
+                     {"recommender": cell.component_id("recommender:shadow")["version"]}, length)
 
 
 def _reference_problem(ctx: Adversary, node, out: Output) -> tuple[str, str] | None:
@@ -386,16 +420,17 @@ def reference(ctx, node, adversary: Adversary):
     return arrays, meta, fitted
 
 
-@GRAPH.stage(inputs={"part": _part_of}, stored=False,
+@GRAPH.stage(inputs={"part": _part_of, "shadow_model": _shadow_model}, stored=False,
              covers=lambda cell, node: {"recommender": cell.component_id("recommender:shadow"), "seed": cell.config.seed})
-def candidates(cell, node, part) -> Adversary:
+def candidates(cell, node, part, shadow_model) -> Adversary:
     """What online reference models are trained on: the part's users as the adversary knows them (their visible
-    histories, the candidates whose membership it tests), the shadow recommender's factory. No labels."""
-    name, params = cell.specs["recommender:shadow"]
+    histories, the candidates whose membership it tests), the shadow recommender's factory at its shadow's length.
+    No labels."""
+    name, params, length = _adversary_factory(cell)
     data = part[0].interactions
     return Adversary(data, data.n_users // 2, 0, cell.config.seed,
                      functools.partial(cell.plugins.create, "recommender", name, **params), name,
-                     {"recommender": cell.component_id("recommender:shadow")["version"]})
+                     {"recommender": cell.component_id("recommender:shadow")["version"]}, length)
 
 
 @GRAPH.stage(inputs={"candidates": lambda cell, node: Node("candidates", node.part)}, family=True,
