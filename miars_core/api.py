@@ -519,6 +519,9 @@ def run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local
     if report:
         check_report_dir(Path(out) / "report", force)
     notes = list(notes or [])
+    for problem in spec.refused_pairs():  # a sequential target crossed with a general shadow: left out, listed
+        spec.skipped.append(problem)
+        notes.append(f"left out {problem['reason']} (the report lists it)")
     for problem in catalogue_problems(spec):
         key = (problem["defense"], tuple(sorted(problem["defense_params"].items())))
         if skippable is None or key not in skippable:

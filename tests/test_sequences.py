@@ -306,3 +306,68 @@ def test_query_recall_keeps_each_query_half_in_the_users_order():
         assert (kept > 0).sum() == 3 and set(kept[kept > 0]) <= {1, 2, 3, 4, 5, 6}
         assert np.array_equal(kept[kept > 0], positions.toarray()[0][kept > 0])  # the positions, unchanged
         assert set(t[row].data) == {1.0} and (t[row].toarray()[0] > 0).sum() == 3
+
+
+def test_prefix_queries_are_each_sequences_beginning_and_the_rest_its_continuation():
+    import scipy.sparse as sp
+
+    from miars_attacks.query import prefix_splits
+
+    # user 0: 6 items at positions 5 1 4 2 3 6; user 1: one item; user 2: two items
+    positions = sp.csr_matrix(np.array([[5, 1, 4, 2, 3, 6], [0, 0, 1, 0, 0, 0], [2, 0, 0, 0, 0, 1]], dtype=np.float32))
+    q, t = prefix_splits(positions, 2)
+    assert q.shape == t.shape == (6, 6)
+    # query 0 of user 0: her first floor(6 / 3) = 2 items, with their positions; the continuation the other 4
+    assert q[0].toarray()[0].tolist() == [0, 1, 0, 2, 0, 0] and t[0].toarray()[0].tolist() == [1, 0, 1, 0, 1, 1]
+    assert q[3].toarray()[0].tolist() == [0, 1, 4, 2, 3, 0] and t[3].toarray()[0].tolist() == [1, 0, 0, 0, 0, 1]
+    assert q[1].toarray()[0].tolist() == [0, 0, 1, 0, 0, 0] and t[1].nnz == 0  # one item: no continuation
+    assert q[2].toarray()[0].tolist() == [0, 0, 0, 0, 0, 1] and t[2].toarray()[0].tolist() == [1, 0, 0, 0, 0, 0]
+    again = prefix_splits(positions, 2)
+    assert (again[0] != q).nnz == 0 and (again[1] != t).nnz == 0  # no randomness
+
+
+def test_prefix_query_recall_is_refused_before_any_work_on_data_without_order(small_dataset, tmp_path):
+    from miars_core.engine.stages import Cell
+
+    with pytest.raises(MiarsError, match="reads each user's history in order.*has none"):
+        Cell(AttackConfig(dataset=str(small_dataset), target="item", service="foldin", attack="query-recall",
+                          attack_params={"split": "prefix"}), get_plugins())
+    with pytest.raises(MiarsError, match="reads each user's history in order.*has none"):
+        Cell(AttackConfig(dataset=str(small_dataset), target="item", service="foldin", attack="interaction",
+                          attack_params={"context": "prefix"}), get_plugins())
+    with pytest.raises(MiarsError, match="split"):
+        get_plugins().create("attack", "query-recall", split="suffix")
+
+
+def test_prefix_query_recall_runs_on_ordered_data(tmp_path):
+    from miars_core.engine.pipeline import run_attack
+
+    path = write_sequences(tmp_path / "walks.tsv", n_users=160, n_items=80, length=(20, 30))
+    base = dict(dataset=str(path), target="item", service="foldin", attack="query-recall", top_k=5,
+                min_interactions=5, featurizer_params={"dim": 16})
+    result = run_attack(AttackConfig(**base, attack_params={"split": "prefix", "queries": 2, "references": 1}))
+    assert result.queries["used"] == 2 * result.queries["target_users"]
+    assert 0.0 <= result.metrics["roc_auc"] <= 1.0
+    other = run_attack(AttackConfig(**base, attack_params={"queries": 2, "references": 1}))
+    assert result.metrics["roc_auc"] != other.metrics["roc_auc"]  # other queries, other scores
+
+
+def test_the_next_item_question_asks_with_what_came_before_the_item():
+    import scipy.sparse as sp
+
+    from miars_attacks.query import next_item_accounts
+    from miars_core.science.threat import AdversaryView
+
+    positions = sp.csr_matrix(np.array([[5, 1, 4, 2, 3, 6], [0, 0, 1, 0, 0, 2]], dtype=np.float32))
+    view = AdversaryView(histories=(positions > 0).astype(np.float32), lists=np.zeros((2, 1), dtype=np.int64), k=1,
+                         sequences=positions)
+    rows, items = np.array([0, 0, 1, 1]), np.array([2, 1, 5, 2])
+    prefix = next_item_accounts(view, rows, items, "prefix").toarray()
+    assert prefix[0].tolist() == [0, 1, 0, 2, 3, 0]  # item 2 is her 4th: her first three, in order
+    assert prefix[1].tolist() == [0] * 6  # her first item: nothing came before it
+    assert prefix[2].tolist() == [0, 0, 1, 0, 0, 0] and prefix[3].tolist() == [0] * 6
+    history = next_item_accounts(view, rows, items, "history").toarray()
+    assert history[0].tolist() == [5, 1, 0, 2, 3, 6]  # the whole history without the item
+    with pytest.raises(MiarsError, match="needs sequences"):
+        next_item_accounts(AdversaryView(histories=positions, lists=np.zeros((2, 1), dtype=np.int64), k=1), rows, items,
+                           "prefix")

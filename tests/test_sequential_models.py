@@ -175,3 +175,32 @@ def test_recboles_sequential_package_leaves_autograd_anomaly_detection_as_it_was
     get_model("SINE")
     get_model("SASRec")
     assert not torch.is_anomaly_enabled()
+
+
+def test_a_grid_crossing_sequential_and_general_recommenders_runs_and_lists_the_pair_it_leaves_out(tmp_path):
+    """target x shadow over {GRU4Rec, pop}: three pairs run; GRU4Rec with the general shadow is left out, with its
+    reason in grid.json and the report, and its entry empty. Every pair refused: the single cell's one line."""
+    from miars_core import api
+
+    path = write_sequences(tmp_path / "walks.tsv", n_users=120, n_items=60, length=(12, 18))
+    params = [f"recbole:GRU4Rec.{k}={v}" for k, v in
+              (("epochs", 1), ("max_len", 8), ("batch_size", 128), ("config", json.dumps(SMALL)))]
+    names = ["recbole:GRU4Rec", "pop"]
+    run = api.grid(dataset=str(path), target=names, shadow=names, target_param=params, shadow_param=params,
+                   attack_param=["epochs=20"], featurizer_param=["dim=16"], top_k=5, min_interactions=5, seed=[0],
+                   no_cache=True, quiet=True,
+                   out=str(tmp_path / "grid"), workers=1)
+    assert not run.failed
+    pairs = {(json.loads((run.run_dir / "cells" / c / "result.json").read_text())["config"]["target"],
+              json.loads((run.run_dir / "cells" / c / "result.json").read_text())["config"]["shadow"]) for c in run.cells}
+    assert pairs == {("recbole:GRU4Rec", "recbole:GRU4Rec"), ("pop", "recbole:GRU4Rec"), ("pop", "pop")}
+    skipped = json.loads(run.paths["grid.json"].read_text())["spec"]["skipped"]
+    assert [(s["target"], s["shadow"]) for s in skipped] == [("recbole:GRU4Rec", "pop")]
+    assert any("left out" in n and "sequential target needs a sequential shadow" in n for n in run.notes)
+    tables = (run.run_dir / "report" / "tables.md").read_text()
+    assert "target recbole:GRU4Rec with shadow pop: a sequential target needs a sequential shadow" in tables
+    assert "Left out" in (run.run_dir / "report" / "report.html").read_text()
+    with pytest.raises(MiarsError, match="is a sequential recommender but shadow 'pop' is not"):
+        api.grid(dataset=str(path), target=["recbole:GRU4Rec"], shadow=["pop"], target_param=params, seed=[0],
+                 no_cache=True, quiet=True, out=str(tmp_path / "refused"))
+    assert not (tmp_path / "refused").exists()  # refused before any folder was made

@@ -72,8 +72,9 @@ class GridSpec:
     #: Add the control recommenders (:data:`CONTROLS`) as targets, crossed with everything like any target.
     controls: bool = False
     #: Cells left out, each ``{dataset, defense, defense_params, top_k, reason}`` (a default sweep
-    #: value that cannot run on that dataset's catalogue; ``miars bench-defenses`` fills it and the
-    #: report shows the reasons).
+    #: value that cannot run on that dataset's catalogue; ``miars bench-defenses`` fills it) or
+    #: ``{target, shadow, reason}`` (a sequential target crossed with a general shadow:
+    #: :meth:`refused_pairs`); the report shows the reasons.
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -183,8 +184,45 @@ class GridSpec:
             if defense is not None:
                 plugins.create("defense", defense, **dparams)
 
+    def refused_pairs(self, plugins=None) -> list[dict[str, Any]]:
+        """The (target, shadow) pairs no cell can run: a sequential target with a general shadow.
+
+        A grid crossing sequential and general recommenders (``--target recbole:SASRec,lfm --shadow
+        recbole:SASRec,lfm``) leaves those pairs out with their reason instead of failing their
+        cells: the shadow imitates the target's service, so a sequential target's shadow must be
+        sequential (docs/sequential.md). A general target with a sequential shadow runs. Every
+        pair refused: the one-line refusal of a single cell.
+        """
+        from ..contracts.plugins import get_plugins
+        from .datasets import is_sequential
+
+        plugins = plugins or get_plugins()
+        kinds: dict[tuple[str, bool], bool] = {}
+
+        def sequential(name: str, side: bool) -> bool:
+            if (name, side) not in kinds:
+                params = _scoped(self.target_params if side else self.shadow_params, name, is_control(name))
+                kinds[name, side] = is_sequential(plugins.create("recommender", name, **params))
+            return kinds[name, side]
+
+        targets = list(self.target) + ([c for c in CONTROLS if c not in self.target] if self.controls else [])
+        pairs = [(t, s) for t in targets for s in self._shadows(t)]
+        refused = [{"target": t, "shadow": s,
+                    "reason": f"target {t} with shadow {s}: a sequential target needs a sequential shadow "
+                              "(the shadow imitates the target's service)"}
+                   for t, s in pairs if sequential(t, True) and not sequential(s, False)]
+        if refused and len(refused) == len(pairs):
+            t, s = refused[0]["target"], refused[0]["shadow"]
+            raise MiarsError(f"target {t!r} is a sequential recommender but shadow {s!r} is not: the shadow imitates "
+                             f"the target's service, so it must be sequential too (e.g. --shadow {t})")
+        return refused
+
     def _skips(self, config: AttackConfig) -> bool:
         for s in self.skipped:
+            if "target" in s and "shadow" in s:
+                if s["target"] == config.target and s["shadow"] == config.shadow:
+                    return True
+                continue
             if (s.get("dataset") is not None and s["dataset"] in (config.dataset, config.shadow_dataset)
                     and s.get("defense") == config.defense
                     and s.get("defense_params") == config.defense_params and s.get("top_k") == config.top_k):

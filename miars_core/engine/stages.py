@@ -553,6 +553,15 @@ class Cell:
                 self._shared[memo] = is_sequential(self.checked(f"recommender:{side}"))
             kinds[side] = self._shared[memo]
         c = self.config
+        if getattr(self.checked("attack"), "needs_order", False) is True:  # e.g. query-recall split=prefix
+            for side in dict.fromkeys(("target", "shadow")):
+                memo = ("order", self.dataset_of(side), c.data_dir)
+                if memo not in self._shared:
+                    self._shared[memo] = dataset_has_order(self.dataset_of(side), c.data_dir, self.plugins)
+                if self._shared[memo] is False:
+                    raise MiarsError(f"attack {c.attack!r} with these parameters reads each user's history in order, "
+                                     f"but dataset {self.dataset_of(side)!r} has none (no timestamp or position); use "
+                                     "a dataset with times (ml-100k, ml-1m ratings.dat) or the attack's default split")
         if kinds["target"] and not kinds["shadow"]:
             raise MiarsError(f"target {c.target!r} is a sequential recommender but shadow {c.shadow!r} is not: the shadow "
                              "imitates the target's service, so it must be sequential too (e.g. --shadow "

@@ -166,6 +166,20 @@ def skipped_reasons(grid: dict | None) -> list[str]:
     return [str(s["reason"]) for s in skipped or [] if isinstance(s, dict) and s.get("reason")]
 
 
+#: Heads the list of (target, shadow) pairs a grid left out; their table entries stay empty.
+LEFT_OUT_NOTE = ("Pairs the grid left out, before any work (their table entries are empty): a sequential target "
+                 "needs a sequential shadow (docs/sequential.md).")
+
+
+def refused_pairs(grid: dict | None) -> list[str]:
+    """The (target, shadow) pairs the grid left out (``spec.skipped`` entries with a target and a shadow: a
+    sequential target crossed with a general shadow), one reason each; the tables show them as "left out"."""
+    spec = (grid or {}).get("spec") if isinstance(grid, dict) else None
+    skipped = spec.get("skipped") if isinstance(spec, dict) else None
+    return [str(s["reason"]) for s in skipped or []
+            if isinstance(s, dict) and s.get("reason") and "target" in s and "shadow" in s]
+
+
 def load_cells(run_dir: str | Path) -> list[CellRecord]:
     """Every cell of a run, sorted by id: finished ("ok"), failed, and listed in grid.json but not written ("missing").
 
@@ -317,13 +331,18 @@ def build_groups(records: list[CellRecord]) -> list[Group]:
 # ----------------------------------------------------------------------------- tables
 
 
-def tables_markdown(groups: list[Group], records: list[CellRecord]) -> str:
-    """All tables as markdown: per group, per metric, a target (rows) x shadow (columns) matrix."""
+def tables_markdown(groups: list[Group], records: list[CellRecord], left_out: list[str] = ()) -> str:
+    """All tables as markdown: per group, per metric, a target (rows) x shadow (columns) matrix.
+
+    ``left_out``: why (target, shadow) pairs were left out of the grid (:func:`refused_pairs`), listed first.
+    """
     lines = ["# miars grid report: tables", "",
              f"Each entry is the mean over seeds and, in brackets, the {CI_DESCRIPTION}. "
              "An entry with another number of seeds than its table says so: (n=2). "
              "Rows: target recommender; columns: shadow recommender. "
              "Balanced accuracy is what the CCS'21 paper calls \"AUC\".", ""]
+    if left_out:
+        lines += [LEFT_OUT_NOTE, ""] + [f"* {why}" for why in left_out] + [""]
     lines += checks_markdown(groups, records)
     for g in groups:
         every = [e for per in g.estimates.values() for e in per.values()]
@@ -590,7 +609,9 @@ def write_report(run_dir: str | Path, force: bool = False) -> Path:
     groups = build_groups(records)
     out = root / "report"
     img = out / "img"
-    files: dict[str, bytes] = {"tables.md": _utf8(tables_markdown(groups, records)), "tables.csv": _utf8(tables_csv(groups))}
+    left_out = refused_pairs(grid)
+    files: dict[str, bytes] = {"tables.md": _utf8(tables_markdown(groups, records, left_out)),
+                               "tables.csv": _utf8(tables_csv(groups))}
 
     images: dict[str, bytes] = {}
     heatmaps: dict[str, list[tuple[str, str]]] = {}
@@ -736,6 +757,10 @@ def _html(root, grid, records, groups, heatmaps, rocs, images, extra: str = "") 
             parts.append(f'<tr><td class="l">{e(r.id)}</td><td class="l">{e(r.status)}</td><td class="l">{e(r.stage or "")}</td>'
                          f'<td class="l err">{e(r.error or "")}</td></tr>')
         parts.append("</table>")
+    left_out = refused_pairs(grid)
+    if left_out:
+        parts.append(f'<h2 id="left-out">Left out</h2><p class="note">{e(LEFT_OUT_NOTE)}</p><ul>'
+                     + "".join(f"<li>{e(why)}</li>" for why in left_out) + "</ul>")
     flagged = flagged_cells(records)
     if flagged or any(g.controls for g in groups):
         parts.append('<h2 id="checks">Controls and checks</h2>')

@@ -42,6 +42,35 @@ def half_splits(histories: sp.csr_matrix, queries: int, seed: int) -> tuple[sp.c
     return sp.vstack(qs, format="csr"), sp.vstack(ts, format="csr")
 
 
+def prefix_splits(sequences: sp.csr_matrix, queries: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """``queries`` prefixes of every ordered history, stacked (query s of user u is row s * n + u).
+
+    ``sequences`` holds each item's 1-based position in its user's sequence (the view's
+    ``sequences``). Query s of a history of c items is its first ``floor(c (s + 1) / (queries + 1))``
+    items (at least 1, at most c - 1: the continuation is never empty for c >= 2), with their
+    positions as values, so a sequential service reads it in order; T is the continuation (0/1).
+    No randomness: the same sequences give the same queries.
+    """
+    values = sp.csr_matrix(sequences, dtype=np.float32)
+    values.sum_duplicates()
+    values.eliminate_zeros()
+    counts = np.diff(values.indptr)
+    row_of = np.repeat(np.arange(values.shape[0]), counts)
+    qs, ts = [], []
+    for s in range(queries):  # one vectorised pass per prefix length
+        length = np.clip((counts * (s + 1)) // (queries + 1), 1, np.maximum(counts - 1, 1))
+        in_query = values.data <= length[row_of]
+        q = values.copy()
+        q.data = values.data * in_query
+        q.eliminate_zeros()
+        t = values.copy()
+        t.data = (~in_query).astype(np.float32)
+        t.eliminate_zeros()
+        qs.append(q)
+        ts.append(t)
+    return sp.vstack(qs, format="csr"), sp.vstack(ts, format="csr")
+
+
 def recall_of_lists(lists: np.ndarray, held: sp.csr_matrix) -> np.ndarray:
     """Share of each row's held-out items found in its list (0 where nothing is held out)."""
     n, k = lists.shape
@@ -72,22 +101,39 @@ class QueryRecall(_ShadowCalibrated):
 
     Orientation and threshold are chosen on the shadow part (the adversary's own service);
     the target is asked exactly ``queries`` queries per user.
+
+    ``split="prefix"`` (for ordered data, e.g. against a sequential recommender): query s is
+    the first (s + 1) / (queries + 1) of the user's sequence and T its continuation: how much of
+    what she did next does the service predict from how she began (:func:`prefix_splits`).
+    Refused before any work on a dataset without order.
     """
 
     threat = "queries"
     param_constraints = {"queries": Interval(int, 1), "calibration": Options(("none", "reference", "zreg")),
-                         "references": Interval(int, 1)}
+                         "references": Interval(int, 1), "split": Options(("random", "prefix"))}
 
-    def __init__(self, queries: int = 5, calibration: str = "zreg", references: int = 3):
+    def __init__(self, queries: int = 5, calibration: str = "zreg", references: int = 3, split: str = "random"):
         self.queries = queries
         self.calibration = calibration
         self.references = references
+        self.split = split
+
+    @property
+    def needs_order(self) -> bool:
+        """Whether the attack reads each user's history in order (``split="prefix"``): checked before any work."""
+        return self.split == "prefix"
+
+    def _splits(self, view: AdversaryView, seed: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        if self.split == "prefix":
+            view.require("query-recall split=prefix", "sequences")
+            return prefix_splits(view.sequences, int(self.queries))
+        return half_splits(view.sequences if view.sequences is not None else view.histories, int(self.queries), seed)
 
     def _recalls(self, view: AdversaryView, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean recall over the queries on the service and, when calibrating, on the reference model."""
         view.require("query-recall", "query")
         n, s = view.n_users, int(self.queries)
-        q, t = half_splits(view.sequences if view.sequences is not None else view.histories, s, seed)
+        q, t = self._splits(view, seed)
         recall = recall_of_lists(view.query.recommend(q), t).reshape(s, n).mean(axis=0)
         if self.calibration == "none":
             return recall, None
@@ -140,6 +186,27 @@ def rank_hits(lists: np.ndarray, items: np.ndarray) -> np.ndarray:
     return np.where(found.any(axis=1), (k - position) / k, 0.0)
 
 
+def next_item_accounts(view: AdversaryView, rows: np.ndarray, items: np.ndarray, context: str) -> sp.csr_matrix:
+    """The account asked about each pair (user row, item): her history without the item (``history``), or only
+    what she did before it, in order (``prefix``: the next-item question; the first item of a sequence gets an
+    empty account, which the service answers with its popular list)."""
+    from miars_core.contracts.types import binary_csr
+
+    if context == "prefix":
+        view.require("interaction context=prefix", "sequences")
+    source = view.sequences if view.sequences is not None else view.histories  # in order, when there is one
+    h = sp.csr_matrix(source, dtype=np.float32)[rows]
+    h.eliminate_zeros()
+    if context == "prefix":
+        position = np.asarray(h[np.arange(len(rows)), items]).ravel()  # the item's place in her sequence
+        h.data = np.where(h.data < np.repeat(position, np.diff(h.indptr)), h.data, 0.0).astype(np.float32)
+        h.eliminate_zeros()
+        return h
+    accounts = h - h.multiply(binary_csr(np.arange(len(rows)), items, h.shape))  # the history without the item
+    accounts.eliminate_zeros()
+    return accounts
+
+
 class InteractionQuery(_ShadowCalibrated):
     """Interaction-level query attack: was this (user, item) pair in the training data? Leave it out of a fresh account and see if it comes back (after Carlini et al., S&P 2022).
 
@@ -151,27 +218,32 @@ class InteractionQuery(_ShadowCalibrated):
     one query per pair. Metrics are per pair (``interaction`` in result.json: all pairs, and
     members' trained against held-out pairs when the cell holds some out); the per-user
     score is the mean over the user's pairs.
+
+    ``context="prefix"`` (for ordered data, e.g. against a sequential recommender) asks the
+    next-item question instead: the account holds only what the user did *before* the item, in
+    order (:func:`next_item_accounts`). Refused before any work on a dataset without order.
     """
 
     threat = "queries"
     level = "interaction"
     labels = "pair_labels"
-    param_constraints = {"pairs": Interval(int, 1), "calibration": Options(("none", "reference"))}
+    param_constraints = {"pairs": Interval(int, 1), "calibration": Options(("none", "reference")),
+                         "context": Options(("history", "prefix"))}
 
-    def __init__(self, pairs: int = 5, calibration: str = "reference"):
+    def __init__(self, pairs: int = 5, calibration: str = "reference", context: str = "history"):
         self.pairs = pairs
         self.calibration = calibration
+        self.context = context
+
+    @property
+    def needs_order(self) -> bool:
+        """Whether the attack reads each user's history in order (``context="prefix"``): checked before any work."""
+        return self.context == "prefix"
 
     def _score(self, view: AdversaryView, seed: int) -> np.ndarray:
-        from miars_core.contracts.types import binary_csr
-
         view.require("interaction", "query", "pairs")
         rows, items = view.pairs[:, 0], view.pairs[:, 1]
-        source = view.sequences if view.sequences is not None else view.histories  # in order, when there is one
-        h = sp.csr_matrix(source, dtype=np.float32)[rows]
-        h.eliminate_zeros()
-        accounts = h - h.multiply(binary_csr(np.arange(len(rows)), items, h.shape))  # the history without the item
-        accounts.eliminate_zeros()
+        accounts = next_item_accounts(view, rows, items, self.context)
         score = rank_hits(view.query.recommend(accounts), items)
         if self.calibration == "reference":
             view.require("interaction", "reference")
