@@ -716,8 +716,12 @@ class Cell:
         for side in self.SIDES:
             memo = ("attributes-match", self.attributes_id()["sha256"], self.dataset_of(side), c.data_dir)
             if memo not in self._shared:
-                self._shared[memo] = check_matches(table, self.data(side).user_ids, c.user_attributes,
-                                                   self.dataset_of(side))
+                progress, self.walker.progress = self.walker.progress, None  # a check: no progress line before an error
+                try:
+                    users = self.data(side).user_ids
+                finally:
+                    self.walker.progress = progress
+                self._shared[memo] = check_matches(table, users, c.user_attributes, self.dataset_of(side))
 
     # -- keys (no data is read) --------------------------------------------------------------
     def key(self, stage: str, side_or_part: str = "", defended: bool = False) -> str:
