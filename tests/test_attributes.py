@@ -257,3 +257,26 @@ def test_grids_and_toml_take_the_file(small_dataset, cluster_attributes, tmp_pat
     spec, _, _ = api.bench_spec(dataset=[str(small_dataset)], user_attributes=str(cluster_attributes), defense=["none"])
     assert spec.user_attributes == str(cluster_attributes)
     assert json.dumps(spec.to_json())
+
+
+@pytest.mark.parametrize("service", ["popular", "foldin"])
+def test_nothing_reachable_from_a_view_with_attributes_holds_labels_or_training_data(small_dataset, cluster_attributes,
+                                                                                      service):
+    from miars_core.contracts.types import Part, Split
+    from miars_core.engine.graph import Walker
+    from miars_core.engine.stages import Cell
+    from miars_core.kit import checks
+    from miars_core.science.service import Fitted, Served
+
+    cell = Cell(AttackConfig(dataset=str(small_dataset), attack="reference-rec", service=service, top_k=10,
+                             user_attributes=str(cluster_attributes),
+                             service_params={"cold_start": "attributes", "min_group": 2}), get_plugins())
+    view = cell.view("target", False, cell.features("target", False), "queries")
+    assert view.attributes.shape == (view.n_users, 2) and view.attribute_columns == ("cluster", "parity")
+    empty = sp.csr_matrix((3, view.histories.shape[1]), dtype=np.float32)
+    view.query.recommend(empty, attributes=view.attributes[:3])
+    view.reference.cold_start(view.attributes[:3])
+    served = cell.fitted("target")
+    checks.check_isolation(view, is_member=cell.part("target").is_member, train=served.train.matrix,
+                           forbidden=[cell, served, served.model, cell.split("target"), cell.part("target")],
+                           forbidden_types=(Cell, Walker, Part, Split, Served, Fitted))

@@ -14,13 +14,15 @@ computes, stores and times them all. In the order data flows::
     model      part                           recommender name, all its hyperparameters and version, seed(part);
                                               under a data or training defense also the defense (name,
                                               hyperparameters, version, seed("defense-<part>")): the fitted model
-    serve      model, part                    top-k, the service (name, hyperparameters, version): the lists [grid task]
+    serve      model, part                    top-k, the service (name, hyperparameters, version); a service that reads
+                                              user attributes: the file's sha256: the lists [grid task]
     defend     serve, part                    a defense acting on lists: name, hyperparameters, version,
                                               seed("defense-<part>")
     vectors    split                          featurizer name, hyperparameters, version, seed("featurizer")
     features   vectors, serve or defend, part nothing else
     attack     features of shadow and target  attack name, hyperparameters, version, seed("attack"); query
-                                              attacks: the budget; interaction attacks: seed("pairs-target")
+                                              attacks: the budget; interaction attacks: seed("pairs-target");
+                                              an attack or service that reads user attributes: the file's sha256
     adversary* split (side), split (target),  the shadow recommender (name, hyperparameters, version), --seed;
                model (shadow)                 its training length is the shadow model's (shadow_length)
     reference  adversary                      the index: reference model number i (a family, asked for lazily)
