@@ -172,6 +172,10 @@ def test_keys_change_with_the_file_only_where_it_is_read(small_dataset, cluster_
     # a cell that reads no attribute (popular cold start, mlp) has the keys of a cell without the file
     plain, with_file = cell(None), cell(cluster_attributes)
     assert plain.key("serve", "target") == with_file.key("serve", "target") and plain.key("attack") == with_file.key("attack")
+    # the key is the file's content, not its path
+    copy = tmp_path / "copy.tsv"
+    copy.write_bytes(Path(cluster_attributes).read_bytes())
+    assert cell(copy, **cold).key("serve", "target") == a.key("serve", "target")
     # reference-rec reads them: its attack key changes with the file, the lists' keys do not
     r1, r2 = cell(cluster_attributes, attack="reference-rec"), cell(other, attack="reference-rec")
     assert r1.key("serve", "target") == r2.key("serve", "target") and r1.key("attack") != r2.key("attack")
