@@ -216,16 +216,20 @@ def _warn(message: str, stacklevel: int = 4) -> None:
 def attack_config(*, dataset="ml-100k", shadow_dataset=None, data_dir=None, download=False, target="item", shadow=None,
                   featurizer="center-diff", attack="mlp", defense=None, service="popular", top_k=100, seed=0,
                   split="interactions", min_interactions=20, target_param=None, shadow_param=None, featurizer_param=None,
-                  attack_param=None, defense_param=None, service_param=None, query_budget=5, device="auto"):
+                  attack_param=None, defense_param=None, service_param=None, query_budget=5, device="auto",
+                  user_attributes=None):
     """The checked :class:`~miars_core.engine.config.AttackConfig` of ``miars attack``'s options (refused before any work)."""
     from .engine.config import AttackConfig
 
     dataset, data_dir, shadow_dataset = _expand(dataset), _expand(data_dir), _expand(shadow_dataset)
+    user_attributes = _expand(user_attributes)
     check_input_path("--dataset", dataset)
     check_input_path("--data-dir", data_dir)
     check_input_path("--shadow-dataset", shadow_dataset)
+    check_input_path("--user-attributes", user_attributes)
     config = AttackConfig(
-        dataset=dataset, shadow_dataset=shadow_dataset, data_dir=data_dir, download=download, target=target,
+        dataset=dataset, shadow_dataset=shadow_dataset, data_dir=data_dir, download=download,
+        user_attributes=user_attributes, target=target,
         shadow=shadow or target, featurizer=featurizer, attack=attack, defense=defense, top_k=top_k, seed=seed,
         split=split, min_interactions=min_interactions,
         target_params=parse_params(target_param, "--target-param"),
@@ -334,7 +338,7 @@ def attack(*, dataset="ml-100k", shadow_dataset=None, data_dir=None, download=Fa
            featurizer="center-diff", attack="mlp", defense=None, service="popular", top_k=100, seed=0,
            split="interactions", min_interactions=20, target_param=None, shadow_param=None, featurizer_param=None,
            attack_param=None, defense_param=None, service_param=None, query_budget=5, out=None, export_miars=None,
-           cache=None, no_cache=False, quiet=False, force=False, device="auto") -> AttackRun:
+           cache=None, no_cache=False, quiet=False, force=False, device="auto", user_attributes=None) -> AttackRun:
     """``miars attack``: run the CCS'21 membership inference attack end to end; return an :class:`AttackRun`.
 
     Same options, defaults and checks as the command (``miars attack --help``); ``out`` writes
@@ -346,7 +350,7 @@ def attack(*, dataset="ml-100k", shadow_dataset=None, data_dir=None, download=Fa
                            service=service, top_k=top_k, seed=seed, split=split, min_interactions=min_interactions,
                            target_param=target_param, shadow_param=shadow_param, featurizer_param=featurizer_param,
                            attack_param=attack_param, defense_param=defense_param, service_param=service_param,
-                           query_budget=query_budget, device=device)
+                           query_budget=query_budget, device=device, user_attributes=user_attributes)
     run, problem = execute_attack(config, _expand(out), _expand(export_miars), stage_store(cache, no_cache), force,
                                   _progress(quiet))
     if problem:
@@ -365,7 +369,7 @@ def grid_spec(*, config=None, dataset=None, shadow_dataset=None, data_dir=None, 
               shadow=None, featurizer=None, attack=None, defense=None, defense_param=None, service=None,
               service_param=None, target_param=None, shadow_param=None, featurizer_param=None, attack_param=None,
               top_k=None, seed=None, split=None, min_interactions=None, query_budget=None, utility_holdout=None,
-              controls=False, max_cells=None, device=None):
+              controls=False, max_cells=None, device=None, user_attributes=None):
     """``miars grid``'s options (a TOML file, then the options over it) as a :class:`~miars_core.engine.grid.GridSpec`
     and the ``max_cells`` limit (given, or the file's)."""
     from .engine.grid import GridSpec, load_toml, parse_list_flag
@@ -389,6 +393,7 @@ def grid_spec(*, config=None, dataset=None, shadow_dataset=None, data_dir=None, 
         "query_budget": query_budget,
         "utility_holdout": utility_holdout,
         "data_dir": _expand(data_dir),
+        "user_attributes": _expand(user_attributes),
         "download": download or None,
         "controls": controls or None,
         "device": device,
@@ -410,7 +415,7 @@ def grid_spec(*, config=None, dataset=None, shadow_dataset=None, data_dir=None, 
 
 def bench_spec(*, dataset=None, data_dir=None, target=None, defense=None, defense_param=None, target_param=None,
                attack=None, attack_param=None, service=None, query_budget=5, top_k=None, seed=None,
-               utility_holdout=0.2, controls=False, device=None):
+               utility_holdout=0.2, controls=False, device=None, user_attributes=None):
     """``miars bench-defenses``'s options as ``(GridSpec, skippable, notes)``: every registered defense at its
     documented sweep by default (one that trains none of the targets is left out, with a note)."""
     from .contracts.plugins import get_plugins
@@ -453,7 +458,7 @@ def bench_spec(*, dataset=None, data_dir=None, target=None, defense=None, defens
     recs = _scoped(target_param, "--target-param")
     spec = GridSpec(
         dataset=parse_list_flag(_list_values(dataset, "--dataset"), "--dataset") or ["ml-100k"],
-        data_dir=_expand(data_dir), target=targets, shadow=None,
+        data_dir=_expand(data_dir), user_attributes=_expand(user_attributes), target=targets, shadow=None,
         defense=[None, *names], defense_params=sweeps,
         top_k=parse_list_flag(_list_values(top_k, "--top-k"), "--top-k", int) or [100],
         seed=parse_list_flag(_list_values(seed, "--seed"), "--seed", int) or [0, 1, 2],
@@ -553,7 +558,7 @@ def grid(*, config=None, dataset=None, shadow_dataset=None, data_dir=None, downl
          target_param=None, shadow_param=None, featurizer_param=None, attack_param=None, top_k=None, seed=None,
          split=None, min_interactions=None, query_budget=None, utility_holdout=None, controls=False, out,
          cache=None, no_cache=False, workers=None, threads=1, scheduler=None, dask_local=None, no_report=False,
-         quiet=False, force=False, max_cells=None, device=None) -> "GridRun":
+         quiet=False, force=False, max_cells=None, device=None, user_attributes=None) -> "GridRun":
     """``miars grid``: run a grid of attack cells (cached, resumable) into ``out``, then write its report.
 
     Same options, defaults and checks as the command (``miars grid --help``): e.g.
@@ -567,7 +572,7 @@ def grid(*, config=None, dataset=None, shadow_dataset=None, data_dir=None, downl
                                 featurizer_param=featurizer_param, attack_param=attack_param, top_k=top_k, seed=seed,
                                 split=split, min_interactions=min_interactions, query_budget=query_budget,
                                 utility_holdout=utility_holdout, controls=controls, max_cells=max_cells,
-                                device=device)
+                                device=device, user_attributes=user_attributes)
     run = run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
                    max_cells, command="grid", force=force)
     run._warn_failed()
@@ -579,7 +584,7 @@ def bench_defenses(*, dataset=None, data_dir=None, target=None, defense=None, de
                    attack=None, attack_param=None, service=None, query_budget=5, top_k=None, seed=None,
                    utility_holdout=0.2, controls=False, out, cache=None, no_cache=False, workers=None, threads=1,
                    scheduler=None, dask_local=None, no_report=False, quiet=False, force=False,
-                   max_cells=None, device=None) -> "GridRun":
+                   max_cells=None, device=None, user_attributes=None) -> "GridRun":
     """``miars bench-defenses``: privacy for a static and an adaptive attacker, utility and cost of every defense.
 
     Same options, defaults and checks as the command (``miars bench-defenses --help``);
@@ -589,7 +594,7 @@ def bench_defenses(*, dataset=None, data_dir=None, target=None, defense=None, de
                                         defense_param=defense_param, target_param=target_param, attack=attack,
                                         attack_param=attack_param, service=service, query_budget=query_budget,
                                         top_k=top_k, seed=seed, utility_holdout=utility_holdout, controls=controls,
-                                        device=device)
+                                        device=device, user_attributes=user_attributes)
     run = run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
                    max_cells, skippable, command="bench-defenses", force=force, notes=notes)
     run._warn_failed()

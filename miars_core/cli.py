@@ -279,11 +279,18 @@ def debugging() -> bool:
     return os.environ.get("MIARS_DEBUG", "").strip() == "1"
 
 
+#: ``--user-attributes``'s help (miars-attack, grid, bench-defenses).
+USER_ATTRIBUTES_HELP = ("File of user attributes: user id, then attribute columns (categorical; header optional; "
+                        "MovieLens users.dat and RecBole .user recognised; .gz ok): read by --service-param "
+                        "cold_start=attributes and by reference-rec.")
+
+
 def attack(
     dataset: str = typer.Option("ml-100k", help="Dataset name (`miars list dataset`) or path of an interactions file (user, item columns; .gz ok; RecBole .inter ok)."),
     shadow_dataset: Optional[str] = typer.Option(None, "--shadow-dataset", help="Take the shadow part from this dataset instead (the paper's dataset transfer)."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the dataset's original file (plain or .gz)."),
     download: bool = typer.Option(False, "--download", help="Download the official archive into ~/.cache/miars if the file is missing."),
+    user_attributes: Optional[str] = typer.Option(None, "--user-attributes", help=USER_ATTRIBUTES_HELP),
     target: str = typer.Option("item", help="Target recommender (`miars list recommender`), e.g. item, lfm, ncf, recbole:NeuMF; installed: {installed:recommender}."),
     shadow: Optional[str] = typer.Option(None, help="Shadow recommender the adversary trains (default: same as --target)."),
     featurizer: str = typer.Option("center-diff", help="Featurizer (`miars list featurizer`); installed: {installed:featurizer}."),
@@ -314,13 +321,13 @@ def attack(
         _attack(dataset, data_dir, download, target, shadow, featurizer, attack_model, defense, top_k, seed, split,
                 min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
                 out, export_miars, quiet, shadow_dataset, cache, no_cache, service, service_param, query_budget, force,
-                device)
+                device, user_attributes)
 
 
 def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_model, defense, top_k, seed, split,
             min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
             out, export_miars, quiet, shadow_dataset=None, cache=None, no_cache=False, service="popular",
-            service_param=None, query_budget=5, force=False, device="auto") -> None:
+            service_param=None, query_budget=5, force=False, device="auto", user_attributes=None) -> None:
     from . import api
 
     config = api.attack_config(
@@ -328,7 +335,7 @@ def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_mode
         shadow=shadow, featurizer=featurizer, attack=attack_model, defense=defense, top_k=top_k, seed=seed, split=split,
         min_interactions=min_interactions, target_param=target_param, shadow_param=shadow_param,
         featurizer_param=featurizer_param, attack_param=attack_param, defense_param=defense_param, service=service,
-        service_param=service_param, query_budget=query_budget, device=device)
+        service_param=service_param, query_budget=query_budget, device=device, user_attributes=user_attributes)
     _run(config, _expand(out), _expand(export_miars), quiet, api.stage_store(_expand(cache), no_cache), force)
 
 
@@ -446,6 +453,7 @@ def grid(
     shadow_dataset: Optional[List[str]] = typer.Option(None, "--shadow-dataset", help="Datasets to take the shadow part from (dataset transfer) (default: the target's)."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the datasets' original files."),
     download: bool = typer.Option(False, "--download", help="Download missing official datasets into ~/.cache/miars."),
+    user_attributes: Optional[str] = typer.Option(None, "--user-attributes", help=USER_ATTRIBUTES_HELP + " (TOML key user_attributes)"),
     target: Optional[List[str]] = typer.Option(None, "--target", help="Target recommenders, comma-separated (default: item); installed: {installed:recommender}."),
     shadow: Optional[List[str]] = typer.Option(None, "--shadow", help="Shadow recommenders, crossed with the targets (default: each target's own)."),
     featurizer: Optional[List[str]] = typer.Option(None, "--featurizer", help="Featurizers (default: center-diff); installed: {installed:featurizer}."),
@@ -488,7 +496,8 @@ def grid(
             defense_param=defense_param, service=service, service_param=service_param, target_param=target_param,
             shadow_param=shadow_param, featurizer_param=featurizer_param, attack_param=attack_param, top_k=top_k,
             seed=seed, split=split, min_interactions=min_interactions, query_budget=query_budget,
-            utility_holdout=utility_holdout, controls=controls, max_cells=max_cells, device=device)
+            utility_holdout=utility_holdout, controls=controls, max_cells=max_cells, device=device,
+            user_attributes=user_attributes)
         _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
                   max_cells, command="grid", force=force)
 
@@ -516,6 +525,7 @@ app.command("grid", help=grid.__doc__, cls=RegistryHelpCommand)(grid)
 def bench_defenses(
     dataset: Optional[List[str]] = typer.Option(None, "--dataset", help="Datasets or files, comma-separated (default: ml-100k)."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding the datasets' original files."),
+    user_attributes: Optional[str] = typer.Option(None, "--user-attributes", help=USER_ATTRIBUTES_HELP),
     target: Optional[List[str]] = typer.Option(None, "--target", help="Recommenders (each is its own shadow) (default: item,lfm,ncf); installed: {installed:recommender}."),
     defense: Optional[List[str]] = typer.Option(None, "--defense", help="Defenses to benchmark (default: every registered defense); `none` is always included; installed: {installed:defense}."),
     defense_param: Optional[List[str]] = typer.Option(None, "--defense-param", help="[DEFENSE.]KEY=V1,V2 replaces that defense's documented sweep of KEY."),
@@ -549,7 +559,7 @@ def bench_defenses(
             dataset=dataset, data_dir=data_dir, target=target, defense=defense, defense_param=defense_param,
             target_param=target_param, attack=attack_model, attack_param=attack_param, service=service,
             query_budget=query_budget, top_k=top_k, seed=seed, utility_holdout=utility_holdout, controls=controls,
-            device=device)
+            device=device, user_attributes=user_attributes)
         _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
                   max_cells, skippable, command="bench-defenses", force=force, notes=notes)
 

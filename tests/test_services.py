@@ -117,7 +117,8 @@ def test_foldin_fit_is_a_service_parameter(small_dataset):
     assert np.array_equal(loose.artifacts["target_lists"][members], tight.artifacts["target_lists"][members])
     assert not np.array_equal(loose.artifacts["target_lists"][~members], tight.artifacts["target_lists"][~members])
     assert tight.components["service"]["params"] == {"steps": 50, "learning_rate": 0.005, "members": "trained",
-                                                     "solver": "gradient", "reg": 10.0}
+                                                     "solver": "gradient", "reg": 10.0, "cold_start": "popular",
+                                                     "min_group": 10}
     # the default (auto) solves BPR's fold-in in closed form: the gradient fit's settings do not move it
     ridge = run_attack(AttackConfig(**base, service_params={"steps": 1}))
     assert ridge.components["service"]["params"]["solver"] == "auto"

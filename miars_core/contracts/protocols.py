@@ -321,6 +321,12 @@ class Service(Protocol):
     #: (like a new account with their known history).
     members: str
 
+    #: Optional: True when the service reads user attributes (``--user-attributes``; the built-in services with
+    #: ``cold_start=attributes``). ``new_accounts`` is then called with ``attributes=`` (int codes, one row per
+    #: user of ``train``, 0 = unknown) and its callable with ``(histories, attributes)`` (one row per account),
+    #: and the served lists' stage key covers the file; other services are never handed attributes.
+    uses_attributes: bool
+
     def serve_others(self, fitted: Any, train: "Interactions", histories: "sp.csr_matrix", k: int,
                      seed: int = 0) -> "np.ndarray":
         """int64 ``(histories.shape[0], k)``: valid item columns, distinct per row, none the account knows."""

@@ -23,6 +23,8 @@ SETTINGS: dict[str, tuple[Constraint, Any]] = {
     "shadow_dataset": (OrNone(Text()), "ml-1m"),
     "data_dir": (OrNone(Text()), "~/data"),
     "download": (Flag(), True),
+    # a file of user attributes (user id, then attribute columns): cold start by attributes, reference-rec
+    "user_attributes": (OrNone(Text()), "users.dat.gz"),
     "target": (Text(), "item"),
     "shadow": (OrNone(Text()), "lfm"),
     "featurizer": (Text(), "center-diff"),
@@ -63,6 +65,8 @@ class AttackConfig:
     shadow_dataset: str | None = None
     data_dir: str | None = None
     download: bool = False
+    #: A file of user attributes (miars_core.science.attributes): its content enters the keys of the stages that read it.
+    user_attributes: str | None = None
     target: str = "item"
     shadow: str | None = None  # None: the target's algorithm (same-algorithm attack)
     featurizer: str = "center-diff"
@@ -119,6 +123,7 @@ class AttackResult:
     utility: dict | None = None
     queries: dict | None = None
     interaction: dict | None = None
+    attributes: dict | None = None
 
     def to_json(self) -> dict:
         """result.json's content; it follows the JSON Schema of :data:`~miars_core.engine.schema.SCHEMA_VERSION`."""
@@ -142,6 +147,8 @@ class AttackResult:
             out["queries"] = self.queries
         if self.interaction:
             out["interaction"] = self.interaction
+        if self.attributes:
+            out["attributes"] = self.attributes
         if self.cell is not None:
             out["cell"] = self.cell
         return out

@@ -56,6 +56,8 @@ class GridSpec:
     utility_holdout: float = 0.0
     query_budget: int = 5
     data_dir: str | None = None
+    #: A file of user attributes, the same for every cell (``--user-attributes``).
+    user_attributes: str | None = None
     download: bool = False
     #: Where torch stages run (``auto``, ``cpu``, ``cuda``, ``cuda:N``): a run option, in no cell id nor stage key.
     device: str = "auto"
@@ -244,7 +246,8 @@ class GridSpec:
                             self.service, self.top_k, self.featurizer, self.attack, self.seed):
                         out.append(AttackConfig(
                             dataset=dataset, shadow_dataset=shadow_dataset if shadow_dataset != dataset else None,
-                            data_dir=self.data_dir, download=self.download, target=target, shadow=shadow,
+                            data_dir=self.data_dir, user_attributes=self.user_attributes, download=self.download,
+                            target=target, shadow=shadow,
                             featurizer=featurizer, attack=attack, defense=defense, service=service,
                             service_params=_scoped(self.service_params, service), top_k=int(top_k), seed=int(seed),
                             split=self.split, min_interactions=int(self.min_interactions),
@@ -421,7 +424,8 @@ def _grid_rules() -> dict[str, tuple[Constraint, Any]]:
             rule = rule.inner
         rules[key] = (ListOf(rule, min_len=1), [example])
     rules["shadow"] = (OrNone(rules["shadow"][0]), ["lfm"])
-    for key in ("split", "min_interactions", "utility_holdout", "query_budget", "data_dir", "download", "device"):
+    for key in ("split", "min_interactions", "utility_holdout", "query_budget", "data_dir", "user_attributes", "download",
+                "device"):
         rules[key] = SETTINGS[key]
     for key in PARAM_KEYS:
         sweep = key == "defense_params"

@@ -97,6 +97,7 @@ def cell_result(cell) -> AttackResult:
         utility=cell.utility(),
         queries=query_use(),
         interaction=by_attacker("interaction"),
+        attributes=cell.attributes_report(),
     )
 
 

@@ -14,13 +14,15 @@ computes, stores and times them all. In the order data flows::
     model      part                           recommender name, all its hyperparameters and version, seed(part);
                                               under a data or training defense also the defense (name,
                                               hyperparameters, version, seed("defense-<part>")): the fitted model
-    serve      model, part                    top-k, the service (name, hyperparameters, version): the lists [grid task]
+    serve      model, part                    top-k, the service (name, hyperparameters, version); a service that reads
+                                              user attributes: the file's sha256: the lists [grid task]
     defend     serve, part                    a defense acting on lists: name, hyperparameters, version,
                                               seed("defense-<part>")
     vectors    split                          featurizer name, hyperparameters, version, seed("featurizer")
     features   vectors, serve or defend, part nothing else
     attack     features of shadow and target  attack name, hyperparameters, version, seed("attack"); query
-                                              attacks: the budget; interaction attacks: seed("pairs-target")
+                                              attacks: the budget; interaction attacks: seed("pairs-target");
+                                              an attack or service that reads user attributes: the file's sha256
     adversary* split (side), split (target),  the shadow recommender (name, hyperparameters, version), --seed;
                model (shadow)                 its training length is the shadow model's (shadow_length)
     reference  adversary                      the index: reference model number i (a family, asked for lazily)
@@ -71,6 +73,7 @@ import dataclasses
 import functools
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -234,7 +237,8 @@ def _restore(out: Output, versions: dict, make: Callable[[dict[str, np.ndarray],
 
 
 @GRAPH.stage(inputs={"model": lambda cell, node: Node("model", node.part, node.defended), "part": _part_of},
-             covers=lambda cell, node: {"k": cell.config.top_k, "service": cell.component_id("service")},
+             covers=lambda cell, node: {"k": cell.config.top_k, "service": cell.component_id("service"),
+                                        **cell.attributes_record("service")},
              timing=lambda node: f"serve:{node.part}", task=True,
              before=lambda cell, node: check_k(cell.config.top_k, cell.part(node.part).interactions.matrix,
                                                who=f"{node.part} users"),
@@ -246,7 +250,7 @@ def serve(cell, node, model, part):
     p, future = part
     held = future[p.is_member] if future is not None and node.part == "target" else None  # utility: target members
     s = serve_fitted(p, fitted, cell.config.top_k, stage_seed(cell.config.seed, node.part), heldout=held,
-                     service=cell.create("service"))
+                     service=cell.create("service"), attributes=cell.attributes_for("service"))
     model_seconds = cell.walker.output(Node("model", node.part, node.defended)).meta.get("seconds", 0.0)
     return {"lists": s.lists}, {"report": s.report, "model_seconds": model_seconds}
 
@@ -329,6 +333,7 @@ def _attack_covers(cell, node: Node) -> dict:
         rec.update(query_budget=c.query_budget, reference=cell.key("split", "shadow"))
     if cell.level == "interaction":
         rec.update(pairs_seed=stage_seed(c.seed, "pairs-target"))
+    rec.update(cell.attributes_record("attack"))
     return rec
 
 
@@ -539,6 +544,7 @@ class Cell:
         # a query attack with no query, or fewer than it declares it asks per target user: refused now
         require_budget(self.checked("attack"), c.query_budget, c.attack)
         self._check_order()
+        self._check_attributes()
 
     def _check_order(self) -> None:
         """Sequential recommenders: refused in one line, before any data is read, on a dataset without order, and a
@@ -635,6 +641,98 @@ class Cell:
         if memo not in self._shared:
             self._shared[memo] = dataset_identity(self.dataset_of(side), self.config.data_dir, self.plugins)
         return self._shared[memo]
+
+    # -- user attributes ---------------------------------------------------------------------
+    @property
+    def service_uses_attributes(self) -> bool:
+        """Whether the cell's service reads user attributes (``cold_start=attributes``)."""
+        from ..science.service import uses_attributes
+
+        return uses_attributes(self.checked("service"))
+
+    @property
+    def attack_uses_attributes(self) -> bool:
+        """Whether the cell's attack reads user attributes (it declares ``uses_attributes = True``: reference-rec)."""
+        return bool(getattr(self.checked("attack"), "uses_attributes", False))
+
+    def user_attributes(self):
+        """The ``--user-attributes`` file as :class:`~miars_core.science.attributes.UserAttributes` (None without
+        one); read once per file content for all the cells of a grid."""
+        from ..science.attributes import read_attributes
+
+        path = self.config.user_attributes
+        if not path:
+            return None
+        memo = ("attributes", self.attributes_id()["sha256"])
+        if memo not in self._shared:
+            self._shared[memo] = read_attributes(path)
+        return self._shared[memo]
+
+    def attributes_id(self) -> dict:
+        """What identifies the attributes in keys: the file's content (sha256) and the reader's version."""
+        from ..science.attributes import ATTRIBUTES_VERSION
+
+        path = self.config.user_attributes
+        memo = ("attributes-id", path)
+        if memo not in self._shared:
+            if not Path(path).expanduser().is_file():
+                raise MiarsError(f"--user-attributes {path!r}: no such file; pass a file of user id, then attribute "
+                                 "columns (a MovieLens users.dat, a RecBole .user file)")
+            self._shared[memo] = {"sha256": file_fingerprint(Path(path).expanduser()), "reader": ATTRIBUTES_VERSION}
+        return self._shared[memo]
+
+    def attributes_for(self, reader: str):
+        """The attributes handed to the ``service`` (when it reads them) or to the ``attack`` stage (when its
+        attack or its service reads them: query access, reference models, the view); None otherwise."""
+        if not self.config.user_attributes:
+            return None
+        uses = self.service_uses_attributes or (reader == "attack" and self.attack_uses_attributes)
+        return self.user_attributes() if uses else None
+
+    def attributes_record(self, reader: str) -> dict:
+        """What the attributes add to the key of a stage that reads them (``service``: serve; ``attack``): the
+        file's content, only where :meth:`attributes_for` hands them over; nothing otherwise."""
+        if not self.config.user_attributes:
+            return {}
+        uses = self.service_uses_attributes or (reader == "attack" and self.attack_uses_attributes)
+        return {"user_attributes": self.attributes_id()} if uses else {}
+
+    def attributes_report(self) -> dict | None:
+        """result.json's ``attributes``: the file, its content, columns, and the target dataset's users matched
+        (those the file does not list are ``unknown``); None without attributes."""
+        if not self.config.user_attributes:
+            return None
+        table = self.user_attributes()
+        report = {"file": self.config.user_attributes, "sha256": self.attributes_id()["sha256"],
+                  **table.summary(self.data("target").user_ids)}
+        report["used_by"] = [who for who, used in (("service", self.service_uses_attributes),
+                                                   ("attack", self.attack_uses_attributes)) if used]
+        return report
+
+    def _check_attributes(self) -> None:
+        """Refuse, in one line and before any work: ``cold_start=attributes`` without a file; a file that cannot be
+        read; a file that matches no user of a side's dataset (its users are read for this, once per file and
+        dataset)."""
+        from ..science.attributes import check_matches
+
+        c = self.config
+        if not c.user_attributes:
+            if self.service_uses_attributes:
+                raise MiarsError(f"--service-param cold_start=attributes: service {c.service!r} serves accounts "
+                                 "without history by their attributes, and no --user-attributes was given; add "
+                                 "--user-attributes PATH (user id, then attribute columns) or use --service-param "
+                                 "cold_start=popular (allowed: popular, attributes)")
+            return
+        table = self.user_attributes()
+        for side in self.SIDES:
+            memo = ("attributes-match", self.attributes_id()["sha256"], self.dataset_of(side), c.data_dir)
+            if memo not in self._shared:
+                progress, self.walker.progress = self.walker.progress, None  # a check: no progress line before an error
+                try:
+                    users = self.data(side).user_ids
+                finally:
+                    self.walker.progress = progress
+                self._shared[memo] = check_matches(table, users, c.user_attributes, self.dataset_of(side))
 
     # -- keys (no data is read) --------------------------------------------------------------
     def key(self, stage: str, side_or_part: str = "", defended: bool = False) -> str:
@@ -767,7 +865,7 @@ class Cell:
                 stored = self.walker.output(Node("serve", part, defended)).arrays["lists"]
                 p, future = self.walker.value(Node("part", part))
                 lists = serve_fitted(p, fitted, self.config.top_k, stage_seed(self.config.seed, part),
-                                     service=self.create("service")).lists
+                                     service=self.create("service"), attributes=self.attributes_for("service")).lists
                 share = float((lists == stored).mean())
                 if share < 0.9:
                     raise MiarsError(f"the {part} recommender fitted again for query access serves other lists than "
@@ -847,6 +945,7 @@ class Cell:
                 meta["queries"] = {"per_target_user": c.query_budget, **target.query.record(),
                                    "target_users": target.n_users,
                                    "refit_seconds": round(self._query_seconds(), 3)}
+                meta["queries"].update(_query_record(model, c.attack))
         if self.threat == "queries":  # the reference models it read: their seconds count in result.json's timings
             meta["references"] = list(self._reference_keys)
             if self._online_keys:
@@ -892,7 +991,8 @@ class Cell:
         defense = self.create("defense") if defended and self.defense_point == "lists" else None
         return QueryAccess.of(self.create("service"), s.model, s.train, c.top_k, defense=defense,
                               defense_seed=stage_seed(c.seed, f"defense-query-{part}"),
-                              seed=stage_seed(c.seed, f"query-{part}"), budget=budget, name=part)
+                              seed=stage_seed(c.seed, f"query-{part}"), budget=budget, name=part,
+                              attributes=self.attributes_for("attack"))
 
     def references(self, side: str) -> ReferenceModels:
         """The reference models the adversary trains on ``side``'s vectorization part (``view.reference``).
@@ -915,7 +1015,7 @@ class Cell:
             return ReferenceModels(ctx.data, ctx.n_users, c.min_interactions, c.top_k, c.seed, ctx.make_recommender,
                                    ctx.recommender_name,
                                    functools.partial(self.plugins.create, "service", service, **service_params),
-                                   self.progress, fit=runner)
+                                   self.progress, fit=runner, attributes=self.attributes_for("attack"))
 
         return self._once(f"references:{self.walker.key(Node('adversary', side))}", build)
 
@@ -934,7 +1034,7 @@ class Cell:
             self._runners.append(runner)
             return OnlineReferences(ctx.data, c.top_k, c.seed, ctx.make_recommender, ctx.recommender_name,
                                     functools.partial(self.plugins.create, "service", service, **service_params),
-                                    fit=runner, progress=self.progress)
+                                    fit=runner, progress=self.progress, attributes=self.attributes_for("attack"))
 
         return self._once(f"online:{self.walker.key(Node('candidates', part))}", build)
 
@@ -964,6 +1064,10 @@ class Cell:
             view.query = self.access(part, defended, budget)
             view.reference = self.references(part)
             view.online_reference = self.online_references(part)
+        if self.attack_uses_attributes and self.config.user_attributes:
+            table = self.user_attributes()
+            view.attributes = table.for_users(p.interactions.user_ids)
+            view.attribute_columns = table.columns
         if self.level == "interaction":
             view.pairs = self.pairs(part)
             if part == "shadow":
@@ -1155,6 +1259,25 @@ class Cell:
         if stage not in GRAPH.stages or not GRAPH[stage].task or defended not in ("", "defended"):
             raise ValueError(f"unknown preparation {what!r}")
         self.walker.value(Node(stage, part, defended == "defended"))
+
+
+def _query_record(attack: Any, name: str) -> dict:
+    """What a query attack reports about how it queried (its ``query_record_``: e.g. reference-rec's
+    ``reference_list``), for result.json's ``queries``; JSON values under new names only."""
+    record = getattr(attack, "query_record_", None)
+    if record is None:
+        return {}
+    reserved = {"per_target_user", "budget", "used", "calls", "target_users", "refit_seconds", "attackers"}
+    if not isinstance(record, dict) or any(not isinstance(k, str) or k in reserved for k in record) or \
+            any(not isinstance(v, (str, int, float, bool, type(None))) for v in record.values()):
+        raise MiarsError(f"attack {name!r} has query_record_={shown_value(record)}; it must be a dict of plain values "
+                         f"(str, number, bool) under names other than {', '.join(sorted(reserved))}")
+    return dict(record)
+
+
+def shown_value(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + "..." + text[-15:]
 
 
 def _task_name(node: Node) -> str:

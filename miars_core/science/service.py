@@ -31,16 +31,28 @@ class Served:
 
 
 class PopularServer:
-    """The paper's service for accounts the model was not trained on: the k most popular items they do not know."""
+    """The paper's service for accounts the model was not trained on: the k most popular items they do not know.
 
-    __slots__ = ("popularity", "k")
+    With ``attributes_cold_start`` (a fitted :class:`~miars_core.science.attributes.AttributeColdStart`),
+    the most popular items of the account's attribute group instead (``attributes``: one row of
+    codes per account; None: unknown, the global list)."""
 
-    def __init__(self, popularity: np.ndarray, k: int):
+    __slots__ = ("popularity", "k", "attributes_cold_start")
+
+    def __init__(self, popularity: np.ndarray, k: int, attributes_cold_start: Any = None):
         self.popularity = np.asarray(popularity).copy()
         self.k = int(k)
+        self.attributes_cold_start = attributes_cold_start
 
-    def __call__(self, histories) -> np.ndarray:
-        return top_k_popular(self.popularity, histories, self.k)
+    @property
+    def cold_start(self) -> str:
+        """``attributes`` when this server serves by attribute groups, else ``popular``."""
+        return "attributes" if self.attributes_cold_start is not None else "popular"
+
+    def __call__(self, histories, attributes: np.ndarray | None = None) -> np.ndarray:
+        if self.attributes_cold_start is None:
+            return top_k_popular(self.popularity, histories, self.k)
+        return self.attributes_cold_start.recommend(histories, attributes, self.k)
 
 
 class NewAccountServer:
@@ -68,14 +80,26 @@ class NewAccountServer:
         values are each item's position (:meth:`~miars_core.contracts.types.Interactions.ordered_matrix`), not 0/1."""
         return bool(getattr(self._serve, "ordered", False))
 
-    def __call__(self, histories) -> np.ndarray:
+    @property
+    def cold_start(self) -> str:
+        """``attributes`` when the server serves accounts without history by their attributes (it is then handed
+        them, with each account's attribute codes); ``popular`` otherwise (query access serves them the popular list)."""
+        return "attributes" if getattr(self._serve, "cold_start", "popular") == "attributes" else "popular"
+
+    def __call__(self, histories, attributes: np.ndarray | None = None) -> np.ndarray:
+        extra = {"attributes": attributes} if attributes is not None and self.cold_start == "attributes" else {}
         raw = _call_serving(self._serve, self.who, "serving new accounts", self.recommender, self._service_type,
-                            histories)
+                            histories, **extra)
         return check_lists(raw, (histories.shape[0], self.k), histories, self.who)
 
 
+def uses_attributes(service: Any) -> bool:
+    """Whether ``service`` reads user attributes (its ``uses_attributes``, e.g. ``cold_start=attributes``)."""
+    return bool(getattr(service, "uses_attributes", False)) if service is not None else False
+
+
 def new_account_server(service: Any, fitted: Any, train: Any, k: int, seed: int,
-                       recommender: str | None = None) -> NewAccountServer:
+                       recommender: str | None = None, attributes: Any = None) -> NewAccountServer:
     """How ``service`` serves accounts ``fitted`` was not trained on, as a :class:`NewAccountServer`.
 
     A service with ``new_accounts(fitted, train, k, seed)`` returns a callable ``histories ->
@@ -83,7 +107,9 @@ def new_account_server(service: Any, fitted: Any, train: Any, k: int, seed: int,
     built-in services do). Without it, the service's ``serve_others`` is called with the fitted
     model and the training data, which the callable then holds (a third-party service's
     choice; docs/threats.md says what that means for isolation). ``service`` None: the paper's
-    popular top-k.
+    popular top-k. ``attributes`` (a :class:`~miars_core.science.attributes.UserAttributes`): handed to a
+    service that :func:`uses_attributes` as the codes of ``train``'s users (``new_accounts(...,
+    attributes=codes)``); other services never see it.
     """
     if service is None:  # the paper's service
         return NewAccountServer(PopularServer(train.item_popularity(), k), k, "the popular service")
@@ -92,7 +118,10 @@ def new_account_server(service: Any, fitted: Any, train: Any, k: int, seed: int,
         recommender = _who("recommender", type(fitted).__name__, fitted)
     make = getattr(service, "new_accounts", None)
     if make is not None:
-        serve = _call_serving(make, who, "new_accounts", recommender, type(service), fitted, train, k, seed=seed)
+        extra = {"attributes": attributes.for_users(train.user_ids) if attributes is not None else None} \
+            if uses_attributes(service) else {}
+        serve = _call_serving(make, who, "new_accounts", recommender, type(service), fitted, train, k, seed=seed,
+                              **extra)
         if not callable(serve):
             raise MiarsError(f"{who} new_accounts returned {type(serve).__name__}; it must return a callable "
                              "histories -> lists")
@@ -225,7 +254,7 @@ def fit_model(part: Part, recommender: Any, name: str, seed: int, defense: Any =
 
 
 def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: Any = None, defense_seed: int = 0,
-          heldout: sp.spmatrix | None = None, service: Any = None) -> Served:
+          heldout: sp.spmatrix | None = None, service: Any = None, attributes: Any = None) -> Served:
     """Fit ``recommender`` on the part's members; members get its top-k, non-members what ``service`` serves new accounts.
 
     :func:`fit_model` then :func:`serve_fitted` (the engine stores the fit between the two).
@@ -245,14 +274,16 @@ def serve(part: Part, recommender: Any, name: str, k: int, seed: int, defense: A
     """
     check_k(k, part.interactions.matrix, who=f"{part.name} users")
     fitted = fit_model(part, recommender, name, seed, defense=defense, defense_seed=defense_seed)
-    return serve_fitted(part, fitted, k, seed, heldout=heldout, service=service)
+    return serve_fitted(part, fitted, k, seed, heldout=heldout, service=service, attributes=attributes)
 
 
 def serve_fitted(part: Part, fit: Fitted, k: int, seed: int, heldout: sp.spmatrix | None = None,
-                 service: Any = None) -> Served:
+                 service: Any = None, attributes: Any = None) -> Served:
     """Serve the part's users from a fitted model: the second half of :func:`serve` (see there).
 
-    ``seed`` is the fit's seed (the service's fold-in of new accounts draws from it).
+    ``seed`` is the fit's seed (the service's fold-in of new accounts draws from it). ``attributes``
+    (:class:`~miars_core.science.attributes.UserAttributes`): the users' attributes, handed to a service
+    that :func:`uses_attributes` (members' and non-members' codes); other services never see them.
     """
     check_k(k, part.interactions.matrix, who=f"{part.name} users")
     fold_members = members_mode(service) == "foldin"
@@ -265,15 +296,19 @@ def serve_fitted(part: Part, fit: Fitted, k: int, seed: int, heldout: sp.spmatri
         member_lists = _unknown_top_k(fitted, train.matrix, seen.matrix, k, who)
     popularity = train.item_popularity()
     popular = np.argsort(-popularity, kind="stable")
-    server = new_account_server(service, fitted, train, k, seed, recommender=who)
+    server = new_account_server(service, fitted, train, k, seed, recommender=who, attributes=attributes)
+    codes = attributes.for_users(part.interactions.user_ids) if attributes is not None and uses_attributes(service) \
+        else None
     if server.ordered and part.interactions.has_order:  # a sequential model reads each account's history in order
         ordered = part.interactions.ordered_matrix()
         known_others, known_members = ordered[others], ordered[members]
     else:
         known_others, known_members = part.interactions.matrix[others], seen.matrix
     with stage_threads():
-        other_lists = _served_new(server, known_others, fitted, who, seed) if len(others) else np.empty((0, k), dtype=np.int64)
-        folded = _served_new(server, known_members, fitted, who, seed) if fold_members and len(members) else None
+        other_lists = _served_new(server, known_others, fitted, who, seed, None if codes is None else codes[others]) \
+            if len(others) else np.empty((0, k), dtype=np.int64)
+        folded = _served_new(server, known_members, fitted, who, seed, None if codes is None else codes[members]) \
+            if fold_members and len(members) else None
     report = {key: fit.report[key] for key in ("name", "params", "fit_info") if key in fit.report}
     if folded is not None:  # members served as new accounts: how much of their trained list they keep
         kept = (member_lists[:, :, None] == folded[:, None, :]).any(axis=2).mean()
@@ -371,11 +406,12 @@ def _fold_in_frame(exc: BaseException, service_type: type | None) -> str | None:
     return None
 
 
-def _served_new(server: NewAccountServer, histories, fitted: Any, who: str, seed: int) -> np.ndarray:
+def _served_new(server: NewAccountServer, histories, fitted: Any, who: str, seed: int,
+                attributes: np.ndarray | None = None) -> np.ndarray:
     """``server(histories)``; lists that break the contract are blamed on the recommender when its own
     ``recommend_for`` breaks it on the same histories (the service only passed them on)."""
     try:
-        return server(histories)
+        return server(histories, attributes)
     except BadLists as exc:
         blame = _fold_in_problem(fitted, histories, server.k, seed, who)
         if blame is None:

@@ -131,23 +131,34 @@ class QueryAccess:
 
     @classmethod
     def of(cls, service: Any, fitted: Any, train: Interactions, k: int, *, seed: int = 0, defense: Any = None,
-           defense_seed: int = 0, budget: int | None = None, name: str = "target") -> "QueryAccess":
+           defense_seed: int = 0, budget: int | None = None, name: str = "target",
+           attributes: Any = None) -> "QueryAccess":
         """Query access to ``service`` serving new accounts from ``fitted`` (trained on ``train``).
 
         Keeps only what the service's ``new_accounts`` returns (see :mod:`miars_services`) and the
         item popularity of ``train`` (the cold-start list), not ``fitted`` nor ``train``.
+        ``attributes`` (:class:`~miars_core.science.attributes.UserAttributes`): handed to a service
+        that reads them (``cold_start=attributes``) as the codes of ``train``'s users.
         """
         from .service import new_account_server
 
-        return cls(new_account_server(service, fitted, train, k, seed), train.item_popularity(), k, defense=defense,
-                   defense_seed=defense_seed, budget=budget, name=name)
+        return cls(new_account_server(service, fitted, train, k, seed, attributes=attributes), train.item_popularity(),
+                   k, defense=defense, defense_seed=defense_seed, budget=budget, name=name)
 
-    def recommend(self, histories: sp.spmatrix | np.ndarray) -> np.ndarray:
+    @property
+    def cold_start(self) -> str:
+        """What the service gives an account without history: ``attributes`` (the most popular items of its
+        attribute group: pass ``attributes=`` to :meth:`recommend`) or ``popular`` (the popular list)."""
+        return self._server.cold_start
+
+    def recommend(self, histories: sp.spmatrix | np.ndarray, attributes: np.ndarray | None = None) -> np.ndarray:
         """Top-k item columns (best first) for each row of ``histories`` (accounts x items).
 
         Any non-zero value is an interaction. A sequential service reads the values as the order of
         the account's history (positions or times, ascending; ties by item column); every other
-        service sees 0/1.
+        service sees 0/1. ``attributes`` (accounts x attribute columns, integer codes as in
+        ``view.attributes``, 0 = unknown): the accounts' attributes, read by a service whose
+        :attr:`cold_start` is ``attributes``; ignored by the others.
         """
         from .service import Served, defend
 
@@ -164,15 +175,22 @@ class QueryAccess:
         h = h.astype(np.float32)
         h.data[:] = 1.0
         n = h.shape[0]
+        by_attributes = self._server.cold_start == "attributes"
+        if attributes is not None:
+            attributes = np.asarray(attributes)
+            if attributes.ndim != 2 or attributes.shape[0] != n or attributes.dtype.kind not in "iu":
+                raise MiarsError(f"a query to the {self.name} service has attributes of shape {attributes.shape} "
+                                 f"({attributes.dtype}) for {n} accounts; pass one row of integer codes per account")
         if self.budget is not None and self.used_ + n > self.budget:
             raise MiarsError(f"the attack asked the {self.name} service {self.used_ + n} queries, over its budget of "
                              f"{self.budget}; raise --query-budget or lower the attack's queries")
         lists = np.empty((n, self.k), dtype=np.int64)
-        empty = np.diff(h.indptr) == 0
+        empty = np.diff(h.indptr) == 0 if not by_attributes else np.zeros(n, dtype=bool)  # the server's own cold start
         if empty.any():
             lists[empty] = top_k_popular(self._popularity, h[empty], self.k)
         if (~empty).any():
-            lists[~empty] = self._server((ordered if ordered is not None else h)[~empty])
+            codes = attributes[~empty] if attributes is not None and by_attributes else None
+            lists[~empty] = self._server((ordered if ordered is not None else h)[~empty], codes)
         if self._defense is not None:
             context = ServiceContext(Interactions(h, np.arange(n), np.arange(self.n_items)), np.zeros(n, dtype=bool),
                                      np.argsort(-self._popularity, kind="stable"), self.k)
@@ -273,8 +291,9 @@ class OnlineReferences:
 
     def __init__(self, data: Interactions, k: int, seed: int, make_recommender: Callable[[], Any],
                  recommender_name: str, make_service: Callable[[], Any], fit: Callable[[int], Any] | None = None,
-                 progress: Callable[[str], None] | None = None):
+                 progress: Callable[[str], None] | None = None, attributes: Any = None):
         self._data = data
+        self._attributes = attributes
         self._k = int(k)
         self._seed = int(seed)
         self._make_recommender = make_recommender
@@ -314,7 +333,7 @@ class OnlineReferences:
                                                  self._recommender_name)
             self._built[index] = QueryAccess.of(self._make_service(), fitted.model, fitted.train, self._k,
                                                 seed=stage_seed(self._seed, f"{online_reference_tag(index)}-query"),
-                                                name="online reference")
+                                                name="online reference", attributes=self._attributes)
             self.seconds_ += time.perf_counter() - start
         return self._built[index]
 
@@ -329,13 +348,18 @@ class ReferenceModels:
     ``fit(index)``, when given, returns that fit (a :class:`~miars_core.science.service.Fitted`)
     instead, e.g. read from the engine's stage store; it must hold nothing but the adversary's
     data. Models are built on first use and kept; ``seconds_`` sums the time spent building
-    them here. Holds nothing of the shadow or target parts.
+    them here. Holds nothing of the shadow or target parts. ``attributes``
+    (:class:`~miars_core.science.attributes.UserAttributes`, when the cell has them): the users'
+    attributes, for a service that reads them and for :meth:`cold_start`.
     """
 
     def __init__(self, data: Interactions, n_users: int, min_interactions: int, k: int, seed: int,
                  make_recommender: Callable[[], Any], recommender_name: str, make_service: Callable[[], Any],
-                 progress: Callable[[str], None] | None = None, fit: Callable[[int], Any] | None = None):
+                 progress: Callable[[str], None] | None = None, fit: Callable[[int], Any] | None = None,
+                 attributes: Any = None):
         self._data = data
+        self._attributes = attributes
+        self._cold_start: Any = None
         self._n_users = int(n_users)
         self._min_interactions = int(min_interactions)
         self._k = int(k)
@@ -356,6 +380,25 @@ class ReferenceModels:
             self._built[index] = self._build(index)
         return self._built[index]
 
+    def cold_start(self, attributes: np.ndarray) -> np.ndarray:
+        """What the adversary's own cold start by attributes serves an account without history: for each row of
+        ``attributes`` (codes as in ``view.attributes``), the top-k of the most popular items among the
+        adversary's users (its data, every user) with the same attribute values, by the rule of the built-in
+        services' ``cold_start=attributes`` (:class:`~miars_core.science.attributes.AttributeColdStart`, the
+        service's ``min_group``). No model is trained: a cold start reads no history. Needs attributes."""
+        from .attributes import MIN_GROUP, AttributeColdStart
+
+        if self._attributes is None:
+            raise MiarsError("view.reference.cold_start needs user attributes and the cell has none; add "
+                             "--user-attributes PATH")
+        if self._cold_start is None:
+            min_group = getattr(self._make_service(), "min_group", MIN_GROUP)
+            self._cold_start = AttributeColdStart(int(min_group)).fit(
+                self._data.matrix, self._attributes.for_users(self._data.user_ids))
+        codes = np.asarray(attributes)
+        return self._cold_start.recommend(sp.csr_matrix((len(codes), self._data.n_items), dtype=np.float32), codes,
+                                          self._k)
+
     def _build(self, index: int) -> QueryAccess:
         import time
 
@@ -375,7 +418,7 @@ class ReferenceModels:
             fitted, _ = fit_reference(self._data, self._n_users, self._min_interactions, self._seed, index,
                                       self._make_recommender(), self._recommender_name)
         access = QueryAccess.of(self._make_service(), fitted.model, fitted.train, self._k,
-                                seed=stage_seed(self._seed, f"{tag}-query"), name="reference")
+                                seed=stage_seed(self._seed, f"{tag}-query"), name="reference", attributes=self._attributes)
         self.seconds_ += time.perf_counter() - start
         return access
 
@@ -416,6 +459,11 @@ class AdversaryView:
     pairs: np.ndarray | None = None
     #: Whether each pair was in the recommender's training data: on the shadow part only.
     pair_labels: np.ndarray | None = None
+    #: (users x attribute columns) integer codes of the users' attributes (``--user-attributes``; 0 = unknown),
+    #: given to attacks that declare ``uses_attributes = True`` when the cell has attributes; None otherwise.
+    attributes: np.ndarray | None = None
+    #: The names of the attribute columns (``gender``, ``age``, ...), aligned with ``attributes``' columns.
+    attribute_columns: tuple[str, ...] | None = None
 
     @property
     def n_users(self) -> int:

@@ -168,26 +168,55 @@ class ReferenceRec(_ShadowCalibrated):
 
     X. Chi, X. Zhang, Y. Wang, H. Hu, W. Dou, "Reference Recommendation based Membership
     Inference Attack against Hybrid-based Recommender Systems" (AAAI 2026). The adversary
-    queries the service once more for a reference list made without the user's history
-    (the paper uses the user's attributes only; miars datasets carry none, so the reference
-    is the list a fresh account with an empty history gets: one query for all users). With
-    v_t, v_h, v_r the mean item vectors of the served list, the history and the reference
-    list, the metric is rho = d(v_t, v_h) / d(v_t, v_r); a member's list lies nearer their
-    history than to the reference. Score: -log(rho); orientation and threshold are chosen on
-    the shadow part (the adversary's own service).
+    gets, for each user, a reference list made without the user's history: what an account
+    with only the user's attributes is recommended. With user attributes (``--user-attributes``,
+    ``view.attributes``), as in the paper: one fresh account per distinct attribute profile,
+    asked of the service itself when it serves cold start by attributes (``--service-param
+    cold_start=attributes``, a hybrid service), else the adversary's own cold start by
+    attributes over its own data (``view.reference.cold_start``: the most popular items among
+    its users with those attributes); without attributes, the list an empty account gets (one
+    query for all users: the cold-start list, the same for everyone). With v_t, v_h, v_r the
+    mean item vectors of the served list, the history and the reference list, the metric is
+    rho = d(v_t, v_h) / d(v_t, v_r); a member's list lies nearer their history than to the
+    reference. Score: -log(rho); orientation and threshold are chosen on the shadow part (the
+    adversary's own service). ``query_record_`` (result.json's ``queries``) says where the
+    target's reference lists came from: ``reference_list`` (``attributes`` or ``cold-start``),
+    ``reference_source`` (``service`` or ``adversary``) and ``reference_profiles`` (lists asked).
     """
 
     threat = "queries"
+    #: Reads ``view.attributes`` when the cell has user attributes (the engine keys its output by the file).
+    uses_attributes = True
     param_constraints = {"distance": Options(("euclidean", "cosine"))}
 
     def __init__(self, distance: str = "euclidean"):
         self.distance = distance
 
+    def _reference_lists(self, view: AdversaryView) -> tuple[np.ndarray, np.ndarray]:
+        """(reference lists, row of each user's list): by attribute profile, or one cold-start list for all."""
+        n_items = view.item_vectors.shape[0]
+        if view.attributes is None:
+            lists = view.query.recommend(sp.csr_matrix((1, n_items), dtype=np.float32))  # an empty account
+            self.query_record_ = {"reference_list": "cold-start", "reference_source": "service",
+                                  "reference_profiles": 1}
+            return lists, np.zeros(view.n_users, dtype=np.int64)
+        profiles, inverse = np.unique(np.asarray(view.attributes), axis=0, return_inverse=True)
+        if view.query.cold_start == "attributes":  # the paper's hybrid service: ask it, one account per profile
+            lists = view.query.recommend(sp.csr_matrix((len(profiles), n_items), dtype=np.float32), attributes=profiles)
+            source = "service"
+        else:  # the service ignores attributes: the adversary's own cold start by attributes
+            view.require("reference-rec", "reference")
+            lists = view.reference.cold_start(profiles)
+            source = "adversary"
+        self.query_record_ = {"reference_list": "attributes", "reference_source": source,
+                              "reference_profiles": int(len(profiles))}
+        return lists, np.asarray(inverse).ravel()
+
     def _score(self, view: AdversaryView, seed: int) -> np.ndarray:
         view.require("reference-rec", "item_vectors", "query")
         v = view.item_vectors
-        reference = view.query.recommend(sp.csr_matrix((1, v.shape[0]), dtype=np.float32))  # an empty account
-        v_r = np.broadcast_to(v[reference[0]].mean(axis=0, keepdims=True), (view.n_users, v.shape[1]))
+        lists, row = self._reference_lists(view)
+        v_r = v[lists].mean(axis=1)[row]
         v_t = mean_vectors(list_matrix(view.lists, v.shape[0]), v)
         v_h = mean_vectors(view.histories, v)
         rho = (distance(v_t, v_h, self.distance) + EPS) / (distance(v_t, v_r, self.distance) + EPS)
