@@ -31,6 +31,13 @@ computes, stores and times them all. In the order data flows::
 
     * derived: kept in memory only; its key flows into the keys of the stages that read it.
 
+**Shadow lengths** (``--shadow-lengths``, :mod:`~miars_core.engine.lengths`): ``Node.index`` > 0 on a
+shadow ``model``, ``serve``, ``defend`` or ``features`` node is a training length in epochs; its model
+key covers the shadow recommender with ``epochs`` set to it (the key of a cell given ``--shadow-param
+epochs=N``, so the fit is shared). The attack's key covers the option; it asks for every length's
+features while it computes (``auto``: around the shadow model's own length, known only once it is
+fitted) and its record lists their indices, from which :meth:`Cell.graph` lists their stages.
+
 Every key is the sha256 of a JSON record of those fields plus :data:`STAGES_VERSION` and a hash
 of the core modules that compute stages, so changed code never reads a stale output. Each
 stage's output is a set of arrays plus a JSON record (:mod:`miars_core.engine.store`), never a pickle.
