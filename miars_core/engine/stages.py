@@ -654,7 +654,8 @@ class Cell:
         own = (report.get("fit_info") or {}).get("epochs_run")
         if not isinstance(own, int) or isinstance(own, bool) or own < 1:
             raise MiarsError(f"--shadow-lengths auto needs the shadow model's training length, but shadow "
-                             f"{self.config.shadow!r} reports {own!r} epochs run; give lengths, e.g. --shadow-lengths 4,8,16")
+                             f"{self.config.shadow!r} reports {own!r} epochs run; give lengths, e.g. "
+                             "--shadow-lengths 4,8,16")
         return [(n, 0 if n == own else n) for n in auto_lengths(own)]
 
     def create(self, role: str) -> Any:
@@ -770,7 +771,8 @@ class Cell:
         """Fit the part's recommender on its members (under the cell's data or training defense when ``defended``;
         for ``index`` epochs when > 0, a shadow length)."""
         seed = self.config.seed
-        return fit_model(self.part(part), self.create(self.recommender_role(part, index)), self.specs[f"recommender:{part}"][0],
+        return fit_model(self.part(part), self.create(self.recommender_role(part, index)),
+                         self.specs[f"recommender:{part}"][0],
                          stage_seed(seed, part), defense=self.create("defense") if defended else None,
                          defense_seed=stage_seed(seed, f"defense-{part}"))
 
