@@ -237,3 +237,14 @@ def test_tasks_of_a_length_cell_name_their_length(small_dataset):
     assert "serve:shadow@3" in tasks and "serve:shadow" not in tasks and "serve:target" in tasks
     assert cell.walker.key(Node("model", "shadow", False, 3)) == Cell(
         config(small_dataset, shadow_params={"epochs": 3}), _plugins()).key("model", "shadow")
+
+
+@pytest.mark.parametrize("defense, fits", [("popularity-randomization", 3), ("subsample", 6)])
+def test_both_attackers_of_a_defended_cell_train_on_every_length(small_dataset, tmp_path, defense, fits):
+    """A lists defense reuses the undefended fits (2 shadow lengths + the target); a data defense fits each again."""
+    FITS.clear()
+    result = run_attack(config(small_dataset, shadow_lengths=[2, 5], defense=defense), plugins=_plugins(),
+                        store=DiskStore(tmp_path))
+    assert len(FITS) == fits
+    assert set(result.attackers) == {"defense_aware", "defense_unaware"}
+    assert result.recommenders["shadow"]["lengths"]["epochs"] == [2, 5]
