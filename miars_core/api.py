@@ -217,7 +217,7 @@ def attack_config(*, dataset="ml-100k", shadow_dataset=None, data_dir=None, down
                   featurizer="center-diff", attack="mlp", defense=None, service="popular", top_k=100, seed=0,
                   split="interactions", min_interactions=20, target_param=None, shadow_param=None, featurizer_param=None,
                   attack_param=None, defense_param=None, service_param=None, query_budget=5, device="auto",
-                  user_attributes=None):
+                  user_attributes=None, shadow_lengths=None):
     """The checked :class:`~miars_core.engine.config.AttackConfig` of ``miars attack``'s options (refused before any work)."""
     from .engine.config import AttackConfig
 
@@ -238,7 +238,7 @@ def attack_config(*, dataset="ml-100k", shadow_dataset=None, data_dir=None, down
         attack_params=parse_params(attack_param, "--attack-param"),
         defense_params=parse_params(defense_param, "--defense-param"),
         service=service, service_params=parse_params(service_param, "--service-param"), query_budget=query_budget,
-        device=device,
+        device=device, shadow_lengths=_lengths(shadow_lengths),
     ).validate()
     # the attack built now: a bad parameter, or a query attack without queries (or fewer than it asks per
     # target user), is refused before any folder is made
@@ -248,6 +248,13 @@ def attack_config(*, dataset="ml-100k", shadow_dataset=None, data_dir=None, down
     require_budget(get_plugins().create("attack", config.attack, **config.attack_params), config.query_budget,
                    config.attack)
     return config
+
+
+def _lengths(value):
+    """``--shadow-lengths`` as given (``"auto"``, ``"4,8,16"``, a list or None) -> the setting (checked by validate)."""
+    from .engine.lengths import parse_shadow_lengths
+
+    return parse_shadow_lengths(value) if isinstance(value, str) else value
 
 
 def stage_store(cache: Optional[str], no_cache: bool):
@@ -338,7 +345,7 @@ def attack(*, dataset="ml-100k", shadow_dataset=None, data_dir=None, download=Fa
            featurizer="center-diff", attack="mlp", defense=None, service="popular", top_k=100, seed=0,
            split="interactions", min_interactions=20, target_param=None, shadow_param=None, featurizer_param=None,
            attack_param=None, defense_param=None, service_param=None, query_budget=5, out=None, export_miars=None,
-           cache=None, no_cache=False, quiet=False, force=False, device="auto", user_attributes=None) -> AttackRun:
+           cache=None, no_cache=False, quiet=False, force=False, device="auto", user_attributes=None, shadow_lengths=None) -> AttackRun:
     """``miars attack``: run the CCS'21 membership inference attack end to end; return an :class:`AttackRun`.
 
     Same options, defaults and checks as the command (``miars attack --help``); ``out`` writes
@@ -350,7 +357,7 @@ def attack(*, dataset="ml-100k", shadow_dataset=None, data_dir=None, download=Fa
                            service=service, top_k=top_k, seed=seed, split=split, min_interactions=min_interactions,
                            target_param=target_param, shadow_param=shadow_param, featurizer_param=featurizer_param,
                            attack_param=attack_param, defense_param=defense_param, service_param=service_param,
-                           query_budget=query_budget, device=device, user_attributes=user_attributes)
+                           query_budget=query_budget, device=device, user_attributes=user_attributes, shadow_lengths=shadow_lengths)
     run, problem = execute_attack(config, _expand(out), _expand(export_miars), stage_store(cache, no_cache), force,
                                   _progress(quiet))
     if problem:
@@ -369,7 +376,7 @@ def grid_spec(*, config=None, dataset=None, shadow_dataset=None, data_dir=None, 
               shadow=None, featurizer=None, attack=None, defense=None, defense_param=None, service=None,
               service_param=None, target_param=None, shadow_param=None, featurizer_param=None, attack_param=None,
               top_k=None, seed=None, split=None, min_interactions=None, query_budget=None, utility_holdout=None,
-              controls=False, max_cells=None, device=None, user_attributes=None):
+              controls=False, max_cells=None, device=None, user_attributes=None, shadow_lengths=None):
     """``miars grid``'s options (a TOML file, then the options over it) as a :class:`~miars_core.engine.grid.GridSpec`
     and the ``max_cells`` limit (given, or the file's)."""
     from .engine.grid import GridSpec, load_toml, parse_list_flag
@@ -391,6 +398,7 @@ def grid_spec(*, config=None, dataset=None, shadow_dataset=None, data_dir=None, 
         "split": split,
         "min_interactions": min_interactions,
         "query_budget": query_budget,
+        "shadow_lengths": _lengths(shadow_lengths),
         "utility_holdout": utility_holdout,
         "data_dir": _expand(data_dir),
         "user_attributes": _expand(user_attributes),
@@ -415,7 +423,7 @@ def grid_spec(*, config=None, dataset=None, shadow_dataset=None, data_dir=None, 
 
 def bench_spec(*, dataset=None, data_dir=None, target=None, defense=None, defense_param=None, target_param=None,
                attack=None, attack_param=None, service=None, query_budget=5, top_k=None, seed=None,
-               utility_holdout=0.2, controls=False, device=None, user_attributes=None):
+               utility_holdout=0.2, controls=False, device=None, user_attributes=None, shadow_lengths=None):
     """``miars bench-defenses``'s options as ``(GridSpec, skippable, notes)``: every registered defense at its
     documented sweep by default (one that trains none of the targets is left out, with a note)."""
     from .contracts.plugins import get_plugins
@@ -465,7 +473,7 @@ def bench_spec(*, dataset=None, data_dir=None, target=None, defense=None, defens
         target_params=recs, shadow_params=recs, attack_params=_scoped(attack_param, "--attack-param"),
         attack=parse_list_flag(_list_values(attack, "--attack"), "--attack") or ["mlp"],
         service=parse_list_flag(_list_values(service, "--service"), "--service") or ["popular"],
-        query_budget=query_budget, utility_holdout=utility_holdout,
+        query_budget=query_budget, utility_holdout=utility_holdout, shadow_lengths=_lengths(shadow_lengths),
         defense_targets={k: v for k, v in only.items() if v and k in names}, skipped=left_out, controls=controls,
         device=device or "auto",
     )
@@ -558,7 +566,7 @@ def grid(*, config=None, dataset=None, shadow_dataset=None, data_dir=None, downl
          target_param=None, shadow_param=None, featurizer_param=None, attack_param=None, top_k=None, seed=None,
          split=None, min_interactions=None, query_budget=None, utility_holdout=None, controls=False, out,
          cache=None, no_cache=False, workers=None, threads=1, scheduler=None, dask_local=None, no_report=False,
-         quiet=False, force=False, max_cells=None, device=None, user_attributes=None) -> "GridRun":
+         quiet=False, force=False, max_cells=None, device=None, user_attributes=None, shadow_lengths=None) -> "GridRun":
     """``miars grid``: run a grid of attack cells (cached, resumable) into ``out``, then write its report.
 
     Same options, defaults and checks as the command (``miars grid --help``): e.g.
@@ -572,7 +580,7 @@ def grid(*, config=None, dataset=None, shadow_dataset=None, data_dir=None, downl
                                 featurizer_param=featurizer_param, attack_param=attack_param, top_k=top_k, seed=seed,
                                 split=split, min_interactions=min_interactions, query_budget=query_budget,
                                 utility_holdout=utility_holdout, controls=controls, max_cells=max_cells,
-                                device=device, user_attributes=user_attributes)
+                                device=device, user_attributes=user_attributes, shadow_lengths=shadow_lengths)
     run = run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
                    max_cells, command="grid", force=force)
     run._warn_failed()
@@ -584,7 +592,7 @@ def bench_defenses(*, dataset=None, data_dir=None, target=None, defense=None, de
                    attack=None, attack_param=None, service=None, query_budget=5, top_k=None, seed=None,
                    utility_holdout=0.2, controls=False, out, cache=None, no_cache=False, workers=None, threads=1,
                    scheduler=None, dask_local=None, no_report=False, quiet=False, force=False,
-                   max_cells=None, device=None, user_attributes=None) -> "GridRun":
+                   max_cells=None, device=None, user_attributes=None, shadow_lengths=None) -> "GridRun":
     """``miars bench-defenses``: privacy for a static and an adaptive attacker, utility and cost of every defense.
 
     Same options, defaults and checks as the command (``miars bench-defenses --help``);
@@ -594,7 +602,7 @@ def bench_defenses(*, dataset=None, data_dir=None, target=None, defense=None, de
                                         defense_param=defense_param, target_param=target_param, attack=attack,
                                         attack_param=attack_param, service=service, query_budget=query_budget,
                                         top_k=top_k, seed=seed, utility_holdout=utility_holdout, controls=controls,
-                                        device=device, user_attributes=user_attributes)
+                                        device=device, user_attributes=user_attributes, shadow_lengths=shadow_lengths)
     run = run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
                    max_cells, skippable, command="bench-defenses", force=force, notes=notes)
     run._warn_failed()

@@ -308,6 +308,7 @@ def attack(
     defense_param: Optional[List[str]] = typer.Option(None, "--defense-param", help="KEY=VALUE, e.g. ratio=0.1."),
     service_param: Optional[List[str]] = typer.Option(None, "--service-param", help="KEY=VALUE for the service model."),
     query_budget: int = typer.Option(5, "--query-budget", help="Queries per target user, on average, an attack with query access may ask: budget x target users in all (recorded in result.json); >= 1 for query attacks."),
+    shadow_lengths: Optional[str] = typer.Option(None, "--shadow-lengths", help="Train the shadow recommender once per training length and train the attack on the shadow features of every length (labels repeated), for a target whose length is unknown: auto (the shadow's own length x 0.5, 1, 2) or epochs, comma-separated, e.g. 4,8,16; a recommender with an epochs parameter and an attack trained on features (mlp ...) only (default: one shadow; recorded in result.json)."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder to write result.json (metrics, timings, config, split, versions) and scores.tsv (per-user attack scores) into."),
     export_miars: Optional[str] = typer.Option(None, "--export-miars", help="Folder to write the authors' TSV files into (interactions, recommendations, item vectors)."),
     cache: Optional[str] = typer.Option(None, "--cache", help="Folder of cached stage outputs (default: $MIARS_CACHE/stages or ~/.cache/miars/stages)."),
@@ -321,13 +322,13 @@ def attack(
         _attack(dataset, data_dir, download, target, shadow, featurizer, attack_model, defense, top_k, seed, split,
                 min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
                 out, export_miars, quiet, shadow_dataset, cache, no_cache, service, service_param, query_budget, force,
-                device, user_attributes)
+                device, user_attributes, shadow_lengths)
 
 
 def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_model, defense, top_k, seed, split,
             min_interactions, target_param, shadow_param, featurizer_param, attack_param, defense_param,
             out, export_miars, quiet, shadow_dataset=None, cache=None, no_cache=False, service="popular",
-            service_param=None, query_budget=5, force=False, device="auto", user_attributes=None) -> None:
+            service_param=None, query_budget=5, force=False, device="auto", user_attributes=None, shadow_lengths=None) -> None:
     from . import api
 
     config = api.attack_config(
@@ -335,7 +336,7 @@ def _attack(dataset, data_dir, download, target, shadow, featurizer, attack_mode
         shadow=shadow, featurizer=featurizer, attack=attack_model, defense=defense, top_k=top_k, seed=seed, split=split,
         min_interactions=min_interactions, target_param=target_param, shadow_param=shadow_param,
         featurizer_param=featurizer_param, attack_param=attack_param, defense_param=defense_param, service=service,
-        service_param=service_param, query_budget=query_budget, device=device, user_attributes=user_attributes)
+        service_param=service_param, query_budget=query_budget, device=device, user_attributes=user_attributes, shadow_lengths=shadow_lengths)
     _run(config, _expand(out), _expand(export_miars), quiet, api.stage_store(_expand(cache), no_cache), force)
 
 
@@ -471,6 +472,7 @@ def grid(
     split: Optional[str] = typer.Option(None, help="interactions (the paper's) or users."),
     min_interactions: Optional[int] = typer.Option(None, "--min-interactions", help="Shadow/target users with fewer interactions are dropped (default: 20)."),
     query_budget: Optional[int] = typer.Option(None, "--query-budget", help="Queries per target user, on average, an attack with query access may ask: budget x target users in all (default: 5); >= 1 for query attacks."),
+    shadow_lengths: Optional[str] = typer.Option(None, "--shadow-lengths", help="Train the shadow recommender once per training length and train the attack on the shadow features of every length (labels repeated), for a target whose length is unknown: auto (the shadow's own length x 0.5, 1, 2) or epochs, comma-separated, e.g. 4,8,16; a recommender with an epochs parameter and an attack trained on features (mlp ...) only (one value for every cell; TOML key shadow_lengths: \"auto\" or a list; default: one shadow)."),
     utility_holdout: Optional[float] = typer.Option(None, "--utility-holdout", help="Share of every shadow and target user's interactions held out as her future: never trained on nor shown to the adversary; the target members' future scores utility (default: 0)."),
     controls: bool = typer.Option(False, "--controls", help="Add the control recommenders random (random unknown items) and pop (popular items) as targets, reported beside the real ones."),
     out: OutOpt = ...,
@@ -497,7 +499,7 @@ def grid(
             shadow_param=shadow_param, featurizer_param=featurizer_param, attack_param=attack_param, top_k=top_k,
             seed=seed, split=split, min_interactions=min_interactions, query_budget=query_budget,
             utility_holdout=utility_holdout, controls=controls, max_cells=max_cells, device=device,
-            user_attributes=user_attributes)
+            user_attributes=user_attributes, shadow_lengths=shadow_lengths)
         _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
                   max_cells, command="grid", force=force)
 
@@ -534,6 +536,7 @@ def bench_defenses(
     attack_param: Optional[List[str]] = typer.Option(None, "--attack-param", help="[NAME.]KEY=VALUE for the attack model."),
     service: Optional[List[str]] = typer.Option(None, "--service", help="Service models, comma-separated: popular (the paper's), foldin (default: popular); installed: {installed:service}."),
     query_budget: int = typer.Option(5, "--query-budget", help="Queries per target user, on average, an attack with query access may ask: budget x target users in all; >= 1 for query attacks."),
+    shadow_lengths: Optional[str] = typer.Option(None, "--shadow-lengths", help="Train the shadow recommender once per training length and train the attack on the shadow features of every length (labels repeated), for a target whose length is unknown: auto (the shadow's own length x 0.5, 1, 2) or epochs, comma-separated, e.g. 4,8,16; a recommender with an epochs parameter and an attack trained on features (mlp ...) only (default: one shadow)."),
     top_k: Optional[List[str]] = typer.Option(None, "--top-k", help="List lengths (default: 100)."),
     seed: Optional[List[str]] = typer.Option(None, "--seed", help="Master seeds, e.g. 0,1,2 (default: 0,1,2)."),
     utility_holdout: float = typer.Option(0.2, "--utility-holdout", help="Share of every shadow and target user's interactions held out as her future: never trained on nor shown to the adversary; the target members' future scores utility."),
@@ -559,7 +562,7 @@ def bench_defenses(
             dataset=dataset, data_dir=data_dir, target=target, defense=defense, defense_param=defense_param,
             target_param=target_param, attack=attack_model, attack_param=attack_param, service=service,
             query_budget=query_budget, top_k=top_k, seed=seed, utility_holdout=utility_holdout, controls=controls,
-            device=device, user_attributes=user_attributes)
+            device=device, user_attributes=user_attributes, shadow_lengths=shadow_lengths)
         _run_grid(spec, out, cache, no_cache, workers, threads, scheduler, dask_local, not no_report, quiet,
                   max_cells, skippable, command="bench-defenses", force=force, notes=notes)
 

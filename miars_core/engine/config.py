@@ -13,6 +13,7 @@ from ..contracts.errors import MiarsError
 from ..contracts.params import AnyOf, Constraint, Flag, Interval, Mapping, Options, OrNone, Text
 from ..kit.torch_utils import Device, check_device
 from ..science.protocol import SPLIT_MODES
+from .lengths import ShadowLengths
 
 
 #: What each setting of a cell may be, with an example value: the one declaration that
@@ -38,6 +39,8 @@ SETTINGS: dict[str, tuple[Constraint, Any]] = {
     # 0: no hold-out; below 1%, no member of usual size holds out a single interaction (round(share x n) = 0)
     "utility_holdout": (AnyOf((Interval(float, 0.01, 0.9), Options((0,)))), 0.2),
     "query_budget": (Interval(int, 0), 5),
+    # None: one shadow (the paper's); "auto" or epochs: one shadow per length, features stacked (engine/lengths.py)
+    "shadow_lengths": (OrNone(ShadowLengths()), "auto"),
     **{f"{kind}_params": (Mapping(), {"epochs": 5})
        for kind in ("target", "shadow", "featurizer", "attack", "defense", "service")},
     # a run option, not a setting of the result: in no stage key nor cell id (miars_core.kit.torch_utils)
@@ -79,6 +82,7 @@ class AttackConfig:
     min_interactions: int = 20
     utility_holdout: float = 0.0
     query_budget: int = 5  # queries per target user an attack of threat "queries" may ask the target service
+    shadow_lengths: Any = None  # None: one shadow; "auto" or [epochs, ...]: one shadow per length (engine/lengths.py)
     target_params: dict[str, Any] = field(default_factory=dict)
     shadow_params: dict[str, Any] = field(default_factory=dict)
     featurizer_params: dict[str, Any] = field(default_factory=dict)
@@ -90,6 +94,8 @@ class AttackConfig:
     def validate(self) -> "AttackConfig":
         """Reject impossible plain values before any component is built or data is read (fills the default shadow)."""
         self.shadow = self.shadow or self.target
+        if isinstance(self.shadow_lengths, tuple):
+            self.shadow_lengths = list(self.shadow_lengths)
         for name, (rule, example) in SETTINGS.items():
             value = getattr(self, name)
             problem = rule.problem(value)

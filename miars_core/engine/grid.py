@@ -55,6 +55,8 @@ class GridSpec:
     min_interactions: int = 20
     utility_holdout: float = 0.0
     query_budget: int = 5
+    #: None: one shadow per cell; ``"auto"`` or epochs: one shadow per length (``--shadow-lengths``, engine/lengths.py).
+    shadow_lengths: Any = None
     data_dir: str | None = None
     #: A file of user attributes, the same for every cell (``--user-attributes``).
     user_attributes: str | None = None
@@ -175,6 +177,16 @@ class GridSpec:
                 component = plugins.create(kind, name, **_scoped(params, name))
                 if kind == "attack":  # a query attack with a budget of no query: refused before any folder is made
                     require_budget(component, self.query_budget, name)
+        if self.shadow_lengths is not None:  # a shadow without epochs, an attack not trained on features: refused now
+            from ..science.threat import level_of, threat_of
+            from .lengths import check_shadow_lengths
+
+            for name in dict.fromkeys(self.attack):
+                component = plugins.create("attack", name, **_scoped(self.attack_params, name))
+                for shadow in dict.fromkeys(shadows):
+                    check_shadow_lengths(self.shadow_lengths,
+                                         plugins.create("recommender", shadow, **_scoped(self.shadow_params, shadow)),
+                                         shadow, threat_of(component), level_of(component), name)
         for service in dict.fromkeys(self.service):  # a service that cannot serve a recommender (check_recommender)
             check = getattr(plugins.create("service", service, **_scoped(self.service_params, service)),
                             "check_recommender", None)
@@ -252,6 +264,8 @@ class GridSpec:
                             service_params=_scoped(self.service_params, service), top_k=int(top_k), seed=int(seed),
                             split=self.split, min_interactions=int(self.min_interactions),
                             utility_holdout=float(self.utility_holdout), query_budget=int(self.query_budget),
+                            shadow_lengths=self.shadow_lengths if not isinstance(self.shadow_lengths, list)
+                            else list(self.shadow_lengths),
                             target_params=_scoped(self.target_params, target, is_control(target)),
                             shadow_params=_scoped(self.shadow_params, shadow, is_control(shadow)),
                             featurizer_params=_scoped(self.featurizer_params, featurizer),
@@ -424,8 +438,8 @@ def _grid_rules() -> dict[str, tuple[Constraint, Any]]:
             rule = rule.inner
         rules[key] = (ListOf(rule, min_len=1), [example])
     rules["shadow"] = (OrNone(rules["shadow"][0]), ["lfm"])
-    for key in ("split", "min_interactions", "utility_holdout", "query_budget", "data_dir", "user_attributes", "download",
-                "device"):
+    for key in ("split", "min_interactions", "utility_holdout", "query_budget", "data_dir", "user_attributes",
+                "shadow_lengths", "download", "device"):
         rules[key] = SETTINGS[key]
     for key in PARAM_KEYS:
         sweep = key == "defense_params"

@@ -88,7 +88,8 @@ def cell_result(cell) -> AttackResult:
         metrics=attackers[main],
         timings=timings,
         split=split_info,
-        recommenders={"shadow": cell.report("shadow"), "target": {**cell.report("target"), "utility": cell.signal()}},
+        recommenders={"shadow": {**cell.report("shadow"), **shadow_lengths(cell, outputs[main])},
+                      "target": {**cell.report("target"), "utility": cell.signal()}},
         components=components,
         versions={**versions(cell.plugins), "device": device_record(cell)},
         attackers={named[k]: v for k, v in attackers.items()} if config.defense else {},
@@ -99,6 +100,23 @@ def cell_result(cell) -> AttackResult:
         interaction=by_attacker("interaction"),
         attributes=cell.attributes_report(),
     )
+
+
+def shadow_lengths(cell, attack) -> dict:
+    """result.json's ``recommenders.shadow.lengths`` with --shadow-lengths: the lengths asked for, the epochs each
+    shadow model was asked to train for and ran, and its seconds (read from the stage records); {} without."""
+    record = attack.meta.get("shadow_lengths")
+    if not record:
+        return {}
+    from .graph import Node
+
+    runs, seconds = [], []
+    for index in record["indices"]:
+        model = cell.walker.output(Node("model", "shadow", False, int(index)))
+        runs.append(int((model.meta.get("report") or {}).get("fit_info", {}).get("epochs_run", 0)))
+        seconds.append(round(float(model.meta.get("seconds", 0.0)), 3))
+    return {"lengths": {"asked": record["asked"], "epochs": list(record["epochs"]), "epochs_run": runs,
+                        "fit_seconds": seconds}}
 
 
 _TIMING_ORDER = ("warmup", "load", "split", "shadow_recommender", "target_recommender", "defense", "featurize", "attack",

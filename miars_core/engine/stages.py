@@ -33,6 +33,13 @@ computes, stores and times them all. In the order data flows::
 
     * derived: kept in memory only; its key flows into the keys of the stages that read it.
 
+**Shadow lengths** (``--shadow-lengths``, :mod:`~miars_core.engine.lengths`): ``Node.index`` > 0 on a
+shadow ``model``, ``serve``, ``defend`` or ``features`` node is a training length in epochs; its model
+key covers the shadow recommender with ``epochs`` set to it (the key of a cell given ``--shadow-param
+epochs=N``, so the fit is shared). The attack's key covers the option; it asks for every length's
+features while it computes (``auto``: around the shadow model's own length, known only once it is
+fitted) and its record lists their indices, from which :meth:`Cell.graph` lists their stages.
+
 Every key is the sha256 of a JSON record of those fields plus :data:`STAGES_VERSION` and a hash
 of the core modules that compute stages, so changed code never reads a stale output. Each
 stage's output is a set of arrays plus a JSON record (:mod:`miars_core.engine.store`), never a pickle.
@@ -97,6 +104,7 @@ from .codecs import (_csr_problem, _finite_problem, _flags_problem, _index_probl
                      interactions_problem, interactions_to_arrays, learned_state, split_from_arrays, split_problem,
                      split_to_arrays)
 from .graph import Clock, Graph, Node, Unusable, Walker, compute, on_device, read
+from .lengths import auto_lengths, check_shadow_lengths
 from .keys import (STAGE_MODULES, STAGES_VERSION, _entry_version, component_version, core_version,  # noqa: F401
                    dataset_identity, digest, file_fingerprint)
 from .store import MemoryStore, Output
@@ -124,7 +132,7 @@ def _part_of(cell, node: Node) -> Node:
 
 def _lists_of(cell, node: Node) -> Node:
     """The node whose output is the lists ``node.part``'s users see, with or without the defense."""
-    return cell.lists_node(node.part, node.defended)
+    return cell.lists_node(node.part, node.defended, node.index)
 
 
 # -- the stages -------------------------------------------------------------------------------------
@@ -170,7 +178,9 @@ def part(cell, node, split: Split) -> tuple[Part, sp.csr_matrix | None]:
 
 
 def _model_covers(cell, node: Node) -> dict:
-    rec = {"recommender": cell.component_id(f"recommender:{node.part}"), "seed": stage_seed(cell.config.seed, node.part)}
+    # node.index: a shadow length (--shadow-lengths), in the recommender's epochs: the key of --shadow-param epochs=N
+    rec = {"recommender": cell.component_id(cell.recommender_role(node.part, node.index)),
+           "seed": stage_seed(cell.config.seed, node.part)}
     if node.defended:  # a data or training defense: another fit
         rec.update(defense=cell.component_id("defense"), defense_seed=stage_seed(cell.config.seed, f"defense-{node.part}"))
     return rec
@@ -178,7 +188,8 @@ def _model_covers(cell, node: Node) -> dict:
 
 def _model_message(cell, node: Node) -> str:
     under = f" under defense {cell.config.defense}" if node.defended else ""
-    return f"training {node.part} recommender {cell.specs[f'recommender:{node.part}'][0]}{under}"
+    length = f" for {node.index} epochs" if node.index else ""
+    return f"training {node.part} recommender {cell.specs[f'recommender:{node.part}'][0]}{length}{under}"
 
 
 @GRAPH.stage(inputs={"part": _part_of}, covers=_model_covers, timing=lambda node: f"serve:{node.part}",
@@ -186,7 +197,7 @@ def _model_message(cell, node: Node) -> str:
              decode=lambda cell, node, out: cell.restore_model(node, out))
 def model(cell, node, part):
     """Fit the part's recommender on its members (under a data or training defense): the fitted model, stored."""
-    fitted = cell.fit(node.part, node.defended)
+    fitted = cell.fit(node.part, node.defended, node.index)
     arrays, meta = model_output(fitted, f"recommender {cell.specs[f'recommender:{node.part}'][0]!r}",
                                 cell.model_versions(node))
     return arrays, meta, fitted
@@ -236,7 +247,7 @@ def _restore(out: Output, versions: dict, make: Callable[[dict[str, np.ndarray],
     return Fitted(fitted, train, out.meta["report"])
 
 
-@GRAPH.stage(inputs={"model": lambda cell, node: Node("model", node.part, node.defended), "part": _part_of},
+@GRAPH.stage(inputs={"model": lambda cell, node: Node("model", node.part, node.defended, node.index), "part": _part_of},
              covers=lambda cell, node: {"k": cell.config.top_k, "service": cell.component_id("service"),
                                         **cell.attributes_record("service")},
              timing=lambda node: f"serve:{node.part}", task=True,
@@ -246,16 +257,16 @@ def _restore(out: Output, versions: dict, make: Callable[[dict[str, np.ndarray],
              check=lambda cell, node, out: cell.lists_problem(node.part, out))
 def serve(cell, node, model, part):
     """Members get the fitted model's top-k, everyone else what the service serves new accounts."""
-    fitted = model if model is not None else cell.fitted(node.part, node.defended, agree=False)
+    fitted = model if model is not None else cell.fitted(node.part, node.defended, agree=False, index=node.index)
     p, future = part
     held = future[p.is_member] if future is not None and node.part == "target" else None  # utility: target members
     s = serve_fitted(p, fitted, cell.config.top_k, stage_seed(cell.config.seed, node.part), heldout=held,
                      service=cell.create("service"), attributes=cell.attributes_for("service"))
-    model_seconds = cell.walker.output(Node("model", node.part, node.defended)).meta.get("seconds", 0.0)
+    model_seconds = cell.walker.output(Node("model", node.part, node.defended, node.index)).meta.get("seconds", 0.0)
     return {"lists": s.lists}, {"report": s.report, "model_seconds": model_seconds}
 
 
-@GRAPH.stage(inputs={"lists": lambda cell, node: Node("serve", node.part), "part": _part_of},
+@GRAPH.stage(inputs={"lists": lambda cell, node: Node("serve", node.part, False, node.index), "part": _part_of},
              covers=lambda cell, node: {"defense": cell.component_id("defense"),
                                         "seed": stage_seed(cell.config.seed, f"defense-{node.part}")},
              timing=lambda node: "defend",
@@ -334,10 +345,12 @@ def _attack_covers(cell, node: Node) -> dict:
     if cell.level == "interaction":
         rec.update(pairs_seed=stage_seed(c.seed, "pairs-target"))
     rec.update(cell.attributes_record("attack"))
+    if c.shadow_lengths is not None:  # trained on the shadow features of every length (engine/lengths.py)
+        rec.update(shadow_lengths=c.shadow_lengths)
     return rec
 
 
-@GRAPH.stage(inputs={"shadow": lambda cell, node: Node("features", "shadow", node.defended),
+@GRAPH.stage(inputs={"shadow": lambda cell, node: Node("features", "shadow", node.defended, cell.base_index("shadow")),
                      "target": lambda cell, node: Node("features", "target", bool(cell.config.defense))},
              covers=_attack_covers, timing=lambda node: "attack",
              message=lambda cell, node: f"training attack {cell.config.attack}",
@@ -543,6 +556,9 @@ class Cell:
                 self._shared[memo] = True
         # a query attack with no query, or fewer than it declares it asks per target user: refused now
         require_budget(self.checked("attack"), c.query_budget, c.attack)
+        if c.shadow_lengths is not None:  # a recommender without epochs, or an attack not trained on features: refused
+            check_shadow_lengths(c.shadow_lengths, self.checked("recommender:shadow"), c.shadow, self.threat,
+                                 self.level, c.attack)
         self._check_order()
         self._check_attributes()
 
@@ -617,6 +633,45 @@ class Cell:
 
     def component_id(self, role: str) -> dict:
         return self._ids[role]
+
+    def recommender_role(self, part: str, index: int = 0) -> str:
+        """The role of ``part``'s recommender; with ``index`` > 0 that recommender trained for ``index`` epochs
+        (``recommender:shadow@8``: a shadow length, --shadow-lengths), its parameters otherwise unchanged."""
+        role = f"recommender:{part}"
+        if not index:
+            return role
+        lengthed = f"{role}@{int(index)}"
+        if lengthed not in self.specs:
+            name, params = self.specs[role]
+            self.specs[lengthed] = (name, {**params, "epochs": int(index)})
+            self._ids[lengthed] = self._component_id(lengthed)
+        return lengthed
+
+    # -- shadow lengths (--shadow-lengths, engine/lengths.py) -------------------------------------
+    def base_index(self, part: str) -> int:
+        """The node index of ``part``'s model, lists and features that a cell reports and attacks with: 0 (the
+        recommender as given), or with a list of shadow lengths the shadow trained for the first of them."""
+        asked = self.config.shadow_lengths
+        return int(asked[0]) if part == "shadow" and isinstance(asked, list) else 0
+
+    def shadow_members(self) -> list[tuple[int, int]]:
+        """``(epochs, node index)`` of every shadow model a length-robust attack trains on, in order.
+
+        A list gives its lengths. ``auto`` reads the length the shadow model trained for (its
+        ``epochs_run``: chosen automatically, or given) and trains at that length times
+        :data:`~miars_core.engine.lengths.AUTO_FACTORS`; the shadow model itself is its own length's member
+        (an explicit fit for as many epochs is the same fit), so ``auto`` trains two more models, not three.
+        """
+        asked = self.config.shadow_lengths
+        if isinstance(asked, list):
+            return [(int(n), int(n)) for n in asked]
+        report = self.walker.output(Node("model", "shadow")).meta.get("report") or {}
+        own = (report.get("fit_info") or {}).get("epochs_run")
+        if not isinstance(own, int) or isinstance(own, bool) or own < 1:
+            raise MiarsError(f"--shadow-lengths auto needs the shadow model's training length, but shadow "
+                             f"{self.config.shadow!r} reports {own!r} epochs run; give lengths, e.g. "
+                             "--shadow-lengths 4,8,16")
+        return [(n, 0 if n == own else n) for n in auto_lengths(own)]
 
     def create(self, role: str) -> Any:
         """A fresh, unfitted component of the cell (``recommender:shadow``, ``featurizer``, ...)."""
@@ -751,11 +806,13 @@ class Cell:
             return None
         return self._once("defense_point", lambda: acts_on(self.create("defense")))
 
-    def lists_node(self, part: str, defended: bool) -> Node:
-        """The node whose output is the lists ``part``'s users see (with or without the defense)."""
+    def lists_node(self, part: str, defended: bool, index: int | None = None) -> Node:
+        """The node whose output is the lists ``part``'s users see (with or without the defense); ``index``: the
+        shadow length (default :meth:`base_index`)."""
+        index = self.base_index(part) if index is None else index
         if not defended:
-            return Node("serve", part)
-        return Node("defend", part) if self.defense_point == "lists" else Node("serve", part, True)
+            return Node("serve", part, False, index)
+        return Node("defend", part, False, index) if self.defense_point == "lists" else Node("serve", part, True, index)
 
     def lists_key(self, part: str, defended: bool) -> str:
         """Key of the stage whose output is the lists ``part``'s users see (with or without the defense)."""
@@ -817,10 +874,12 @@ class Cell:
         return Split(self.part("shadow"), self.part("target"), split.vectorization, split.item_ids)
 
     # -- fitted models -------------------------------------------------------------------------
-    def fit(self, part: str, defended: bool) -> Fitted:
-        """Fit the part's recommender on its members (under the cell's data or training defense when ``defended``)."""
+    def fit(self, part: str, defended: bool, index: int = 0) -> Fitted:
+        """Fit the part's recommender on its members (under the cell's data or training defense when ``defended``;
+        for ``index`` epochs when > 0, a shadow length)."""
         seed = self.config.seed
-        return fit_model(self.part(part), self.create(f"recommender:{part}"), self.specs[f"recommender:{part}"][0],
+        return fit_model(self.part(part), self.create(self.recommender_role(part, index)),
+                         self.specs[f"recommender:{part}"][0],
                          stage_seed(seed, part), defense=self.create("defense") if defended else None,
                          defense_seed=stage_seed(seed, f"defense-{part}"))
 
@@ -837,7 +896,7 @@ class Cell:
         train = Interactions(sp.csr_matrix((np.ones(len(out.arrays["train_indices"]), dtype=np.float32),
                                             out.arrays["train_indices"], out.arrays["train_indptr"]),
                                            shape=members.matrix.shape), members.user_ids, members.item_ids)
-        recommender = self.create(f"recommender:{node.part}")
+        recommender = self.create(self.recommender_role(node.part, node.index))
         if node.defended and self.defense_point == "training":
             defense = self.create("defense")
             make = functools.partial(defense.set_state, recommender)
@@ -845,13 +904,14 @@ class Cell:
             make = recommender.set_state
         return _restore(out, self.model_versions(node), lambda arrays, record: make(arrays, record), train)
 
-    def fitted(self, part: str, defended: bool = False, agree: bool = True) -> Fitted:
+    def fitted(self, part: str, defended: bool = False, agree: bool = True, index: int | None = None) -> Fitted:
         """The fitted model of ``part`` (under a data or training defense when ``defended``): stored, or fitted again.
 
         A model without the state contract is stored as a marker; it is fitted again here (same
         data, same seed) and, with ``agree``, checked to serve the stored lists.
         """
-        node = Node("model", part, defended)
+        index = self.base_index(part) if index is None else index
+        node = Node("model", part, defended, index)
         fitted = self.walker.value(node)
         if fitted is not None:
             return fitted
@@ -859,10 +919,10 @@ class Cell:
             start = time.perf_counter()
             if self.progress:
                 self.progress(f"fitting the {part} recommender again (its fitted model cannot be stored)")
-            fitted = self.fit(part, defended)
+            fitted = self.fit(part, defended, index)
             self._refit_seconds += time.perf_counter() - start
             if agree:
-                stored = self.walker.output(Node("serve", part, defended)).arrays["lists"]
+                stored = self.walker.output(Node("serve", part, defended, index)).arrays["lists"]
                 p, future = self.walker.value(Node("part", part))
                 lists = serve_fitted(p, fitted, self.config.top_k, stage_seed(self.config.seed, part),
                                      service=self.create("service"), attributes=self.attributes_for("service")).lists
@@ -876,7 +936,7 @@ class Cell:
 
     def served(self, part: str, defended: bool = False) -> Output:
         """The lists of the part's users (``defended``: from the fit under a data or training defense)."""
-        return self.walker.output(Node("serve", part, defended))
+        return self.walker.output(Node("serve", part, defended, self.base_index(part)))
 
     def report(self, part: str) -> dict:
         """What result.json says about the recommender of ``part`` (the defended fit, when there is one)."""
@@ -902,8 +962,9 @@ class Cell:
                            lambda: self.fit_featurizer(self.split(side).vectorization))
         return f
 
-    def features(self, part: str, defended: bool) -> np.ndarray:
-        return self.walker.output(Node("features", part, defended)).arrays["X"]
+    def features(self, part: str, defended: bool, index: int | None = None) -> np.ndarray:
+        index = self.base_index(part) if index is None else index
+        return self.walker.output(Node("features", part, defended, index)).arrays["X"]
 
     @property
     def threat(self) -> str:
@@ -927,7 +988,10 @@ class Cell:
         with stage_threads():
             model = self.create("attack")
             if self.threat == "features":
-                model.fit(x_shadow, self.part("shadow").is_member, seed=seed)
+                labels = self.part("shadow").is_member
+                if c.shadow_lengths is not None:  # every length's features stacked, labels repeated
+                    x_shadow, labels, meta["shadow_lengths"] = self._length_features(defended_shadow, x_shadow)
+                model.fit(x_shadow, labels, seed=seed)
                 target: Any = x_target
             else:
                 model.fit(self.view("shadow", defended_shadow, x_shadow, self.threat), seed=seed)
@@ -957,6 +1021,17 @@ class Cell:
         if not np.isfinite(scores).all():
             raise MiarsError(f"attack {c.attack!r} produced non-finite scores; check its inputs and parameters")
         return {"scores": scores, "predicted": predicted, **arrays}, meta
+
+    def _length_features(self, defended: bool, x_base: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+        """The shadow features of every length (:meth:`shadow_members`) stacked, the shadow labels repeated, and
+        what the attack record says of them (the lengths; the node indices :meth:`graph` lists their stages by)."""
+        members = self.shadow_members()
+        base = self.base_index("shadow")
+        xs = [x_base if index == base else self.features("shadow", defended, index) for _, index in members]
+        labels = np.tile(self.part("shadow").is_member, len(xs))
+        record = {"asked": self.config.shadow_lengths, "epochs": [n for n, _ in members],
+                  "indices": [index for _, index in members]}
+        return np.concatenate(xs, axis=0), labels, record
 
     def _pair_outcome(self, view: AdversaryView, scores: np.ndarray, threshold: float, defended: bool):
         """Pair scores -> per-user scores (mean over the user's pairs) and the interaction-level metrics."""
@@ -1175,9 +1250,9 @@ class Cell:
         """The nodes a cell's result is made of: its attack(s) and the recommenders it reports (undefended, and
         under a data or training defense the defended fit too)."""
         out = [Node("attack", "", False)] + ([Node("attack", "", True)] if self.config.defense else [])
-        out += [Node("serve", part) for part in self.SIDES]
+        out += [Node("serve", part, False, self.base_index(part)) for part in self.SIDES]
         if self.defense_point in ("data", "training"):
-            out += [Node("serve", part, True) for part in self.SIDES]
+            out += [Node("serve", part, True, self.base_index(part)) for part in self.SIDES]
         return out
 
     def graph(self) -> list[tuple[str, str, str]]:
@@ -1194,6 +1269,13 @@ class Cell:
             if node.stage != "attack":
                 continue
             meta = self.store.meta("attack", self.walker.key(node)) or {}
+            lengths = [Node("features", "shadow", node.defended, int(i))
+                       for i in (meta.get("shadow_lengths") or {}).get("indices", ())]
+            for up in GRAPH.upstream(self, lengths):  # the shadow models of every length (--shadow-lengths)
+                key = self.walker.key(up)
+                if GRAPH[up.stage].stored and key not in seen:
+                    seen.add(key)
+                    out.append((up.stage, GRAPH[up.stage].time_name(up), key))
             for stage, field in FAMILIES.items():
                 for key in meta.get(field, ()):
                     if key not in seen:
@@ -1255,10 +1337,12 @@ class Cell:
     def prepare(self, what: str) -> None:
         """Compute one task's stage (a name of :meth:`tasks`) for the grid's scheduler."""
         head, _, part = what.partition(":")
+        part, _, length = part.partition("@")
         stage, _, defended = head.partition("-")
-        if stage not in GRAPH.stages or not GRAPH[stage].task or defended not in ("", "defended"):
+        if stage not in GRAPH.stages or not GRAPH[stage].task or defended not in ("", "defended") or not (
+                length == "" or length.isdigit()):
             raise ValueError(f"unknown preparation {what!r}")
-        self.walker.value(Node(stage, part, defended == "defended"))
+        self.walker.value(Node(stage, part, defended == "defended", int(length or 0)))
 
 
 def _query_record(attack: Any, name: str) -> dict:
@@ -1281,7 +1365,8 @@ def shown_value(value: Any) -> str:
 
 
 def _task_name(node: Node) -> str:
-    return f"{node.stage}{'-defended' if node.defended else ''}:{node.part}"
+    length = f"@{node.index}" if node.index else ""  # a shadow length (--shadow-lengths)
+    return f"{node.stage}{'-defended' if node.defended else ''}:{node.part}{length}"
 
 
 def _scoped(store, stage: str):
