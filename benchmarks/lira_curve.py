@@ -65,6 +65,44 @@ def summarize(paths: list[str]) -> str:
     return "\n".join(out)
 
 
+def plot(paths: list[str], target: str, out: str) -> None:
+    """The reference-model curve of ``target`` as a PNG: ROC-AUC and TPR at 1% FPR against the number of
+    reference models (mean over seeds, each seed a faint dot), offline and online LiRA with the default
+    variance, the per-user variance where measured, and ``query-recall`` as a horizontal line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for path in paths for r in json.load(open(path)) if r["target"] == target]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    series = [("lira offline", dict(online=False, variance="auto"), "C0", "o-"),
+              ("lira online", dict(online=True, variance="auto"), "C1", "s-"),
+              ("lira offline, per-user variance", dict(online=False, variance="per-user"), "C2", "D"),
+              ("lira online, per-user variance", dict(online=True, variance="per-user"), "C3", "^")]
+    seeds = sorted({r["seed"] for r in rows})
+    for ax, key, label in zip(axes, ("roc_auc", "tpr_at_fpr_0.01"), ("ROC-AUC", "TPR at 1% FPR")):
+        for name, want, color, style in series:
+            pts = [r for r in rows if r["attack"] == "lira" and all(r.get(k) == v for k, v in want.items())]
+            refs = sorted({r["references"] for r in pts})
+            if not refs:
+                continue
+            means = [np.mean([r[key] for r in pts if r["references"] == n]) for n in refs]
+            ax.plot(refs, means, style, color=color, label=name)
+            for r in pts:
+                ax.plot(r["references"], r[key], ".", color=color, alpha=0.3)
+        qr = [r[key] for r in rows if r["attack"] == "query-recall"]
+        if qr:
+            ax.axhline(np.mean(qr), color="k", ls="--", lw=1, label="query-recall (3 models)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("reference models")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"LiRA against the number of reference models: {target}, seeds {', '.join(map(str, seeds))}")
+    fig.savefig(out, dpi=100)
+
+
 def main() -> int:
     from miars_attacks.lira import lira_scores
     from miars_core.contracts.plugins import get_plugins
@@ -82,11 +120,14 @@ def main() -> int:
     ap.add_argument("--cache")
     ap.add_argument("--out")
     ap.add_argument("--summarize", nargs="+", metavar="JSON", help="print a markdown table of curve files and exit")
+    ap.add_argument("--plot", metavar="PNG", help="with --summarize: also draw the first --target's curve into PNG")
     ap.add_argument("--verify", action="store_true")
     ap.add_argument("--save", help="folder: each cell's statistics as <target>-<seed>.npz (x, offline, online, inside, y)")
     a = ap.parse_args()
     if a.summarize:
         print(summarize(a.summarize))
+        if a.plot:
+            plot(a.summarize, a.target.split(",")[0], a.plot)
         return 0
     if not (a.cache and a.out):
         ap.error("--cache and --out are required (or --summarize)")
