@@ -12,6 +12,33 @@ from miars_core.science.threat import AdversaryView
 from .metric import _ShadowCalibrated, orient_and_threshold
 
 
+def _stacked_splits(histories: sp.csr_matrix, queries: int,
+                    choose) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """``queries`` (query, held-out) splits of every history, stacked (query s of user u is row s * n + u).
+
+    ``choose(s, values, counts, row_of)`` returns, per stored entry, whether query s holds it. Q
+    keeps the values of ``histories`` (positions, when they are the view's ``sequences``: a
+    sequential service then reads each query in the user's order); T is 0/1.
+    """
+    values = sp.csr_matrix(histories, dtype=np.float32)
+    values.sum_duplicates()
+    values.eliminate_zeros()
+    counts = np.diff(values.indptr)
+    row_of = np.repeat(np.arange(values.shape[0]), counts)
+    qs, ts = [], []
+    for s in range(queries):  # a handful of vectorised passes, one per query
+        in_query = choose(s, values, counts, row_of)
+        q = values.copy()
+        q.data = values.data * in_query
+        q.eliminate_zeros()
+        t = values.copy()
+        t.data = (~in_query).astype(np.float32)
+        t.eliminate_zeros()
+        qs.append(q)
+        ts.append(t)
+    return sp.vstack(qs, format="csr"), sp.vstack(ts, format="csr")
+
+
 def half_splits(histories: sp.csr_matrix, queries: int, seed: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """``queries`` random halves of every history, stacked (query s of user u is row s * n + u).
 
@@ -20,26 +47,11 @@ def half_splits(histories: sp.csr_matrix, queries: int, seed: int) -> tuple[sp.c
     values of ``histories`` (positions, when they are the view's ``sequences``: a sequential
     service then reads each query half in the user's order); T is 0/1.
     """
-    values = sp.csr_matrix(histories, dtype=np.float32)
-    values.sum_duplicates()
-    values.eliminate_zeros()
-    h = values.copy()
-    h.data[:] = 1.0
-    counts = np.diff(h.indptr)
-    row_of = np.repeat(np.arange(h.shape[0]), counts)
-    qs, ts = [], []
-    for s in range(queries):  # a handful of vectorised passes, one per query
-        _, ranks = random_row_ranks(h, seed + 7919 * s)
-        in_query = ranks < (counts // 2)[row_of]
-        q = values.copy()
-        q.data = values.data * in_query
-        q.eliminate_zeros()
-        t = h.copy()
-        t.data = (~in_query).astype(np.float32)
-        t.eliminate_zeros()
-        qs.append(q)
-        ts.append(t)
-    return sp.vstack(qs, format="csr"), sp.vstack(ts, format="csr")
+    def choose(s, values, counts, row_of):
+        _, ranks = random_row_ranks(values, seed + 7919 * s)
+        return ranks < (counts // 2)[row_of]
+
+    return _stacked_splits(histories, queries, choose)
 
 
 def prefix_splits(sequences: sp.csr_matrix, queries: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -51,24 +63,11 @@ def prefix_splits(sequences: sp.csr_matrix, queries: int) -> tuple[sp.csr_matrix
     positions as values, so a sequential service reads it in order; T is the continuation (0/1).
     No randomness: the same sequences give the same queries.
     """
-    values = sp.csr_matrix(sequences, dtype=np.float32)
-    values.sum_duplicates()
-    values.eliminate_zeros()
-    counts = np.diff(values.indptr)
-    row_of = np.repeat(np.arange(values.shape[0]), counts)
-    qs, ts = [], []
-    for s in range(queries):  # one vectorised pass per prefix length
+    def choose(s, values, counts, row_of):
         length = np.clip((counts * (s + 1)) // (queries + 1), 1, np.maximum(counts - 1, 1))
-        in_query = values.data <= length[row_of]
-        q = values.copy()
-        q.data = values.data * in_query
-        q.eliminate_zeros()
-        t = values.copy()
-        t.data = (~in_query).astype(np.float32)
-        t.eliminate_zeros()
-        qs.append(q)
-        ts.append(t)
-    return sp.vstack(qs, format="csr"), sp.vstack(ts, format="csr")
+        return values.data <= length[row_of]
+
+    return _stacked_splits(sequences, queries, choose)
 
 
 def recall_of_lists(lists: np.ndarray, held: sp.csr_matrix) -> np.ndarray:
