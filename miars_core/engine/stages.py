@@ -100,6 +100,7 @@ from ..science.service import defend as apply_defense
 from ..science.threat import (AdversaryView, OnlineReferences, QueryAccess, ReferenceModels, decision_threshold,
                               fit_online_reference, fit_reference, level_of, require_budget, threat_of)
 from ..science.utility import holdout, list_signal, utility_metrics
+from .config import shown
 from .codecs import (_csr_problem, _finite_problem, _flags_problem, _index_problem, interactions_from_arrays,  # noqa: F401
                      interactions_problem, interactions_to_arrays, learned_state, split_from_arrays, split_problem,
                      split_to_arrays)
@@ -398,7 +399,7 @@ def _shadow_model(cell, node: Node) -> Node:
 
 def _adversary_factory(cell) -> tuple[str, dict, dict]:
     name, params = cell.specs["recommender:shadow"]
-    length = shadow_length(cell.walker.output(Node("model", "shadow")).meta.get("report") or {})
+    length = shadow_length(cell.walker.output(_shadow_model(cell, None)).meta.get("report") or {})
     return name, {**params, **length}, length
 
 
@@ -565,7 +566,7 @@ class Cell:
     def _check_order(self) -> None:
         """Sequential recommenders: refused in one line, before any data is read, on a dataset without order, and a
         sequential target with a shadow of another kind (docs/sequential.md)."""
-        from .datasets import dataset_has_order, is_sequential
+        from .datasets import is_sequential
 
         kinds = {}
         for side in self.SIDES:  # once per distinct recommender of a grid, as the component identities
@@ -576,11 +577,8 @@ class Cell:
             kinds[side] = self._shared[memo]
         c = self.config
         if getattr(self.checked("attack"), "needs_order", False) is True:  # e.g. query-recall split=prefix
-            for side in dict.fromkeys(("target", "shadow")):
-                memo = ("order", self.dataset_of(side), c.data_dir)
-                if memo not in self._shared:
-                    self._shared[memo] = dataset_has_order(self.dataset_of(side), c.data_dir, self.plugins)
-                if self._shared[memo] is False:
+            for side in self.SIDES:
+                if self._has_order(side) is False:
                     raise MiarsError(f"attack {c.attack!r} with these parameters reads each user's history in order, "
                                      f"but dataset {self.dataset_of(side)!r} has none (no timestamp or position); use "
                                      "a dataset with times (ml-100k, ml-1m ratings.dat) or the attack's default split")
@@ -591,15 +589,22 @@ class Cell:
         for side in self.SIDES:
             if not kinds[side]:
                 continue
-            memo = ("order", self.dataset_of(side), c.data_dir)
-            if memo not in self._shared:
-                self._shared[memo] = dataset_has_order(self.dataset_of(side), c.data_dir, self.plugins)
-            if self._shared[memo] is False:
+            if self._has_order(side) is False:
                 name = c.target if side == "target" else c.shadow
                 raise MiarsError(f"{side} recommender {name!r} is sequential and needs the order of each user's "
                                  f"interactions, but dataset {self.dataset_of(side)!r} has none (no timestamp or "
                                  "position); use a dataset with times (ml-100k, ml-1m ratings.dat, a file with a "
                                  "time column) or a general recommender")
+
+    def _has_order(self, side: str) -> bool | None:
+        """Whether ``side``'s dataset carries an order (:func:`~miars_core.engine.datasets.dataset_has_order`), told
+        without loading it, once per dataset for all the cells of a grid."""
+        from .datasets import dataset_has_order
+
+        memo = ("order", self.dataset_of(side), self.config.data_dir)
+        if memo not in self._shared:
+            self._shared[memo] = dataset_has_order(self.dataset_of(side), self.config.data_dir, self.plugins)
+        return self._shared[memo]
 
     # -- what the walker reports ---------------------------------------------------------------
     @property
@@ -739,18 +744,17 @@ class Cell:
     def attributes_for(self, reader: str):
         """The attributes handed to the ``service`` (when it reads them) or to the ``attack`` stage (when its
         attack or its service reads them: query access, reference models, the view); None otherwise."""
-        if not self.config.user_attributes:
-            return None
-        uses = self.service_uses_attributes or (reader == "attack" and self.attack_uses_attributes)
-        return self.user_attributes() if uses else None
+        return self.user_attributes() if self._reads_attributes(reader) else None
+
+    def _reads_attributes(self, reader: str) -> bool:
+        """Whether the ``service`` or ``attack`` stage is handed the attributes (a file given, and read there)."""
+        return bool(self.config.user_attributes) and (
+            self.service_uses_attributes or (reader == "attack" and self.attack_uses_attributes))
 
     def attributes_record(self, reader: str) -> dict:
         """What the attributes add to the key of a stage that reads them (``service``: serve; ``attack``): the
         file's content, only where :meth:`attributes_for` hands them over; nothing otherwise."""
-        if not self.config.user_attributes:
-            return {}
-        uses = self.service_uses_attributes or (reader == "attack" and self.attack_uses_attributes)
-        return {"user_attributes": self.attributes_id()} if uses else {}
+        return {"user_attributes": self.attributes_id()} if self._reads_attributes(reader) else {}
 
     def attributes_report(self) -> dict | None:
         """result.json's ``attributes``: the file, its content, columns, and the target dataset's users matched
@@ -1354,14 +1358,9 @@ def _query_record(attack: Any, name: str) -> dict:
     reserved = {"per_target_user", "budget", "used", "calls", "target_users", "refit_seconds", "attackers"}
     if not isinstance(record, dict) or any(not isinstance(k, str) or k in reserved for k in record) or \
             any(not isinstance(v, (str, int, float, bool, type(None))) for v in record.values()):
-        raise MiarsError(f"attack {name!r} has query_record_={shown_value(record)}; it must be a dict of plain values "
+        raise MiarsError(f"attack {name!r} has query_record_={shown(record)}; it must be a dict of plain values "
                          f"(str, number, bool) under names other than {', '.join(sorted(reserved))}")
     return dict(record)
-
-
-def shown_value(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:60] + "..." + text[-15:]
 
 
 def _task_name(node: Node) -> str:

@@ -158,12 +158,18 @@ def load_grid(run_dir: str | Path) -> dict | None:
     return record if isinstance(record, dict) else None  # e.g. [1, 2, 3]: not a run record
 
 
-def skipped_reasons(grid: dict | None) -> list[str]:
-    """Why requested work was left out of the grid (``spec.skipped``: default sweep values a catalogue
-    cannot serve, default defenses that train none of the targets), one line each."""
+def _skipped(grid: dict | None, pairs: bool) -> list[str]:
+    """The reasons of ``spec.skipped``: the (target, shadow) pairs left out (``pairs``), or everything else."""
     spec = (grid or {}).get("spec") if isinstance(grid, dict) else None
     skipped = spec.get("skipped") if isinstance(spec, dict) else None
-    return [str(s["reason"]) for s in skipped or [] if isinstance(s, dict) and s.get("reason")]
+    return [str(s["reason"]) for s in skipped or []
+            if isinstance(s, dict) and s.get("reason") and ("target" in s and "shadow" in s) == pairs]
+
+
+def skipped_reasons(grid: dict | None) -> list[str]:
+    """Why requested defense work was left out of the grid (``spec.skipped``: default sweep values a catalogue
+    cannot serve, default defenses that train none of the targets), one line each."""
+    return _skipped(grid, pairs=False)
 
 
 #: Heads the list of (target, shadow) pairs a grid left out; their table entries stay empty.
@@ -174,10 +180,7 @@ LEFT_OUT_NOTE = ("Pairs the grid left out, before any work (their table entries 
 def refused_pairs(grid: dict | None) -> list[str]:
     """The (target, shadow) pairs the grid left out (``spec.skipped`` entries with a target and a shadow: a
     sequential target crossed with a general shadow), one reason each; the tables show them as "left out"."""
-    spec = (grid or {}).get("spec") if isinstance(grid, dict) else None
-    skipped = spec.get("skipped") if isinstance(spec, dict) else None
-    return [str(s["reason"]) for s in skipped or []
-            if isinstance(s, dict) and s.get("reason") and "target" in s and "shadow" in s]
+    return _skipped(grid, pairs=True)
 
 
 def load_cells(run_dir: str | Path) -> list[CellRecord]:
