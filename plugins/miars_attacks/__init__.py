@@ -5,6 +5,7 @@ from __future__ import annotations
 from miars_core.contracts.hookspecs import hookimpl
 
 from .controls import OverlapControl
+from .dlmia import DLMIA
 from .features import CenterDiff, item_vectors
 from .lira import LiRA
 from .metric import KMeansAttack, ReferenceRec, ShadowFree
@@ -12,7 +13,7 @@ from .mlp import MLPAttack
 from .query import InteractionQuery, QueryRecall
 
 __version__ = "0.1.0"
-__all__ = ["CenterDiff", "InteractionQuery", "KMeansAttack", "LiRA", "MLPAttack", "OverlapControl", "QueryRecall", "ReferenceRec",
+__all__ = ["CenterDiff", "DLMIA", "InteractionQuery", "KMeansAttack", "LiRA", "MLPAttack", "OverlapControl", "QueryRecall", "ReferenceRec",
            "ShadowFree", "item_vectors"]
 
 
@@ -30,4 +31,5 @@ def register_attacks(register):
     register("query-recall", QueryRecall)
     register("interaction", InteractionQuery)
     register("lira", LiRA)
+    register("dl-mia", DLMIA)
     register("overlap", OverlapControl)

@@ -9,6 +9,16 @@ from miars_core.contracts.errors import MiarsError
 from miars_core.contracts.params import Interval, ListOf, Options, OrNone
 
 
+def build_mlp(sizes: list[int]):
+    """A torch ``Sequential`` of Linear layers of these sizes with ReLU between them (none after the last)."""
+    import torch
+
+    layers: list[torch.nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1])
+
+
 class MLPAttack(Component):
     """MLP membership classifier d-32-8-2 of Zhang et al., CCS'21, scored by the logit margin.
 
@@ -64,12 +74,8 @@ class MLPAttack(Component):
         self.scale_[self.scale_ == 0] = 1.0
         gen = torch.Generator().manual_seed(int(seed))
         torch.manual_seed(int(seed))
-        sizes = [X.shape[1], *map(int, self.hidden), 2]
-        layers: list[torch.nn.Module] = []
-        for a, b in zip(sizes[:-1], sizes[1:]):
-            layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
         device = torch.device(current_device())
-        net = torch.nn.Sequential(*layers[:-1]).to(device)
+        net = build_mlp([X.shape[1], *map(int, self.hidden), 2]).to(device)
         if self.optimizer == "adam":
             opt = torch.optim.Adam(net.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         else:
