@@ -104,3 +104,29 @@ def test_dl_mia_runs_as_a_cell_and_is_recorded(small_dataset):
     assert popular.components["attack"]["name"] == "dl-mia"
     foldin = run_attack(AttackConfig(**base, service="foldin"))
     assert abs(foldin.metrics["roc_auc"] - 0.5) < 0.15  # no debiasing makes the list features carry membership
+
+
+def test_an_attack_record_reaches_result_json_and_a_bad_one_is_refused(small_dataset, tmp_path):
+    import json
+
+    from miars_core.engine.schema import validate
+    from miars_core.engine.stages import _plain_record
+
+    base = dict(dataset=str(small_dataset), target="item", top_k=10, attack="dl-mia",
+                attack_params={"latent": 8, "vae_epochs": 50, "classifier_epochs": 150, "joint_epochs": 30})
+    result = run_attack(AttackConfig(**base))
+    record = result.to_json()["attack_record"]["attack"]
+    assert set(record) == {"domain_probe_invariant", "domain_probe_specific", "mean_weight_shadow",
+                           "mean_weight_target", "low_weight_share", "target_called_members"}
+    assert 0.05 <= record["mean_weight_target"] <= 1.0 and 0.0 <= record["target_called_members"] <= 1.0
+    validate(json.loads(json.dumps(result.to_json())))
+    assert "attack_record" not in run_attack(AttackConfig(**{**base, "attack": "mlp", "attack_params": {}})).to_json()
+
+    class Loud:
+        record_ = {"probe": float("nan")}
+
+    with pytest.raises(MiarsError, match=r"attack 'loud' has record_=.*finite number"):
+        _plain_record(Loud(), "loud", "record_")
+    Loud.record_ = {"lists": [1, 2]}
+    with pytest.raises(MiarsError, match="plain values"):
+        _plain_record(Loud(), "loud", "record_")

@@ -129,6 +129,7 @@ class AttackResult:
     utility: dict | None = None
     queries: dict | None = None
     interaction: dict | None = None
+    attack_record: dict | None = None
     attributes: dict | None = None
 
     def to_json(self) -> dict:
@@ -153,6 +154,8 @@ class AttackResult:
             out["queries"] = self.queries
         if self.interaction:
             out["interaction"] = self.interaction
+        if self.attack_record:
+            out["attack_record"] = self.attack_record
         if self.attributes:
             out["attributes"] = self.attributes
         if self.cell is not None:

@@ -98,6 +98,7 @@ def cell_result(cell) -> AttackResult:
         utility=cell.utility(),
         queries=query_use(),
         interaction=by_attacker("interaction"),
+        attack_record=by_attacker("record"),
         attributes=cell.attributes_report(),
     )
 

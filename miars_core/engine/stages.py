@@ -1014,6 +1014,9 @@ class Cell:
                                    "target_users": target.n_users,
                                    "refit_seconds": round(self._query_seconds(), 3)}
                 meta["queries"].update(_query_record(model, c.attack))
+            own = _plain_record(model, c.attack, "record_")  # what the attack says it did (e.g. dl-mia's diagnostics)
+            if own:
+                meta["record"] = own
         if self.threat == "queries":  # the reference models it read: their seconds count in result.json's timings
             meta["references"] = list(self._reference_keys)
             if self._online_keys:
@@ -1349,18 +1352,25 @@ class Cell:
         self.walker.value(Node(stage, part, defended == "defended", int(length or 0)))
 
 
+def _plain_record(attack: Any, name: str, attribute: str, reserved: frozenset = frozenset()) -> dict:
+    """An attack's own record ``attribute`` (a dict of plain JSON values under names not in ``reserved``), {} if none."""
+    record = getattr(attack, attribute, None)
+    if record is None:
+        return {}
+    if not isinstance(record, dict) or any(not isinstance(k, str) or k in reserved for k in record) or \
+            any(not isinstance(v, (str, int, float, bool, type(None))) for v in record.values()) or \
+            any(isinstance(v, float) and not np.isfinite(v) for v in record.values()):
+        others = f" under names other than {', '.join(sorted(reserved))}" if reserved else ""
+        raise MiarsError(f"attack {name!r} has {attribute}={shown(record)}; it must be a dict of plain values "
+                         f"(str, finite number, bool, null){others}")
+    return dict(record)
+
+
 def _query_record(attack: Any, name: str) -> dict:
     """What a query attack reports about how it queried (its ``query_record_``: e.g. reference-rec's
     ``reference_list``), for result.json's ``queries``; JSON values under new names only."""
-    record = getattr(attack, "query_record_", None)
-    if record is None:
-        return {}
-    reserved = {"per_target_user", "budget", "used", "calls", "target_users", "refit_seconds", "attackers"}
-    if not isinstance(record, dict) or any(not isinstance(k, str) or k in reserved for k in record) or \
-            any(not isinstance(v, (str, int, float, bool, type(None))) for v in record.values()):
-        raise MiarsError(f"attack {name!r} has query_record_={shown(record)}; it must be a dict of plain values "
-                         f"(str, number, bool) under names other than {', '.join(sorted(reserved))}")
-    return dict(record)
+    return _plain_record(attack, name, "query_record_", frozenset(
+        {"per_target_user", "budget", "used", "calls", "target_users", "refit_seconds", "attackers"}))
 
 
 def _task_name(node: Node) -> str:

@@ -25,7 +25,11 @@ scores (only what the adversary sees: their histories and served lists, through 
 ``fit`` trains the raw head on the shadow (the biased classifier); ``decision_function(X)``
 then learns the encoder, the weights and the joint model with ``X`` as the target domain and
 returns the mixed logit margin. Its learned state (``encoder_``, ``weights_``,
-``domain_accuracy_``) is set there; two calls on the same rows give the same scores.
+``domain_accuracy_``) is set there; two calls on the same rows give the same scores. What it
+did is in ``record_`` (result.json's ``attack_record``): the held-out balanced accuracy of a
+linear probe telling shadow from target rows by each code (0.5: no trace of the recommender
+gap), the mean truth-level weights, the share of users weighted below 0.5 and the share of
+target users it calls members.
 
 Differences from the authors' released code (github WZH-NLP/DL-MIA-KDD-2022), stated in
 docs/threats.md: their encoder reads the 100 float values of a vector as a token sequence
@@ -312,6 +316,15 @@ class DLMIA(Component):
                 "specific": _domain_accuracy(mu_z.cpu().numpy(), ns, self.seed_),
             }
             self.heads_ = heads
+            member_share = float((out[ns:, 1] > out[ns:, 0]).float().mean())
+        self.record_ = {
+            "domain_probe_invariant": _rounded(self.domain_accuracy_["invariant"]),
+            "domain_probe_specific": _rounded(self.domain_accuracy_["specific"]),
+            "mean_weight_shadow": round(float(self.weights_[:ns].mean()), 4),
+            "mean_weight_target": round(float(self.weights_[ns:].mean()), 4),
+            "low_weight_share": round(float((self.weights_ < 0.5).mean()), 4),
+            "target_called_members": round(member_share, 4),
+        }
         out = out[ns:].double()
         return out[:, 1] - out[:, 0]
 
@@ -334,6 +347,10 @@ def _moment_gap(a, b):
     ca, cb = a - mean_a, b - mean_b
     cov_a, cov_b = ca.T @ ca / max(len(a) - 1, 1), cb.T @ cb / max(len(b) - 1, 1)
     return (mean_a - mean_b).pow(2).sum() + (cov_a - cov_b).pow(2).sum() / (4 * dim * dim)
+
+
+def _rounded(value: float) -> float | None:
+    return None if not np.isfinite(value) else round(float(value), 4)
 
 
 def _finite(what: str, value: float) -> None:
