@@ -9,8 +9,9 @@ seed("attack")), and asks them of the largest number of offline and online refer
 (the engine's ``reference`` and ``online_reference`` stages, read from or stored in ``--cache``).
 ``lira`` with ``references=R`` uses models 0..R-1 and the same queries, so its scores are
 :func:`miars_attacks.lira.lira_scores` of the first R rows: one pass gives the whole curve
-(``--verify`` runs ``lira`` itself at references=8, offline and online, on the first seed and
-checks the ROC-AUC is the same). ``query-recall`` (its defaults: zreg, 3 reference models) runs
+(``--verify`` runs ``lira`` itself at references=8, or the largest count when that is smaller,
+offline and online (offline only at 1), with the same ``--queries``, on the first seed and checks
+the ROC-AUC is the same). ``query-recall`` (its defaults: zreg, 3 reference models) runs
 as an attack on the same stored models. Metrics: ROC-AUC, TPR at 1% and 0.1% FPR on the target
 part (with ~160-170 non-members on ml-100k, 0.1% FPR is TPR at zero false positives).
 """
@@ -157,23 +158,26 @@ def main() -> int:
             for variance in ("per-user", "global"):
                 record("lira", lira_scores(x, offline, variance=variance), online=False, references=max(counts),
                        variance=variance)
-                record("lira", lira_scores(x, online, inside, variance=variance), online=True, references=max(counts),
-                       variance=variance)
+                if max(counts) >= 2:  # online LiRA needs models with and without each user
+                    record("lira", lira_scores(x, online, inside, variance=variance), online=True,
+                           references=max(counts), variance=variance)
             record("raw recall", x)
             qr = run_attack(AttackConfig(dataset=a.dataset, target=target, service="foldin", attack="query-recall",
                                          seed=seed), plugins=plugins, store=DiskStore(a.cache))
             rows.append({"target": target, "seed": seed, "attack": "query-recall", "references": 3,
                          **{k: round(float(qr.metrics[k]), 4) for k in ("roc_auc", "tpr_at_fpr_0.01", "tpr_at_fpr_0.001")}})
             if a.verify and seed == int(a.seed.split(",")[0]):
-                for on in (False, True):
+                at = min(8, max(counts))  # a count the curve has: 8, or the largest when --references stops below
+                for on in (False, True) if at >= 2 else (False,):
                     res = run_attack(AttackConfig(dataset=a.dataset, target=target, service="foldin", attack="lira",
-                                                  attack_params={"references": 8, "online": on}, seed=seed),
+                                                  attack_params={"references": at, "online": on, "queries": a.queries},
+                                                  seed=seed),
                                      plugins=plugins, store=DiskStore(a.cache))
                     mine = next(r["roc_auc"] for r in rows if r["target"] == target and r["seed"] == seed
-                                and r.get("online") is on and r.get("references") == 8 and r.get("variance") == "auto")
+                                and r.get("online") is on and r.get("references") == at and r.get("variance") == "auto")
                     ok = abs(res.metrics["roc_auc"] - mine) < 1e-4
-                    print(f"verify {target} seed {seed} online={on}: lira {res.metrics['roc_auc']:.4f}, curve {mine:.4f}"
-                          f" {'ok' if ok else 'DIFFERENT'}", file=sys.stderr)
+                    print(f"verify {target} seed {seed} references={at} online={on}: lira {res.metrics['roc_auc']:.4f},"
+                          f" curve {mine:.4f} {'ok' if ok else 'DIFFERENT'}", file=sys.stderr)
                     if not ok:
                         return 1
             print(f"{target} seed {seed}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
