@@ -71,7 +71,8 @@ def test_training_defenses_score_new_accounts_on_the_defended_serve(small_datase
                 get_plugins(), store)
     others = ~cell.part("target").is_member
     lists = cell.served("target", True).arrays["lists"]
-    assert result.utility["defended"]["new_accounts"] == utility_metrics(lists[others], cell.future("target")[others], 10)
+    expected = utility_metrics(lists[others], cell.future("target")[others], 10)
+    assert result.utility["defended"]["new_accounts"] == expected
 
 
 def test_a_stored_run_gives_the_same_new_account_numbers_without_computing_a_stage(small_dataset, tmp_path):

@@ -5,7 +5,8 @@ attackers' leakage, ``static`` (shadow served without the defense: the CCS'21 pa
 ``attackers.defense_unaware``) and ``adaptive`` (shadow trained and served under the defense,
 ``attackers.defense_aware``); the utility of the defended target service on its members'
 held-out items, and on its new accounts' (the target non-members' lists on their own held-out
-items: ``new_accounts``, "–" for cells written before result.json had it); and the cost in seconds of the defended service (its fit plus the defense).
+items: ``new_accounts``, "–" for cells written before result.json had it); and the cost in
+seconds of the defended service (its fit plus the defense).
 Undefended cells (``none``) give both attackers the same numbers. A defense that reports a
 differential-privacy guarantee (``privacy_``) adds its epsilon and the unit epsilon is counted
 in: ``record`` (one interaction) or ``user`` (a user with all her interactions); the two are
@@ -437,7 +438,8 @@ def defense_section(records: list[CellRecord], images: dict[str, bytes], skipped
              '<p class="note">static: shadow served without the defense (the paper\'s attacker); adaptive: shadow trained '
              "and served under the defense. Utility: the defended target service's lists on its members' held-out "
              "interactions; new accounts: its lists of the target non-members (the service's new accounts) on their "
-             "own held-out interactions (– : cells written before result.json had them). Cost: seconds to fit the defended service plus the defense. DP epsilon: the guarantee the "
+             "own held-out interactions (– : cells written before result.json had them). Cost: seconds to fit the "
+             "defended service plus the defense. DP epsilon: the guarantee the "
              "defense reports, per <em>record</em> (one interaction) or per <em>user</em> (all of her interactions): "
              "epsilons of different units are not comparable. "
              f"Entries: mean over seeds with, in brackets, the {e(CI_DESCRIPTION)}; n: seeds per row.</p>"]
