@@ -51,8 +51,9 @@ __all__ = ["attack", "grid", "bench_defenses", "audit_dp", "report", "load", "At
 #: The columns of every ``to_pandas()`` table, in order. ``attacker`` is ``attack`` for an
 #: undefended cell, ``defense_aware`` / ``defense_unaware`` for a defended one, and empty for the
 #: rows that are not an attacker's: ``utility:<metric>`` (the target members' lists on their
-#: held-out items, defended when there is a defense), ``privacy:epsilon`` / ``privacy:delta`` (a
-#: DP defense's claim; ``dp_level`` says its unit, record or user) and ``cost:seconds`` (the
+#: held-out items, defended when there is a defense), ``new_accounts:<metric>`` (the same of the
+#: target non-members' lists, the service's new accounts; absent from results written before it),
+#: ``privacy:epsilon`` / ``privacy:delta`` (a DP defense's claim; ``dp_level`` says its unit, record or user) and ``cost:seconds`` (the
 #: defended service's fit plus the defense).
 COLUMNS = ("cell", "dataset", "shadow_dataset", "target", "shadow", "defense", "defense_params", "service",
            "featurizer", "attack", "top_k", "seed", "control", "dp_level", "attacker", "metric", "value")
@@ -738,7 +739,8 @@ def _params_text(params: dict) -> str:
 
 def result_rows(result: dict, cell: Optional[dict] = None) -> list[dict]:
     """The long-table rows (:data:`COLUMNS`) of one result.json: each attacker's metrics, the utility of the
-    target members' lists, a DP defense's epsilon and delta, and the defended service's cost."""
+    target members' lists and of its new accounts' (non-members'), a DP defense's epsilon and delta, and the
+    defended service's cost."""
     from .engine.grid import is_control
     from .reports.defensereport import _cost, _privacy, _utility
     from .reports.shared import CellRecord
@@ -765,6 +767,8 @@ def result_rows(result: dict, cell: Optional[dict] = None) -> list[dict]:
             for name, metrics in attackers.items() for metric, value in metrics.items() if _number(value)]
     rows += [{**base, "attacker": "", "metric": f"utility:{name}", "value": float(value)}
              for name, value in _utility(rec).items() if name not in ("holdout", "users") and _number(value)]
+    rows += [{**base, "attacker": "", "metric": f"new_accounts:{name}", "value": float(value)}
+             for name, value in (_utility(rec).get("new_accounts") or {}).items() if name != "users" and _number(value)]
     rows += [{**base, "attacker": "", "metric": f"privacy:{key}", "value": float(privacy[key])}
              for key in ("epsilon", "delta") if _number(privacy.get(key))]
     cost = _cost(rec)

@@ -112,6 +112,7 @@ def test_grid_and_bench_defenses_give_one_row_per_cell_attacker_and_metric(small
     assert set(defended["attacker"]) == {"defense_aware", "defense_unaware", ""}
     assert set(defended["defense_params"]) == {"ratio=0.2"}
     assert {"utility:recall@10", "utility:ndcg@10", "cost:seconds"} <= set(defended["metric"])
+    assert {"new_accounts:recall@10", "new_accounts:ndcg@10", "new_accounts:hr@10"} <= set(defended["metric"])
 
 
 def test_load_refuses_a_folder_that_is_not_a_run(tmp_path):

@@ -31,13 +31,20 @@ def test_bench_defenses_runs_the_sweep_and_writes_table_and_frontier(small_datas
     none, defended = rows[0], rows[1]
     # undefended: both attackers are the same attacker
     assert none.values["static:roc_auc"] == none.values["adaptive:roc_auc"]
-    # popularity randomization only rewrites non-members' lists: the members' utility is untouched
+    # popularity randomization only rewrites non-members' lists: the members' utility is untouched...
     assert defended.values["utility:ndcg@10"] == none.values["utility:ndcg@10"]
+    # ...but the service's new accounts (the non-members) get other lists: their own utility columns tell
+    # (under the popular service a random draw from the popular pool may score near the popular list here;
+    # tests/test_new_account_utility.py measures the fold-in cost)
+    assert {"new_accounts:recall@10", "new_accounts:ndcg@10", "new_accounts:hr@10"} <= set(defended.estimates)
+    assert defended.values["new_accounts:ndcg@10"] != none.values["new_accounts:ndcg@10"]
     md = (out / "report" / "defenses.md").read_text()
     none_rows = [line.split(" | ") for line in md.splitlines() if line.startswith("| none")]  # a [no signal] marker may follow
     assert md.count("| popularity-randomization (ratio=") == 2 and "| defense | n | " in md
     assert len(none_rows) == 1 and none_rows[0][1] == "2"
     assert "Student-t 95% CI" in md
+    header = next(line for line in md.splitlines() if line.startswith("| defense |"))
+    assert "| ndcg@10 |" in header and "| new accounts ndcg@10 |" in header
     table = list(csv.DictReader(io.StringIO((out / "report" / "defenses.csv").read_text())))
     assert table and {r["ci_method"] for r in table} == {"student-t"} and {r["n_seeds"] for r in table} == {"2"}
     by_row = {(x.defense, ";".join(f"{k}={v}" for k, v in sorted(x.params.items()))): x for x in rows}
@@ -100,6 +107,30 @@ def test_epsilon_unit_is_a_column_of_every_defense_table_and_labels_the_frontier
     assert {line.rsplit(",", 1)[1] for line in csv[1:] if line.startswith("d,lfm,dp-sgd,")} == {"record"}
     assert _key_label(by["dp-sgd"]) == "dp-sgd (epsilon=1.0), ε=0.99 per record"
     assert _key_label(by["dp-user"]) == "dp-user (epsilon=1.0), ε=1 per user"
+    assert frontier_png(rows, "d", "lfm")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cells_written_before_new_account_utility_show_it_missing_never_zero():
+    from miars_core.reports.defensereport import _key_label, defenses_csv, defenses_markdown, frontier_png
+
+    old = [_record("none", {}, None, seed, 0.9) for seed in (0, 1)]  # result.json without utility.*.new_accounts
+    new = [_record("list-noise", {"p": 0.5}, None, seed, 0.6) for seed in (0, 1)]
+    for seed, rec in enumerate(new):
+        rec.result["utility"]["defended"]["new_accounts"] = {"ndcg@10": (0.05, 0.06)[seed], "users": 4}
+    mixed = _record("rank-shuffle", {}, None, 0, 0.7), _record("rank-shuffle", {}, None, 1, 0.7)
+    mixed[1].result["utility"]["defended"]["new_accounts"] = {"ndcg@10": 0.2, "users": 4}
+    rows = defense_rows(old + new + list(mixed))
+    by = {r.defense: r for r in rows}
+    assert "new_accounts:ndcg@10" not in by["none"].estimates and by["none"].values["utility:ndcg@10"] == [0.1, 0.1]
+    assert by["list-noise"].values["new_accounts:ndcg@10"] == [0.05, 0.06]
+    assert by["rank-shuffle"].values["new_accounts:ndcg@10"] == [0.2]  # the old cell adds nothing, not a 0
+    md = defenses_markdown(rows).splitlines()
+    header = next(line for line in md if line.startswith("| defense |")).split(" | ")
+    column = header.index("new accounts ndcg@10")
+    assert next(line for line in md if line.startswith("| none |")).split(" | ")[column] == "–"
+    assert next(line for line in md if line.startswith("| rank-shuffle |")).split(" | ")[column] == "0.200 (1 seed)"
+    assert "d,lfm,list-noise,p=0.5,10,new_accounts:ndcg@10," in defenses_csv(rows)
+    assert _key_label(by["list-noise"]) == "list-noise (p=0.5); new accounts NDCG@10 0.055"
     assert frontier_png(rows, "d", "lfm")[:8] == b"\x89PNG\r\n\x1a\n"
 
 

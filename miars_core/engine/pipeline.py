@@ -95,12 +95,43 @@ def cell_result(cell) -> AttackResult:
         attackers={named[k]: v for k, v in attackers.items()} if config.defense else {},
         artifacts=artifacts,
         cache={"computed": dict(cell.computed), "cached": sorted(set(cell.hits) - set(cell.computed))},
-        utility=cell.utility(),
+        utility=utility_block(cell),
         queries=query_use(),
         interaction=by_attacker("interaction"),
         attack_record=by_attacker("record"),
         attributes=cell.attributes_report(),
     )
+
+
+def utility_block(cell) -> dict | None:
+    """result.json's ``utility``: the target members' numbers (:meth:`Cell.utility`, from the stage records) and,
+    beside them in ``undefended`` and ``defended``, ``new_accounts``: the same metrics on the target NON-members'
+    lists against their own held-out items (the service's new accounts: the popular list, fold-in lists, ...).
+
+    ``new_accounts`` is derived here, at assembly, from the stored lists (the ``serve`` / ``defend`` outputs,
+    one row per user of the part) and the derived hold-out (:meth:`Cell.future`), never from a stage record:
+    a stage stored before it existed gives the same number as a fresh one, and no stage key changed (this
+    module is not one :data:`~miars_core.engine.keys.STAGE_MODULES` hashes). ``{"users": 0}`` alone when no
+    non-member holds anything out (no NaN).
+    """
+    out = cell.utility()
+    if out is None:
+        return None
+    future = cell.future("target")
+    others = ~cell.part("target").is_member
+    for side, block in out.items():
+        block["new_accounts"] = new_account_utility(cell.lists("target", side == "defended"), future, others,
+                                                    cell.config.top_k)
+    return out
+
+
+def new_account_utility(lists, future, others, k: int) -> dict:
+    """Recall / NDCG / HR at ``k`` of ``lists[others]`` on ``future[others]`` (see :func:`utility_metrics`);
+    ``{"users": 0}`` when those rows hold nothing out."""
+    from ..science.utility import utility_metrics
+
+    scores = utility_metrics(lists[others], future[others], k)
+    return scores if scores["users"] else {"users": 0}
 
 
 def shadow_lengths(cell, attack) -> dict:

@@ -4,7 +4,9 @@ For every (dataset, recommender, defense, parameters) the cells of all seeds giv
 attackers' leakage, ``static`` (shadow served without the defense: the CCS'21 paper's setting,
 ``attackers.defense_unaware``) and ``adaptive`` (shadow trained and served under the defense,
 ``attackers.defense_aware``); the utility of the defended target service on its members'
-held-out items; and the cost in seconds of the defended service (its fit plus the defense).
+held-out items, and on its new accounts' (the target non-members' lists on their own held-out
+items: ``new_accounts``, "–" for cells written before result.json had it); and the cost in
+seconds of the defended service (its fit plus the defense).
 Undefended cells (``none``) give both attackers the same numbers. A defense that reports a
 differential-privacy guarantee (``privacy_``) adds its epsilon and the unit epsilon is counted
 in: ``record`` (one interaction) or ``user`` (a user with all her interactions); the two are
@@ -67,6 +69,13 @@ def _utility(rec: CellRecord) -> dict:
     return u.get("defended") or u.get("undefended") or {}
 
 
+def _scores(block: dict) -> dict[str, float]:
+    """The finite recall / NDCG / HR numbers of a utility block (``holdout``, ``users``, nested blocks left out)."""
+    return {name: float(value) for name, value in block.items()
+            if name not in ("holdout", "users") and isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value)}
+
+
 def _cost(rec: CellRecord) -> float | None:
     result = rec.result or {}
     report = (result.get("recommenders") or {}).get("target") or {}
@@ -109,9 +118,12 @@ def defense_rows(records: list[CellRecord]) -> list[DefenseRow]:
             for metric, _ in LEAKAGE:
                 if metric in m:
                     row.values.setdefault(f"{attacker}:{metric}", []).append(float(m[metric]))
-        for name, value in _utility(rec).items():
-            if name not in ("holdout", "users") and isinstance(value, (int, float)) and math.isfinite(value):
-                row.values.setdefault(f"utility:{name}", []).append(float(value))
+        utility = _utility(rec)
+        for name, value in _scores(utility).items():
+            row.values.setdefault(f"utility:{name}", []).append(value)
+        # the new accounts' (non-members'); a cell written before result.json had them adds nothing: "–", never 0
+        for name, value in _scores(utility.get("new_accounts") or {}).items():
+            row.values.setdefault(f"new_accounts:{name}", []).append(value)
         cost = _cost(rec)
         if cost is not None:
             row.values.setdefault("cost:seconds", []).append(cost)
@@ -147,8 +159,9 @@ def _n(row: DefenseRow) -> str:
 
 def _columns(rows: list[DefenseRow]) -> list[str]:
     utility = sorted({k for r in rows for k in r.values if k.startswith("utility:")})
+    new_accounts = sorted({k for r in rows for k in r.values if k.startswith("new_accounts:")})
     leak = [f"{a}:{m}" for a in ATTACKERS for m, _ in LEAKAGE]
-    return ["privacy:epsilon"] + leak + utility + ["cost:seconds"]
+    return ["privacy:epsilon"] + leak + utility + new_accounts + ["cost:seconds"]
 
 
 def _label(column: str) -> str:
@@ -158,6 +171,8 @@ def _label(column: str) -> str:
         return f"{kind} {names.get(name, name)}"
     if kind == "utility":
         return name
+    if kind == "new_accounts":
+        return f"new accounts {name}"
     if kind == "privacy":
         return "DP epsilon"
     return "cost (s)"
@@ -196,7 +211,9 @@ def defenses_markdown(rows: list[DefenseRow], skipped: list[str] = ()) -> str:
     lines = ["# Defense benchmark", "",
              f"Mean over seeds with, in brackets, the {CI_DESCRIPTION}; `n`: seeds per row. `static`: shadow served without the defense (the CCS'21 paper's "
              "attacker); `adaptive`: shadow trained and served under the defense. |ROC-AUC - 0.5| counts an inverted "
-             "attack as leakage. Utility: the defended target service's lists on its members' held-out interactions. "
+             "attack as leakage. Utility: the defended target service's lists on its members' held-out interactions; "
+             "`new accounts`: its lists of the target non-members (the service's new accounts) on their own held-out "
+             "interactions (– : cells written before result.json had them). "
              "Cost: seconds to fit the defended service plus the defense itself. DP epsilon: the guarantee the "
              "defense reports (its accountant's epsilon), counted per `record` (one interaction) or per `user` (all "
              "of a user's interactions): epsilons of different units are not comparable.", ""]
@@ -258,6 +275,9 @@ def _key_label(row: DefenseRow) -> str:
     text = row.label
     if row.level and est is not None and est.n_seeds:
         text += f", ε={est.mean:.3g} " + ("per " + row.level if "/" not in row.level else f"({row.level})")
+    new = row.estimates.get(f"new_accounts:ndcg@{row.k}")
+    if new is not None and new.n_seeds:  # the x axis is the members' utility: what the new accounts got beside it
+        text += f"; new accounts NDCG@{row.k} {new.mean:.3g}"
     return text
 
 
@@ -313,10 +333,15 @@ def frontier_figure(rows: list[DefenseRow], dataset: str, target: str):
                        linewidths=0.8, zorder=10)
             points.append((r.estimates[util_key].mean, y.mean))
     ax.axhline(0.5, color="gray", lw=0.8, ls="--", zorder=1)
-    ax.set_xlabel(f"utility: NDCG@{k} of the defended service on held-out items")
+    ax.set_xlabel(f"utility: NDCG@{k} of the defended service on its members' held-out items")
     ax.set_ylabel("attack ROC-AUC (0.5 = chance)")
     ax.set_title(f"privacy-utility frontier: {target} on {dataset.rsplit('/', 1)[-1]}", fontsize=10)
-    handles = [Line2D([], [], ls="", marker="*", markersize=12, color="black", label="none (undefended, drawn on top)"),
+    star = "none (undefended, drawn on top)"
+    for r in mine:
+        new = r.estimates.get(f"new_accounts:ndcg@{k}")
+        if r.defense == "none" and new is not None and new.n_seeds:
+            star += f"; new accounts NDCG@{k} {new.mean:.3g}"
+    handles = [Line2D([], [], ls="", marker="*", markersize=12, color="black", label=star),
                Line2D([], [], ls="", marker="s", markersize=6, markerfacecolor="none", color="gray",
                       label="static attacker (hollow)")]
     for level in sorted({r.level for _, r in numbered}, key=lambda u: (u not in UNIT_MARKERS, u)):
@@ -412,7 +437,9 @@ def defense_section(records: list[CellRecord], images: dict[str, bytes], skipped
     parts = ['<h2 id="defenses">Defense benchmark</h2>',
              '<p class="note">static: shadow served without the defense (the paper\'s attacker); adaptive: shadow trained '
              "and served under the defense. Utility: the defended target service's lists on its members' held-out "
-             "interactions. Cost: seconds to fit the defended service plus the defense. DP epsilon: the guarantee the "
+             "interactions; new accounts: its lists of the target non-members (the service's new accounts) on their "
+             "own held-out interactions (– : cells written before result.json had them). Cost: seconds to fit the "
+             "defended service plus the defense. DP epsilon: the guarantee the "
              "defense reports, per <em>record</em> (one interaction) or per <em>user</em> (all of her interactions): "
              "epsilons of different units are not comparable. "
              f"Entries: mean over seeds with, in brackets, the {e(CI_DESCRIPTION)}; n: seeds per row.</p>"]
