@@ -52,7 +52,7 @@ from miars_core.contracts.components import Component
 from miars_core.contracts.errors import MiarsError
 from miars_core.contracts.params import Constraint, Interval, ListOf
 
-from .mlp import build_mlp
+from .mlp import build_mlp, shadow_rows
 
 #: A user's truth-level score is at least this (a zero would remove her and divide by zero).
 MIN_WEIGHT = 0.05
@@ -126,16 +126,8 @@ class DLMIA(Component):
         problem = Mix().problem(list(self.mix))
         if problem is not None:
             raise MiarsError(f"dl-mia: mix={list(self.mix)} {problem}; it must be {Mix().describe()}")
-        X = np.asarray(X, dtype=np.float32)
-        y = np.asarray(y).astype(np.int64)
-        if X.ndim != 2 or len(X) != len(y):
-            raise ValueError(f"X has shape {X.shape} but y has {len(y)} labels")
-        if len(np.unique(y)) != 2:
-            raise MiarsError("the attack needs shadow users of both classes (members and non-members)")
+        X, y, self.mean_, self.scale_ = shadow_rows(X, y)
         self.seed_ = int(seed)
-        self.mean_ = X.mean(axis=0)
-        self.scale_ = X.std(axis=0)
-        self.scale_[self.scale_ == 0] = 1.0
         self.shadow_ = (X - self.mean_) / self.scale_
         self.labels_ = y
         with single_thread():

@@ -9,6 +9,19 @@ from miars_core.contracts.errors import MiarsError
 from miars_core.contracts.params import Interval, ListOf, Options, OrNone
 
 
+def shadow_rows(X, y) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Checked shadow features and labels as float32 / int64, and the features' mean and scale (0 -> 1)."""
+    X = np.asarray(X, dtype=np.float32)
+    y = np.asarray(y).astype(np.int64)
+    if X.ndim != 2 or len(X) != len(y):
+        raise ValueError(f"X has shape {X.shape} but y has {len(y)} labels")
+    if len(np.unique(y)) != 2:
+        raise MiarsError("the attack needs shadow users of both classes (members and non-members)")
+    mean, scale = X.mean(axis=0), X.std(axis=0)
+    scale[scale == 0] = 1.0
+    return X, y, mean, scale
+
+
 def build_mlp(sizes: list[int]):
     """A torch ``Sequential`` of Linear layers of these sizes with ReLU between them (none after the last)."""
     import torch
@@ -59,19 +72,11 @@ class MLPAttack(Component):
 
         from miars_core.kit.torch_utils import current_device
 
-        X = np.asarray(X, dtype=np.float32)
-        y = np.asarray(y).astype(np.int64)
-        if X.ndim != 2 or len(X) != len(y):
-            raise ValueError(f"X has shape {X.shape} but y has {len(y)} labels")
-        if len(np.unique(y)) != 2:
-            raise MiarsError("the attack needs shadow users of both classes (members and non-members)")
         if self.optimizer not in ("adam", "sgd"):
             raise MiarsError(f"mlp: optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if int(self.epochs) < 1:
             raise MiarsError(f"mlp: epochs must be >= 1, got {self.epochs}")
-        self.mean_ = X.mean(axis=0)
-        self.scale_ = X.std(axis=0)
-        self.scale_[self.scale_ == 0] = 1.0
+        X, y, self.mean_, self.scale_ = shadow_rows(X, y)
         gen = torch.Generator().manual_seed(int(seed))
         torch.manual_seed(int(seed))
         device = torch.device(current_device())
