@@ -742,7 +742,7 @@ def result_rows(result: dict, cell: Optional[dict] = None) -> list[dict]:
     target members' lists and of its new accounts' (non-members'), a DP defense's epsilon and delta, and the
     defended service's cost."""
     from .engine.grid import is_control
-    from .reports.defensereport import _cost, _privacy, _utility
+    from .reports.defensereport import _cost, _privacy, _scores, _utility
     from .reports.shared import CellRecord
 
     cell = dict(cell or result.get("cell") or {})
@@ -765,10 +765,10 @@ def result_rows(result: dict, cell: Optional[dict] = None) -> list[dict]:
     attackers = result["attackers"] if defended else {"attack": result.get("metrics") or {}}
     rows = [{**base, "attacker": name, "metric": metric, "value": float(value)}
             for name, metrics in attackers.items() for metric, value in metrics.items() if _number(value)]
-    rows += [{**base, "attacker": "", "metric": f"utility:{name}", "value": float(value)}
-             for name, value in _utility(rec).items() if name not in ("holdout", "users") and _number(value)]
-    rows += [{**base, "attacker": "", "metric": f"new_accounts:{name}", "value": float(value)}
-             for name, value in (_utility(rec).get("new_accounts") or {}).items() if name != "users" and _number(value)]
+    utility = _utility(rec)
+    rows += [{**base, "attacker": "", "metric": f"{kind}:{name}", "value": value}
+             for kind, block in (("utility", utility), ("new_accounts", utility.get("new_accounts") or {}))
+             for name, value in _scores(block).items()]
     rows += [{**base, "attacker": "", "metric": f"privacy:{key}", "value": float(privacy[key])}
              for key in ("epsilon", "delta") if _number(privacy.get(key))]
     cost = _cost(rec)

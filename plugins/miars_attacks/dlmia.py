@@ -226,13 +226,13 @@ class DLMIA(Component):
                 align = self.domain_weight * _moment_gap(y[:ns], y[ns:])
             return loss, align, y, z
 
-        def logits(x, y, z):
+        def head_outputs(x, y, z) -> dict:
+            """Each active head's logits on its input (the raw vector, y or z)."""
             parts = {"raw": x, "invariant": y, "specific": z}
-            return sum(mix[name] * heads[name](parts[name]) for name in active)
+            return {name: heads[name](parts[name]) for name in active}
 
-        def head_losses(x, y, z, labels):
-            parts = {"raw": x, "invariant": y, "specific": z}
-            return sum(mix[name] * F.cross_entropy(heads[name](parts[name]), labels, reduction="none") for name in active)
+        def mixed(outputs: dict):
+            return sum(mix[name] * outputs[name] for name in active)
 
         vae_params = [*encoder.parameters(), *decoder.parameters(), *domain_z.parameters()]
         head_params = [p for name in active for p in heads[name].parameters()]
@@ -276,7 +276,8 @@ class DLMIA(Component):
 
         for _ in range(int(self.joint_epochs)):
             vae_loss, align, y_all, z_all = vae_terms(x_all, domain)
-            out = logits(x_all, y_all, z_all)
+            outputs = head_outputs(x_all, y_all, z_all)  # each head runs once per step, for the labels and the loss
+            out = mixed(outputs)
             pseudo = out[ns:].detach().argmax(dim=1)
             labels = torch.cat([ys, pseudo])
             if self.reweight:  # 3: d_biased / p should match d_debiased
@@ -287,7 +288,7 @@ class DLMIA(Component):
                 ((d_biased / weights() - d_debiased) ** 2).mean().backward()
                 opt_w.step()
             w = weights().detach() if self.reweight else torch.ones(ns + nt, device=dev)
-            cls = head_losses(x_all, y_all, z_all, labels)
+            cls = sum(mix[name] * F.cross_entropy(outputs[name], labels, reduction="none") for name in active)
             shadow_term = (w[:ns] * cls[:ns]).sum() / w[:ns].sum()
             target_term = (w[ns:] * cls[ns:]).sum() / w[ns:].sum()
             joint = shadow_term + self.pseudo_weight * target_term + (w * vae_loss).sum() / w.sum() + align
@@ -300,7 +301,7 @@ class DLMIA(Component):
             for head in heads.values():
                 head.eval()
             mu_y, mu_z = encode(x_all, False)[:2]
-            out = logits(x_all, mu_y, mu_z)
+            out = mixed(head_outputs(x_all, mu_y, mu_z))
             self.encoder_ = encoder
             self.weights_ = weights().detach().cpu().numpy().astype(np.float64)
             self.domain_accuracy_ = {
